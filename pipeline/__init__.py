@@ -1,0 +1,1 @@
+"""An MLOps pipeline for convolutional image classifiers (DVC stages, MLflow tracking)."""

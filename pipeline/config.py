@@ -1,0 +1,228 @@
+"""Typed model of params.yaml: load it once, fail early and by name on anything wrong.
+
+Importing this module must stay cheap (no Keras, no MLflow): the `check_params` stage runs it
+before every other stage so that a typo stops the pipeline before any output is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.datasets.sources import DATASET_NAMES
+from pipeline.errors import ConfigError
+
+STRATEGIES: tuple[str, ...] = ("scratch", "feature_extraction", "fine_tune")
+"""The training strategies, in the order the pipeline runs and reports them."""
+
+WEIGHT_KEYWORDS: tuple[str, ...] = ("auto", "imagenet", "random")
+
+# The convolution layers of VGG16, the only valid values of `backbone.unfreeze_from`.
+VGG16_CONV_LAYERS: tuple[str, ...] = tuple(
+    f"block{block}_conv{conv}"
+    for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+    for conv in range(1, convs + 1)
+)
+
+DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+DropoutRate = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class _Strict(BaseModel):
+    """Every block rejects unknown keys, so a typo such as `epoch:` is an error, not a no-op."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    dataset: DatasetName = "digits"
+    image_folder: str | None = None
+    image_size: PositiveInt = 150
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.2
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> DataConfig:
+        train_fraction = 1.0 - self.val_fraction - self.test_fraction
+        if train_fraction < 0.05:
+            raise ValueError(
+                f"val_fraction ({self.val_fraction}) + test_fraction ({self.test_fraction}) "
+                f"leaves {train_fraction:.2f} of the data for training; keep their sum at most 0.95"
+            )
+        return self
+
+
+class ValidateConfig(_Strict):
+    min_images_per_class: PositiveInt = 1
+
+
+class BackboneConfig(_Strict):
+    weights: str = "auto"
+    # VGG16 without its top needs inputs of at least 32x32.
+    image_size: Annotated[int, Field(ge=32, le=512)] = 32
+    unfreeze_from: str = "block5_conv1"
+    batch_size: PositiveInt = 64
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value: str) -> str:
+        if value in WEIGHT_KEYWORDS:
+            return value
+        if not value.endswith(".h5"):
+            raise ValueError(
+                f"must be one of {', '.join(WEIGHT_KEYWORDS)} or a path to a notop VGG16 '.h5' "
+                f"weights file, got {value!r}"
+            )
+        if not Path(value).is_file():
+            raise ValueError(f"weights file {value!r} does not exist")
+        return value
+
+    @field_validator("unfreeze_from")
+    @classmethod
+    def _known_layer(cls, value: str) -> str:
+        if value not in VGG16_CONV_LAYERS:
+            raise ValueError(f"must be a VGG16 conv layer: {', '.join(VGG16_CONV_LAYERS)}")
+        return value
+
+
+class AugmentationConfig(_Strict):
+    """Random transforms applied as Keras layers, active only while training."""
+
+    horizontal_flip: bool = False
+    rotation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    translation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+
+
+class _TrainCommon(_Strict):
+    epochs: PositiveInt
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 1e-3
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    early_stopping_patience: NonNegativeInt = 0
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+
+class ScratchConfig(_TrainCommon):
+    conv_filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=6)] = [32, 64]
+    dense_units: PositiveInt = 64
+    dropout_rate: DropoutRate = 0.5
+
+
+class FeatureExtractionConfig(_TrainCommon):
+    dense_units: PositiveInt = 256
+    dropout_rate: DropoutRate = 0.5
+
+
+class FineTuneConfig(_TrainCommon):
+    """Two phases: `head_epochs` on the new head with the base frozen, then `epochs` with the
+    layers from `backbone.unfreeze_from` on trainable at the (low) `learning_rate`."""
+
+    head_epochs: PositiveInt = 3
+    head_learning_rate: PositiveFloat = 1e-3
+    learning_rate: PositiveFloat = 1e-5
+    dense_units: PositiveInt = 256
+    dropout_rate: DropoutRate = 0.5
+
+
+class TrainConfig(_Strict):
+    scratch: ScratchConfig
+    feature_extraction: FeatureExtractionConfig
+    fine_tune: FineTuneConfig
+
+
+class MlflowConfig(_Strict):
+    experiment_name: Annotated[str, Field(min_length=1)] = "image-classifiers"
+    registered_model: Annotated[str, Field(min_length=1)] = "image-classifier"
+
+
+class PipelineConfig(_Strict):
+    data: DataConfig = DataConfig()
+    # `validate` would shadow BaseModel.validate, so the field has another name and the alias.
+    validation: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    backbone: BackboneConfig = BackboneConfig()
+    train: TrainConfig
+    mlflow: MlflowConfig = MlflowConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def load_config(path: str | Path = "params.yaml") -> PipelineConfig:
+    """Read and validate params.yaml; raise ConfigError naming every bad key and value."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} not found: run from the project root, where params.yaml is") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of blocks (data, train, ...), got {raw!r}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path)) from None
+
+
+def check_strategy(name: str) -> str:
+    """Return `name` if it is a known strategy, else raise ConfigError listing the allowed ones."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; allowed strategies: {', '.join(STRATEGIES)}")
+    return name
+
+
+def format_validation_error(error: ValidationError, path: str | Path) -> str:
+    """One line per problem: the dotted key, the bad value and what is allowed."""
+    lines = [f"{path} is invalid ({error.error_count()} problem(s)); fix these keys:"]
+    for problem in error.errors():
+        location = [str(part) for part in problem["loc"]]
+        key = ".".join(location) or "<root>"
+        if problem["type"] == "extra_forbidden":
+            allowed = _allowed_keys(location[:-1])
+            lines.append(f"  - {key}: unknown key; allowed keys here: {', '.join(allowed)}")
+        elif problem["type"] == "missing":
+            lines.append(f"  - {key}: required key is missing")
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {key} = {problem['input']!r}: {message}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(location: list[str]) -> list[str]:
+    """The keys a block accepts, found by walking the model along `location`."""
+    model: Any = PipelineConfig
+    for part in location:
+        fields = {field.alias or name: field for name, field in model.model_fields.items()}
+        if part not in fields:
+            return []
+        model = fields[part].annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the form MLflow params and `dvc exp run -S` use."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat

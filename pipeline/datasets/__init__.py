@@ -1,0 +1,1 @@
+"""Dataset sources, download, readers and splitting."""
