@@ -48,9 +48,13 @@ def resolve_weights(
     spec: str,
     cache_dir: Path | None = None,
     url: str = IMAGENET_NOTOP_URL,
+    known_hash: str = f"md5:{IMAGENET_NOTOP_MD5}",
     timeout: float = 30.0,
 ) -> ResolvedWeights:
-    """Turn `backbone.weights` into a weights file (or none, for random init)."""
+    """Turn `backbone.weights` into a weights file (or none, for random init).
+
+    `url` and `known_hash` are the real ImageNet file's; a mirror can be given instead.
+    """
     if spec == "random":
         return ResolvedWeights("random", None)
     if spec not in ("imagenet", "auto"):
@@ -58,7 +62,7 @@ def resolve_weights(
     cache_dir = cache_dir or keras_cache_dir()
     target = cache_dir / IMAGENET_NOTOP_FILENAME
     try:
-        return ResolvedWeights("imagenet", str(_fetch_imagenet(target, url, timeout)))
+        return ResolvedWeights("imagenet", str(_fetch_imagenet(target, url, known_hash, timeout)))
     except Exception as exc:  # noqa: BLE001 - any failure to get the file has the same remedy
         reason = f"{type(exc).__name__}: {exc}"
         if spec == "imagenet":
@@ -72,19 +76,26 @@ def resolve_weights(
         "\n%s\nbackbone.weights=auto: ImageNet weights for VGG16 are NOT available (%s).\n"
         "Falling back to RANDOM weights: feature extraction and fine-tuning will not transfer\n"
         "anything learnt on ImageNet. Put %s at %s to use them.\n%s",
-        banner, reason, IMAGENET_NOTOP_FILENAME, target, banner,
+        banner,
+        reason,
+        IMAGENET_NOTOP_FILENAME,
+        target,
+        banner,
     )
     return ResolvedWeights("random", None)
 
 
-def _fetch_imagenet(target: Path, url: str, timeout: float) -> Path:
-    """The cached weights file, downloaded (and MD5-checked) on first use."""
+def _fetch_imagenet(target: Path, url: str, known_hash: str, timeout: float) -> Path:
+    """The cached weights file, downloaded and checksum-verified on first use.
+
+    pooch downloads to a temporary file and moves it into place only once verified.
+    """
     import pooch
 
     target.parent.mkdir(parents=True, exist_ok=True)
     path = pooch.retrieve(
         url,
-        known_hash=f"md5:{IMAGENET_NOTOP_MD5}",
+        known_hash=known_hash,
         fname=target.name,
         path=target.parent,
         downloader=pooch.HTTPDownloader(timeout=timeout, progressbar=True),

@@ -168,7 +168,9 @@ def load_config(path: str | Path = "params.yaml") -> PipelineConfig:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path} not found: run from the project root, where params.yaml is") from exc
+        raise ConfigError(
+            f"{path} not found: run from the project root, where params.yaml is"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -14,7 +14,9 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import confusion_matrix, f1_score  # noqa: E402
 
 
-def evaluate_model(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[dict, np.ndarray]:
+def evaluate_model(
+    model, x: np.ndarray, y: np.ndarray, batch_size: int = 256
+) -> tuple[dict, np.ndarray]:
     """Test metrics of `model` on raw images, and its predicted labels."""
     probabilities = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
     predictions = probabilities.argmax(axis=1)
@@ -29,7 +31,9 @@ def evaluate_model(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -
     return metrics, predictions
 
 
-def compute_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+def compute_confusion(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
+) -> pd.DataFrame:
     """Raw counts: rows are true classes, columns predicted, both labelled by class name."""
     counts = confusion_matrix(y_true, y_pred, labels=np.arange(len(class_names)))
     return pd.DataFrame(counts, index=pd.Index(class_names, name="true"), columns=class_names)
@@ -58,8 +62,12 @@ def plot_confusion(matrix: pd.DataFrame, title: str, path: Path, normalized: boo
             for column in ticks:
                 value = matrix.iat[row, column]
                 axes.text(
-                    column, row, f"{value:.2f}" if normalized else f"{int(value)}",
-                    ha="center", va="center", fontsize=8,
+                    column,
+                    row,
+                    f"{value:.2f}" if normalized else f"{int(value)}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
                     color="white" if value > threshold else "black",
                 )
     figure.tight_layout()

@@ -24,7 +24,10 @@ DEFAULT_DB = "mlflow.db"
 
 def tracking_uri(project_root: Path) -> str:
     """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store at the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(project_root / DEFAULT_DB).resolve()}"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(project_root / DEFAULT_DB).resolve()}"
+    )
 
 
 def configure_tracking(project_root: Path, experiment_name: str) -> str:
@@ -109,11 +112,18 @@ def git_commit(project_root: Path) -> str:
     """The checked-out commit, with '-dirty' when tracked files differ; 'unknown' outside git."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=project_root, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=project_root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=project_root, capture_output=True, text=True, check=True,
+            cwd=project_root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

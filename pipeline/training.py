@@ -112,7 +112,9 @@ def train_scratch(
     )
     compile_classifier(model, config.optimizer, config.learning_rate)
     history = fit_model(
-        model, train, val,
+        model,
+        train,
+        val,
         epochs=config.epochs,
         batch_size=config.batch_size,
         early_stopping_patience=config.early_stopping_patience,
@@ -139,7 +141,9 @@ def train_feature_extraction(
     )
     compile_classifier(head, config.optimizer, config.learning_rate)
     history = fit_model(
-        head, train_features, val_features,
+        head,
+        train_features,
+        val_features,
         epochs=config.epochs,
         batch_size=config.batch_size,
         early_stopping_patience=config.early_stopping_patience,
@@ -171,7 +175,9 @@ def train_fine_tune(
     compile_classifier(model, config.optimizer, config.head_learning_rate)
     logger.info("fine_tune phase 1: %d epochs on the head, base frozen", config.head_epochs)
     head_history = fit_model(
-        model, train, val,
+        model,
+        train,
+        val,
         epochs=config.head_epochs,
         batch_size=config.batch_size,
         callbacks=callbacks,
@@ -181,7 +187,9 @@ def train_fine_tune(
     compile_classifier(model, config.optimizer, config.learning_rate)
     logger.info("fine_tune phase 2: %d epochs from %s on", config.epochs, unfreeze_from)
     tune_history = fit_model(
-        model, train, val,
+        model,
+        train,
+        val,
         epochs=config.epochs,
         batch_size=config.batch_size,
         early_stopping_patience=config.early_stopping_patience,

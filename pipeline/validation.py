@@ -33,12 +33,17 @@ def check_splits(splits: dict[str, Split], min_images_per_class: int) -> list[Ch
             failures.append(
                 CheckFailure(name, "classes", f"classes {split.classes} != {reference.classes}")
             )
-        if split.x.ndim == 4 and reference.x.ndim == 4 and split.x.shape[1:] != reference.x.shape[1:]:
+        if (
+            split.x.ndim == 4
+            and reference.x.ndim == 4
+            and split.x.shape[1:] != reference.x.shape[1:]
+        ):
             failures.append(
                 CheckFailure(
                     name,
                     "image_shape",
-                    f"images are {split.x.shape[1:]} but the first split's are {reference.x.shape[1:]}",
+                    f"images are {split.x.shape[1:]}, "
+                    f"but the first split's are {reference.x.shape[1:]}",
                 )
             )
         failures += _check_labels(name, split, min_images_per_class)
@@ -51,16 +56,23 @@ def _check_arrays(name: str, split: Split) -> list[CheckFailure]:
     if split.x.dtype != np.uint8:
         detail = ""
         if np.issubdtype(split.x.dtype, np.floating):
-            detail = f" (NaN: {int(np.isnan(split.x).sum())}, range {np.nanmin(split.x)}..{np.nanmax(split.x)})"
-        failures.append(CheckFailure(name, "image_dtype", f"x is {split.x.dtype}, expected uint8{detail}"))
+            nans = int(np.isnan(split.x).sum())
+            detail = f" (NaN: {nans}, range {np.nanmin(split.x)}..{np.nanmax(split.x)})"
+        failures.append(
+            CheckFailure(name, "image_dtype", f"x is {split.x.dtype}, expected uint8{detail}")
+        )
     # Models take (height, width, channels) images with 1 or 3 channels.
     if split.x.ndim != 4 or split.x.shape[-1] not in (1, 3):
         failures.append(
-            CheckFailure(name, "image_shape", f"x has shape {split.x.shape}, expected (N, H, W, 1 or 3)")
+            CheckFailure(
+                name, "image_shape", f"x has shape {split.x.shape}, expected (N, H, W, 1 or 3)"
+            )
         )
     if split.y.dtype != np.int64 or split.y.ndim != 1:
         failures.append(
-            CheckFailure(name, "label_dtype", f"y is {split.y.dtype} {split.y.shape}, expected int64 (N,)")
+            CheckFailure(
+                name, "label_dtype", f"y is {split.y.dtype} {split.y.shape}, expected int64 (N,)"
+            )
         )
     if len(split.x) != len(split.y):
         failures.append(

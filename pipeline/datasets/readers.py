@@ -34,7 +34,9 @@ def read_digits(raw_dir: Path) -> RawDataset:
         with gzip.open(path, "rt") as handle:
             table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the digits CSV ({exc}); rerun the download stage")
+        raise DataError(
+            f"{path}: cannot read the digits CSV ({exc}); rerun the download stage"
+        ) from None
     if table.ndim != 2 or table.shape[1] != 65:
         raise DataError(f"{path}: expected 65 columns (64 pixels + label), got {table.shape}")
     # 0..16 intensities are spread over 0..255 so every dataset shares one pixel scale.

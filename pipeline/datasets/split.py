@@ -38,14 +38,26 @@ def split_indices(
             rest, test_size=relative_val, stratify=labels[rest], random_state=seed
         )
     except ValueError as exc:
-        counts = np.bincount(labels)
-        raise DataError(
-            f"cannot split {len(labels)} images (smallest class: {counts.min()} images) into "
-            f"val_fraction={val_fraction} and test_fraction={test_fraction}: {exc}. "
-            "Lower the fractions in params.yaml (data.val_fraction, data.test_fraction) "
-            "or add images to the smallest class."
-        ) from None
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+        raise DataError(_too_small(labels, val_fraction, test_fraction, str(exc))) from None
+    splits = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+    # Stratification rounds: a class of a handful of images can end up absent from a split.
+    for name, chosen in splits.items():
+        missing = np.setdiff1d(np.unique(labels), labels[chosen])
+        if missing.size:
+            reason = f"class(es) {missing.tolist()} would have no image in '{name}'"
+            raise DataError(_too_small(labels, val_fraction, test_fraction, reason))
+    return splits
+
+
+def _too_small(labels: np.ndarray, val_fraction: float, test_fraction: float, reason: str) -> str:
+    counts = np.bincount(labels)
+    smallest = int(counts[counts > 0].min())
+    return (
+        f"cannot split {len(labels)} images (smallest class: {smallest} images) into "
+        f"val_fraction={val_fraction} and test_fraction={test_fraction}: {reason}. "
+        "Adjust the fractions in params.yaml (data.val_fraction, data.test_fraction) "
+        "or add images to the smallest class."
+    )
 
 
 def save_split(path: Path, split: Split) -> None:
@@ -70,7 +82,9 @@ def load_split(path: Path) -> Split:
     except FileNotFoundError:
         raise DataError(f"{path} not found: run the split stage first (dvc repro)") from None
     except (KeyError, ValueError, OSError) as exc:
-        raise DataError(f"{path} is not a valid split file ({exc}); rerun the split stage") from None
+        raise DataError(
+            f"{path} is not a valid split file ({exc}); rerun the split stage"
+        ) from None
 
 
 def load_splits(directory: Path) -> dict[str, Split]:

@@ -49,7 +49,10 @@ def main(argv: list[str]) -> None:
         title = f"{strategy}: test accuracy {metrics['test_accuracy']:.3f}"
         plot_confusion(counts, title, output / "confusion_matrix.png", normalized=False)
         plot_confusion(
-            normalize_confusion(counts), title, output / "confusion_matrix_normalized.png", normalized=True
+            normalize_confusion(counts),
+            title,
+            output / "confusion_matrix_normalized.png",
+            normalized=True,
         )
         history = pd.read_csv(model_dir / "history.csv")
         plot_history(history, f"{strategy}: training curves", output / "training_curves.png")

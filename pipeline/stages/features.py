@@ -36,7 +36,11 @@ def main(argv: list[str]) -> None:
     extractor.save(FEATURES_DIR / "extractor.keras")
     write_json(
         FEATURES_DIR / "backbone.json",
-        {"weights": weights.kind, "weights_file": weights.path, "image_size": config.backbone.image_size},
+        {
+            "weights": weights.kind,
+            "weights_file": weights.path,
+            "image_size": config.backbone.image_size,
+        },
     )
     logger.info("VGG16 weights: %s", weights.describe())
 

@@ -119,7 +119,9 @@ def _train(
     train, val = splits["train"], splits["val"]
     num_classes = len(train.classes)
     if strategy == "scratch":
-        return train_scratch((train.x, train.y), (val.x, val.y), num_classes, config.train.scratch, callbacks)
+        return train_scratch(
+            (train.x, train.y), (val.x, val.y), num_classes, config.train.scratch, callbacks
+        )
     if strategy == "feature_extraction":
         extractor = keras.saving.load_model(FEATURES_DIR / "extractor.keras")
         features = {name: np.load(FEATURES_DIR / f"{name}.npy") for name in ("train", "val")}

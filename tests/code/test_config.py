@@ -1,0 +1,161 @@
+"""params.yaml validation: the defaults load, and every bad input names its key and value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    STRATEGIES,
+    PipelineConfig,
+    check_strategy,
+    flatten_params,
+    load_config,
+)
+from pipeline.errors import ConfigError
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture
+def params() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+
+def _write(tmp_path: Path, params: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_project_params_load_with_expected_defaults() -> None:
+    config = load_config(PROJECT_ROOT / "params.yaml")
+    assert isinstance(config, PipelineConfig)
+    assert config.data.dataset == "digits"
+    assert config.backbone.weights == "auto"
+    assert config.backbone.unfreeze_from == "block5_conv1"
+    assert config.train.scratch.conv_filters == [32, 64]
+    assert config.train.feature_extraction.dense_units == 256
+    assert config.validation.min_images_per_class >= 1
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "value", "expected"),
+    [
+        # Each case: the dotted key, the bad value and the allowed values must all be named.
+        ("data", "dataset", "imagenet21k", ["data.dataset", "imagenet21k", "digits"]),
+        ("train.scratch", "epochs", 0, ["train.scratch.epochs", "0", "greater than 0"]),
+        ("train.fine_tune", "epochs", -3, ["train.fine_tune.epochs", "-3", "greater than 0"]),
+        ("train.scratch", "epochs", "ten", ["train.scratch.epochs", "ten", "integer"]),
+        ("train.scratch", "dropout_rate", 1.5, ["train.scratch.dropout_rate", "1.5"]),
+        ("train.scratch", "optimizer", "adamw", ["optimizer", "adamw", "rmsprop"]),
+        ("backbone", "weights", "resnet", ["backbone.weights", "resnet", "imagenet", "random"]),
+        ("backbone", "weights", "missing.h5", ["backbone.weights", "missing.h5", "does not exist"]),
+        ("backbone", "unfreeze_from", "block6_conv1", ["unfreeze_from", "block5_conv1"]),
+        ("backbone", "image_size", 16, ["backbone.image_size", "16"]),
+        ("data", "val_fraction", 0.0, ["data.val_fraction", "0.0"]),
+    ],
+)
+def test_bad_value_names_key_value_and_allowed(
+    tmp_path: Path, params: dict, block: str, key: str, value, expected: list[str]
+) -> None:
+    target = params
+    for part in block.split("."):
+        target = target[part]
+    target[key] = value
+    with pytest.raises(ConfigError) as error:
+        load_config(_write(tmp_path, params))
+    for fragment in expected:
+        assert fragment in str(error.value)
+
+
+def test_fractions_that_leave_no_training_data_are_refused(tmp_path: Path, params: dict) -> None:
+    params["data"].update(val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ConfigError, match="leaves 0.00 of the data for training"):
+        load_config(_write(tmp_path, params))
+
+
+def test_unknown_key_is_named_with_the_allowed_keys(tmp_path: Path, params: dict) -> None:
+    params["train"]["scratch"]["epoch"] = 5  # the classic typo
+    with pytest.raises(ConfigError) as error:
+        load_config(_write(tmp_path, params))
+    message = str(error.value)
+    assert "train.scratch.epoch: unknown key" in message
+    assert "epochs" in message and "conv_filters" in message
+
+
+def test_unknown_block_is_refused(tmp_path: Path, params: dict) -> None:
+    params["trian"] = {}
+    with pytest.raises(ConfigError, match="trian: unknown key; allowed keys here: data, validate"):
+        load_config(_write(tmp_path, params))
+
+
+def test_missing_strategy_block_is_refused(tmp_path: Path, params: dict) -> None:
+    del params["train"]["fine_tune"]
+    with pytest.raises(ConfigError, match="train.fine_tune: required key is missing"):
+        load_config(_write(tmp_path, params))
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    broken = tmp_path / "params.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_weights_path_to_existing_h5_is_accepted(tmp_path: Path, params: dict) -> None:
+    weights = tmp_path / "vgg16_notop.h5"
+    weights.write_bytes(b"placeholder")
+    params["backbone"]["weights"] = str(weights)
+    assert load_config(_write(tmp_path, params)).backbone.weights == str(weights)
+
+
+def test_unknown_strategy_is_refused() -> None:
+    assert [check_strategy(name) for name in STRATEGIES] == list(STRATEGIES)
+    with pytest.raises(ConfigError, match="allowed strategies: scratch, feature_extraction"):
+        check_strategy("transformer")
+
+
+def test_flatten_params_uses_dotted_keys() -> None:
+    assert flatten_params({"a": {"b": 1, "c": {"d": [2]}}, "e": None}) == {
+        "a.b": 1,
+        "a.c.d": [2],
+        "e": None,
+    }
+
+
+def _run_check(cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.stages.check_params"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+
+
+def test_check_params_stage_exits_2_with_message_and_no_traceback(
+    tmp_path: Path, params: dict
+) -> None:
+    params["train"]["scratch"]["epochs"] = -1
+    params["data"]["dataset"] = "nope"
+    _write(tmp_path, params)
+    result = _run_check(tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "train.scratch.epochs = -1" in result.stderr
+    assert "data.dataset = 'nope'" in result.stderr
+    assert not (tmp_path / "reports" / "params_check.json").exists()
+
+
+def test_check_params_stage_accepts_valid_params(tmp_path: Path, params: dict) -> None:
+    _write(tmp_path, params)
+    result = _run_check(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "reports" / "params_check.json").is_file()

@@ -1,0 +1,95 @@
+"""Model builders: shapes, raw uint8 input, VGG16 preprocessing, freezing, portable saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import AugmentationConfig
+from pipeline.errors import ConfigError
+from pipeline.models import (
+    _vgg16_preprocess,
+    assemble_feature_extraction_model,
+    build_feature_extractor,
+    build_feature_head,
+    build_fine_tune_model,
+    build_scratch_cnn,
+    build_vgg16_base,
+    set_trainable_from,
+)
+
+
+@pytest.fixture(scope="module")
+def base() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return build_vgg16_base(32, None)
+
+
+def _images(shape: tuple[int, int, int], count: int = 3) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(count, *shape), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
+def test_scratch_cnn_takes_raw_uint8_and_outputs_probabilities(shape) -> None:
+    model = build_scratch_cnn(shape, 5, [32, 64], 64, 0.5, AugmentationConfig(rotation=0.1))
+    assert model.input.dtype == "uint8"
+    probabilities = model.predict(_images(shape), verbose=0)
+    assert probabilities.shape == (3, 5)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_scratch_cnn_refuses_more_blocks_than_the_image_allows() -> None:
+    with pytest.raises(ConfigError, match="train.scratch.conv_filters has 4 conv blocks"):
+        build_scratch_cnn((8, 8, 1), 10, [8, 16, 32, 64], 64, 0.5)
+
+
+def test_vgg16_preprocess_layer_equals_keras_preprocess_input() -> None:
+    images = np.random.default_rng(1).uniform(0, 255, size=(2, 5, 5, 3)).astype("float32")
+    inputs = keras.Input(shape=(5, 5, 3))
+    layer_model = keras.Model(inputs, _vgg16_preprocess(inputs))
+    expected = keras.applications.vgg16.preprocess_input(images.copy())
+    np.testing.assert_allclose(layer_model.predict(images, verbose=0), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (40, 40, 3)])
+def test_feature_extractor_resizes_and_converts_gray(base, shape) -> None:
+    extractor = build_feature_extractor(shape, base)
+    features = extractor.predict(_images(shape), verbose=0)
+    assert features.shape == (3, 1, 1, 512)
+    layer_names = [layer.name for layer in extractor.layers]
+    assert ("gray_to_rgb" in layer_names) == (shape[-1] == 1)
+    assert "resize_to_backbone" in layer_names
+
+
+def test_assembled_feature_model_equals_head_on_features(base) -> None:
+    extractor = build_feature_extractor((8, 8, 1), base)
+    head = build_feature_head((1, 1, 512), 4, 16, 0.5)
+    model = assemble_feature_extraction_model(extractor, head)
+    images = _images((8, 8, 1))
+    expected = head.predict(extractor.predict(images, verbose=0), verbose=0)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_set_trainable_from_freezes_everything_before_the_layer(base) -> None:
+    set_trainable_from(base, "block5_conv1")
+    trainable = [layer.name for layer in base.layers if layer.trainable]
+    assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3", "block5_pool"]
+    set_trainable_from(base, None)
+    assert not base.trainable and not base.trainable_weights
+    with pytest.raises(ConfigError, match="not a layer"):
+        set_trainable_from(base, "block9_conv1")
+
+
+def test_fine_tune_model_saves_and_loads_with_plain_keras(base, tmp_path: Path) -> None:
+    model = build_fine_tune_model((8, 8, 1), 3, base, 16, 0.5, AugmentationConfig(zoom=0.1))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    # No custom objects: a saved model must load anywhere Keras is installed.
+    loaded = keras.saving.load_model(path)
+    images = _images((8, 8, 1))
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5
+    )

@@ -1,0 +1,195 @@
+"""The whole pipeline on the bundled digits, with tiny epochs, in a temporary copy of the
+project: `dvc repro`, the outputs, the MLflow runs, re-runs and bad params.
+
+The tests in this module share one pipeline run and run in file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.project import dvc, make_project_copy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+STRATEGIES = ("scratch", "feature_extraction", "fine_tune")
+
+
+def mlflow_run(root: Path, env: dict) -> subprocess.CompletedProcess:
+    """`mlflow run . --env-manager local`, the MLproject's main entry point."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    env = make_project_copy(root)
+    result = dvc(root, env, "repro")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    return root, env
+
+
+def test_metrics_cover_every_strategy_with_the_same_names(project) -> None:
+    root, _ = project
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert set(metrics) == set(STRATEGIES)
+    for strategy, values in metrics.items():
+        assert {"test_accuracy", "test_loss", "test_macro_f1"} <= set(values), strategy
+        assert 0.0 <= values["test_accuracy"] <= 1.0
+    # Offline, `auto` falls back to random weights and says so.
+    assert metrics["feature_extraction"]["backbone_weights"] == "random"
+    assert metrics["fine_tune"]["backbone_weights"] == "random"
+    assert metrics["scratch"]["backbone_weights"] == "none"
+    # Two scratch epochs on digits already beat chance (0.10) by far.
+    assert metrics["scratch"]["test_accuracy"] > 0.5
+
+
+def test_confusion_matrices_hold_raw_counts_with_class_names(project) -> None:
+    root, _ = project
+    with np.load(root / "data" / "prepared" / "test.npz") as test:
+        labels = test["y"]
+    for strategy in STRATEGIES:
+        folder = root / "reports" / strategy
+        counts = pd.read_csv(folder / "confusion_matrix.csv")
+        assert list(counts.columns) == [str(d) for d in range(10)]
+        assert counts.shape == (10, 10)
+        # Rows are true classes: each row sums to that class's test count.
+        assert counts.sum(axis=1).tolist() == np.bincount(labels, minlength=10).tolist()
+        for png in (
+            "confusion_matrix.png",
+            "confusion_matrix_normalized.png",
+            "training_curves.png",
+        ):
+            assert (folder / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def _runs() -> pd.DataFrame:
+    return mlflow.search_runs(
+        experiment_names=["image-classifiers"], filter_string="status = 'FINISHED'"
+    )
+
+
+def test_mlflow_has_one_tagged_run_per_strategy_with_per_epoch_metrics(project) -> None:
+    root, _ = project
+    runs = _runs()
+    assert sorted(runs["tags.strategy"]) == sorted(STRATEGIES)
+    assert set(runs["tags.dataset"]) == {"digits"}
+    assert runs["tags.git_commit"].str.fullmatch(r"[0-9a-f]{40}").all()
+    assert runs["tags.data_version"].nunique() == 1
+    assert dict(zip(runs["tags.strategy"], runs["tags.backbone_weights"], strict=True)) == {
+        "scratch": "none",
+        "feature_extraction": "random",
+        "fine_tune": "random",
+    }
+    for metric in ("test_accuracy", "test_loss", "test_macro_f1", "loss", "val_accuracy"):
+        assert runs[f"metrics.{metric}"].notna().all(), metric
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    client = mlflow.MlflowClient()
+    expected_epochs = {"scratch": 2, "feature_extraction": 2, "fine_tune": 2}
+    for _, run in runs.iterrows():
+        strategy = run["tags.strategy"]
+        # The DVC metrics file and MLflow hold the very same numbers.
+        assert run["metrics.test_accuracy"] == metrics[strategy]["test_accuracy"]
+        history = client.get_metric_history(run["run_id"], "val_loss")
+        assert [m.step for m in history] == list(range(expected_epochs[strategy]))
+        assert run["params.train.epochs"] in {"1", "2"}
+        artifacts = {a.path for a in client.list_artifacts(run["run_id"], "evaluation")}
+        assert "evaluation/confusion_matrix.csv" in artifacts
+        assert "evaluation/training_curves.png" in artifacts
+
+
+def test_logged_models_predict_on_raw_uint8_through_pyfunc(project) -> None:
+    root, _ = project
+    with np.load(root / "data" / "prepared" / "test.npz") as test:
+        images = test["x"][:5]
+    for strategy in STRATEGIES:
+        run = json.loads((root / "models" / strategy / "run.json").read_text())
+        model = mlflow.pyfunc.load_model(run["model_uri"])
+        signature = model.metadata.signature.inputs.to_dict()[0]
+        assert signature["tensor-spec"]["dtype"] == "uint8"
+        predictions = np.asarray(model.predict(images))
+        assert predictions.shape == (5, 10)
+        np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_second_repro_runs_nothing(project) -> None:
+    root, env = project
+    result = dvc(root, env, "repro")
+    assert result.returncode == 0
+    assert "Running stage" not in result.stdout
+    assert "Data and pipelines are up to date" in result.stdout
+
+
+def test_mlflow_run_entry_point_runs_the_pipeline(project) -> None:
+    root, env = project
+    result = mlflow_run(root, env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Data and pipelines are up to date" in result.stdout + result.stderr
+
+
+def test_changing_scratch_epochs_reruns_only_scratch_and_evaluate(project) -> None:
+    root, env = project
+    untouched = {s: sha256(root / "models" / s / "model.keras") for s in STRATEGIES[1:]}
+    result = dvc(root, env, "exp", "run", "-S", "train.scratch.epochs=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ran = {
+        line.split("'")[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("Running stage")
+    }
+    assert ran == {"check_params", "train_scratch", "evaluate"}
+    assert {s: sha256(root / "models" / s / "model.keras") for s in STRATEGIES[1:]} == untouched
+    assert len(pd.read_csv(root / "models" / "scratch" / "history.csv")) == 3
+
+
+def test_params_typo_stops_before_any_work_and_keeps_outputs(project) -> None:
+    root, env = project
+    kept = {path: sha256(path) for path in (root / "models").rglob("*") if path.is_file()}
+    kept[root / "reports" / "metrics.json"] = sha256(root / "reports" / "metrics.json")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["scratch"]["epoch"] = params["train"]["scratch"].pop("epochs") + 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    result = dvc(root, env, "repro")
+    assert result.returncode != 0
+    assert "train.scratch.epoch: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Running stage 'train_scratch'" not in result.stdout
+    assert {path: sha256(path) for path in kept} == kept
+
+
+def test_mlflow_run_with_bad_params_fails_through_the_check(tmp_path) -> None:
+    """`mlflow run . --env-manager local` runs `dvc repro`, so a bad value stops it too."""
+
+    def typo(params: dict) -> dict:
+        params["data"]["dataset"] = "not_a_dataset"
+        return params
+
+    env = make_project_copy(tmp_path, edit=typo)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = mlflow_run(tmp_path, env)
+    assert result.returncode != 0
+    assert "data.dataset = 'not_a_dataset'" in result.stderr + result.stdout
+    assert "dvc repro" in result.stderr + result.stdout
