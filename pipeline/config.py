@@ -68,7 +68,27 @@ class DataConfig(_Strict):
 
 
 class ValidateConfig(_Strict):
+    """Bounds of the Great Expectations gate (pipeline/validation.py)."""
+
     min_images_per_class: PositiveInt = 1
+    split_tolerance: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    max_class_imbalance: Annotated[float, Field(ge=1.0)] = 10.0
+    max_blank_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    near_duplicate_distance: Annotated[int, Field(ge=0, le=64)] = 2
+    reference: str | None = None
+    max_drift: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_exists(cls, value: str | None) -> str | None:
+        if value is not None and not all(
+            (Path(value) / f"{name}.npz").is_file() for name in ("train", "val", "test")
+        ):
+            raise ValueError(
+                f"reference {value!r} must be a prepared-data folder holding train.npz, "
+                "val.npz and test.npz (a copy of an earlier data/prepared)"
+            )
+        return value
 
 
 class BackboneConfig(_Strict):

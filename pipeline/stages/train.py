@@ -23,6 +23,7 @@ from pipeline.stages._common import (
     PARAMS_FILE,
     PREPARED_DIR,
     PROJECT_ROOT,
+    REPORTS_DIR,
     read_json,
     run_stage,
     write_json,
@@ -62,12 +63,14 @@ def main(argv: list[str]) -> None:
         "git_commit": git_commit(PROJECT_ROOT),
         "data_version": data_version(PREPARED_DIR / f"{name}.npz" for name in SPLITS),
         "backbone_weights": backbone_weights.kind if backbone_weights else "none",
+        **_validation_tags(),
     }
     run_name = f"{config.data.dataset}-{strategy}"
     with start_strategy_run(experiment_id, run_name, tags) as run:
         import mlflow
 
         mlflow.log_params(_run_params(strategy, config))
+        mlflow.log_artifact(str(VALIDATION_SUMMARY), artifact_path="validation")
         result = _train(strategy, config, splits, backbone_weights, [EpochMetricsLogger()])
         output = MODELS_DIR / strategy
         output.mkdir(parents=True, exist_ok=True)
@@ -85,6 +88,19 @@ def main(argv: list[str]) -> None:
             },
         )
     logger.info("%s: trained %d epochs, MLflow run %s", strategy, len(history), run.info.run_id)
+
+
+VALIDATION_SUMMARY = REPORTS_DIR / "validation" / "summary.json"
+
+
+def _validation_tags() -> dict[str, str]:
+    """The data gate's verdict on the data this run trains on."""
+    summary = read_json(VALIDATION_SUMMARY)
+    return {
+        "validation_passed": str(summary["passed"]).lower(),
+        "validation_failures": str(summary["failures"]),
+        "validation_warnings": str(summary["warnings"]),
+    }
 
 
 def _backbone_weights(strategy: str, config: PipelineConfig):

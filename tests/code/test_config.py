@@ -159,3 +159,15 @@ def test_check_params_stage_accepts_valid_params(tmp_path: Path, params: dict) -
     result = _run_check(tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "reports" / "params_check.json").is_file()
+
+
+def test_drift_reference_must_be_a_prepared_folder(tmp_path: Path, params: dict) -> None:
+    params["validate"]["reference"] = str(tmp_path / "old_prepared")
+    with pytest.raises(ConfigError, match="validate.reference.*train.npz, val.npz and test.npz"):
+        load_config(_write(tmp_path, params))
+    (tmp_path / "old_prepared").mkdir()
+    for name in ("train", "val", "test"):
+        (tmp_path / "old_prepared" / f"{name}.npz").write_bytes(b"")
+    assert load_config(_write(tmp_path, params)).validation.reference == str(
+        tmp_path / "old_prepared"
+    )

@@ -18,7 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.project import dvc, make_project_copy
+from tests.project import PROJECT_ROOT, dvc, make_project_copy, tiny_params
+
+PROJECT_PARAMS = PROJECT_ROOT / "params.yaml"
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -66,6 +68,14 @@ def test_metrics_cover_every_strategy_with_the_same_names(project) -> None:
     assert metrics["scratch"]["test_accuracy"] > 0.5
 
 
+def test_validation_gate_wrote_its_summary_and_data_docs(project) -> None:
+    root, _ = project
+    summary = json.loads((root / "reports" / "validation" / "summary.json").read_text())
+    assert summary["passed"] is True and summary["rows"] == 1797 and summary["failures"] == 0
+    assert summary["exact_duplicates_across_splits"] == 0
+    assert (root / "reports" / "validation" / "data_docs" / "index.html").is_file()
+
+
 def test_confusion_matrices_hold_raw_counts_with_class_names(project) -> None:
     root, _ = project
     with np.load(root / "data" / "prepared" / "test.npz") as test:
@@ -103,6 +113,9 @@ def test_mlflow_has_one_tagged_run_per_strategy_with_per_epoch_metrics(project) 
         "feature_extraction": "random",
         "fine_tune": "random",
     }
+    # The data gate's verdict travels with every run.
+    assert set(runs["tags.validation_passed"]) == {"true"}
+    assert set(runs["tags.validation_failures"]) == {"0"}
     for metric in ("test_accuracy", "test_loss", "test_macro_f1", "loss", "val_accuracy"):
         assert runs[f"metrics.{metric}"].notna().all(), metric
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
@@ -115,6 +128,9 @@ def test_mlflow_has_one_tagged_run_per_strategy_with_per_epoch_metrics(project) 
         history = client.get_metric_history(run["run_id"], "val_loss")
         assert [m.step for m in history] == list(range(expected_epochs[strategy]))
         assert run["params.train.epochs"] in {"1", "2"}
+        assert [a.path for a in client.list_artifacts(run["run_id"], "validation")] == [
+            "validation/summary.json"
+        ]
         artifacts = {a.path for a in client.list_artifacts(run["run_id"], "evaluation")}
         assert "evaluation/confusion_matrix.csv" in artifacts
         assert "evaluation/training_curves.png" in artifacts
@@ -193,3 +209,25 @@ def test_mlflow_run_with_bad_params_fails_through_the_check(tmp_path) -> None:
     assert result.returncode != 0
     assert "data.dataset = 'not_a_dataset'" in result.stderr + result.stdout
     assert "dvc repro" in result.stderr + result.stdout
+
+
+def test_failed_data_gate_stops_training_and_keeps_outputs(project) -> None:
+    root, env = project
+    kept = {path: sha256(path) for path in (root / "models").rglob("*") if path.is_file()}
+    kept[root / "reports" / "metrics.json"] = sha256(root / "reports" / "metrics.json")
+    params = tiny_params(yaml.safe_load((PROJECT_PARAMS).read_text()))
+    # Digits' classes differ by a few images per split: a bound of 1.0 must fail the gate.
+    params["validate"]["max_class_imbalance"] = 1.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    result = dvc(root, env, "repro")
+    assert result.returncode != 0
+    assert "Running stage 'validate'" in result.stdout
+    assert "column 'imbalance_ratio'" in result.stderr
+    assert "validate.max_class_imbalance" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Running stage 'train_" not in result.stdout
+    assert "Running stage 'evaluate'" not in result.stdout
+    assert {path: sha256(path) for path in kept} == kept
+    summary = json.loads((root / "reports" / "validation" / "summary.json").read_text())
+    assert summary["passed"] is False and summary["failures"] >= 1
