@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline.backbone import resolve_weights
+from pipeline.backbone import ResolvedWeights, resolve_weights
 from pipeline.config import PipelineConfig, check_strategy, flatten_params, load_config
 from pipeline.datasets.split import SPLITS, Split, load_splits
 from pipeline.errors import ConfigError
@@ -67,8 +68,6 @@ def main(argv: list[str]) -> None:
     }
     run_name = f"{config.data.dataset}-{strategy}"
     with start_strategy_run(experiment_id, run_name, tags) as run:
-        import mlflow
-
         mlflow.log_params(_run_params(strategy, config))
         mlflow.log_artifact(str(VALIDATION_SUMMARY), artifact_path="validation")
         result = _train(strategy, config, splits, backbone_weights, [EpochMetricsLogger()])
@@ -108,8 +107,6 @@ def _backbone_weights(strategy: str, config: PipelineConfig):
     if strategy == "scratch":
         return None
     if strategy == "feature_extraction":
-        from pipeline.backbone import ResolvedWeights
-
         recorded = read_json(FEATURES_DIR / "backbone.json")
         return ResolvedWeights(recorded["weights"], recorded["weights_file"])
     return resolve_weights(config.backbone.weights)
