@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.datasets.sources import DATASET_NAMES
+from pipeline.datasets.sources import DATASET_NAMES, DATASETS
 from pipeline.errors import ConfigError
 
 STRATEGIES: tuple[str, ...] = ("scratch", "feature_extraction", "fine_tune")
@@ -48,13 +48,69 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
+
+
+class SourceConfig(_Strict):
+    """Where to fetch one dataset from instead of the table in pipeline/datasets/sources.py."""
+
+    url: str | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(_URL_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(_URL_SCHEMES)}")
+        return value
+
+
 class DataConfig(_Strict):
     dataset: DatasetName = "digits"
-    image_folder: str | None = None
+    # The folder read when dataset is image_folder. The default placeholder exists (it holds a
+    # README) because dvc.yaml lists this path as a dependency of the download stage.
+    image_folder: str = "data/images"
     image_size: PositiveInt = 150
+    resize: Literal["stretch", "pad"] = "stretch"
+    on_bad_image: Literal["skip", "fail"] = "skip"
+    max_images: PositiveInt | None = None
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.2
     seed: int = 42
+    mirror: str | None = None
+    sources: dict[str, SourceConfig] = {}
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(_URL_SCHEMES):
+            raise ValueError(
+                f"must be a base URL starting with one of {', '.join(_URL_SCHEMES)}, holding "
+                "<dataset>/<file> for each dataset"
+            )
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        downloadable = [name for name, spec in DATASETS.items() if spec.files]
+        for name, source in value.items():
+            spec = DATASETS.get(name)
+            if spec is None or not spec.files:
+                raise ValueError(
+                    f"{name!r} has no files to download; allowed keys: {', '.join(downloadable)}"
+                )
+            if source.url and len(spec.files) > 1 and not source.url.endswith("/"):
+                raise ValueError(
+                    f"{name}.url: {name} has {len(spec.files)} files, so give the folder URL "
+                    "that holds them, ending in '/'"
+                )
+            if source.sha256 and any(file.sha256 for file in spec.files):
+                raise ValueError(
+                    f"{name}.sha256: the checksum of {name} is fixed in "
+                    "pipeline/datasets/sources.py; a mirror must serve the identical file"
+                )
+        return value
 
     @model_validator(mode="after")
     def _leave_training_data(self) -> DataConfig:

