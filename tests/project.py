@@ -22,6 +22,7 @@ PROJECT_FILES = (
     ".dvc/config",
     ".dvc/.gitignore",
     "data/.gitignore",
+    "data/images/README.md",
     "models/.gitignore",
     "reports/.gitignore",
 )
@@ -53,6 +54,7 @@ def make_project_copy(root: Path, edit: Callable[[dict], dict] = tiny_params) ->
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         KERAS_HOME=str(root / ".keras"),  # no cached ImageNet weights: auto must fall back
+        PIPELINE_DATA_CACHE=str(root / ".data-cache"),  # downloads stay in the copy
         GIT_AUTHOR_NAME="test",
         GIT_AUTHOR_EMAIL="test@example.invalid",
         GIT_COMMITTER_NAME="test",
@@ -71,4 +73,22 @@ def dvc(root: Path, env: dict, *args: str, timeout: int = 900) -> subprocess.Com
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def run_stage_alone(
+    root: Path, stage: str, data: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline.stages.<stage>` in `root` (no DVC), with the project's
+    params.yaml there and `data` merged into its data block."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["data"].update(data or {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return subprocess.run(
+        [sys.executable, "-m", f"pipeline.stages.{stage}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin", "HOME": str(root)},
     )

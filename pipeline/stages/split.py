@@ -1,26 +1,120 @@
-"""Read the raw dataset and write stratified, seeded train/val/test splits as uint8 .npz."""
+"""Read the raw dataset and write train/val/test splits as uint8 .npz, in bounded memory.
+
+Only the images kept (after `data.max_images`) are decoded, straight into one preallocated
+array, and each split is written from it in chunks. Images that cannot be decoded are listed in
+reports/data/skipped.csv and left out, unless `data.on_bad_image: fail`.
+"""
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
+import tempfile
+from pathlib import Path
 
-from pipeline.config import load_config
-from pipeline.datasets.readers import read_dataset
-from pipeline.datasets.split import SPLITS, Split, save_split, split_indices
-from pipeline.stages._common import PARAMS_FILE, PREPARED_DIR, RAW_DIR, run_stage
+import numpy as np
+
+from pipeline.config import DataConfig, load_config
+from pipeline.datasets.readers import ReadOptions, SourceIndex, open_dataset
+from pipeline.datasets.sources import DATASETS
+from pipeline.datasets.split import (
+    PLAN_FILE,
+    SPLITS,
+    plan_split,
+    stratified_subset,
+    write_split,
+)
+from pipeline.errors import DataError
+from pipeline.stages._common import (
+    PARAMS_FILE,
+    PREPARED_DIR,
+    RAW_DIR,
+    REPORTS_DIR,
+    run_stage,
+    write_json,
+)
 
 logger = logging.getLogger("pipeline.stages.split")
+
+SKIPPED_FILE = REPORTS_DIR / "data" / "skipped.csv"
+
+
+def prepare_splits(
+    config: DataConfig, raw_dir: Path, prepared_dir: Path, skipped_file: Path
+) -> dict:
+    """Decode, split and write the dataset; return the plan written beside the splits."""
+    spec = DATASETS[config.dataset]
+    index = open_dataset(config.dataset, raw_dir, ReadOptions(config.image_size, config.resize))
+    chosen = stratified_subset(index.labels, index.pools, config.max_images, config.seed)
+    images = np.empty((len(chosen), *index.image_shape), dtype=np.uint8)
+    bad = index.load(chosen, images)
+    _write_skipped(
+        skipped_file, [(index.describe(int(chosen[row])), reason) for row, reason in bad.items()]
+    )
+    if bad:
+        example = index.describe(int(chosen[next(iter(bad))]))
+        if config.on_bad_image == "fail":
+            raise DataError(
+                f"{len(bad)} image(s) could not be decoded, e.g. {example}: "
+                f"{next(iter(bad.values()))}. All are listed in {skipped_file}. Remove or "
+                "replace them, or set data.on_bad_image: skip to leave them out."
+            )
+        logger.warning(
+            "%d unreadable image(s) skipped, e.g. %s (see %s)", len(bad), example, skipped_file
+        )
+    keep = np.setdiff1d(np.arange(len(chosen)), np.fromiter(bad, dtype=np.int64))
+    labels = index.labels[chosen][keep]
+    _check_no_empty_class(index, labels, bad, skipped_file)
+    pools = index.pools[chosen][keep] if index.pools is not None else None
+    test_fraction = spec.test_fraction or config.test_fraction
+    splits, fractions = plan_split(labels, pools, config.val_fraction, test_fraction, config.seed)
+    for name in SPLITS:
+        rows = keep[splits[name]]
+        write_split(
+            prepared_dir / f"{name}.npz", images, rows, labels[splits[name]], index.class_names
+        )
+        logger.info("%s: %d images of shape %s", name, len(rows), images.shape[1:])
+    plan = {
+        "dataset": config.dataset,
+        "scheme": spec.split,
+        "images": int(len(labels)),
+        "skipped": len(bad),
+        "counts": {name: int(len(splits[name])) for name in SPLITS},
+        "expected_fractions": fractions,
+    }
+    write_json(prepared_dir / PLAN_FILE, plan)
+    return plan
+
+
+def _check_no_empty_class(
+    index: SourceIndex, labels: np.ndarray, bad: dict[int, str], skipped_file: Path
+) -> None:
+    counts = np.bincount(labels, minlength=len(index.class_names))
+    empty = [name for name, count in zip(index.class_names, counts, strict=True) if count == 0]
+    if empty:
+        why = f"; {len(bad)} unreadable image(s) are listed in {skipped_file}" if bad else ""
+        raise DataError(
+            f"class(es) {', '.join(empty)} have no readable image{why}. Add images to them or "
+            "remove the class."
+        )
+
+
+def _write_skipped(path: Path, rows: list[tuple[str, str]]) -> None:
+    """Always written (a header alone when nothing was skipped), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".csv")
+    with os.fdopen(handle, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "reason"])
+        writer.writerows(rows)
+    os.replace(temporary, path)
 
 
 def main(argv: list[str]) -> None:
     config = load_config(PARAMS_FILE).data
-    dataset = read_dataset(config.dataset, RAW_DIR / config.dataset)
-    indices = split_indices(dataset.labels, config.val_fraction, config.test_fraction, config.seed)
-    for name in SPLITS:
-        chosen = indices[name]
-        split = Split(dataset.images[chosen], dataset.labels[chosen], dataset.class_names)
-        save_split(PREPARED_DIR / f"{name}.npz", split)
-        logger.info("%s: %d images of shape %s", name, len(chosen), split.x.shape[1:])
+    plan = prepare_splits(config, RAW_DIR / config.dataset, PREPARED_DIR, SKIPPED_FILE)
+    logger.info("%s: %d images split %s", plan["dataset"], plan["images"], plan["counts"])
 
 
 if __name__ == "__main__":

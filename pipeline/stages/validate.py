@@ -13,9 +13,16 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig, load_config
 from pipeline.datasets.sources import DATASETS
-from pipeline.datasets.split import Split, load_splits
+from pipeline.datasets.split import PLAN_FILE, Split, load_splits
 from pipeline.errors import ValidationFailed
-from pipeline.stages._common import PARAMS_FILE, PREPARED_DIR, REPORTS_DIR, run_stage, write_json
+from pipeline.stages._common import (
+    PARAMS_FILE,
+    PREPARED_DIR,
+    REPORTS_DIR,
+    read_json,
+    run_stage,
+    write_json,
+)
 from pipeline.validation import GateSettings, run_gate
 
 logger = logging.getLogger("pipeline.stages.validate")
@@ -23,21 +30,18 @@ logger = logging.getLogger("pipeline.stages.validate")
 VALIDATION_DIR = REPORTS_DIR / "validation"
 
 
-def gate_settings(config: PipelineConfig, splits: dict[str, Split]) -> GateSettings:
-    """The gate's expectations: the dataset's declared image shape, the configured fractions
-    and the `validate.*` bounds."""
+def gate_settings(
+    config: PipelineConfig, splits: dict[str, Split], expected_fractions: dict[str, float]
+) -> GateSettings:
+    """The gate's expectations: the dataset's declared image shape (variable-size sources are
+    decoded to RGB at `data.image_size`), the split's planned fractions and `validate.*`."""
     spec = DATASETS[config.data.dataset]
-    channels = splits["train"].x.shape[-1] if splits["train"].x.ndim == 4 else 1
-    shape = spec.native_shape or (config.data.image_size, config.data.image_size, channels)
-    data, gate = config.data, config.validation
+    shape = spec.native_shape or (config.data.image_size, config.data.image_size, 3)
+    gate = config.validation
     return GateSettings(
         image_shape=shape,
         class_names=splits["train"].classes,
-        expected_fractions={
-            "train": 1.0 - data.val_fraction - data.test_fraction,
-            "val": data.val_fraction,
-            "test": data.test_fraction,
-        },
+        expected_fractions=expected_fractions,
         split_tolerance=gate.split_tolerance,
         min_images_per_class=gate.min_images_per_class,
         max_class_imbalance=gate.max_class_imbalance,
@@ -50,12 +54,17 @@ def gate_settings(config: PipelineConfig, splits: dict[str, Split]) -> GateSetti
 def validate_prepared(config: PipelineConfig, prepared_dir: Path, output_dir: Path) -> dict:
     """Run the gate on `prepared_dir`; write the summary and Data Docs; raise on failure."""
     splits = load_splits(prepared_dir)
+    # The split stage records the fractions it aimed at: the params' ones, or the source's
+    # own test set (MNIST's 10k, cats-vs-dogs' fixed ranges) where it has one.
+    plan = read_json(prepared_dir / PLAN_FILE)
     reference = (
         load_splits(Path(config.validation.reference)) if config.validation.reference else None
     )
     docs_dir = output_dir / "data_docs"
     shutil.rmtree(docs_dir, ignore_errors=True)
-    result = run_gate(splits, gate_settings(config, splits), docs_dir, reference)
+    result = run_gate(
+        splits, gate_settings(config, splits, plan["expected_fractions"]), docs_dir, reference
+    )
     write_json(output_dir / "summary.json", result.summary)
     for name, count in result.warnings.items():
         if count:

@@ -10,7 +10,15 @@ import pytest
 from pipeline.datasets.download import fetch_dataset
 from pipeline.datasets.readers import read_digits
 from pipeline.datasets.sources import DIGITS
-from pipeline.datasets.split import load_split, save_split, split_indices
+from pipeline.datasets.split import (
+    allocate,
+    load_split,
+    plan_split,
+    save_split,
+    split_indices,
+    stratified_subset,
+    write_split,
+)
 from pipeline.errors import DataError
 from tests.conftest import make_split
 
@@ -18,15 +26,16 @@ from tests.conftest import make_split
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     raw = tmp_path_factory.mktemp("raw")
-    fetch_dataset(DIGITS, raw)
+    fetch_dataset(DIGITS, raw, cache_dir=raw / "cache")
     return read_digits(raw)
 
 
 def test_digits_are_read_as_uint8_images(digits) -> None:
-    assert digits.images.shape == (1797, 8, 8, 1)
-    assert digits.images.dtype == np.uint8
+    images = digits.load_all()
+    assert images.shape == (1797, 8, 8, 1)
+    assert images.dtype == np.uint8
     assert digits.labels.dtype == np.int64
-    assert digits.images.max() == 255 and digits.images.min() == 0
+    assert images.max() == 255 and images.min() == 0
     assert sorted(set(digits.labels.tolist())) == list(range(10))
 
 
@@ -74,3 +83,51 @@ def test_missing_or_corrupt_split_file_is_a_clear_error(tmp_path: Path) -> None:
     corrupt.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a valid split file"):
         load_split(corrupt)
+
+
+def test_allocate_is_proportional_exact_and_bounded() -> None:
+    assert allocate(np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]
+    shares = allocate(np.array([7, 7, 1]), 5)
+    assert shares.sum() == 5 and (shares <= [7, 7, 1]).all()
+    assert allocate(np.array([3, 0]), 10).tolist() == [3, 0]
+
+
+def test_source_test_set_is_kept_and_val_carved_from_train_only() -> None:
+    labels = np.tile(np.arange(4), 25)
+    pools = np.array(["train"] * 80 + ["test"] * 20)
+    splits, fractions = plan_split(labels, pools, val_fraction=0.2, test_fraction=0.5, seed=0)
+    assert np.array_equal(splits["test"], np.arange(80, 100))
+    assert len(splits["val"]) == 20 and splits["val"].max() < 80
+    assert np.bincount(labels[splits["val"]]).tolist() == [5, 5, 5, 5]
+    assert fractions == {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def test_source_val_set_is_used_as_it_is() -> None:
+    labels = np.array([0, 1] * 6)
+    pools = np.array(["train"] * 4 + ["val"] * 4 + ["test"] * 4)
+    splits, _ = plan_split(labels, pools, val_fraction=0.15, test_fraction=0.2, seed=0)
+    assert splits["val"].tolist() == [4, 5, 6, 7]
+
+
+def test_val_fraction_larger_than_the_source_train_set_is_refused() -> None:
+    labels = np.array([0, 1] * 10)
+    pools = np.array(["train"] * 4 + ["test"] * 16)
+    with pytest.raises(DataError, match=r"data.val_fraction=0.3 asks for 6 validation images"):
+        plan_split(labels, pools, val_fraction=0.3, test_fraction=0.2, seed=0)
+
+
+def test_subset_is_stratified_per_class_and_per_source_split() -> None:
+    labels = np.tile(np.arange(2), 100)
+    pools = np.array(["train"] * 150 + ["test"] * 50)
+    chosen = stratified_subset(labels, pools, 40, seed=1)
+    assert len(chosen) == 40 and (np.diff(chosen) > 0).all()
+    assert (pools[chosen] == "test").sum() == 10
+    assert np.bincount(labels[chosen]).tolist() == [20, 20]
+    assert len(stratified_subset(labels, None, 10_000, seed=1)) == 200
+
+
+def test_write_split_gathers_rows_without_changing_them(tmp_path: Path) -> None:
+    images = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
+    write_split(tmp_path / "s.npz", images, np.array([1, 4]), np.array([0, 1]), ["a", "b"])
+    loaded = load_split(tmp_path / "s.npz")
+    assert np.array_equal(loaded.x, images[[1, 4]]) and loaded.classes == ["a", "b"]

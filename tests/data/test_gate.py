@@ -4,12 +4,9 @@ with exactly that defect and asserting the gate fails and names it; a clean data
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from pipeline.datasets.split import Split, save_split
 from pipeline.validation import (
@@ -19,7 +16,7 @@ from pipeline.validation import (
     difference_hashes,
     run_gate,
 )
-from tests.conftest import PROJECT_ROOT
+from tests.project import run_stage_alone
 
 COUNTS = {"train": 14, "val": 3, "test": 3}  # images per class: fractions 0.7 / 0.15 / 0.15
 CLASSES = ["cat", "dog", "fox"]
@@ -165,17 +162,9 @@ def test_validate_stage_fails_listing_each_expectation_and_keeps_no_traceback(
     splits["test"].x[0] = splits["train"].x[0]
     for name, split in splits.items():
         save_split(tmp_path / "data" / "prepared" / f"{name}.npz", split)
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["data"].update(val_fraction=0.15, test_fraction=0.15)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.stages.validate"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-    )
+    plan = {"expected_fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}
+    (tmp_path / "data" / "prepared" / "split.json").write_text(json.dumps(plan))
+    result = run_stage_alone(tmp_path, "validate", {"val_fraction": 0.15, "test_fraction": 0.15})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     # digits images are 8x8x1: these are too, but the leak must be named on its own line.

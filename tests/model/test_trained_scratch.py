@@ -19,10 +19,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def digits_splits(tmp_path_factory):
     raw = tmp_path_factory.mktemp("raw")
-    fetch_dataset(DIGITS, raw)
+    fetch_dataset(DIGITS, raw, cache_dir=raw / "cache")
     dataset = read_digits(raw)
+    images = dataset.load_all()
     indices = split_indices(dataset.labels, 0.15, 0.2, seed=42)
-    return {name: (dataset.images[i], dataset.labels[i]) for name, i in indices.items()}
+    return {name: (images[i], dataset.labels[i]) for name, i in indices.items()}
 
 
 def _train(splits, seed: int, epochs: int):
