@@ -125,13 +125,12 @@ def build_image_table(splits: dict[str, Split]) -> pd.DataFrame:
     for name, split in splits.items():
         x = split.x if split.x.ndim == 4 else split.x.reshape(*split.x.shape, 1)
         count = len(x)
-        flat = x.reshape(count, -1)
         labels = np.asarray(split.y)
         known = (labels >= 0) & (labels < len(split.classes))
         class_names = np.where(
             known, np.array(split.classes + [""])[np.where(known, labels, -1)], ""
         )
-        numeric = flat.astype(np.float64) if flat.dtype != np.float64 else flat
+        stats = _pixel_stats(x)
         frame = pd.DataFrame(
             {
                 "split": name,
@@ -142,21 +141,39 @@ def build_image_table(splits: dict[str, Split]) -> pd.DataFrame:
                 "width": x.shape[2],
                 "channels": x.shape[3],
                 "dtype": str(x.dtype),
-                # NaN pixels propagate to min/max/mean/std on purpose: the gate must see them.
-                "min": numeric.min(axis=1) if count else [],
-                "max": numeric.max(axis=1) if count else [],
-                "mean": numeric.mean(axis=1) if count else [],
-                "std": numeric.std(axis=1) if count else [],
+                **{key: stats[key] for key in ("min", "max", "mean", "std")},
             }
         )
-        hashes = difference_hashes(np.nan_to_num(x.astype(np.float32))) if count else []
-        frame["dhash"] = [format(int(value), "016x") for value in hashes]
+        frame["dhash"] = [format(int(value), "016x") for value in stats["dhash"]]
         frame["content_hash"] = content_hashes(x)
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     train_hashes = set(table.loc[table["split"] == "train", "content_hash"])
     table["in_train"] = (table["split"] != "train") & table["content_hash"].isin(train_hashes)
     return table[TABLE_COLUMNS]
+
+
+def _pixel_stats(x: np.ndarray, chunk_bytes: int = 64 << 20) -> dict[str, np.ndarray]:
+    """Per-image min/max/mean/std and dHash, a chunk of images at a time: float64 copies of a
+    whole split (cats-vs-dogs at 150x150 is 1 GB of them) never exist at once."""
+    count = len(x)
+    pixels = max(1, int(np.prod(x.shape[1:])))
+    step = max(1, chunk_bytes // (pixels * 8))
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("min", "max", "mean", "std", "dhash")}
+    for start in range(0, count, step):
+        block = x[start : start + step]
+        numeric = block.reshape(len(block), -1).astype(np.float64)
+        # NaN pixels propagate to min/max/mean/std on purpose: the gate must see them.
+        parts["min"].append(numeric.min(axis=1))
+        parts["max"].append(numeric.max(axis=1))
+        parts["mean"].append(numeric.mean(axis=1))
+        parts["std"].append(numeric.std(axis=1))
+        parts["dhash"].append(difference_hashes(np.nan_to_num(block.astype(np.float32))))
+    empty = {"dhash": np.zeros(0, np.uint64)}
+    return {
+        key: np.concatenate(values) if values else empty.get(key, np.zeros(0))
+        for key, values in parts.items()
+    }
 
 
 def count_near_duplicates(table: pd.DataFrame, max_distance: int, chunk: int = 512) -> int:

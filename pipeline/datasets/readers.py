@@ -68,7 +68,10 @@ class SourceIndex:
         out = np.empty((len(self), *self.image_shape), dtype=np.uint8)
         bad = self.load(np.arange(len(self)), out)
         if bad:
-            raise DataError(f"{len(bad)} image(s) could not be decoded, e.g. {self.describe(0)}")
+            first, reason = next(iter(bad.items()))
+            raise DataError(
+                f"{len(bad)} image(s) could not be decoded, e.g. {self.describe(first)}: {reason}"
+            )
         return out
 
 
