@@ -9,6 +9,7 @@ and swapped in only when complete, so a failure leaves the previous one as it wa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -91,7 +92,7 @@ def resolve_source(
             f"never used unverified. Set data.sources.{spec.name}.sha256 in params.yaml to the "
             "checksum published with the file."
         )
-    return SourceFile(source.filename, url, sha256, source.extract, source.keep, source.max_bytes)
+    return dataclasses.replace(source, url=url, sha256=sha256)
 
 
 def fetch_dataset(

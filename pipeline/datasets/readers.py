@@ -26,9 +26,6 @@ logger = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 8 << 20
 
-# Pools a source may assign. "train" means "train, with val still to be carved from it".
-POOLS: tuple[str, ...] = ("train", "val", "test")
-
 Rows = Callable[[], Iterator[np.ndarray]]
 """A factory of uint8 image chunks (k, H, W, C), in file order."""
 
@@ -37,6 +34,8 @@ Rows = Callable[[], Iterator[np.ndarray]]
 class SourceIndex:
     """A dataset before its pixels are read.
 
+    `pools` is the split the source itself assigns to each image ("train", "val", "test"), or
+    None; "train" without any "val" means val is still to be carved from it.
     `load(indices, out)` decodes the images at the sorted `indices` into `out` (one row per
     index) and returns {row: reason} for the images it could not decode.
     """
@@ -179,11 +178,11 @@ def read_mnist(raw_dir: Path, options: ReadOptions | None = None) -> SourceIndex
     path = raw_dir / "mnist.npz"
     parts, labels, pools = [], [], []
     for pool in ("train", "test"):
-        y = _npz_array(path, f"y_{pool}").astype(np.int64).reshape(-1)
-        count, shape = _npz_header(path, f"x_{pool}")
-        _check_counts(f"{path}: x_{pool}", count, f"y_{pool}", len(y))
-        image_shape = (*shape, 1) if len(shape) == 2 else tuple(shape)
         member = f"x_{pool}"
+        y = _npz_array(path, f"y_{pool}").astype(np.int64).reshape(-1)
+        count, shape = _npz_header(path, member)
+        _check_counts(f"{path}: {member}", count, f"y_{pool}", len(y))
+        image_shape = (*shape, 1) if len(shape) == 2 else tuple(shape)
         parts.append(
             _ArrayPart(count, _npz_rows(path, member, count, image_shape), f"{path.name}:{member}")
         )

@@ -41,14 +41,9 @@ class DatasetSpec:
     # (height, width, channels) when every image has it; None when images vary and are
     # decoded to RGB and resized once, at split, to `data.image_size`.
     native_shape: tuple[int, int, int] | None
-    # How the split stage assigns images:
-    #   "stratified": by data.val_fraction and data.test_fraction;
-    #   "source": the source fixes the test set (and maybe val); val is carved from the rest;
-    #   "fixed_test": a stratified test share fixed by the course (`test_fraction`), then val.
-    split: str = "stratified"
+    # A stratified test share fixed by the course (mini_cifar's 25%), overriding
+    # data.test_fraction. Sources with their own test set say so through their reader instead.
     test_fraction: float | None = None
-    # The source's own description, for the README and error messages.
-    course_split: str = "stratified by data.val_fraction and data.test_fraction"
 
 
 # scikit-learn ships the UCI optical digits as a gzipped CSV (64 pixel columns in 0..16, then
@@ -78,8 +73,6 @@ MNIST = DatasetSpec(
         ),
     ),
     native_shape=(28, 28, 1),
-    split="source",
-    course_split="the source's 60k train / 10k test; val carved from train",
 )
 
 # Zalando's bucket; SHA-256s as recorded by TensorFlow Datasets (url_checksums/fashion_mnist).
@@ -110,8 +103,6 @@ FASHION_MNIST = DatasetSpec(
         ),
     ),
     native_shape=(28, 28, 1),
-    split="source",
-    course_split="the source's 60k train / 10k test; val carved from train",
 )
 
 # The binary version (raw bytes): the Python version is pickles, which are never loaded here.
@@ -131,8 +122,6 @@ CIFAR10 = DatasetSpec(
         ),
     ),
     native_shape=(32, 32, 3),
-    split="source",
-    course_split="the source's 50k train / 10k test; val carved from train",
 )
 
 # The course's 3-class CIFAR subset. Its public address and checksum are not recorded anywhere
@@ -142,9 +131,7 @@ MINI_CIFAR = DatasetSpec(
     description="3-class CIFAR subset, mini_cifar.h5 (x float in [0,1], y; 3,004 images)",
     files=(SourceFile(filename="mini_cifar.h5", url=None, sha256=None),),
     native_shape=(32, 32, 3),
-    split="fixed_test",
     test_fraction=0.25,
-    course_split="stratified 75/25 train/test as in the course; val carved from train",
 )
 
 # Microsoft's archive, the one TensorFlow Datasets uses. SHA-256 and size (824,887,076 bytes)
@@ -165,8 +152,6 @@ CATS_VS_DOGS = DatasetSpec(
         ),
     ),
     native_shape=None,
-    split="source",
-    course_split="images 0-999 of each class train, 1000-1499 val, 1500-1999 test",
 )
 
 # The NIH cell images, as TensorFlow Datasets records them (datasets/malaria/checksums.tsv,
@@ -185,7 +170,6 @@ MALARIA = DatasetSpec(
         ),
     ),
     native_shape=None,
-    course_split="stratified; data.max_images takes a stratified subset first",
 )
 
 # The user's own folder of class subfolders: "downloading" it is a verified snapshot copy.

@@ -40,14 +40,18 @@ def run_stage(main: Callable[[list[str]], None]) -> None:
         sys.exit(2)
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically, so a failed stage never leaves a truncated metrics file."""
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically, so a failed stage never leaves a truncated report behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream, indent=2, sort_keys=False)
-        stream.write("\n")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
+    with os.fdopen(handle, "w", newline="") as stream:
+        stream.write(text)
     os.replace(temporary, path)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (see write_text)."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

@@ -8,9 +8,8 @@ reports/data/skipped.csv and left out, unless `data.on_bad_image: fail`.
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from pipeline.stages._common import (
     REPORTS_DIR,
     run_stage,
     write_json,
+    write_text,
 )
 
 logger = logging.getLogger("pipeline.stages.split")
@@ -49,15 +49,14 @@ def prepare_splits(
     chosen = stratified_subset(index.labels, index.pools, config.max_images, config.seed)
     images = np.empty((len(chosen), *index.image_shape), dtype=np.uint8)
     bad = index.load(chosen, images)
-    _write_skipped(
-        skipped_file, [(index.describe(int(chosen[row])), reason) for row, reason in bad.items()]
-    )
-    if bad:
-        example = index.describe(int(chosen[next(iter(bad))]))
+    skipped = [(index.describe(int(chosen[row])), reason) for row, reason in bad.items()]
+    _write_skipped(skipped_file, skipped)
+    if skipped:
+        example, reason = skipped[0]
         if config.on_bad_image == "fail":
             raise DataError(
                 f"{len(bad)} image(s) could not be decoded, e.g. {example}: "
-                f"{next(iter(bad.values()))}. All are listed in {skipped_file}. Remove or "
+                f"{reason}. All are listed in {skipped_file}. Remove or "
                 "replace them, or set data.on_bad_image: skip to leave them out."
             )
         logger.warning(
@@ -77,7 +76,12 @@ def prepare_splits(
         logger.info("%s: %d images of shape %s", name, len(rows), images.shape[1:])
     plan = {
         "dataset": config.dataset,
-        "scheme": spec.split,
+        # The source's own split, a test share fixed by the course, or the params' fractions.
+        "scheme": "source"
+        if index.pools is not None
+        else "fixed_test"
+        if spec.test_fraction
+        else "stratified",
         "images": int(len(labels)),
         "skipped": len(bad),
         "counts": {name: int(len(splits[name])) for name in SPLITS},
@@ -102,13 +106,11 @@ def _check_no_empty_class(
 
 def _write_skipped(path: Path, rows: list[tuple[str, str]]) -> None:
     """Always written (a header alone when nothing was skipped), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".csv")
-    with os.fdopen(handle, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["path", "reason"])
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "reason"])
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def main(argv: list[str]) -> None:
