@@ -18,13 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.datasets.split import Split  # noqa: E402
-from pipeline.validation import (  # noqa: E402
-    GateSettings,
-    build_image_table,
-    count_near_duplicates,
-    run_gate,
-)
+from pipeline.io import Split  # noqa: E402
+from pipeline.validation.gate import run_gate  # noqa: E402
+from pipeline.validation.profile import build_image_table, count_near_duplicates  # noqa: E402
+from pipeline.validation.suites import GateSettings  # noqa: E402
 
 BUDGET_S = 60.0
 SIZES = {"train": 50_000, "val": 5_000, "test": 5_000}

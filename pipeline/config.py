@@ -25,17 +25,10 @@ from pydantic import (
 from pipeline.datasets.sources import DATASET_NAMES, DATASETS
 from pipeline.errors import ConfigError
 
-STRATEGIES: tuple[str, ...] = ("scratch", "feature_extraction", "fine_tune")
-"""The training strategies, in the order the pipeline runs and reports them."""
+STRATEGY_NAMES: tuple[str, ...] = ("scratch", "feature_extraction", "fine_tune")
+"""The training strategies (`train.<name>` blocks), in the order the pipeline reports them."""
 
 WEIGHT_KEYWORDS: tuple[str, ...] = ("auto", "imagenet", "random")
-
-# The convolution layers of VGG16, the only valid values of `backbone.unfreeze_from`.
-VGG16_CONV_LAYERS: tuple[str, ...] = tuple(
-    f"block{block}_conv{conv}"
-    for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
-    for conv in range(1, convs + 1)
-)
 
 DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -148,10 +141,13 @@ class ValidateConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
+    """The pretrained base. What depends on the backbone itself (its smallest input, its layer
+    names) is checked against the backbone registry by the check_params stage, so that this
+    module, which every stage imports, never needs the registry."""
+
     weights: str = "auto"
-    # VGG16 without its top needs inputs of at least 32x32.
-    image_size: Annotated[int, Field(ge=32, le=512)] = 32
-    unfreeze_from: str = "block5_conv1"
+    image_size: Annotated[int, Field(ge=1, le=512)] = 32
+    unfreeze_from: Annotated[str, Field(min_length=1)] = "block5_conv1"
     batch_size: PositiveInt = 64
 
     @field_validator("weights")
@@ -166,13 +162,6 @@ class BackboneConfig(_Strict):
             )
         if not Path(value).is_file():
             raise ValueError(f"weights file {value!r} does not exist")
-        return value
-
-    @field_validator("unfreeze_from")
-    @classmethod
-    def _known_layer(cls, value: str) -> str:
-        if value not in VGG16_CONV_LAYERS:
-            raise ValueError(f"must be a VGG16 conv layer: {', '.join(VGG16_CONV_LAYERS)}")
         return value
 
 
@@ -255,13 +244,6 @@ def load_config(path: str | Path = "params.yaml") -> PipelineConfig:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, path)) from None
-
-
-def check_strategy(name: str) -> str:
-    """Return `name` if it is a known strategy, else raise ConfigError listing the allowed ones."""
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; allowed strategies: {', '.join(STRATEGIES)}")
-    return name
 
 
 def format_validation_error(error: ValidationError, path: str | Path) -> str:

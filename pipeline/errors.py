@@ -1,4 +1,8 @@
-"""The errors a user can cause and fix: the CLI prints them without a traceback."""
+"""The errors a user can cause and fix: entry points print them without a traceback.
+
+Domain modules raise the specific errors below in their own terms (an image size, a layer
+name); only `pipeline.config` and the stages speak in params keys.
+"""
 
 
 class PipelineError(Exception):
@@ -15,3 +19,7 @@ class DataError(PipelineError):
 
 class ValidationFailed(PipelineError):
     """The prepared data violates an expectation of the validate stage."""
+
+
+class ModelError(PipelineError):
+    """A model cannot be built as asked: too many pooling blocks, an unknown layer."""

@@ -7,10 +7,9 @@ column.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -128,13 +127,3 @@ def git_commit(project_root: Path) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
-
-
-def data_version(paths: Iterable[Path]) -> str:
-    """A short content hash of the prepared data, so runs on different data never look alike."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:12]

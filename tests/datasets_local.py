@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline.datasets.download import sha256_of
 from pipeline.datasets.sources import DATASETS, DatasetSpec
+from pipeline.io import sha256_of
 from tests import fakes
 
 # Kept small: the readers are exercised, not the models.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets.readers import CIFAR10_CLASSES
+from pipeline.datasets.readers.arrays import CIFAR10_CLASSES
 
 
 def _images(rng: np.random.Generator, count: int, shape: tuple[int, ...]) -> np.ndarray:

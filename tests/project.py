@@ -76,16 +76,27 @@ def dvc(root: Path, env: dict, *args: str, timeout: int = 900) -> subprocess.Com
     )
 
 
+def stage_command(root: Path, stage: str) -> list[str]:
+    """The command dvc.yaml gives `stage` in `root`, as DVC resolves it with root's params."""
+    from pipeline.wiring import load_stages
+
+    wiring = {item.name: item for item in load_stages(root)}[stage]
+    return [sys.executable, "-m", wiring.module, *wiring.arguments]
+
+
 def run_stage_alone(
     root: Path, stage: str, data: dict | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:
-    """Run `python -m pipeline.stages.<stage>` in `root` (no DVC), with the project's
-    params.yaml there and `data` merged into its data block."""
+    """Run one stage's command from dvc.yaml in `root` (no DVC), with the project's params.yaml
+    there and `data` merged into its data block."""
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["data"].update(data or {})
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    for name in ("dvc.yaml", ".dvc/config"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, root / name)
     return subprocess.run(
-        [sys.executable, "-m", f"pipeline.stages.{stage}"],
+        stage_command(root, stage),
         cwd=root,
         capture_output=True,
         text=True,

@@ -45,6 +45,10 @@ class DatasetSpec:
     # data.test_fraction. Sources with their own test set say so through their reader instead.
     test_fraction: float | None = None
 
+    def image_shape(self, image_size: int) -> tuple[int, int, int]:
+        """The shape of every prepared image: native, or RGB at `data.image_size` squared."""
+        return self.native_shape or (image_size, image_size, 3)
+
 
 # scikit-learn ships the UCI optical digits as a gzipped CSV (64 pixel columns in 0..16, then
 # the label). Its "URL" is a package-resource address, resolved by the download stage.

@@ -1,30 +1,12 @@
-"""Stratified, seeded train/val/test splits, stored as uint8 .npz files."""
+"""Stratified, seeded train/val/test splits: which image goes where (the store is
+`pipeline.io`)."""
 
 from __future__ import annotations
-
-import os
-import tempfile
-import zipfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import DataError
-
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-PLAN_FILE = "split.json"
-"""Written beside the splits: counts and the fractions the split aimed at."""
-_CHUNK_BYTES = 8 << 20
-
-
-@dataclass
-class Split:
-    """One split as stored on disk: `x` uint8 (N, H, W, C), `y` int64 (N,), class names."""
-
-    x: np.ndarray
-    y: np.ndarray
-    classes: list[str]
+from pipeline.io import SPLITS
 
 
 def allocate(counts: np.ndarray, total: int) -> np.ndarray:
@@ -154,70 +136,3 @@ def _too_small(labels: np.ndarray, val_fraction: float, test_fraction: float, re
         "Adjust the fractions in params.yaml (data.val_fraction, data.test_fraction) "
         "or add images to the smallest class."
     )
-
-
-def save_split(path: Path, split: Split) -> None:
-    """Write a split atomically: a reader never sees a half-written .npz."""
-    write_split(path, split.x, np.arange(len(split.x)), split.y, split.classes)
-
-
-def write_split(
-    path: Path, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, classes: list[str]
-) -> None:
-    """Write `images[rows]` with `labels` as a split .npz, atomically, a few MiB at a time.
-
-    The file is the one np.savez writes (x, y, classes; loadable without pickle), but the
-    images are gathered chunk by chunk, so no second copy of the split is ever in memory.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(handle)
-    shape = (len(rows), *images.shape[1:])
-    row_bytes = max(1, int(np.prod(images.shape[1:])))
-    step = max(1, _CHUNK_BYTES // row_bytes)
-    try:
-        with zipfile.ZipFile(
-            temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True
-        ) as out:
-            with out.open("x.npy", "w", force_zip64=True) as stream:
-                header = {
-                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-                    "fortran_order": False,
-                    "shape": shape,
-                }
-                np.lib.format.write_array_header_2_0(stream, header)
-                for start in range(0, len(rows), step):
-                    stream.write(
-                        np.ascontiguousarray(
-                            images[rows[start : start + step]], dtype=np.uint8
-                        ).tobytes()
-                    )
-            for name, value in (
-                ("y", np.asarray(labels, dtype=np.int64)),
-                # Class names as a fixed-width unicode array, so loading never needs pickle.
-                ("classes", np.array(classes, dtype=str)),
-            ):
-                with out.open(f"{name}.npy", "w") as stream:
-                    np.lib.format.write_array(stream, value, allow_pickle=False)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def load_split(path: Path) -> Split:
-    """Read a split written by `save_split`."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return Split(x=data["x"], y=data["y"], classes=[str(c) for c in data["classes"]])
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: run the split stage first (dvc repro)") from None
-    except (KeyError, ValueError, OSError) as exc:
-        raise DataError(
-            f"{path} is not a valid split file ({exc}); rerun the split stage"
-        ) from None
-
-
-def load_splits(directory: Path) -> dict[str, Split]:
-    """All three splits under `directory`."""
-    return {name: load_split(directory / f"{name}.npz") for name in SPLITS}

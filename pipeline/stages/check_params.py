@@ -1,42 +1,98 @@
-"""Validate params.yaml, and that the chosen dataset can be fetched, before any other stage.
+"""Validate params.yaml, and everything it implies, before any other stage runs.
 
 Every stage depends on this stage's output, and DVC deletes a stage's outputs before running
-it: checking here, first, means a typo, a missing image folder or a dataset with no known
-address stops the pipeline while earlier results are intact.
+it: checking here, first, means a typo, a missing image folder, a dataset with no known address
+or a model no builder could make stops the pipeline while earlier results are intact.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.config import DataConfig, load_config
-from pipeline.datasets.download import resolve_source, scan_image_folder
+from pipeline.config import PipelineConfig, load_config
+from pipeline.datasets.fetch import resolve_source, source_overrides
+from pipeline.datasets.folders import scan_image_folder
 from pipeline.datasets.sources import DATASETS
-from pipeline.stages._common import PARAMS_FILE, REPORTS_DIR, run_stage, write_json
-from pipeline.stages.download import source_overrides
+from pipeline.entry import run_entry
+from pipeline.errors import ConfigError, ModelError
+from pipeline.io import write_json
+from pipeline.models.backbones import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    check_backbone_input,
+    check_backbone_layer,
+)
+from pipeline.models.builders import ARCHITECTURES, DEFAULT_ARCHITECTURE
 
 logger = logging.getLogger("pipeline.stages.check_params")
 
 
-def check_dataset_source(config: DataConfig) -> None:
+def check_dataset_source(config: PipelineConfig) -> None:
     """Raise DataError if the configured dataset cannot be fetched as configured."""
-    if config.dataset == "image_folder":
-        scan_image_folder(Path(config.image_folder))
+    data = config.data
+    if data.dataset == "image_folder":
+        scan_image_folder(Path(data.image_folder))
         return
-    spec = DATASETS[config.dataset]
-    override = source_overrides(config).get(spec.name)
+    spec = DATASETS[data.dataset]
+    override = source_overrides(data.sources).get(spec.name)
     for source in spec.files:
-        resolve_source(spec, source, config.mirror, override)
+        resolve_source(spec, source, data.mirror, override)
 
 
-def main(argv: list[str]) -> None:
-    config = load_config(PARAMS_FILE)
-    check_dataset_source(config.data)
+def check_models(config: PipelineConfig) -> None:
+    """Raise ConfigError naming every key whose value a model builder would reject, given the
+    dataset's image shape: what would otherwise fail only inside a training stage."""
+    spec = DATASETS[config.data.dataset]
+    shape = spec.image_shape(config.data.image_size)
+    scratch = config.train.scratch
+    backbone = BACKBONES[DEFAULT_BACKBONE]
+    checks = [
+        (
+            "train.scratch.conv_filters",
+            scratch.conv_filters,
+            lambda: ARCHITECTURES[DEFAULT_ARCHITECTURE].check(
+                shape, conv_filters=scratch.conv_filters
+            ),
+        ),
+        (
+            "backbone.image_size",
+            config.backbone.image_size,
+            lambda: check_backbone_input(backbone, config.backbone.image_size),
+        ),
+        (
+            "backbone.unfreeze_from",
+            config.backbone.unfreeze_from,
+            lambda: check_backbone_layer(backbone, config.backbone.unfreeze_from),
+        ),
+    ]
+    problems = []
+    for key, value, check in checks:
+        try:
+            check()
+        except ModelError as error:
+            problems.append(f"  - {key} = {value!r}: {error}")
+    if problems:
+        where = f"data.dataset {spec.name} has {'x'.join(map(str, shape))} images"
+        raise ConfigError(
+            f"params.yaml asks for models that cannot be built ({where}); fix these keys:\n"
+            + "\n".join(problems)
+        )
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="check_params", description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="the marker written when valid")
+    args = parser.parse_args(argv)
+    config = load_config()
+    check_models(config)
+    check_dataset_source(config)
     # The content is constant on purpose: re-checking valid params must not re-run anything.
-    write_json(REPORTS_DIR / "params_check.json", {"params": "valid"})
+    write_json(args.out, {"params": "valid"})
     logger.info("params.yaml is valid (dataset=%s)", config.data.dataset)
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_entry(main, "stage 'check_params'")

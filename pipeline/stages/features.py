@@ -1,4 +1,4 @@
-"""Run VGG16's convolutional base over every split and cache the features.
+"""Run the backbone's convolutional base over every split and cache the features.
 
 The extractor (preprocessing + base) is saved beside the features, so `train_feature_extraction`
 assembles its final model from exactly the weights that produced them, random ones included.
@@ -6,44 +6,53 @@ assembles its final model from exactly the weights that produced them, random on
 
 from __future__ import annotations
 
+import argparse
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbone import extract_features, resolve_weights
 from pipeline.config import load_config
-from pipeline.datasets.split import SPLITS, load_splits
-from pipeline.models import build_feature_extractor, build_vgg16_base
-from pipeline.stages._common import FEATURES_DIR, PARAMS_FILE, PREPARED_DIR, run_stage, write_json
-from pipeline.training import set_global_seed
+from pipeline.entry import run_entry
+from pipeline.io import EXTRACTOR_FILE, FEATURES_INFO_FILE, load_splits, write_json
+from pipeline.models.backbones import BACKBONES, DEFAULT_BACKBONE, extract_features, resolve_weights
+from pipeline.models.heads import build_feature_extractor
+from pipeline.training.fit import set_global_seed
 
 logger = logging.getLogger("pipeline.stages.features")
 
 
-def main(argv: list[str]) -> None:
-    config = load_config(PARAMS_FILE)
-    splits = load_splits(PREPARED_DIR)
-    weights = resolve_weights(config.backbone.weights)
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="features", description=__doc__)
+    parser.add_argument("--prepared", type=Path, required=True, help="the prepared-data folder")
+    parser.add_argument("--out", type=Path, required=True, help="the features folder")
+    args = parser.parse_args(argv)
+    config = load_config()
+    splits = load_splits(args.prepared)
+    backbone = BACKBONES[DEFAULT_BACKBONE]
+    weights = resolve_weights(config.backbone.weights, backbone)
     # Random weights must be the same on every run with the same seed.
     set_global_seed(config.data.seed)
-    base = build_vgg16_base(config.backbone.image_size, weights.path)
-    extractor = build_feature_extractor(splits["train"].x.shape[1:], base)
-    FEATURES_DIR.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        features = extract_features(extractor, splits[name].x, config.backbone.batch_size)
-        np.save(FEATURES_DIR / f"{name}.npy", features)
+    base = backbone.build(config.backbone.image_size, weights.path)
+    extractor = build_feature_extractor(splits["train"].x.shape[1:], backbone, base)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        features = extract_features(extractor, split.x, config.backbone.batch_size)
+        np.save(args.out / f"{name}.npy", features)
         logger.info("%s: features %s", name, features.shape)
-    extractor.save(FEATURES_DIR / "extractor.keras")
+    extractor.save(args.out / EXTRACTOR_FILE)
     write_json(
-        FEATURES_DIR / "backbone.json",
+        args.out / FEATURES_INFO_FILE,
         {
+            "backbone": backbone.name,
             "weights": weights.kind,
             "weights_file": weights.path,
             "image_size": config.backbone.image_size,
         },
     )
-    logger.info("VGG16 weights: %s", weights.describe())
+    logger.info("%s weights: %s", backbone.name, weights.describe())
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_entry(main, "stage 'features'")

@@ -7,9 +7,11 @@ reports/data/skipped.csv and left out, unless `data.on_bad_image: fail`.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,27 +19,12 @@ import numpy as np
 from pipeline.config import DataConfig, load_config
 from pipeline.datasets.readers import ReadOptions, SourceIndex, open_dataset
 from pipeline.datasets.sources import DATASETS
-from pipeline.datasets.split import (
-    PLAN_FILE,
-    SPLITS,
-    plan_split,
-    stratified_subset,
-    write_split,
-)
+from pipeline.datasets.split import plan_split, stratified_subset
+from pipeline.entry import run_entry
 from pipeline.errors import DataError
-from pipeline.stages._common import (
-    PARAMS_FILE,
-    PREPARED_DIR,
-    RAW_DIR,
-    REPORTS_DIR,
-    run_stage,
-    write_json,
-    write_text,
-)
+from pipeline.io import PLAN_FILE, SPLITS, split_paths, write_json, write_split, write_text
 
 logger = logging.getLogger("pipeline.stages.split")
-
-SKIPPED_FILE = REPORTS_DIR / "data" / "skipped.csv"
 
 
 def prepare_splits(
@@ -68,11 +55,9 @@ def prepare_splits(
     pools = index.pools[chosen][keep] if index.pools is not None else None
     test_fraction = spec.test_fraction or config.test_fraction
     splits, fractions = plan_split(labels, pools, config.val_fraction, test_fraction, config.seed)
-    for name in SPLITS:
+    for name, path in split_paths(prepared_dir).items():
         rows = keep[splits[name]]
-        write_split(
-            prepared_dir / f"{name}.npz", images, rows, labels[splits[name]], index.class_names
-        )
+        write_split(path, images, rows, labels[splits[name]], index.class_names)
         logger.info("%s: %d images of shape %s", name, len(rows), images.shape[1:])
     plan = {
         "dataset": config.dataset,
@@ -113,11 +98,16 @@ def _write_skipped(path: Path, rows: list[tuple[str, str]]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def main(argv: list[str]) -> None:
-    config = load_config(PARAMS_FILE).data
-    plan = prepare_splits(config, RAW_DIR / config.dataset, PREPARED_DIR, SKIPPED_FILE)
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="split", description=__doc__)
+    parser.add_argument("--raw", type=Path, required=True, help="the dataset's raw folder")
+    parser.add_argument("--out", type=Path, required=True, help="the prepared-data folder")
+    parser.add_argument("--skipped", type=Path, required=True, help="the unreadable-images CSV")
+    args = parser.parse_args(argv)
+    config = load_config().data
+    plan = prepare_splits(config, args.raw, args.out, args.skipped)
     logger.info("%s: %d images split %s", plan["dataset"], plan["images"], plan["counts"])
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_entry(main, "stage 'split'")

@@ -1,33 +1,27 @@
 """The data gate: run the Great Expectations suites over the prepared splits.
 
-Writes reports/validation/summary.json (DVC metrics) and the Data Docs HTML beside it. On a
-failed expectation it lists each one on stderr and exits non-zero, so no downstream stage runs
-and the previous models and reports stay as they were.
+Writes the summary (DVC metrics) and the Data Docs HTML. On a failed expectation it lists each
+one on stderr and exits non-zero, so no downstream stage runs and the previous models and
+reports stay as they were.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import PipelineConfig, load_config
 from pipeline.datasets.sources import DATASETS
-from pipeline.datasets.split import PLAN_FILE, Split, load_splits
+from pipeline.entry import run_entry
 from pipeline.errors import ValidationFailed
-from pipeline.stages._common import (
-    PARAMS_FILE,
-    PREPARED_DIR,
-    REPORTS_DIR,
-    read_json,
-    run_stage,
-    write_json,
-)
-from pipeline.validation import GateSettings, run_gate
+from pipeline.io import PLAN_FILE, Split, load_splits, read_json, write_json
+from pipeline.validation.gate import run_gate
+from pipeline.validation.suites import GateSettings
 
 logger = logging.getLogger("pipeline.stages.validate")
-
-VALIDATION_DIR = REPORTS_DIR / "validation"
 
 
 def gate_settings(
@@ -35,11 +29,9 @@ def gate_settings(
 ) -> GateSettings:
     """The gate's expectations: the dataset's declared image shape (variable-size sources are
     decoded to RGB at `data.image_size`), the split's planned fractions and `validate.*`."""
-    spec = DATASETS[config.data.dataset]
-    shape = spec.native_shape or (config.data.image_size, config.data.image_size, 3)
     gate = config.validation
     return GateSettings(
-        image_shape=shape,
+        image_shape=DATASETS[config.data.dataset].image_shape(config.data.image_size),
         class_names=splits["train"].classes,
         expected_fractions=expected_fractions,
         split_tolerance=gate.split_tolerance,
@@ -51,7 +43,9 @@ def gate_settings(
     )
 
 
-def validate_prepared(config: PipelineConfig, prepared_dir: Path, output_dir: Path) -> dict:
+def validate_prepared(
+    config: PipelineConfig, prepared_dir: Path, docs_dir: Path, summary_file: Path
+) -> dict:
     """Run the gate on `prepared_dir`; write the summary and Data Docs; raise on failure."""
     splits = load_splits(prepared_dir)
     # The split stage records the fractions it aimed at: the params' ones, or the source's
@@ -60,12 +54,11 @@ def validate_prepared(config: PipelineConfig, prepared_dir: Path, output_dir: Pa
     reference = (
         load_splits(Path(config.validation.reference)) if config.validation.reference else None
     )
-    docs_dir = output_dir / "data_docs"
     shutil.rmtree(docs_dir, ignore_errors=True)
     result = run_gate(
         splits, gate_settings(config, splits, plan["expected_fractions"]), docs_dir, reference
     )
-    write_json(output_dir / "summary.json", result.summary)
+    write_json(summary_file, result.summary)
     for name, count in result.warnings.items():
         if count:
             logger.warning("%d %s (see %s)", count, name.replace("_", " "), docs_dir / "index.html")
@@ -78,10 +71,15 @@ def validate_prepared(config: PipelineConfig, prepared_dir: Path, output_dir: Pa
     return result.summary
 
 
-def main(argv: list[str]) -> None:
-    summary = validate_prepared(load_config(PARAMS_FILE), PREPARED_DIR, VALIDATION_DIR)
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="validate", description=__doc__)
+    parser.add_argument("--prepared", type=Path, required=True, help="the prepared-data folder")
+    parser.add_argument("--docs", type=Path, required=True, help="the Data Docs folder")
+    parser.add_argument("--summary", type=Path, required=True, help="the summary JSON (metrics)")
+    args = parser.parse_args(argv)
+    summary = validate_prepared(load_config(), args.prepared, args.docs, args.summary)
     logger.info("data gate passed: %d images, %d warning(s)", summary["rows"], summary["warnings"])
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_entry(main, "stage 'validate'")

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import (
-    STRATEGIES,
-    PipelineConfig,
-    check_strategy,
-    flatten_params,
-    load_config,
-)
+from pipeline.config import STRATEGY_NAMES, PipelineConfig, TrainConfig, flatten_params, load_config
 from pipeline.errors import ConfigError
-from tests.conftest import PROJECT_ROOT
+from tests.project import PROJECT_ROOT, stage_command
 
 
 @pytest.fixture
@@ -31,15 +24,31 @@ def _write(tmp_path: Path, params: dict) -> Path:
     return path
 
 
-def test_project_params_load_with_expected_defaults() -> None:
-    config = load_config(PROJECT_ROOT / "params.yaml")
-    assert isinstance(config, PipelineConfig)
-    assert config.data.dataset == "digits"
-    assert config.backbone.weights == "auto"
-    assert config.backbone.unfreeze_from == "block5_conv1"
-    assert config.train.scratch.conv_filters == [32, 64]
-    assert config.train.feature_extraction.dense_units == 256
-    assert config.validation.min_images_per_class >= 1
+def test_project_params_load_without_dropping_or_changing_a_value(params: dict) -> None:
+    """Every key of params.yaml reaches the pipeline as written: none is silently ignored,
+    renamed or coerced (a "1e-3" string, a rounded fraction)."""
+    loaded = flatten_params(load_config(PROJECT_ROOT / "params.yaml").model_dump(by_alias=True))
+    written = flatten_params(params)
+    assert {key: loaded.get(key, "<dropped>") for key in written} == written
+
+
+def test_defaults_of_optional_keys_are_the_documented_ones(params: dict) -> None:
+    """A key left out of params.yaml takes the value params.yaml documents for it: the
+    project's file and the model's defaults never disagree, except the keys params.yaml must
+    set (epochs) and the course's fine-tuning optimizer."""
+    required = {name: {"epochs": 1} for name in STRATEGY_NAMES}
+    defaults = flatten_params(
+        PipelineConfig.model_validate({"train": required}).model_dump(by_alias=True)
+    )
+    written = flatten_params(params)
+    differing = {key for key in written if written[key] != defaults.get(key)}
+    assert differing == {
+        "train.scratch.epochs",
+        "train.feature_extraction.epochs",
+        "train.fine_tune.epochs",
+        "train.fine_tune.optimizer",
+    }
+    assert list(TrainConfig.model_fields) == list(STRATEGY_NAMES)
 
 
 @pytest.mark.parametrize(
@@ -54,8 +63,8 @@ def test_project_params_load_with_expected_defaults() -> None:
         ("train.scratch", "optimizer", "adamw", ["optimizer", "adamw", "rmsprop"]),
         ("backbone", "weights", "resnet", ["backbone.weights", "resnet", "imagenet", "random"]),
         ("backbone", "weights", "missing.h5", ["backbone.weights", "missing.h5", "does not exist"]),
-        ("backbone", "unfreeze_from", "block6_conv1", ["unfreeze_from", "block5_conv1"]),
-        ("backbone", "image_size", 16, ["backbone.image_size", "16"]),
+        ("backbone", "image_size", 0, ["backbone.image_size", "0"]),
+        ("backbone", "unfreeze_from", "", ["backbone.unfreeze_from"]),
         ("data", "val_fraction", 0.0, ["data.val_fraction", "0.0"]),
         ("data", "resize", "crop", ["data.resize", "crop", "stretch", "pad"]),
         ("data", "on_bad_image", "ignore", ["data.on_bad_image", "ignore", "skip", "fail"]),
@@ -138,12 +147,6 @@ def test_weights_path_to_existing_h5_is_accepted(tmp_path: Path, params: dict) -
     assert load_config(_write(tmp_path, params)).backbone.weights == str(weights)
 
 
-def test_unknown_strategy_is_refused() -> None:
-    assert [check_strategy(name) for name in STRATEGIES] == list(STRATEGIES)
-    with pytest.raises(ConfigError, match="allowed strategies: scratch, feature_extraction"):
-        check_strategy("transformer")
-
-
 def test_flatten_params_uses_dotted_keys() -> None:
     assert flatten_params({"a": {"b": 1, "c": {"d": [2]}}, "e": None}) == {
         "a.b": 1,
@@ -153,8 +156,11 @@ def test_flatten_params_uses_dotted_keys() -> None:
 
 
 def _run_check(cwd: Path) -> subprocess.CompletedProcess:
+    for name in ("dvc.yaml", ".dvc/config", "data/images/README.md"):
+        (cwd / name).parent.mkdir(parents=True, exist_ok=True)
+        (cwd / name).write_bytes((PROJECT_ROOT / name).read_bytes())
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.stages.check_params"],
+        stage_command(cwd, "check_params"),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -194,3 +200,78 @@ def test_drift_reference_must_be_a_prepared_folder(tmp_path: Path, params: dict)
     assert load_config(_write(tmp_path, params)).validation.reference == str(
         tmp_path / "old_prepared"
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "block", "key", "value", "expected"),
+    [
+        # Each case: a value pydantic accepts but no builder could use, for this dataset.
+        (
+            {},
+            "train.scratch",
+            "conv_filters",
+            [8, 8, 8, 8, 8],
+            ["train.scratch.conv_filters = [8, 8, 8, 8, 8]", "5 conv blocks", "8x8", "at most 3"],
+        ),
+        (
+            {"dataset": "cifar10"},
+            "train.scratch",
+            "conv_filters",
+            [8] * 6,
+            ["train.scratch.conv_filters", "6 conv blocks", "32x32", "at most 5"],
+        ),
+        (
+            {"dataset": "malaria", "image_size": 20},
+            "train.scratch",
+            "conv_filters",
+            [8] * 5,
+            ["train.scratch.conv_filters", "20x20x3 images", "at most 4"],
+        ),
+        ({}, "backbone", "image_size", 16, ["backbone.image_size = 16", "at least 32x32"]),
+        (
+            {},
+            "backbone",
+            "unfreeze_from",
+            "block6_conv1",
+            ["backbone.unfreeze_from = 'block6_conv1'", "not a layer of vgg16", "block5_conv1"],
+        ),
+    ],
+)
+def test_check_params_refuses_a_model_no_builder_could_make(
+    tmp_path: Path, params: dict, data: dict, block: str, key: str, value, expected: list[str]
+) -> None:
+    from pipeline.stages.check_params import check_models
+
+    params["data"].update(data)
+    target = params
+    for part in block.split("."):
+        target = target[part]
+    target[key] = value
+    config = load_config(_write(tmp_path, params))
+    with pytest.raises(ConfigError) as error:
+        check_models(config)
+    for fragment in expected:
+        assert fragment in str(error.value)
+
+
+def test_check_params_names_every_unbuildable_key_at_once(tmp_path: Path, params: dict) -> None:
+    from pipeline.stages.check_params import check_models
+
+    params["train"]["scratch"]["conv_filters"] = [8, 8, 8, 8]
+    params["backbone"].update(image_size=8, unfreeze_from="conv1")
+    with pytest.raises(ConfigError) as error:
+        check_models(load_config(_write(tmp_path, params)))
+    lines = [line for line in str(error.value).splitlines() if line.startswith("  - ")]
+    assert [line.split(" = ")[0] for line in lines] == [
+        "  - train.scratch.conv_filters",
+        "  - backbone.image_size",
+        "  - backbone.unfreeze_from",
+    ]
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist", "cifar10", "cats_vs_dogs", "malaria"])
+def test_project_params_build_for_every_dataset(tmp_path: Path, params: dict, dataset) -> None:
+    from pipeline.stages.check_params import check_models
+
+    params["data"]["dataset"] = dataset
+    check_models(load_config(_write(tmp_path, params)))

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.datasets.download import (
+from pipeline.datasets.fetch import (
     SourceOverride,
     data_cache_dir,
     fetch_dataset,
     fetch_file,
     resolve_source,
-    sha256_of,
 )
 from pipeline.datasets.sources import DATASETS, DIGITS, FASHION_MNIST, MINI_CIFAR, MNIST, SourceFile
 from pipeline.errors import DataError
+from pipeline.io import sha256_of
 from tests import fakes
 
 
@@ -81,10 +81,29 @@ def test_checksum_mismatch_deletes_the_download_names_url_and_hashes_and_keeps_o
         fetch_dataset(spec, raw, cache_dir=tmp_path / "cache", retries=0)
     message = str(error.value)
     actual = sha256_of(served / "mnist" / "mnist.npz")
-    assert url in message and MNIST.files[0].sha256 in message and actual in message
+    expected = MNIST.files[0].sha256
+    assert message.startswith(f"checksum mismatch for {url}: expected SHA-256 {expected}, got ")
+    assert f"got {actual}. The download was deleted." in message
     assert _leftovers(tmp_path / "cache") == []
     assert (raw / "mnist.npz").read_bytes() == b"the earlier, good copy"
     assert sorted(p.name for p in raw.parent.iterdir()) == ["mnist"]  # no staging folder left
+
+
+def test_checksum_mismatch_from_a_file_url_names_the_actual_hash(tmp_path, served) -> None:
+    url = f"file://{served}/mnist/mnist.npz"
+    source = dataclasses.replace(MNIST.files[0], url=url)
+    with pytest.raises(DataError, match=r"checksum mismatch for file://") as error:
+        fetch_file(source, tmp_path / "cache", retries=0)
+    actual = sha256_of(served / "mnist" / "mnist.npz")
+    assert f"expected SHA-256 {MNIST.files[0].sha256}, got {actual}." in str(error.value)
+    assert _leftovers(tmp_path / "cache") == []
+
+
+def test_a_value_error_that_is_no_checksum_mismatch_keeps_its_own_message(tmp_path) -> None:
+    source = dataclasses.replace(MNIST.files[0], url="nosuch://host/mnist.npz")
+    with pytest.raises(DataError, match=r"^nosuch://host/mnist\.npz: ") as error:
+        fetch_file(source, tmp_path / "cache", retries=0)
+    assert "checksum mismatch" not in str(error.value)
 
 
 def test_http_404_is_a_clear_error(tmp_path, served, http_server) -> None:

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 from pipeline.config import AugmentationConfig
-from pipeline.errors import ConfigError
-from pipeline.models import (
-    _vgg16_preprocess,
+from pipeline.errors import ModelError
+from pipeline.models.backbones import BACKBONES, VGG16, check_backbone_input, check_backbone_layer
+from pipeline.models.builders import ARCHITECTURES, build_small_convnet, check_pooling_blocks
+from pipeline.models.heads import (
     assemble_feature_extraction_model,
     build_feature_extractor,
     build_feature_head,
     build_fine_tune_model,
-    build_scratch_cnn,
-    build_vgg16_base,
     set_trainable_from,
 )
 
@@ -25,7 +24,7 @@ from pipeline.models import (
 @pytest.fixture(scope="module")
 def base() -> keras.Model:
     keras.utils.set_random_seed(0)
-    return build_vgg16_base(32, None)
+    return VGG16.build(32, None)
 
 
 def _images(shape: tuple[int, int, int], count: int = 3) -> np.ndarray:
@@ -34,7 +33,7 @@ def _images(shape: tuple[int, int, int], count: int = 3) -> np.ndarray:
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
 def test_scratch_cnn_takes_raw_uint8_and_outputs_probabilities(shape) -> None:
-    model = build_scratch_cnn(shape, 5, [32, 64], 64, 0.5, AugmentationConfig(rotation=0.1))
+    model = build_small_convnet(shape, 5, [32, 64], 64, 0.5, AugmentationConfig(rotation=0.1))
     assert model.input.dtype == "uint8"
     probabilities = model.predict(_images(shape), verbose=0)
     assert probabilities.shape == (3, 5)
@@ -42,21 +41,46 @@ def test_scratch_cnn_takes_raw_uint8_and_outputs_probabilities(shape) -> None:
 
 
 def test_scratch_cnn_refuses_more_blocks_than_the_image_allows() -> None:
-    with pytest.raises(ConfigError, match="train.scratch.conv_filters has 4 conv blocks"):
-        build_scratch_cnn((8, 8, 1), 10, [8, 16, 32, 64], 64, 0.5)
+    # The builder speaks of images and blocks, not of params keys (check_params maps those).
+    with pytest.raises(ModelError, match="4 conv blocks.*at least 16x16.*8x8: use at most 3"):
+        build_small_convnet((8, 8, 1), 10, [8, 16, 32, 64], 64, 0.5)
+    check_pooling_blocks((8, 8, 1), 3)  # three halvings of 8 leave 1x1: allowed
+
+
+def test_every_architecture_checks_what_it_builds() -> None:
+    """Each registry entry's check accepts what its builder builds and refuses what it can't."""
+    for architecture in ARCHITECTURES.values():
+        architecture.check((32, 32, 3), conv_filters=[4, 4])
+        model = architecture.build((32, 32, 3), 3, [4, 4], 8, 0.0)
+        assert model.output_shape == (None, 3)
+        with pytest.raises(ModelError):
+            architecture.check((4, 4, 1), conv_filters=[4, 4, 4])
+
+
+def test_backbone_registry_layer_names_are_the_built_models() -> None:
+    """The layer names check_params trusts (without Keras) are those of the real model."""
+    for backbone in BACKBONES.values():
+        model = backbone.build(backbone.min_image_size, None)
+        assert backbone.layer_names == tuple(layer.name for layer in model.layers[1:])
+        check_backbone_input(backbone, backbone.min_image_size)
+        with pytest.raises(ModelError, match="at least"):
+            check_backbone_input(backbone, backbone.min_image_size - 1)
+        check_backbone_layer(backbone, backbone.layer_names[-1])
+        with pytest.raises(ModelError, match="is not a layer"):
+            check_backbone_layer(backbone, "block9_conv1")
 
 
 def test_vgg16_preprocess_layer_equals_keras_preprocess_input() -> None:
     images = np.random.default_rng(1).uniform(0, 255, size=(2, 5, 5, 3)).astype("float32")
     inputs = keras.Input(shape=(5, 5, 3))
-    layer_model = keras.Model(inputs, _vgg16_preprocess(inputs))
+    layer_model = keras.Model(inputs, VGG16.preprocess(inputs))
     expected = keras.applications.vgg16.preprocess_input(images.copy())
     np.testing.assert_allclose(layer_model.predict(images, verbose=0), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (40, 40, 3)])
 def test_feature_extractor_resizes_and_converts_gray(base, shape) -> None:
-    extractor = build_feature_extractor(shape, base)
+    extractor = build_feature_extractor(shape, VGG16, base)
     features = extractor.predict(_images(shape), verbose=0)
     assert features.shape == (3, 1, 1, 512)
     layer_names = [layer.name for layer in extractor.layers]
@@ -65,7 +89,7 @@ def test_feature_extractor_resizes_and_converts_gray(base, shape) -> None:
 
 
 def test_assembled_feature_model_equals_head_on_features(base) -> None:
-    extractor = build_feature_extractor((8, 8, 1), base)
+    extractor = build_feature_extractor((8, 8, 1), VGG16, base)
     head = build_feature_head((1, 1, 512), 4, 16, 0.5)
     model = assemble_feature_extraction_model(extractor, head)
     images = _images((8, 8, 1))
@@ -79,12 +103,12 @@ def test_set_trainable_from_freezes_everything_before_the_layer(base) -> None:
     assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3", "block5_pool"]
     set_trainable_from(base, None)
     assert not base.trainable and not base.trainable_weights
-    with pytest.raises(ConfigError, match="not a layer"):
+    with pytest.raises(ModelError, match="not a layer"):
         set_trainable_from(base, "block9_conv1")
 
 
 def test_fine_tune_model_saves_and_loads_with_plain_keras(base, tmp_path: Path) -> None:
-    model = build_fine_tune_model((8, 8, 1), 3, base, 16, 0.5, AugmentationConfig(zoom=0.1))
+    model = build_fine_tune_model((8, 8, 1), 3, VGG16, base, 16, 0.5, AugmentationConfig(zoom=0.1))
     path = tmp_path / "model.keras"
     model.save(path)
     # No custom objects: a saved model must load anywhere Keras is installed.

@@ -7,20 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.datasets.download import fetch_dataset
-from pipeline.datasets.readers import read_digits
+from pipeline.datasets.fetch import fetch_dataset
+from pipeline.datasets.readers.arrays import read_digits
 from pipeline.datasets.sources import DIGITS
-from pipeline.datasets.split import (
-    allocate,
-    load_split,
-    plan_split,
-    save_split,
-    split_indices,
-    stratified_subset,
-    write_split,
-)
+from pipeline.datasets.split import allocate, plan_split, split_indices, stratified_subset
 from pipeline.errors import DataError
-from tests.conftest import make_split
+from pipeline.io import load_split, save_split, write_split
+from tests.fixtures import make_split
 
 
 @pytest.fixture(scope="module")

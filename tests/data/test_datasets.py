@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from pipeline.config import DataConfig
-from pipeline.datasets.download import fetch_dataset
-from pipeline.datasets.readers import CIFAR10_CLASSES, open_dataset
-from pipeline.datasets.split import load_splits
+from pipeline.datasets.fetch import fetch_dataset
+from pipeline.datasets.readers import open_dataset
+from pipeline.datasets.readers.arrays import CIFAR10_CLASSES
 from pipeline.errors import DataError
+from pipeline.io import load_splits
 from pipeline.stages.split import prepare_splits
 from tests import fakes
 from tests.datasets_local import PET_NUMBERS, generate_source_files, local_spec

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.split import Split, save_split
-from pipeline.validation import (
-    GateSettings,
-    build_image_table,
-    count_near_duplicates,
-    difference_hashes,
-    run_gate,
-)
+from pipeline.io import Split, save_split
+from pipeline.validation.gate import run_gate
+from pipeline.validation.profile import build_image_table, count_near_duplicates, difference_hashes
+from pipeline.validation.suites import GateSettings
 from tests.project import run_stage_alone
 
 COUNTS = {"train": 14, "val": 3, "test": 3}  # images per class: fractions 0.7 / 0.15 / 0.15

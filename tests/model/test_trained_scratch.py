@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from pipeline.config import ScratchConfig
-from pipeline.datasets.download import fetch_dataset
-from pipeline.datasets.readers import read_digits
+from pipeline.datasets.fetch import fetch_dataset
+from pipeline.datasets.readers.arrays import read_digits
 from pipeline.datasets.sources import DIGITS
 from pipeline.datasets.split import split_indices
-from pipeline.evaluation import evaluate_model
-from pipeline.training import set_global_seed, train_scratch
+from pipeline.evaluation.metrics import evaluate_model
+from pipeline.training.fit import set_global_seed
+from pipeline.training.strategies import train_scratch
 
 pytestmark = pytest.mark.slow
 

@@ -1,156 +1,26 @@
-"""Readers: index the verified raw files of a dataset, then decode just the images asked for.
-
-A reader first returns a `SourceIndex`: every image's label, class names, the split the source
-itself assigns (if any) and a `load` function. Pixels are read only by `load`, straight into
-the caller's preallocated uint8 array, streaming through the files in chunks. The split stage
-therefore holds one copy of the images it keeps and nothing more, whatever the dataset's size.
-"""
+"""Readers of datasets stored as arrays in files: scikit-learn's digits CSV, Keras' mnist.npz,
+Fashion-MNIST's IDX files, CIFAR-10's binary batches and the course's mini_cifar.h5."""
 
 from __future__ import annotations
 
 import gzip
-import logging
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
-from pipeline.datasets.download import scan_image_folder
-from pipeline.datasets.images import ResizeMode, decode_many
+from pipeline.datasets.readers.base import (
+    CHUNK_BYTES,
+    ArrayPart,
+    ReadOptions,
+    Rows,
+    SourceIndex,
+    array_index,
+    chunked,
+)
 from pipeline.errors import DataError
-
-logger = logging.getLogger(__name__)
-
-_CHUNK_BYTES = 8 << 20
-
-Rows = Callable[[], Iterator[np.ndarray]]
-"""A factory of uint8 image chunks (k, H, W, C), in file order."""
-
-
-@dataclass
-class SourceIndex:
-    """A dataset before its pixels are read.
-
-    `pools` is the split the source itself assigns to each image ("train", "val", "test"), or
-    None; "train" without any "val" means val is still to be carved from it.
-    `load(indices, out)` decodes the images at the sorted `indices` into `out` (one row per
-    index) and returns {row: reason} for the images it could not decode.
-    """
-
-    labels: np.ndarray
-    class_names: list[str]
-    image_shape: tuple[int, int, int]
-    pools: np.ndarray | None
-    describe: Callable[[int], str]
-    load: Callable[[np.ndarray, np.ndarray], dict[int, str]]
-
-    def __post_init__(self) -> None:
-        self.labels = np.asarray(self.labels, dtype=np.int64)
-        if self.pools is not None and len(self.pools) != len(self.labels):
-            raise DataError(f"{len(self.pools)} split assignments for {len(self.labels)} images")
-        outside = (self.labels < 0) | (self.labels >= len(self.class_names))
-        if outside.any():
-            first = int(np.flatnonzero(outside)[0])
-            raise DataError(
-                f"{self.describe(first)}: label {int(self.labels[first])} is outside the "
-                f"{len(self.class_names)} classes {self.class_names}; the files disagree"
-            )
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def load_all(self) -> np.ndarray:
-        """Every image, for small datasets and tests."""
-        out = np.empty((len(self), *self.image_shape), dtype=np.uint8)
-        bad = self.load(np.arange(len(self)), out)
-        if bad:
-            first, reason = next(iter(bad.items()))
-            raise DataError(
-                f"{len(bad)} image(s) could not be decoded, e.g. {self.describe(first)}: {reason}"
-            )
-        return out
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """How variable-size images become one array: side length and resize mode."""
-
-    image_size: int = 150
-    resize: ResizeMode = "stretch"
-
-
-# --- arrays stored in files -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ArrayPart:
-    """One file's worth of images: how many, a factory of their chunks, a name for errors."""
-
-    count: int
-    rows: Rows
-    name: str
-
-
-def _array_index(
-    parts: Sequence[_ArrayPart],
-    labels: np.ndarray,
-    class_names: list[str],
-    shape: tuple[int, int, int],
-    pools: np.ndarray | None = None,
-) -> SourceIndex:
-    starts = np.cumsum([0] + [part.count for part in parts])
-
-    def describe(index: int) -> str:
-        part = int(np.searchsorted(starts, index, side="right")) - 1
-        return f"{parts[part].name}[{index - starts[part]}]"
-
-    def load(indices: np.ndarray, out: np.ndarray) -> dict[int, str]:
-        for part, start in zip(parts, starts[:-1], strict=True):
-            _gather_part(part, int(start), indices, out)
-        return {}
-
-    return SourceIndex(labels, class_names, shape, pools, describe, load)
-
-
-def _gather_part(part: _ArrayPart, start: int, indices: np.ndarray, out: np.ndarray) -> None:
-    """Copy the images of `part` (global rows start..start+count) that `indices` asks for."""
-    lo, hi = np.searchsorted(indices, [start, start + part.count])
-    if lo == hi:
-        return
-    last_needed = int(indices[hi - 1])
-    offset = start
-    for chunk in part.rows():
-        end = offset + len(chunk)
-        a, b = np.searchsorted(indices, [offset, end])
-        if b > a:
-            out[a:b] = chunk[indices[a:b] - offset]
-        offset = end
-        if offset > last_needed:
-            return
-    raise DataError(
-        f"{part.name}: holds {offset - start} images, fewer than the {part.count} its header or "
-        "labels declare; the file is truncated. Delete data/raw and rerun the download stage."
-    )
-
-
-def _chunked(stream: IO[bytes], count: int, shape: tuple[int, ...], name: str) -> Iterator:
-    """Read `count` uint8 rows of `shape` from a stream, a few MiB at a time."""
-    row_bytes = int(np.prod(shape))
-    per_chunk = max(1, _CHUNK_BYTES // row_bytes)
-    remaining = count
-    while remaining:
-        k = min(per_chunk, remaining)
-        data = stream.read(k * row_bytes)
-        if len(data) < k * row_bytes:
-            raise DataError(
-                f"{name}: ends after {count - remaining + len(data) // row_bytes} of {count} "
-                "images; the file is truncated. Delete data/raw and rerun the download stage."
-            )
-        yield np.frombuffer(data, dtype=np.uint8).reshape(k, *shape)
-        remaining -= k
 
 
 def read_digits(raw_dir: Path, options: ReadOptions | None = None) -> SourceIndex:
@@ -168,9 +38,9 @@ def read_digits(raw_dir: Path, options: ReadOptions | None = None) -> SourceInde
     # 0..16 intensities are spread over 0..255 so every dataset shares one pixel scale.
     pixels = np.rint(table[:, :64] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     images = pixels.reshape(-1, 8, 8, 1)
-    part = _ArrayPart(len(images), lambda: iter([images]), path.name)
+    part = ArrayPart(len(images), lambda: iter([images]), path.name)
     labels = table[:, 64].astype(np.int64)
-    return _array_index([part], labels, [str(d) for d in range(10)], (8, 8, 1))
+    return array_index([part], labels, [str(d) for d in range(10)], (8, 8, 1))
 
 
 def read_mnist(raw_dir: Path, options: ReadOptions | None = None) -> SourceIndex:
@@ -184,11 +54,11 @@ def read_mnist(raw_dir: Path, options: ReadOptions | None = None) -> SourceIndex
         _check_counts(f"{path}: {member}", count, f"y_{pool}", len(y))
         image_shape = (*shape, 1) if len(shape) == 2 else tuple(shape)
         parts.append(
-            _ArrayPart(count, _npz_rows(path, member, count, image_shape), f"{path.name}:{member}")
+            ArrayPart(count, _npz_rows(path, member, count, image_shape), f"{path.name}:{member}")
         )
         labels.append(y)
         pools.append(np.full(count, pool))
-    return _array_index(
+    return array_index(
         parts,
         np.concatenate(labels),
         [str(d) for d in range(10)],
@@ -240,7 +110,7 @@ def _npz_rows(path: Path, member: str, count: int, shape: tuple[int, ...]) -> Ro
         archive, stream = _npz_open(path, member)
         with archive, stream:
             _read_npy_header(stream, f"{path}:{member}")
-            yield from _chunked(stream, count, shape, f"{path}:{member}")
+            yield from chunked(stream, count, shape, f"{path}:{member}")
 
     return rows
 
@@ -301,10 +171,10 @@ def read_fashion_mnist(raw_dir: Path, options: ReadOptions | None = None) -> Sou
         if len(dims) != 3:
             raise DataError(f"{images_path}: expected 3 IDX dimensions (N, H, W), got {dims}")
         _check_counts(str(images_path), dims[0], str(labels_path), len(y))
-        parts.append(_ArrayPart(dims[0], _idx_rows(images_path, dims, offset), images_path.name))
+        parts.append(ArrayPart(dims[0], _idx_rows(images_path, dims, offset), images_path.name))
         labels.append(y)
         pools.append(np.full(dims[0], pool))
-    return _array_index(
+    return array_index(
         parts, np.concatenate(labels), FASHION_CLASSES, (28, 28, 1), np.concatenate(pools)
     )
 
@@ -336,7 +206,7 @@ def _idx_rows(path: Path, dims: tuple[int, ...], offset: int) -> Rows:
         try:
             with _idx_stream(path) as stream:
                 stream.read(offset)
-                yield from _chunked(stream, dims[0], (dims[1], dims[2], 1), str(path))
+                yield from chunked(stream, dims[0], (dims[1], dims[2], 1), str(path))
         except (OSError, EOFError) as exc:
             raise DataError(f"{path}: the gzip stream is damaged ({exc})") from None
 
@@ -378,18 +248,18 @@ def read_cifar10(raw_dir: Path, options: ReadOptions | None = None) -> SourceInd
         y = np.concatenate(
             [chunk[:, 0] for chunk in _records(path, count)] or [np.zeros(0, np.uint8)]
         )
-        parts.append(_ArrayPart(count, _cifar_rows(path, count), path.name))
+        parts.append(ArrayPart(count, _cifar_rows(path, count), path.name))
         labels.append(y.astype(np.int64))
         pools.append(np.full(count, pool))
     class_names = _cifar_class_names(folder / "batches.meta.txt")
-    return _array_index(
+    return array_index(
         parts, np.concatenate(labels), class_names, (32, 32, 3), np.concatenate(pools)
     )
 
 
 def _records(path: Path, count: int) -> Iterator[np.ndarray]:
     with open(path, "rb") as stream:
-        yield from _chunked(stream, count, (_CIFAR_RECORD,), str(path))
+        yield from chunked(stream, count, (_CIFAR_RECORD,), str(path))
 
 
 def _cifar_rows(path: Path, count: int) -> Rows:
@@ -439,12 +309,12 @@ def read_mini_cifar(raw_dir: Path, options: ReadOptions | None = None) -> Source
     def rows() -> Iterator[np.ndarray]:
         with h5py.File(path, "r") as handle:
             data = handle["x"]
-            step = max(1, _CHUNK_BYTES // (int(np.prod(shape)) * 4))
+            step = max(1, CHUNK_BYTES // (int(np.prod(shape)) * 4))
             for start in range(0, x_shape[0], step):
                 yield _unit_floats_to_uint8(data[start : start + step], path, start)
 
-    part = _ArrayPart(x_shape[0], rows, f"{path.name}:x")
-    return _array_index([part], y, names, shape)
+    part = ArrayPart(x_shape[0], rows, f"{path.name}:x")
+    return array_index([part], y, names, shape)
 
 
 def _h5_class_names(handle) -> list[str] | None:
@@ -464,89 +334,3 @@ def _unit_floats_to_uint8(values: np.ndarray, path: Path, start: int) -> np.ndar
             "floats in [0, 1]. Is this the right file?"
         )
     return np.rint(values * 255.0).astype(np.uint8)
-
-
-# --- folders of image files -----------------------------------------------------------------
-
-
-def _files_index(
-    files: dict[str, list[Path]],
-    root: Path,
-    options: ReadOptions,
-    class_names: list[str] | None = None,
-    pool_of: Callable[[Path], str] | None = None,
-) -> SourceIndex:
-    paths = [path for images in files.values() for path in images]
-    labels = np.concatenate(
-        [np.full(len(images), label) for label, images in enumerate(files.values())]
-    )
-    pools = np.array([pool_of(path) for path in paths]) if pool_of else None
-
-    def describe(index: int) -> str:
-        return str(paths[index].relative_to(root))
-
-    def load(indices: np.ndarray, out: np.ndarray) -> dict[int, str]:
-        from tqdm.auto import tqdm
-
-        chosen = [paths[i] for i in indices]
-        with tqdm(total=len(chosen), unit="img", desc="decoding", leave=False) as bar:
-            return decode_many(chosen, out, options.image_size, options.resize, bar.update)
-
-    return SourceIndex(
-        labels,
-        class_names or list(files),
-        (options.image_size, options.image_size, 3),
-        pools,
-        describe,
-        load,
-    )
-
-
-def read_image_folder(raw_dir: Path, options: ReadOptions | None = None) -> SourceIndex:
-    """A snapshot of the user's folder: one subfolder per class, images at any depth."""
-    scan = scan_image_folder(raw_dir)
-    return _files_index(scan.files, raw_dir, options or ReadOptions())
-
-
-def read_malaria(raw_dir: Path, options: ReadOptions | None = None) -> SourceIndex:
-    """NIH cell images: cell_images/Parasitized and cell_images/Uninfected PNGs."""
-    root = raw_dir / "cell_images"
-    scan = scan_image_folder(root)
-    return _files_index(scan.files, raw_dir, options or ReadOptions())
-
-
-def read_cats_vs_dogs(raw_dir: Path, options: ReadOptions | None = None) -> SourceIndex:
-    """PetImages/Cat and PetImages/Dog: numbers 0-999 train, 1000-1499 val, 1500-1999 test."""
-    root = raw_dir / "PetImages"
-    scan = scan_image_folder(root)
-    if scan.class_names != ["Cat", "Dog"]:
-        raise DataError(f"{root}: expected the subfolders Cat and Dog, found {scan.class_names}")
-
-    def pool_of(path: Path) -> str:
-        number = int(path.stem) if path.stem.isdigit() else -1
-        if not 0 <= number < 2000:
-            raise DataError(
-                f"{path}: not one of the course's images 0.jpg-1999.jpg; rerun the download stage"
-            )
-        return "train" if number < 1000 else "val" if number < 1500 else "test"
-
-    return _files_index(scan.files, raw_dir, options or ReadOptions(), ["cat", "dog"], pool_of)
-
-
-READERS: dict[str, Callable[[Path, ReadOptions | None], SourceIndex]] = {
-    "digits": read_digits,
-    "mnist": read_mnist,
-    "fashion_mnist": read_fashion_mnist,
-    "cifar10": read_cifar10,
-    "mini_cifar": read_mini_cifar,
-    "cats_vs_dogs": read_cats_vs_dogs,
-    "malaria": read_malaria,
-    "image_folder": read_image_folder,
-}
-
-
-def open_dataset(name: str, raw_dir: Path, options: ReadOptions | None = None) -> SourceIndex:
-    """Index dataset `name` from its raw directory, reading no pixels yet."""
-    if not raw_dir.is_dir():
-        raise DataError(f"{raw_dir} does not exist: run the download stage first (dvc repro)")
-    return READERS[name](raw_dir, options)

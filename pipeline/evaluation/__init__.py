@@ -1,0 +1,1 @@
+"""Evaluation: metrics.py (the metrics dict, confusion counts) and plots.py (the figures)."""

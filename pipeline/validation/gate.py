@@ -1,0 +1,202 @@
+"""The data-validation gate: Great Expectations 1.x suites over the per-image table.
+
+Suites check the schema, shapes, labels, pixels, split sizes, class balance, leakage across
+splits and, against a reference dataset, drift. Every failed expectation becomes one line naming
+the split, the column, what was observed against what was expected, example image indices and
+the params key that fixes or relaxes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io import Split
+from pipeline.validation.profile import (
+    build_image_table,
+    class_table,
+    count_near_duplicates,
+    drift_table,
+)
+from pipeline.validation.suites import (
+    GateSettings,
+    class_expectations,
+    drift_expectations,
+    image_expectations,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FailedExpectation:
+    split: str
+    column: str
+    expectation: str
+    observed: str
+    expected: str
+    examples: list[int]
+    fix: str
+
+    def __str__(self) -> str:
+        kind = "image indices" if self.split in ("train", "val", "test") else "classes"
+        examples = f"; example {kind} {self.examples}" if self.examples else ""
+        return (
+            f"split '{self.split}', column '{self.column}': {self.expectation}: observed "
+            f"{self.observed}, expected {self.expected}{examples}. Fix: {self.fix}"
+        )
+
+
+@dataclass
+class GateResult:
+    failures: list[FailedExpectation]
+    warnings: dict[str, int]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def run_gate(
+    splits: dict[str, Split],
+    settings: GateSettings,
+    docs_dir: Path | None = None,
+    reference: dict[str, Split] | None = None,
+) -> GateResult:
+    """Build the tables, run every suite in one Checkpoint (Data Docs to `docs_dir`), and
+    turn each failed expectation into a FailedExpectation."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    table = build_image_table(splits)
+    classes = class_table(table, len(settings.class_names))
+    # Each batch: its rows, its expectations, and the columns that identify a failing row.
+    batches: dict[str, tuple[pd.DataFrame, list, list[str]]] = {}
+    for name in splits:
+        batches[f"images_{name}"] = (
+            table[table["split"] == name].reset_index(drop=True),
+            image_expectations(name, settings, len(table)),
+            ["index"],
+        )
+    batches["class_balance"] = (classes, class_expectations(settings), ["split", "label"])
+    drift = None
+    if reference is not None:
+        drift = drift_table(table, build_image_table(reference), len(settings.class_names))
+        batches["drift"] = (drift, drift_expectations(settings), ["label"])
+
+    context = gx.get_context(mode="ephemeral")
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            site_name="validation",
+            site_config={
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },
+            },
+        )
+    source = context.data_sources.add_pandas("prepared")
+    failures: list[FailedExpectation] = []
+    for name, (frame, expectations, index_columns) in batches.items():
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=name))
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"gate_{name}",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")] if docs_dir else [],
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": index_columns,
+                },
+            )
+        )
+        result = checkpoint.run(batch_parameters={"dataframe": frame})
+        for validation in result.run_results.values():
+            failures += [
+                _describe_failure(name, item) for item in validation.results if not item.success
+            ]
+
+    blank = int((table["std"] == 0).sum())
+    near = count_near_duplicates(table, settings.near_duplicate_distance)
+    warnings = {"near_duplicates": near, "blank_images": blank}
+    summary = {
+        "passed": not failures,
+        "rows": int(len(table)),
+        "rows_per_split": {name: int((table["split"] == name).sum()) for name in splits},
+        "failures": len(failures),
+        "warnings": int(sum(warnings.values())),
+        "near_duplicates": near,
+        "blank_images": blank,
+        "exact_duplicates_across_splits": int(table["in_train"].sum()),
+        "failed_expectations": [str(failure) for failure in failures],
+    }
+    if drift is not None:
+        summary["drift_max_ks"] = float(drift["ks_statistic"].max())
+    return GateResult(failures, warnings, summary)
+
+
+def _describe_failure(batch: str, item) -> FailedExpectation:
+    """One readable record from a Great Expectations result.
+
+    Image batches give example image indices; class-level batches give class labels, and
+    name the splits they were found in.
+    """
+    config = item.expectation_config
+    kwargs = {key: value for key, value in config.kwargs.items() if key != "batch_id"}
+    result = item.result or {}
+    column = kwargs.pop("column", "(table)")
+    if "unexpected_count" in result:
+        values = result.get("partial_unexpected_list", [])[:5]
+        observed = f"{result['unexpected_count']} unexpected value(s), e.g. {_plain(values)}"
+    else:
+        observed = _plain(result.get("observed_value"))
+    expected = ", ".join(
+        f"{key}={_plain(value)}" for key, value in kwargs.items() if value is not None
+    )
+    rows = [
+        entry
+        for entry in result.get("partial_unexpected_index_list", [])
+        if isinstance(entry, dict)
+    ]
+    if batch.startswith("images_"):
+        split = batch.removeprefix("images_")
+        examples = [int(row["index"]) for row in rows[:5]]
+    else:
+        found_in = sorted({str(row["split"]) for row in rows if "split" in row})
+        split = f"{batch}: {', '.join(found_in)}" if found_in else batch
+        examples = [int(row["label"]) for row in rows[:5]]
+    return FailedExpectation(
+        split=split,
+        column=str(column),
+        expectation=config.type,
+        observed=str(observed),
+        expected=expected or "(see Data Docs)",
+        examples=examples,
+        fix=(config.meta or {}).get("fix", "see reports/validation/data_docs/index.html"),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and containers as plain Python, for readable messages and JSON."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,186 @@
+"""dvc.yaml is the one true map of the pipeline: each stage lists exactly the package modules it
+imports, receives every path it touches as an argument, and every joined path is written once.
+
+These tests read code and dvc.yaml only (no Keras), so they run in the fast suite.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.wiring import check_code_deps, import_closure, load_stages
+from tests.project import PROJECT_ROOT
+
+STAGES = load_stages(PROJECT_ROOT)
+DEPS = {report.stage: report for report in check_code_deps(PROJECT_ROOT)}
+
+
+@pytest.mark.parametrize("stage", [stage.name for stage in STAGES])
+def test_stage_lists_every_module_it_imports_and_no_other(stage: str) -> None:
+    report = DEPS[stage]
+    assert not report.missing, (
+        f"stage {stage} imports {', '.join(report.missing)}, which dvc.yaml does not list: "
+        "editing them would leave its outputs stale (run `pipeline deps`)"
+    )
+    assert not report.unused, (
+        f"stage {stage} lists {', '.join(report.unused)} in dvc.yaml but never imports them: "
+        "editing them would re-run it for nothing"
+    )
+
+
+def test_no_stage_imports_another_stage() -> None:
+    for stage in STAGES:
+        own = stage.module.replace(".", "/") + ".py"
+        others = {
+            path
+            for path in import_closure(stage.module, PROJECT_ROOT)
+            if path.startswith("pipeline/stages/")
+            and path not in (own, "pipeline/stages/__init__.py")
+        }
+        assert not others, f"stage {stage.name} imports other stages: {sorted(others)}"
+
+
+def _package(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_closure_follows_lazy_relative_and_submodule_imports(tmp_path: Path) -> None:
+    """The closure sees what really runs: imports inside functions, relative imports,
+    `from package import submodule`, and every package's __init__ on the way."""
+    _package(
+        tmp_path,
+        {
+            "pipeline/__init__.py": "",
+            "pipeline/stages/__init__.py": "",
+            "pipeline/stages/run.py": "from pipeline.a import helper\n"
+            "def main():\n    from pipeline.lazy import thing\n",
+            "pipeline/a/__init__.py": "from . import sub\n",
+            "pipeline/a/sub.py": "from ..b import value\n",
+            "pipeline/a/unused.py": "",
+            "pipeline/b.py": "import json\nvalue = 1\n",
+            "pipeline/lazy.py": "import pipeline.deep.inner\n",
+            "pipeline/deep/__init__.py": "",
+            "pipeline/deep/inner.py": "",
+            "pipeline/never.py": "",
+        },
+    )
+    assert import_closure("pipeline.stages.run", tmp_path) == {
+        "pipeline/__init__.py",
+        "pipeline/stages/__init__.py",
+        "pipeline/stages/run.py",
+        "pipeline/a/__init__.py",
+        "pipeline/a/sub.py",
+        "pipeline/b.py",
+        "pipeline/lazy.py",
+        "pipeline/deep/__init__.py",
+        "pipeline/deep/inner.py",
+    }
+
+
+def _project_copy(root: Path) -> Path:
+    for name in ("dvc.yaml", "params.yaml", ".dvc/config", "data/images/README.md"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, root / name)
+    shutil.copytree(
+        PROJECT_ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return root
+
+
+def test_check_names_the_stage_and_file_for_a_missing_or_needless_dep(tmp_path: Path) -> None:
+    root = _project_copy(tmp_path)
+    text = (root / "dvc.yaml").read_text()
+    # Drop split's last listed module (its own entry point) and give evaluate a needless one.
+    text = text.replace("      - pipeline/stages/split.py\n", "", 1)
+    text = text.replace(
+        "      - pipeline/stages/evaluate.py\n",
+        "      - pipeline/stages/evaluate.py\n      - pipeline/datasets/images.py\n",
+    )
+    (root / "dvc.yaml").write_text(text)
+    reports = {report.stage: report for report in check_code_deps(root)}
+    assert reports["split"].missing == ("pipeline/stages/split.py",)
+    assert reports["evaluate"].unused == ("pipeline/datasets/images.py",)
+    assert not any(
+        r.missing or r.unused
+        for name, r in reports.items()
+        if name
+        not in (
+            "split",
+            "evaluate",
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "deps", "--check", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "split: imports pipeline/stages/split.py, which dvc.yaml does not list" in result.stdout
+    assert "evaluate: lists pipeline/datasets/images.py, which it never imports" in result.stdout
+
+
+def test_project_dvc_yaml_passes_the_cli_check() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "deps", "--check"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- paths --------------------------------------------------------------------------------------
+
+
+def _under(path: str, declared: frozenset[str]) -> bool:
+    return any(path == item or path.startswith(f"{item}/") for item in declared)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=[stage.name for stage in STAGES])
+def test_stage_gets_its_paths_as_arguments_and_they_are_declared(stage) -> None:
+    arguments = stage.path_arguments
+    undeclared = [path for path in arguments if not _under(path, stage.path_deps | stage.outs)]
+    assert not undeclared, f"stage {stage.name} is given paths it does not declare: {undeclared}"
+    # An out the stage is not told about would have to be hard-coded in its module.
+    untold = sorted(stage.outs - set(arguments))
+    assert not untold, f"stage {stage.name} declares outs it is not given: {untold}"
+
+
+def test_every_joined_path_is_written_once_in_dvc_yaml() -> None:
+    text = (PROJECT_ROOT / "dvc.yaml").read_text()
+    paths = yaml.safe_load(text)["vars"][0]["paths"]
+    for name, value in paths.items():
+        assert text.count(f" {value}\n") == 1, f"{value} ({name}) is written more than once"
+        assert f"${{paths.{name}}}" in text, f"paths.{name} is never used"
+    # Every path a stage is given is built from those variables (or from params).
+    for stage in yaml.safe_load(text)["stages"].values():
+        words = stage["cmd"].split()
+        values = [w for before, w in zip(words, words[1:], strict=False) if before.startswith("--")]
+        assert all(value.startswith("${") for value in values), stage["cmd"]
+
+
+def test_stage_modules_hard_code_no_project_path() -> None:
+    """Stages take their paths from their arguments; literals like "data/prepared" in their
+    code would be a second, drifting copy of dvc.yaml."""
+    tops = ("data/", "reports/", "models/", "mlruns")
+    for path in sorted((PROJECT_ROOT / "pipeline" / "stages").glob("*.py")):
+        literals = [
+            node.value
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.startswith(tops)
+        ]
+        assert not literals, f"{path.name} hard-codes {literals}"
