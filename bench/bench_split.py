@@ -22,6 +22,10 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.project import stage_command  # noqa: E402
+
 RECORD = 3073
 BOUND = 2.0
 
@@ -43,11 +47,14 @@ def main() -> None:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["data"]["dataset"] = "cifar10"
         (project / "params.yaml").write_text(yaml.safe_dump(params))
+        for name in ("dvc.yaml", ".dvc/config"):
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            (project / name).write_bytes((ROOT / name).read_bytes())
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # The stage's own command from dvc.yaml, with the paths DVC would give it.
+        command = stage_command(project, "split")
         start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "pipeline.stages.split"], cwd=project, env=env, check=True
-        )
+        subprocess.run(command, cwd=project, env=env, check=True)
         elapsed = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
         arrays = 0
