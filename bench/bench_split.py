@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.project import stage_command  # noqa: E402
+from tests.project import copy_project_files, stage_command  # noqa: E402
 
 RECORD = 3073
 BOUND = 2.0
@@ -47,9 +47,7 @@ def main() -> None:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["data"]["dataset"] = "cifar10"
         (project / "params.yaml").write_text(yaml.safe_dump(params))
-        for name in ("dvc.yaml", ".dvc/config"):
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            (project / name).write_bytes((ROOT / name).read_bytes())
+        copy_project_files(project)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         # The stage's own command from dvc.yaml, with the paths DVC would give it.
         command = stage_command(project, "split")

@@ -1,9 +1,12 @@
 """Files, written once and right: atomic writes, the .npz split store, hashing.
 
-Every file or folder the pipeline writes goes through `atomic_write` or `atomic_directory`, so
-a failed stage never leaves a truncated report, a half-written split or a half-extracted
-dataset behind. The names of the files inside the folders that `dvc.yaml` passes between
-stages are also defined here, once: the stage that writes a folder and the stages that read it
+The pipeline's own files (reports, splits, downloads, extracted datasets) are written through
+`atomic_write` or `atomic_directory`, so a failure never leaves a truncated report, a
+half-written split or a half-extracted dataset behind. Files that libraries write themselves
+(Keras models, figures, CSVs) go into a stage's out folder, which DVC discards on failure.
+
+The names of the files inside the folders that `dvc.yaml` passes between stages are also
+defined here, once: the stage that writes a folder and the stages that read it
 share them.
 """
 
@@ -34,7 +37,6 @@ RUN_FILE = "run.json"
 """A strategy's MLflow run id, experiment, model URI and backbone weights, for `evaluate`."""
 FEATURES_INFO_FILE = "backbone.json"
 EXTRACTOR_FILE = "extractor.keras"
-VALIDATION_SUMMARY_FILE = "summary.json"
 
 _CHUNK_BYTES = 8 << 20
 

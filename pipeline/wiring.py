@@ -43,6 +43,11 @@ class StageWiring:
         return tuple(values)
 
 
+def within(path: str, declared: set[str] | frozenset[str]) -> bool:
+    """Whether the project-relative `path` is one of `declared` or inside one of them."""
+    return any(path == item or path.startswith(f"{item}/") for item in declared)
+
+
 def load_stages(root: Path) -> list[StageWiring]:
     """Every stage of `root`/dvc.yaml, in file order, through DVC's own parser."""
     from dvc.repo import Repo

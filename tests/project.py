@@ -38,9 +38,7 @@ def tiny_params(params: dict) -> dict:
 def make_project_copy(root: Path, edit: Callable[[dict], dict] = tiny_params) -> dict[str, str]:
     """Copy the project's source (not its data, models or MLflow store) into `root`, commit
     it to a fresh git repo, and return the environment to run DVC in."""
-    for name in PROJECT_FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / name, root / name)
+    copy_project_files(root, PROJECT_FILES)
     shutil.copytree(
         PROJECT_ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
     )
@@ -76,6 +74,13 @@ def dvc(root: Path, env: dict, *args: str, timeout: int = 900) -> subprocess.Com
     )
 
 
+def copy_project_files(root: Path, names: tuple[str, ...] = ("dvc.yaml", ".dvc/config")) -> None:
+    """Copy project files (by default what DVC needs to read the pipeline) into `root`."""
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT_ROOT / name, root / name)
+
+
 def stage_command(root: Path, stage: str) -> list[str]:
     """The command dvc.yaml gives `stage` in `root`, as DVC resolves it with root's params."""
     from pipeline.wiring import load_stages
@@ -92,9 +97,7 @@ def run_stage_alone(
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["data"].update(data or {})
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    for name in ("dvc.yaml", ".dvc/config"):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / name, root / name)
+    copy_project_files(root)
     return subprocess.run(
         stage_command(root, stage),
         cwd=root,

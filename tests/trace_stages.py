@@ -1,11 +1,14 @@
-"""Run every stage of a project's dvc.yaml in this one process, in DVC's order, with the
-arguments dvc.yaml gives it, and record the files each stage opens, renames and creates.
+"""Run every stage of a project's dvc.yaml in this one process, in the file's order (which is
+the order the stages depend on each other), with the arguments dvc.yaml gives each, and record
+the files each stage opens, renames and creates.
 
     python tests/trace_stages.py PROJECT_DIR TRACE.json
 
-Python's audit hooks see every `open` (builtins.open, io.open, os.open), `os.rename`/`os.replace`
-and `sqlite3.connect`, wherever they happen: in the pipeline or in Keras, MLflow, Great
-Expectations. The trace lists, per stage, the project-relative paths read and written, so a test
+Python's audit hooks see every `open` made from Python (builtins.open, io.open, os.open),
+`os.rename`/`os.replace` and `sqlite3.connect`, wherever they happen: in the pipeline or in Keras,
+MLflow, Great Expectations. Files opened by C code (h5py's HDF5 reads) are not seen.
+
+The trace lists, per stage, the project-relative paths read and written, so a test
 can compare them with what the stage declares. Running in-process (no DVC, no subprocess per
 stage) keeps this cheap enough for the fast suite.
 """
@@ -69,10 +72,10 @@ def main(project: Path, trace_file: Path) -> int:
     sys.addaudithook(hook)
     for stage in stages:
         trace[stage.name] = {"reads": set(), "writes": set()}
-        module = importlib.import_module(stage.module)
         current["stage"] = stage.name
         start = time.perf_counter()
         try:
+            module = importlib.import_module(stage.module)
             module.main(list(stage.arguments))
         finally:
             current["stage"] = None

@@ -42,8 +42,8 @@ class Backbone:
     """(image_size, weights file or None for random init) -> the Keras base model."""
     preprocess: Callable[[object], object]
     """Keras tensor of RGB floats in [0, 255] -> the base's expected input."""
-    layer_names: tuple[str, ...]
-    """Every layer of the base, in order: `backbone.unfreeze_from` must be one of these."""
+    trainable_from: tuple[str, ...]
+    """The layers with weights, where fine-tuning can start (`backbone.unfreeze_from`)."""
     min_image_size: int
     imagenet: WeightsSource
 
@@ -81,10 +81,10 @@ VGG16 = Backbone(
     name="vgg16",
     build=_build_vgg16,
     preprocess=_vgg16_preprocess,
-    layer_names=tuple(
-        f"block{block}_{kind}"
+    trainable_from=tuple(
+        f"block{block}_conv{conv}"
         for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
-        for kind in [*(f"conv{conv}" for conv in range(1, convs + 1)), "pool"]
+        for conv in range(1, convs + 1)
     ),
     # Five 2x2 poolings: anything smaller than 32x32 pools to nothing.
     min_image_size=32,
@@ -111,11 +111,12 @@ def check_backbone_input(backbone: Backbone, image_size: int) -> None:
 
 
 def check_backbone_layer(backbone: Backbone, layer: str) -> None:
-    """Raise ModelError if `backbone` has no layer `layer` (to unfreeze from)."""
-    if layer not in backbone.layer_names:
+    """Raise ModelError if fine-tuning `backbone` cannot start at `layer`: it must be one of
+    its layers with weights (unfreezing from a pooling layer would train the head alone)."""
+    if layer not in backbone.trainable_from:
         raise ModelError(
-            f"{layer!r} is not a layer of {backbone.name}; its layers are "
-            f"{', '.join(backbone.layer_names)}"
+            f"{layer!r} is not a layer of {backbone.name} with weights to fine-tune; choose one "
+            f"of {', '.join(backbone.trainable_from)}"
         )
 
 

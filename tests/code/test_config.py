@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.config import STRATEGY_NAMES, PipelineConfig, TrainConfig, flatten_params, load_config
 from pipeline.errors import ConfigError
-from tests.project import PROJECT_ROOT, stage_command
+from tests.project import PROJECT_ROOT, copy_project_files, stage_command
 
 
 @pytest.fixture
@@ -156,9 +156,7 @@ def test_flatten_params_uses_dotted_keys() -> None:
 
 
 def _run_check(cwd: Path) -> subprocess.CompletedProcess:
-    for name in ("dvc.yaml", ".dvc/config", "data/images/README.md"):
-        (cwd / name).parent.mkdir(parents=True, exist_ok=True)
-        (cwd / name).write_bytes((PROJECT_ROOT / name).read_bytes())
+    copy_project_files(cwd, ("dvc.yaml", ".dvc/config", "data/images/README.md"))
     return subprocess.run(
         stage_command(cwd, "check_params"),
         cwd=cwd,
@@ -234,6 +232,13 @@ def test_drift_reference_must_be_a_prepared_folder(tmp_path: Path, params: dict)
             "unfreeze_from",
             "block6_conv1",
             ["backbone.unfreeze_from = 'block6_conv1'", "not a layer of vgg16", "block5_conv1"],
+        ),
+        (
+            {},
+            "backbone",
+            "unfreeze_from",
+            "block5_pool",
+            ["backbone.unfreeze_from = 'block5_pool'", "with weights to fine-tune"],
         ),
     ],
 )

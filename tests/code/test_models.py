@@ -58,16 +58,44 @@ def test_every_architecture_checks_what_it_builds() -> None:
 
 
 def test_backbone_registry_layer_names_are_the_built_models() -> None:
-    """The layer names check_params trusts (without Keras) are those of the real model."""
+    """The layer names check_params trusts (without Keras) are those of the real model: every
+    layer with weights, where fine-tuning can start, and no pooling layer."""
     for backbone in BACKBONES.values():
         model = backbone.build(backbone.min_image_size, None)
-        assert backbone.layer_names == tuple(layer.name for layer in model.layers[1:])
+        assert backbone.trainable_from == tuple(
+            layer.name for layer in model.layers if layer.weights
+        )
         check_backbone_input(backbone, backbone.min_image_size)
         with pytest.raises(ModelError, match="at least"):
             check_backbone_input(backbone, backbone.min_image_size - 1)
-        check_backbone_layer(backbone, backbone.layer_names[-1])
-        with pytest.raises(ModelError, match="is not a layer"):
-            check_backbone_layer(backbone, "block9_conv1")
+        check_backbone_layer(backbone, backbone.trainable_from[-1])
+        for layer in ("block9_conv1", "block5_pool"):
+            with pytest.raises(ModelError, match="is not a layer of vgg16 with weights"):
+                check_backbone_layer(backbone, layer)
+
+
+def test_strategy_registry_matches_the_params_blocks() -> None:
+    """A strategy is trained by its registry entry and configured by its `train.<name>`
+    block: the two lists are one."""
+    from pipeline.config import STRATEGY_NAMES
+    from pipeline.training.strategies import STRATEGIES
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["transformer", "--prepared", "p", "--gate", "g", "--out", "o"], "allowed strategies"),
+        (["feature_extraction", "--prepared", "p", "--gate", "g", "--out", "o"], "--features"),
+    ],
+)
+def test_train_stage_refuses_an_unknown_strategy_or_missing_features(argv, message) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.stages.train import parse_arguments
+
+    with pytest.raises(ConfigError, match=message):
+        parse_arguments(argv)
 
 
 def test_vgg16_preprocess_layer_equals_keras_preprocess_input() -> None:

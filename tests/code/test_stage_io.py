@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from pipeline.wiring import load_stages
+from pipeline.wiring import load_stages, within
 from tests.project import PROJECT_ROOT, make_project_copy
 
 # The MLflow store is shared state outside the pipeline's data flow: every training run adds to
@@ -54,10 +54,6 @@ def traced(tmp_path_factory):
     return root, json.loads(trace_file.read_text())
 
 
-def _within(path: str, declared: set[str]) -> bool:
-    return any(path == item or path.startswith(f"{item}/") for item in declared)
-
-
 def _store(path: str) -> bool:
     return path.startswith(TRACKING_STORE)
 
@@ -86,7 +82,7 @@ def test_stages_write_only_their_declared_outs(traced) -> None:
     root, trace = traced
     for stage in load_stages(root):
         writes = trace[stage.name]["writes"]
-        stray = [path for path in writes if not _within(path, set(stage.outs)) and not _store(path)]
+        stray = [path for path in writes if not within(path, set(stage.outs)) and not _store(path)]
         assert not stray, f"stage {stage.name} wrote undeclared files: {stray}"
         # And each declared out was really produced.
         missing = [out for out in stage.outs if not (root / out).exists()]
@@ -104,7 +100,7 @@ def test_stages_read_only_their_declared_deps(traced) -> None:
         stray = [
             path
             for path in reads
-            if not _within(path, allowed) and not _store(path) and not path.startswith("pipeline/")
+            if not within(path, allowed) and not _store(path) and not path.startswith("pipeline/")
         ]
         assert not stray, f"stage {stage.name} read undeclared files: {stray}"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.wiring import check_code_deps, import_closure, load_stages
-from tests.project import PROJECT_ROOT
+from pipeline.wiring import check_code_deps, import_closure, load_stages, within
+from tests.project import PROJECT_ROOT, copy_project_files
 
 STAGES = load_stages(PROJECT_ROOT)
 DEPS = {report.stage: report for report in check_code_deps(PROJECT_ROOT)}
@@ -88,9 +88,7 @@ def test_closure_follows_lazy_relative_and_submodule_imports(tmp_path: Path) -> 
 
 
 def _project_copy(root: Path) -> Path:
-    for name in ("dvc.yaml", "params.yaml", ".dvc/config", "data/images/README.md"):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT_ROOT / name, root / name)
+    copy_project_files(root, ("dvc.yaml", "params.yaml", ".dvc/config", "data/images/README.md"))
     shutil.copytree(
         PROJECT_ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
     )
@@ -144,14 +142,10 @@ def test_project_dvc_yaml_passes_the_cli_check() -> None:
 # --- paths --------------------------------------------------------------------------------------
 
 
-def _under(path: str, declared: frozenset[str]) -> bool:
-    return any(path == item or path.startswith(f"{item}/") for item in declared)
-
-
 @pytest.mark.parametrize("stage", STAGES, ids=[stage.name for stage in STAGES])
 def test_stage_gets_its_paths_as_arguments_and_they_are_declared(stage) -> None:
     arguments = stage.path_arguments
-    undeclared = [path for path in arguments if not _under(path, stage.path_deps | stage.outs)]
+    undeclared = [path for path in arguments if not within(path, stage.path_deps | stage.outs)]
     assert not undeclared, f"stage {stage.name} is given paths it does not declare: {undeclared}"
     # An out the stage is not told about would have to be hard-coded in its module.
     untold = sorted(stage.outs - set(arguments))
@@ -159,16 +153,27 @@ def test_stage_gets_its_paths_as_arguments_and_they_are_declared(stage) -> None:
 
 
 def test_every_joined_path_is_written_once_in_dvc_yaml() -> None:
+    """Paths are spelt out only under `vars: paths`; every dep, out, plot and argument of a
+    stage is built from those variables (or from params, like `${data.image_folder}`)."""
+    raw = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    paths = raw["vars"][0]["paths"]
     text = (PROJECT_ROOT / "dvc.yaml").read_text()
-    paths = yaml.safe_load(text)["vars"][0]["paths"]
-    for name, value in paths.items():
-        assert text.count(f" {value}\n") == 1, f"{value} ({name}) is written more than once"
+    for name in paths:
         assert f"${{paths.{name}}}" in text, f"paths.{name} is never used"
-    # Every path a stage is given is built from those variables (or from params).
-    for stage in yaml.safe_load(text)["stages"].values():
+    literal = []
+    for name, stage in raw["stages"].items():
+        entries = [d for d in stage.get("deps", []) if not d.startswith("pipeline/")]
+        for key in ("outs", "metrics"):
+            entries += [next(iter(e)) if isinstance(e, dict) else e for e in stage.get(key, [])]
         words = stage["cmd"].split()
-        values = [w for before, w in zip(words, words[1:], strict=False) if before.startswith("--")]
-        assert all(value.startswith("${") for value in values), stage["cmd"]
+        first_option = next(i for i, word in enumerate(words) if word.startswith("--"))
+        entries += [word for word in words[first_option:] if not word.startswith("--")]
+        literal += [f"{name}: {entry}" for entry in entries if not entry.startswith("${")]
+    for plot in raw["plots"]:
+        for entry in [plot] if isinstance(plot, str) else list(plot.values())[0]["y"]:
+            if not entry.startswith("${"):
+                literal.append(f"plots: {entry}")
+    assert not literal, f"paths written out instead of taken from vars: {literal}"
 
 
 def test_stage_modules_hard_code_no_project_path() -> None:

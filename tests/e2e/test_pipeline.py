@@ -7,9 +7,9 @@ something (params, code, outputs) works on its own copy of it, so the tests pass
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from pipeline.config import flatten_params
+from pipeline.io import sha256_of as sha256
 from tests.project import dvc, make_project_copy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -38,10 +39,6 @@ def mlflow_run(root: Path, env: dict) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # The README's command for comparing experiments: params and metrics, no code or data hashes.
@@ -66,7 +63,27 @@ def workspace(project, tmp_path):
     root, env = project
     copy = tmp_path / "project"
     shutil.copytree(root, copy, symlinks=True)
+    _point_mlflow_store_at(copy / "mlflow.db", root, copy)
     return copy, {**env, "PIPELINE_DATA_CACHE": str(copy / ".data-cache")}
+
+
+# Where MLflow's SQLite store records absolute artifact paths.
+_ARTIFACT_COLUMNS = {
+    "experiments": "artifact_location",
+    "runs": "artifact_uri",
+    "logged_models": "artifact_location",
+    "model_versions": "storage_location",
+}
+
+
+def _point_mlflow_store_at(database: Path, old: Path, new: Path) -> None:
+    """The copied store still points at the shared run's artifacts: make it point at the
+    copy's, so a test's new runs and metrics never touch the shared run."""
+    with sqlite3.connect(database) as connection:
+        for table, column in _ARTIFACT_COLUMNS.items():
+            connection.execute(
+                f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (str(old), str(new))
+            )
 
 
 def outputs(root: Path) -> dict[Path, str]:
