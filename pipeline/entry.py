@@ -33,4 +33,8 @@ def run_entry(
     except PipelineError as error:
         print(f"error in {name}: {error}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        # The reader went away (`pipeline deps | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     sys.exit(status or 0)

@@ -189,3 +189,19 @@ def test_stage_modules_hard_code_no_project_path() -> None:
             and node.value.startswith(tops)
         ]
         assert not literals, f"{path.name} hard-codes {literals}"
+
+
+def test_deps_stops_quietly_when_its_reader_is_gone() -> None:
+    """`pipeline deps | head` must not end in a traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "deps"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # The reader leaves before the first line: reading dvc.yaml takes the command a second.
+    process.stdout.close()
+    errors = process.stderr.read()
+    assert process.wait(timeout=60) == 141
+    assert "Traceback" not in errors
