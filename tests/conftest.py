@@ -1,5 +1,6 @@
-"""Pytest fixtures shared by every test folder: a local HTTP server. Plain helpers live in
-tests/fixtures.py and tests/project.py, imported by name."""
+"""Pytest fixtures shared by every test folder: a local HTTP server and real MLflow tracking
+servers (SQLite- and PostgreSQL-backed). Plain helpers live in tests/fixtures.py,
+tests/project.py and tests/servers.py, imported by name."""
 
 from __future__ import annotations
 
@@ -8,11 +9,52 @@ import http.server
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from tests.servers import MlflowServer, ServerUnavailable, postgres_cluster
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+TRACKING_BACKENDS = ["sqlite", "postgresql"]
+
+
+def _start_tracking_server(backend: str, workdir: Path) -> Iterator[MlflowServer]:
+    """A started MlflowServer over a fresh `backend` store (a SQLite file, or a database in a
+    throwaway PostgreSQL cluster), artifacts proxied into `workdir`; stopped, cluster and all,
+    when the generator is closed. Skips only where PostgreSQL cannot run on this machine."""
+    with ExitStack() as stack:
+        if backend == "sqlite":
+            backend_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        elif backend == "postgresql":
+            try:
+                backend_uri = stack.enter_context(postgres_cluster(workdir))
+            except ServerUnavailable as exc:
+                pytest.skip(f"PostgreSQL-backed tracking server: {exc}")
+        else:
+            raise ValueError(f"unknown tracking backend {backend!r}")
+        server = stack.enter_context(MlflowServer(backend_uri, workdir))
+        yield server
+
+
+@pytest.fixture(scope="module", params=TRACKING_BACKENDS, ids=TRACKING_BACKENDS)
+def tracking_server(request, tmp_path_factory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on 127.0.0.1 (`.uri`), once per backend: SQLite and PostgreSQL
+    (`.backend` says which; `.backend_uri` is the store). Artifacts go over HTTP through the
+    server's proxy. One server per module and backend: use unique experiment and model names.
+    A test may `stop()` and `start()` it (same port, same store); it is left running."""
+    yield from _start_tracking_server(
+        request.param, tmp_path_factory.mktemp(f"tracking-{request.param}")
+    )
+
+
+@pytest.fixture(scope="module")
+def sqlite_tracking_server(tmp_path_factory) -> Iterator[MlflowServer]:
+    """Like `tracking_server`, SQLite only, for tests that need not run on both backends."""
+    yield from _start_tracking_server("sqlite", tmp_path_factory.mktemp("tracking-sqlite"))
 
 
 @pytest.fixture
