@@ -23,3 +23,15 @@ class ValidationFailed(PipelineError):
 
 class ModelError(PipelineError):
     """A model cannot be built as asked: too many pooling blocks, an unknown layer."""
+
+
+class TrackingUnavailable(PipelineError):
+    """The MLflow tracking server or database does not answer."""
+
+
+class RegistryError(PipelineError):
+    """The model registry cannot do what was asked: no run to register, an unknown alias."""
+
+
+class RetrainFailed(PipelineError):
+    """A step of a retraining cycle failed; the served model was left where it was."""

@@ -1,16 +1,19 @@
-"""MLflow: tracking URI, one tagged run per strategy, per-epoch metrics, artifacts and models.
+"""MLflow runs: one tagged run per strategy, per-epoch metrics, artifacts and models.
 
 Metric and tag names are the same for every strategy so the MLflow UI compares runs column by
-column.
+column. Every call goes through a `RunRecorder`, so a tracking server that drops mid-run costs
+the run its remaining MLflow calls, never the training: the stage still writes its DVC outs,
+marks them untracked, and `pipeline sync-mlflow` logs them later as the run they would have been.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import keras
 import mlflow
@@ -18,46 +21,111 @@ import numpy as np
 from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-DEFAULT_DB = "mlflow.db"
+from pipeline.tracking.server import limit_http_retries, tracking_uri
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
-def tracking_uri(project_root: Path) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store at the project root."""
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{(project_root / DEFAULT_DB).resolve()}"
-    )
-
-
-def configure_tracking(project_root: Path, experiment_name: str) -> str:
-    """Point MLflow at the store and experiment; return the experiment id."""
+def configure_tracking(project_root: Path, experiment_name: str | None = None) -> str | None:
+    """Point MLflow at the store (and the experiment, when named); return the experiment id."""
+    limit_http_retries()
     mlflow.set_tracking_uri(tracking_uri(project_root))
+    if experiment_name is None:
+        return None
     return mlflow.set_experiment(experiment_name).experiment_id
 
 
-def start_strategy_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> mlflow.ActiveRun:
-    """A new run for one strategy.
-
-    Under `mlflow run`, MLFLOW_RUN_ID names the project's own run; the strategy runs become
-    its children instead of all writing into it.
-    """
+def parent_run_tags() -> dict[str, str]:
+    """Under `mlflow run` or `pipeline retrain`, MLFLOW_RUN_ID names the enclosing run: the
+    strategy runs become its children instead of all writing into it."""
     parent = os.environ.get("MLFLOW_RUN_ID")
-    if parent:
-        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent}
-    run = mlflow.MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags)
-    return mlflow.start_run(run_id=run.info.run_id)
+    return {MLFLOW_PARENT_RUN_ID: parent} if parent else {}
 
 
-def resume_run(run_id: str) -> mlflow.ActiveRun:
-    return mlflow.start_run(run_id=run_id)
+def create_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    """A new run (a child of the enclosing one, if any); return its id."""
+    run = mlflow.MlflowClient().create_run(
+        experiment_id, run_name=run_name, tags={**tags, **parent_run_tags()}
+    )
+    return run.info.run_id
+
+
+class RunRecorder:
+    """Logs to one MLflow run, and survives losing the tracking server.
+
+    The first call that fails is reported once, as a warning; later calls are skipped. `lost`
+    then tells the stage to mark its outputs untracked, for `pipeline sync-mlflow`.
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.error: str | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self.error is not None
+
+    def __call__(
+        self, what: str, function: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T | None:
+        if self.lost:
+            return None
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - MLflow, requests and SQLAlchemy errors alike
+            self.error = f"{what}: {type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            logger.warning(
+                "lost the MLflow tracking server (%s); training goes on and the outputs are "
+                "written as usual. Run `pipeline sync-mlflow` once it is back.",
+                self.error,
+            )
+            return None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[RunRecorder]:
+        """Make the run the active one for MLflow's fluent API; end it FINISHED, or FAILED on
+        an exception, whether or not the server is still there."""
+        if self(f"start run {self.run_id}", mlflow.start_run, run_id=self.run_id) is None:
+            yield self
+            return
+        status = "FAILED"
+        try:
+            yield self
+            status = "FINISHED"
+        finally:
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status)
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
     """Logs `loss`, `accuracy`, `val_loss`, `val_accuracy` with step = epoch, as training runs."""
 
+    def __init__(self, recorder: RunRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         metrics = {key: float(value) for key, value in (logs or {}).items() if np.isscalar(value)}
-        mlflow.log_metrics(metrics, step=epoch)
+        self.recorder("epoch metrics", mlflow.log_metrics, metrics, step=epoch)
+
+
+def log_history(history: dict[str, list[float]]) -> None:
+    """Log a whole training history (column -> value per epoch) at once, step = epoch."""
+    from mlflow.entities import Metric
+
+    run_id = mlflow.active_run().info.run_id
+    metrics = [
+        Metric(key=key, value=float(value), timestamp=0, step=step)
+        for key, values in history.items()
+        if key != "epoch"
+        for step, value in enumerate(values)
+    ]
+    client = mlflow.MlflowClient()
+    # The REST API takes at most 1000 metrics per batch.
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def log_keras_model(model: keras.Model, example: np.ndarray) -> str:
@@ -70,7 +138,7 @@ def log_keras_model(model: keras.Model, example: np.ndarray) -> str:
             signature=signature,
             input_example=example,
             # Explicit requirements spare MLflow a slow subprocess that re-imports the model.
-            pip_requirements=_model_requirements(),
+            pip_requirements=model_requirements(),
         )
     return info.model_uri
 
@@ -95,35 +163,14 @@ def _keras_flavor_creates_model_dir() -> Iterator[None]:
         keras_save._save_example = original
 
 
-def _model_requirements() -> list[str]:
+def model_requirements() -> list[str]:
+    """Pinned requirements of a logged model: what it needs to load and predict."""
     from importlib.metadata import PackageNotFoundError, version
 
     requirements = []
-    for package in ("mlflow", "keras", keras.backend.backend(), "numpy"):
+    for package in ("mlflow", "keras", keras.backend.backend(), "numpy", "pandas"):
         try:
             requirements.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
             continue
     return requirements
-
-
-def git_commit(project_root: Path) -> str:
-    """The checked-out commit, with '-dirty' when tracked files differ; 'unknown' outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=project_root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=project_root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import keras
@@ -19,6 +20,7 @@ from pipeline.models.heads import (
     build_fine_tune_model,
     set_trainable_from,
 )
+from tests.project import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +92,18 @@ def test_strategy_registry_matches_the_params_blocks() -> None:
         (["feature_extraction", "--prepared", "p", "--gate", "g", "--out", "o"], "--features"),
     ],
 )
-def test_train_stage_refuses_an_unknown_strategy_or_missing_features(argv, message) -> None:
+def test_train_stage_refuses_an_unknown_strategy_or_missing_features(
+    argv, message, tmp_path, monkeypatch
+) -> None:
     from pipeline.errors import ConfigError
-    from pipeline.stages.train import parse_arguments
+    from pipeline.stages.train import main
 
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match=message):
-        parse_arguments(argv)
+        main(argv)
+    assert not (tmp_path / "o").exists()
 
 
 def test_vgg16_preprocess_layer_equals_keras_preprocess_input() -> None:
