@@ -1,5 +1,8 @@
 """The `pipeline` command: verbs that run outside the DVC stages.
 
+    pipeline retrain         one retraining cycle: lock, new data?, dvc repro, promotion gate
+    pipeline retrain --force retrain even when the data has not changed
+    pipeline sync-mlflow     log to MLflow what a lost tracking server missed
     pipeline deps            each stage's code dependencies, derived from its imports
     pipeline deps --check    exit 1, naming the stage and file, where dvc.yaml disagrees
 
@@ -21,9 +24,7 @@ def deps(args: argparse.Namespace) -> int:
     """Print, or check, the package modules each stage of dvc.yaml must list as deps."""
     from pipeline.wiring import check_code_deps, import_closure, load_stages
 
-    root = args.root.resolve()
-    if not (root / "dvc.yaml").is_file():
-        raise PipelineError(f"{root} has no dvc.yaml: run from the project root, or pass --root")
+    root = _project_root(args.root)
     if not args.check:
         for stage in load_stages(root):
             print(f"{stage.name}:")
@@ -44,6 +45,53 @@ def deps(args: argparse.Namespace) -> int:
     return 0
 
 
+def retrain(args: argparse.Namespace) -> int:
+    """One retraining cycle; 75 when another cycle holds the lock."""
+    from pipeline.retrain import LOCK_HELD_STATUS, RECORD_FILE, LockHeld, run_cycle
+
+    root = _project_root(args.root)
+    try:
+        record = run_cycle(root, force=args.force)
+    except LockHeld as held:
+        print(f"pipeline retrain: {held}", file=sys.stderr)
+        return LOCK_HELD_STATUS
+    if record.outcome == "no new data":
+        print(f"no new data: {record.data['summary']}; nothing retrained (--force retrains)")
+    else:
+        decision = record.decision or {}
+        print(
+            f"retrained on {record.data['summary']}: {record.outcome} "
+            f"({decision.get('registered_model')} version "
+            f"{decision.get('challenger', {}).get('version')}); see {RECORD_FILE}"
+        )
+    return 0
+
+
+def sync_mlflow(args: argparse.Namespace) -> int:
+    """Log the runs (and evaluations) a lost tracking server missed."""
+    from pipeline.tracking.server import check_tracking_server, tracking_uri
+    from pipeline.wiring import project_paths
+
+    root = _project_root(args.root)
+    uri = tracking_uri(root)
+    check_tracking_server(uri)
+    from pipeline.tracking.sync import sync_runs
+
+    outcomes = sync_runs(root, project_paths(root))
+    if not outcomes:
+        print("no trained model to sync: run `dvc repro` first")
+    for outcome in outcomes:
+        print(f"{outcome.strategy}: {'; '.join(outcome.actions)} (run {outcome.run_id})")
+    return 0
+
+
+def _project_root(root: Path) -> Path:
+    root = root.resolve()
+    if not (root / "dvc.yaml").is_file():
+        raise PipelineError(f"{root} has no dvc.yaml: run from the project root, or pass --root")
+    return root
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -51,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     deps_parser.add_argument("--check", action="store_true", help="compare them with dvc.yaml")
     deps_parser.add_argument("--root", type=Path, default=Path("."), help="the project root")
     deps_parser.set_defaults(run=deps)
+    retrain_parser = verbs.add_parser(
+        "retrain", help="one retraining cycle (for cron, systemd timers, CI schedules)"
+    )
+    retrain_parser.add_argument(
+        "--force", action="store_true", help="retrain even when the data has not changed"
+    )
+    retrain_parser.add_argument("--root", type=Path, default=Path("."), help="the project root")
+    retrain_parser.set_defaults(run=retrain)
+    sync_parser = verbs.add_parser(
+        "sync-mlflow", help="log to MLflow the runs a lost tracking server missed"
+    )
+    sync_parser.add_argument("--root", type=Path, default=Path("."), help="the project root")
+    sync_parser.set_defaults(run=sync_mlflow)
     return parser
 
 

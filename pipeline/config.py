@@ -211,9 +211,32 @@ class TrainConfig(_Strict):
     fine_tune: FineTuneConfig
 
 
+# A registered model's name: MLflow allows any text, but a URI (`models:/<name>@champion`) and
+# a shell command line must hold it unquoted.
+RegisteredModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
 class MlflowConfig(_Strict):
     experiment_name: Annotated[str, Field(min_length=1)] = "image-classifiers"
-    registered_model: Annotated[str, Field(min_length=1)] = "image-classifier"
+    # None: "<dataset>-classifier", so each dataset's models have their own registry entry.
+    registered_model: RegisteredModelName | None = None
+
+    def registered_model_name(self, dataset: str) -> str:
+        return self.registered_model or f"{dataset.replace('_', '-')}-classifier"
+
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class PromoteConfig(_Strict):
+    """The promotion gate: a challenger becomes champion only when it passes every criterion."""
+
+    # `best`: the strategy with the highest test accuracy; or one strategy by name.
+    strategy: Literal[("best", *STRATEGY_NAMES)] = "best"  # type: ignore[valid-type]
+    min_accuracy: Rate = 0.7
+    min_improvement: Rate = 0.0
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    min_class_recall: Rate = 0.5
 
 
 class PipelineConfig(_Strict):
@@ -223,6 +246,7 @@ class PipelineConfig(_Strict):
     backbone: BackboneConfig = BackboneConfig()
     train: TrainConfig
     mlflow: MlflowConfig = MlflowConfig()
+    promote: PromoteConfig = PromoteConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

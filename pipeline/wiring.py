@@ -48,6 +48,22 @@ def within(path: str, declared: set[str] | frozenset[str]) -> bool:
     return any(path == item or path.startswith(f"{item}/") for item in declared)
 
 
+def project_paths(root: Path) -> dict[str, str]:
+    """The `paths` block of dvc.yaml's vars: where each stage's inputs and outputs live, for
+    the verbs that run outside DVC (`pipeline retrain`, `pipeline sync-mlflow`)."""
+    import yaml
+
+    from pipeline.errors import PipelineError
+
+    try:
+        document = yaml.safe_load((root / "dvc.yaml").read_text())
+        return next(item["paths"] for item in document["vars"] if "paths" in item)
+    except FileNotFoundError:
+        raise PipelineError(f"{root} has no dvc.yaml: run from the project root") from None
+    except (KeyError, TypeError, StopIteration, yaml.YAMLError):
+        raise PipelineError(f"{root / 'dvc.yaml'} has no `vars: - paths:` block") from None
+
+
 def load_stages(root: Path) -> list[StageWiring]:
     """Every stage of `root`/dvc.yaml, in file order, through DVC's own parser."""
     from dvc.repo import Repo

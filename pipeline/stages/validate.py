@@ -44,16 +44,21 @@ def gate_settings(
 
 
 def validate_prepared(
-    config: PipelineConfig, prepared_dir: Path, docs_dir: Path, summary_file: Path
+    config: PipelineConfig,
+    prepared_dir: Path,
+    docs_dir: Path,
+    summary_file: Path,
+    reference_dir: Path | None = None,
 ) -> dict:
-    """Run the gate on `prepared_dir`; write the summary and Data Docs; raise on failure."""
+    """Run the gate on `prepared_dir`, testing drift against `reference_dir` (else
+    `validate.reference`); write the summary and Data Docs; raise on failure."""
     splits = load_splits(prepared_dir)
     # The split stage records the fractions it aimed at: the params' ones, or the source's
     # own test set (MNIST's 10k, cats-vs-dogs' fixed ranges) where it has one.
     plan = read_json(prepared_dir / PLAN_FILE)
-    reference = (
-        load_splits(Path(config.validation.reference)) if config.validation.reference else None
-    )
+    if reference_dir is None and config.validation.reference:
+        reference_dir = Path(config.validation.reference)
+    reference = load_splits(reference_dir) if reference_dir else None
     shutil.rmtree(docs_dir, ignore_errors=True)
     result = run_gate(
         splits, gate_settings(config, splits, plan["expected_fractions"]), docs_dir, reference
@@ -76,8 +81,20 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--prepared", type=Path, required=True, help="the prepared-data folder")
     parser.add_argument("--docs", type=Path, required=True, help="the Data Docs folder")
     parser.add_argument("--summary", type=Path, required=True, help="the summary JSON (metrics)")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="earlier prepared data to test drift against, instead of validate.reference "
+        "(`pipeline retrain` passes the data the current models were trained on)",
+    )
     args = parser.parse_args(argv)
-    summary = validate_prepared(load_config(), args.prepared, args.docs, args.summary)
+    if args.reference is not None and not (args.reference / PLAN_FILE).is_file():
+        raise ValidationFailed(
+            f"--reference {args.reference} is not a prepared-data folder (no {PLAN_FILE})"
+        )
+    summary = validate_prepared(
+        load_config(), args.prepared, args.docs, args.summary, args.reference
+    )
     logger.info("data gate passed: %d images, %d warning(s)", summary["rows"], summary["warnings"])
 
 

@@ -117,6 +117,8 @@ def test_training_stages_track_one_run_each_and_evaluate_adds_its_metrics(traced
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("image-classifiers").experiment_id])
+    promotions = [run for run in runs if run.data.tags.get("pipeline.kind") == "promotion"]
+    runs = [run for run in runs if run not in promotions]
     assert sorted(run.data.tags["strategy"] for run in runs) == sorted(metrics)
     for run in runs:
         strategy = run.data.tags["strategy"]
@@ -124,3 +126,22 @@ def test_training_stages_track_one_run_each_and_evaluate_adds_its_metrics(traced
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == (
             [0, 1] if strategy == "fine_tune" else [0]
         )
+
+
+def test_promote_registers_the_best_strategy_and_records_its_decision(traced) -> None:
+    """The in-process path through the registry: a version, its aliases and its gate tags."""
+    import mlflow
+
+    root, trace = traced
+    assert "reports/promotion.json" in trace["promote"]["writes"]
+    decision = json.loads((root / "reports" / "promotion.json").read_text())
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    best = max(metrics, key=lambda strategy: metrics[strategy]["test_accuracy"])
+    assert decision["strategy"] == best and decision["registered_model"] == "digits-classifier"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("digits-classifier", "challenger")
+    assert int(version.version) == decision["challenger"]["version"] == 1
+    assert version.tags["gate.passed"] == str(decision["passed"]).lower()
+    assert set(decision["criteria"]) == {"accuracy_floor", "class_recall_floor"}
+    aliases = client.get_registered_model("digits-classifier").aliases
+    assert ("champion" in aliases) == decision["passed"]

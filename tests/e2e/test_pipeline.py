@@ -150,9 +150,11 @@ def test_confusion_matrices_hold_raw_counts_with_class_names(project) -> None:
 
 
 def _runs() -> pd.DataFrame:
-    return mlflow.search_runs(
+    """The strategies' runs (the promote stage's decision is a run of its own)."""
+    runs = mlflow.search_runs(
         experiment_names=["image-classifiers"], filter_string="status = 'FINISHED'"
     )
+    return runs[runs["tags.pipeline.kind"].isna()]
 
 
 def test_mlflow_has_one_tagged_run_per_strategy_with_per_epoch_metrics(project) -> None:
@@ -222,12 +224,12 @@ def test_mlflow_run_entry_point_runs_the_pipeline(workspace) -> None:
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
 
 
-def test_changing_scratch_epochs_reruns_only_scratch_and_evaluate(workspace) -> None:
+def test_changing_scratch_epochs_reruns_only_scratch_evaluate_and_promote(workspace) -> None:
     root, env = workspace
     untouched = {s: sha256(root / "models" / s / "model.keras") for s in STRATEGIES[1:]}
     result = dvc(root, env, "exp", "run", "-S", "train.scratch.epochs=3")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert stages_run(result) == {"check_params", "train_scratch", "evaluate"}
+    assert stages_run(result) == {"check_params", "train_scratch", "evaluate", "promote"}
     assert {s: sha256(root / "models" / s / "model.keras") for s in STRATEGIES[1:]} == untouched
     assert len(pd.read_csv(root / "models" / "scratch" / "history.csv")) == 3
 
@@ -257,6 +259,7 @@ def test_editing_a_dataset_module_makes_split_and_what_follows_stale(workspace) 
         "train_scratch",
         "train_feature_extraction",
         "train_fine_tune",
+        "promote",
     }
     assert "pipeline/datasets/sources.py" in json.dumps(status["split"])
 
