@@ -1,0 +1,78 @@
+"""The retraining lock: one cycle at a time, and a killed cycle's lock is taken over."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.retrain import LockHeld, cycle_lock
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from pipeline.retrain import cycle_lock
+    with cycle_lock(Path(sys.argv[1])):
+        print("held", flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def _hold_in_another_process(lock: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_second_cycle_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    lock = tmp_path / ".pipeline" / "retrain.lock"
+    holder = _hold_in_another_process(lock)
+    try:
+        start = time.monotonic()
+        with pytest.raises(LockHeld) as refused, cycle_lock(lock):
+            pytest.fail("the lock was granted twice")
+        assert time.monotonic() - start < 1
+        message = str(refused.value)
+        assert f"pid {holder.pid}" in message
+        assert f"host {socket.gethostname()}" in message
+        assert "started 20" in message and str(lock) in message
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_cycles_lock_is_taken_over(tmp_path: Path, caplog) -> None:
+    lock = tmp_path / "retrain.lock"
+    holder = _hold_in_another_process(lock)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    # The dead cycle's details are still in the file: only the kernel's lock is gone.
+    assert json.loads(lock.read_text())["pid"] == holder.pid
+    with caplog.at_level(logging.WARNING), cycle_lock(lock) as state:
+        assert state["took_over"]["pid"] == holder.pid
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert f"pid {holder.pid}" in caplog.text and "stale" in caplog.text
+    # Released cleanly: the next cycle finds nothing to take over.
+    with cycle_lock(lock) as state:
+        assert state["took_over"] is None
+
+
+def test_the_lock_is_released_when_the_cycle_fails(tmp_path: Path) -> None:
+    lock = tmp_path / "retrain.lock"
+    with pytest.raises(RuntimeError), cycle_lock(lock):
+        raise RuntimeError("a step failed")
+    with cycle_lock(lock) as state:
+        assert state["took_over"] is None
