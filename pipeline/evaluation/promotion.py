@@ -18,11 +18,20 @@ from pipeline.evaluation.significance import McNemarResult, mcnemar_test
 @dataclass(frozen=True)
 class GateThresholds:
     min_accuracy: float
+    """Absolute accuracy floor for the challenger."""
     min_improvement: float
+    """Challenger accuracy minus champion accuracy must be at least this."""
     alpha: float
+    """McNemar's test: p < alpha, with more challenger-only-correct than champion-only pairs."""
     min_class_recall: float
+    """Every class's recall must be at least this."""
 
     def __post_init__(self) -> None:
+        for name in ("min_accuracy", "min_improvement", "alpha", "min_class_recall"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        # Written so that NaN fails every check rather than passing them all.
         for name in ("min_accuracy", "min_improvement", "min_class_recall"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -33,10 +42,13 @@ class GateThresholds:
 @dataclass(frozen=True)
 class Criterion:
     name: str
+    """accuracy_floor, class_recall_floor, improvement or mcnemar."""
     passed: bool
     observed: float
+    """The value judged: accuracy, lowest recall, accuracy gain, or McNemar's p-value."""
     threshold: float
     detail: str
+    """One sentence for a person: the observed value, the threshold and the verdict."""
 
 
 _NUMBERS = ("passed", "observed", "threshold")
@@ -48,7 +60,9 @@ class Decision:
     criteria: tuple[Criterion, ...]
     challenger_accuracy: float
     champion_accuracy: float | None
+    """None when there is no champion yet."""
     mcnemar: McNemarResult | None = None
+    """The test behind the mcnemar criterion, when there is a champion."""
 
     def reasons(self) -> list[str]:
         """Why: the failed criteria's details, or every criterion's when all passed."""
@@ -80,10 +94,15 @@ def decide_promotion(
     classes: Sequence[str],
     thresholds: GateThresholds,
 ) -> Decision:
-    """Judge the challenger (and, when there is one, against the champion)."""
-    y_true, challenger_pred = np.asarray(y_true), np.asarray(challenger_pred)
-    if y_true.ndim != 1 or y_true.size == 0 or challenger_pred.shape != y_true.shape:
-        raise ValueError("y_true and the challenger's predictions must be equal-length, 1-D")
+    """Judge the challenger (and, when there is one, against the champion) on the same test
+    labels; every array holds integer indices into `classes`."""
+    classes = list(classes)
+    if not classes:
+        raise ValueError("classes is empty: the gate needs the class names of the test split")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes has duplicate names: {classes}")
+    y_true = _indices("y_true", y_true, classes)
+    challenger_pred = _indices("challenger_pred", challenger_pred, classes, len(y_true))
     accuracy = float(np.mean(challenger_pred == y_true))
     criteria = [
         Criterion(
@@ -100,7 +119,7 @@ def decide_promotion(
     champion_accuracy = None
     test = None
     if champion_pred is not None:
-        champion_pred = np.asarray(champion_pred)
+        champion_pred = _indices("champion_pred", champion_pred, classes, len(y_true))
         champion_accuracy = float(np.mean(champion_pred == y_true))
         gain = accuracy - champion_accuracy
         criteria.append(
@@ -116,6 +135,8 @@ def decide_promotion(
             )
         )
         test = mcnemar_test(y_true, challenger_pred, champion_pred)
+        # McNemar's p-value is two-sided: a significant difference in the champion's favour
+        # must not promote the challenger.
         better = test.challenger_only_correct > test.champion_only_correct
         significant = better and test.p_value < thresholds.alpha
         kind = "exact binomial" if test.exact else "chi-square"
@@ -143,24 +164,47 @@ def decide_promotion(
     )
 
 
+def _indices(name: str, values, classes: Sequence[str], length: int | None = None) -> np.ndarray:
+    """`values` as a non-empty 1-D array of class indices, or a ValueError naming the problem."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one label per image), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: there are no test images to judge on")
+    if length is not None and len(array) != length:
+        raise ValueError(
+            f"{name} has {len(array)} labels but y_true has {length}: every model must be "
+            "scored on the same test images"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+    outside = array[(array < 0) | (array >= len(classes))]
+    if outside.size:
+        raise ValueError(f"{name} holds {outside[0]}, not an index into the {len(classes)} classes")
+    return array
+
+
 def _recall_floor(
-    y_true: np.ndarray, predictions: np.ndarray, classes: Sequence[str], floor: float
+    y_true: np.ndarray, predictions: np.ndarray, classes: list[str], floor: float
 ) -> Criterion:
-    # A class with no test image has no recall: it is left out rather than counted as 0 (the
-    # data gate already fails a split that lacks a class).
+    """The lowest recall over the classes present in `y_true`, naming the worst class."""
+    # A class with no test image has no recall. Counting it as 0 would fail every challenger
+    # for a fault of the split, counting it as 1 would hide it: it is left out of the minimum
+    # and named in the detail, so the decision says what it could not check. (The data gate
+    # already fails a split that lacks a class; this is the gate's own guard.)
     recalls = {
         name: float(np.mean(predictions[y_true == index] == index))
         for index, name in enumerate(classes)
         if np.any(y_true == index)
     }
+    absent = [name for name in classes if name not in recalls]
     worst = min(recalls, key=recalls.get)
     lowest = recalls[worst]
-    return Criterion(
-        "class_recall_floor",
-        lowest >= floor,
-        lowest,
-        floor,
+    detail = (
         f"the lowest class recall, of class {worst!r}, is {lowest:.4f}, "
         + ("at least" if lowest >= floor else "below")
-        + f" the floor {floor:.4f}",
+        + f" the floor {floor:.4f}"
     )
+    if absent:
+        detail += f" (classes with no test image, so no recall: {', '.join(map(repr, absent))})"
+    return Criterion("class_recall_floor", lowest >= floor, lowest, floor, detail)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from statsmodels.stats.contingency_tables import mcnemar
 
+# Below this many discordant pairs the chi-square approximation is poor: use the exact test.
 EXACT_BELOW = 25
 
 
@@ -22,7 +23,9 @@ class McNemarResult:
     champion_only_correct: int
     """The reverse."""
     statistic: float
+    """Exact test: the smaller discordant count; chi-square: (|b - c| - 1)^2 / (b + c)."""
     p_value: float
+    """Two-sided: a small p says the models differ, not which one is better."""
     exact: bool
     """True: exact binomial test; False: chi-square with continuity correction."""
 
@@ -33,31 +36,50 @@ def mcnemar_test(
     champion_pred: np.ndarray,
     exact_below: int = EXACT_BELOW,
 ) -> McNemarResult:
-    """McNemar's test on two models' predictions of the same labels."""
-    y_true, challenger_pred, champion_pred = (
-        np.asarray(a) for a in (y_true, challenger_pred, champion_pred)
-    )
-    if y_true.ndim != 1 or y_true.size == 0:
-        raise ValueError("y_true must be a non-empty 1-D array of labels")
-    if challenger_pred.shape != y_true.shape or champion_pred.shape != y_true.shape:
-        raise ValueError(
-            f"predictions must match y_true's shape {y_true.shape}: challenger "
-            f"{challenger_pred.shape}, champion {champion_pred.shape}"
-        )
+    """McNemar's test on two models' predictions of the same labels (exact binomial test below
+    `exact_below` discordant pairs, else chi-square with continuity correction)."""
+    y_true = _labels("y_true", y_true)
+    challenger_pred = _labels("challenger_pred", challenger_pred)
+    champion_pred = _labels("champion_pred", champion_pred)
+    for name, predictions in (
+        ("challenger_pred", challenger_pred),
+        ("champion_pred", champion_pred),
+    ):
+        if len(predictions) != len(y_true):
+            raise ValueError(
+                f"{name} has {len(predictions)} labels but y_true has {len(y_true)}: both models "
+                "must be scored on the same test images"
+            )
+    if isinstance(exact_below, bool) or not isinstance(exact_below, int | np.integer):
+        raise ValueError(f"exact_below must be an integer, got {exact_below!r}")
+    if exact_below < 0:
+        raise ValueError(f"exact_below must be >= 0, got {exact_below}")
     challenger_right = challenger_pred == y_true
     champion_right = champion_pred == y_true
     challenger_only = int(np.sum(challenger_right & ~champion_right))
     champion_only = int(np.sum(champion_right & ~challenger_right))
-    discordant = challenger_only + champion_only
-    exact = discordant < exact_below
-    if discordant == 0:
-        # Identical on every image: no evidence either way (statsmodels would divide by zero).
-        return McNemarResult(0, 0, 0.0, 1.0, exact)
+    exact = challenger_only + champion_only < exact_below
+    if challenger_only == champion_only:
+        # No evidence either way. With zero discordant pairs statsmodels would divide by zero;
+        # with a tie, its continuity correction squares |b - c| - 1 = -1 into a statistic > 0
+        # and a p-value below 1. The exact test gives p = 1 here, and so do we for both.
+        return McNemarResult(challenger_only, champion_only, 0.0, 1.0, exact)
+    # Rows: champion right, wrong; columns: challenger right, wrong.
     table = [
-        [int(np.sum(challenger_right & champion_right)), champion_only],
-        [challenger_only, int(np.sum(~challenger_right & ~champion_right))],
+        [int(np.sum(champion_right & challenger_right)), champion_only],
+        [challenger_only, int(np.sum(~champion_right & ~challenger_right))],
     ]
     result = mcnemar(table, exact=exact, correction=True)
     return McNemarResult(
         challenger_only, champion_only, float(result.statistic), float(result.pvalue), exact
     )
+
+
+def _labels(name: str, values) -> np.ndarray:
+    """`values` as a non-empty 1-D array, or a ValueError naming the argument."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one label per image), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: there are no test images to compare on")
+    return array

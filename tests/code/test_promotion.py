@@ -1,116 +1,244 @@
-"""The promotion gate's decision and McNemar's test, on labels and predictions alone."""
+"""The promotion gate's decision, on labels and predictions alone: each criterion can stop a
+challenger by itself, the decision names why, and bad thresholds and inputs are refused."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
-from scipy.stats import binomtest, chi2
 
 from pipeline.evaluation.promotion import GateThresholds, decide_promotion
-from pipeline.evaluation.significance import mcnemar_test
 
 THRESHOLDS = GateThresholds(min_accuracy=0.6, min_improvement=0.0, alpha=0.05, min_class_recall=0.3)
+CLASSES = ["cat", "dog"]
+ALL_CRITERIA = ["accuracy_floor", "class_recall_floor", "improvement", "mcnemar"]
 
 
-def _paired(both: int, champion_only: int, challenger_only: int, neither: int):
-    """Labels (all class 1) and two models' predictions with the given 2x2 table."""
-    n = both + champion_only + challenger_only + neither
-    y = np.ones(n, dtype=int)
-    champion = np.array([1] * both + [1] * champion_only + [0] * challenger_only + [0] * neither)
-    challenger = np.array([1] * both + [0] * champion_only + [1] * challenger_only + [0] * neither)
-    return y, challenger, champion
+def _labels(n: int = 200, classes: int = 2) -> np.ndarray:
+    """Balanced labels: image i is of class i % classes."""
+    return np.arange(n) % classes
 
 
-def test_mcnemar_matches_the_worked_example() -> None:
-    # Wikipedia, "McNemar's test", example: 2x2 table a=59, b=6, c=16, d=80 (n=161).
-    # Chi-square with Edwards' continuity correction: (|b - c| - 1)^2 / (b + c) = 81/22.
-    y, challenger, champion = _paired(both=59, champion_only=6, challenger_only=16, neither=80)
-    corrected = mcnemar_test(y, challenger, champion, exact_below=0)
-    assert (corrected.challenger_only_correct, corrected.champion_only_correct) == (16, 6)
-    assert corrected.statistic == pytest.approx(81 / 22)
-    assert corrected.p_value == pytest.approx(chi2.sf(81 / 22, df=1))
-    assert corrected.p_value == pytest.approx(0.0550, abs=5e-4) and not corrected.exact
-    # 22 discordant pairs (< 25): the exact binomial test, two-sided, on 6 of 22.
-    exact = mcnemar_test(y, challenger, champion)
-    assert exact.exact and exact.statistic == 6
-    assert exact.p_value == pytest.approx(binomtest(6, 22, 0.5).pvalue)
-    assert exact.p_value == pytest.approx(0.0525, abs=5e-4)
-
-
-def test_identical_predictions_give_p_one_and_are_rejected() -> None:
-    y, challenger, _ = _paired(both=80, champion_only=0, challenger_only=0, neither=20)
-    assert mcnemar_test(y, challenger, challenger).p_value == 1.0
-    decision = decide_promotion(y, challenger, challenger, ["a", "b"], THRESHOLDS)
-    failed = {c.name for c in decision.criteria if not c.passed}
-    assert failed == {"mcnemar"} and not decision.passed
-
-
-def _labels(n: int = 200) -> np.ndarray:
-    return np.arange(n) % 2
-
-
-def _with_errors(y: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+def _with_errors(y: np.ndarray, wrong, classes: int = 2) -> np.ndarray:
+    """Perfect predictions of `y`, except at the indices `wrong`, which get the next class."""
     predictions = y.copy()
-    predictions[wrong] = 1 - predictions[wrong]
+    wrong = np.asarray(list(wrong), dtype=int)
+    predictions[wrong] = (predictions[wrong] + 1) % classes
     return predictions
+
+
+def _failed(decision) -> list[str]:
+    return [criterion.name for criterion in decision.criteria if not criterion.passed]
+
+
+def _criterion(decision, name: str):
+    (found,) = [criterion for criterion in decision.criteria if criterion.name == name]
+    return found
 
 
 def test_a_clearly_better_challenger_passes_every_criterion() -> None:
     y = _labels()
-    champion = _with_errors(y, np.arange(0, 80))  # 60 % right
-    challenger = _with_errors(y, np.arange(0, 10))  # 95 % right
-    decision = decide_promotion(y, challenger, champion, ["cat", "dog"], THRESHOLDS)
-    assert decision.passed
-    assert [c.name for c in decision.criteria] == [
-        "accuracy_floor", "class_recall_floor", "improvement", "mcnemar",
-    ]  # fmt: skip
-    record = decision.to_dict()
-    assert record["criteria"]["mcnemar"]["challenger_only_correct"] == 70
+    champion = _with_errors(y, range(0, 80))  # 60 % right
+    challenger = _with_errors(y, range(0, 10))  # 95 % right, and right wherever the champion is
+    decision = decide_promotion(y, challenger, champion, CLASSES, THRESHOLDS)
+    assert decision.passed and _failed(decision) == []
+    assert [criterion.name for criterion in decision.criteria] == ALL_CRITERIA
+    assert decision.challenger_accuracy == pytest.approx(0.95)
+    assert decision.champion_accuracy == pytest.approx(0.6)
+    mcnemar = _criterion(decision, "mcnemar")
+    assert mcnemar.observed < 1e-10 and mcnemar.threshold == 0.05
+    assert _criterion(decision, "improvement").observed == pytest.approx(0.35)
+    # Passed: the reasons are every criterion's sentence, in order.
+    assert decision.reasons() == [criterion.detail for criterion in decision.criteria]
+
+
+def test_to_dict_is_json_ready_and_carries_the_mcnemar_test() -> None:
+    y = _labels()
+    champion = _with_errors(y, range(0, 80))
+    challenger = _with_errors(y, range(0, 10))
+    record = decide_promotion(y, challenger, champion, CLASSES, THRESHOLDS).to_dict()
+    assert json.loads(json.dumps(record)) == record
+    assert record["passed"] is True
+    assert list(record["criteria"]) == ALL_CRITERIA
+    assert record["criteria"]["accuracy_floor"] == {
+        "passed": True,
+        "observed": pytest.approx(0.95),
+        "threshold": 0.6,
+    }
+    mcnemar = record["criteria"]["mcnemar"]
+    assert (mcnemar["challenger_only_correct"], mcnemar["champion_only_correct"]) == (70, 0)
+    assert mcnemar["exact"] is False and mcnemar["p_value"] == mcnemar["observed"]
+    assert mcnemar["statistic"] == pytest.approx(69**2 / 70)
     assert record["criteria"]["improvement"]["observed"] == pytest.approx(0.35)
-    assert record["champion_accuracy"] == pytest.approx(0.6)
+    assert (record["challenger_accuracy"], record["champion_accuracy"]) == (
+        pytest.approx(0.95),
+        pytest.approx(0.6),
+    )
+    assert len(record["explanations"]) == 4 and "'cat'" in record["explanations"][1]
+
+
+def test_identical_predictions_are_rejected_by_mcnemar_alone() -> None:
+    """A retrained model that predicts exactly what the champion does is not better, even
+    with min_improvement 0 and both floors met."""
+    y = _labels()
+    predictions = _with_errors(y, range(0, 20))
+    decision = decide_promotion(y, predictions, predictions.copy(), CLASSES, THRESHOLDS)
+    assert not decision.passed and _failed(decision) == ["mcnemar"]
+    assert decision.mcnemar is not None and decision.mcnemar.p_value == 1.0
+    assert _criterion(decision, "mcnemar").observed == 1.0
+    assert decision.reasons() == [_criterion(decision, "mcnemar").detail]
+    assert "p = 1" in decision.reasons()[0]
 
 
 @pytest.mark.parametrize(
-    ("failing", "thresholds", "challenger_errors", "champion_errors"),
+    ("failing", "thresholds", "challenger_errors", "champion_errors", "named"),
     [
-        ("accuracy_floor", {"min_accuracy": 0.99}, range(0, 10), range(0, 80)),
-        ("class_recall_floor", {"min_class_recall": 0.95}, range(0, 20, 2), range(0, 80)),
-        ("improvement", {"min_improvement": 0.5}, range(0, 10), range(0, 80)),
-        ("mcnemar", {}, range(0, 10), range(0, 14)),
+        # 95 % right against a floor of 99 %.
+        ("accuracy_floor", {"min_accuracy": 0.99}, range(0, 10), range(0, 80), "0.9500"),
+        # Ten errors, all on class 'cat' (even indices): its recall is 0.90 < 0.95.
+        ("class_recall_floor", {"min_class_recall": 0.95}, range(0, 20, 2), range(0, 80), "'cat'"),
+        # A gain of 0.35, short of the 0.5 asked for.
+        ("improvement", {"min_improvement": 0.5}, range(0, 10), range(0, 80), "+0.3500"),
+        # 95 % vs 93 %: better, but 4 discordant pairs are no evidence (exact p = 0.125).
+        ("mcnemar", {}, range(0, 10), range(0, 14), "p = 0.125"),
     ],
 )
 def test_each_criterion_can_fail_alone(
-    failing: str, thresholds: dict, challenger_errors, champion_errors
+    failing: str, thresholds: dict, challenger_errors, champion_errors, named: str
 ) -> None:
     y = _labels()
-    gate = GateThresholds(**{**THRESHOLDS.__dict__, **thresholds})
     decision = decide_promotion(
         y,
-        _with_errors(y, np.array(list(challenger_errors))),
-        _with_errors(y, np.array(list(champion_errors))),
-        ["cat", "dog"],
-        gate,
+        _with_errors(y, challenger_errors),
+        _with_errors(y, champion_errors),
+        CLASSES,
+        replace(THRESHOLDS, **thresholds),
     )
     assert not decision.passed
-    assert [c.name for c in decision.criteria if not c.passed] == [failing]
-    assert len(decision.reasons()) == 1
+    assert _failed(decision) == [failing]
+    # The reasons are the failed criterion's sentence alone, with its observed value.
+    assert decision.reasons() == [_criterion(decision, failing).detail]
+    assert named in decision.reasons()[0]
+    assert decision.to_dict()["criteria"][failing]["passed"] is False
+    # The same challenger passes once that one threshold is relaxed (where one can be).
+    if thresholds:
+        relaxed = decide_promotion(
+            y,
+            _with_errors(y, challenger_errors),
+            _with_errors(y, champion_errors),
+            CLASSES,
+            THRESHOLDS,
+        )
+        assert relaxed.passed
 
 
-def test_without_a_champion_the_floors_alone_decide_and_name_the_worst_class() -> None:
+def test_a_significantly_worse_challenger_fails_mcnemar() -> None:
+    """McNemar's p is two-sided: a tiny p in the champion's favour must not pass the test."""
     y = _labels()
-    challenger = _with_errors(y, np.arange(1, 160, 2))  # class "dog" (1) mostly wrong
-    decision = decide_promotion(y, challenger, None, ["cat", "dog"], THRESHOLDS)
-    assert [c.name for c in decision.criteria] == ["accuracy_floor", "class_recall_floor"]
-    assert not decision.passed and decision.champion_accuracy is None
-    assert "'dog'" in decision.reasons()[0] and "0.2000" in decision.reasons()[0]
+    champion = _with_errors(y, range(0, 10))  # 95 % right
+    challenger = _with_errors(y, range(0, 60))  # 70 % right
+    decision = decide_promotion(y, challenger, champion, CLASSES, THRESHOLDS)
+    mcnemar = _criterion(decision, "mcnemar")
+    assert mcnemar.observed < THRESHOLDS.alpha and not mcnemar.passed
+    assert "in the challenger's favour" in mcnemar.detail
+    assert _failed(decision) == ["improvement", "mcnemar"]
+
+
+def test_without_a_champion_the_floors_alone_decide() -> None:
+    y = _labels()
+    # Better than nothing is not asked for: only the floors are judged.
+    decision = decide_promotion(y, _with_errors(y, range(0, 60)), None, CLASSES, THRESHOLDS)
+    assert decision.passed and decision.champion_accuracy is None and decision.mcnemar is None
+    assert [criterion.name for criterion in decision.criteria] == ALL_CRITERIA[:2]
+    record = decision.to_dict()
+    assert list(record["criteria"]) == ALL_CRITERIA[:2] and record["champion_accuracy"] is None
+    assert json.loads(json.dumps(record)) == record
+    # And a floor alone can still stop it: 70 % right against a floor of 80 %.
+    stricter = replace(THRESHOLDS, min_accuracy=0.8)
+    rejected = decide_promotion(y, _with_errors(y, range(0, 60)), None, CLASSES, stricter)
+    assert not rejected.passed and _failed(rejected) == ["accuracy_floor"]
+
+
+def test_the_worst_class_is_named() -> None:
+    classes = ["cat", "dog", "bird"]
+    y = _labels(300, classes=3)
+    # Class 2 ('bird', indices 2, 5, 8, ...) is wrong 80 times out of 100; 'dog' 10 times.
+    wrong = [*range(2, 242, 3), *range(1, 31, 3)]
+    challenger = _with_errors(y, wrong, classes=3)
+    decision = decide_promotion(y, challenger, None, classes, THRESHOLDS)
+    recall = _criterion(decision, "class_recall_floor")
+    assert not recall.passed and recall.observed == pytest.approx(0.2)
+    assert recall.threshold == THRESHOLDS.min_class_recall
+    assert "'bird'" in recall.detail and "0.2000" in recall.detail and "below" in recall.detail
+    assert "'dog'" not in recall.detail and "'cat'" not in recall.detail
+    assert decision.reasons() == [recall.detail]
+
+
+def test_a_class_absent_from_the_test_split_is_named_not_counted_as_zero() -> None:
+    classes = ["cat", "dog", "bird"]
+    y = _labels(200, classes=2)  # no 'bird' (class 2) at all
+    challenger = _with_errors(y, range(0, 20, 2), classes=3)  # 'cat' recall 0.9, 'dog' 1.0
+    decision = decide_promotion(y, challenger, None, classes, THRESHOLDS)
+    recall = _criterion(decision, "class_recall_floor")
+    assert recall.passed and recall.observed == pytest.approx(0.9)
+    assert "'cat'" in recall.detail
+    assert "no test image" in recall.detail and "'bird'" in recall.detail
+
+
+def test_floors_are_inclusive() -> None:
+    """A challenger exactly at the floors passes: the thresholds are minimums."""
+    y = _labels()
+    challenger = _with_errors(y, range(0, 20, 2))  # accuracy 0.95; 'cat' recall 0.9
+    gate = replace(THRESHOLDS, min_accuracy=0.95, min_class_recall=0.9)
+    assert decide_promotion(y, challenger, None, CLASSES, gate).passed
 
 
 @pytest.mark.parametrize(
-    ("fields", "message"),
-    [({"alpha": 0.0}, "alpha"), ({"min_accuracy": 1.5}, "min_accuracy")],
+    ("field", "value"),
+    [
+        ("min_accuracy", 1.5),
+        ("min_accuracy", -0.1),
+        ("min_improvement", 1.01),
+        ("min_class_recall", -1.0),
+        ("min_class_recall", float("nan")),
+        ("alpha", 0.0),
+        ("alpha", 1.0),
+        ("alpha", float("nan")),
+        ("alpha", "0.05"),
+        ("min_accuracy", True),
+    ],
 )
-def test_bad_thresholds_and_inputs_are_refused(fields: dict, message: str) -> None:
+def test_bad_thresholds_are_refused_naming_the_field(field: str, value) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        replace(THRESHOLDS, **{field: value})
+
+
+def test_threshold_edges_are_accepted() -> None:
+    GateThresholds(min_accuracy=0.0, min_improvement=1.0, alpha=0.999, min_class_recall=0)
+
+
+@pytest.mark.parametrize(
+    ("y_true", "challenger", "champion", "classes", "message"),
+    [
+        ([0, 1], [0, 1, 1], [0, 1], CLASSES, "challenger_pred has 3 labels but y_true has 2"),
+        ([0, 1], [0, 1], [1], CLASSES, "champion_pred has 1 labels but y_true has 2"),
+        ([], [], None, CLASSES, "y_true is empty"),
+        ([[0, 1]], [[0, 1]], None, CLASSES, "y_true must be 1-D"),
+        ([0, 1], [0.0, 1.0], None, CLASSES, "challenger_pred must hold integer class indices"),
+        ([0, 2], [0, 1], None, CLASSES, "y_true holds 2, not an index into the 2 classes"),
+        ([0, 1], [0, 1], [0, -1], CLASSES, "champion_pred holds -1"),
+        ([0, 1], [0, 1], None, [], "classes is empty"),
+        ([0, 1], [0, 1], None, ["cat", "cat"], "classes has duplicate names"),
+    ],
+)
+def test_bad_inputs_are_refused(y_true, challenger, champion, classes, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        GateThresholds(**{**THRESHOLDS.__dict__, **fields})
-    with pytest.raises(ValueError, match="shape"):
-        mcnemar_test(np.zeros(3), np.zeros(3), np.zeros(4))
+        decide_promotion(
+            np.array(y_true),
+            np.array(challenger),
+            None if champion is None else np.array(champion),
+            classes,
+            THRESHOLDS,
+        )
