@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException, RestException
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from pipeline import serving
@@ -85,7 +85,7 @@ def champion_version(name: str) -> ModelVersion | None:
     client = mlflow.MlflowClient()
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except (RestException, MlflowException) as error:
+    except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise

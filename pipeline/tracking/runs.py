@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+VALIDATION_ARTIFACT = "validation/summary.json"
+"""Where a strategy's run keeps the data gate's summary of the data it trained on."""
+
 
 def configure_tracking(project_root: Path, experiment_name: str | None = None) -> str | None:
     """Point MLflow at the store (and the experiment, when named); return the experiment id."""

@@ -32,12 +32,16 @@ from pipeline.io import (
     split_paths,
     write_json,
 )
-from pipeline.tracking.runs import configure_tracking, log_history, log_keras_model
+from pipeline.tracking.runs import (
+    VALIDATION_ARTIFACT,
+    configure_tracking,
+    log_history,
+    log_keras_model,
+)
 
 logger = logging.getLogger(__name__)
 
 SYNC_STATE_FILE = ".pipeline/synced_runs.json"
-VALIDATION_ARTIFACT = "validation/summary.json"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from pipeline.io import (
 )
 from pipeline.models.backbones import BACKBONES, DEFAULT_BACKBONE, ResolvedWeights, resolve_weights
 from pipeline.tracking.runs import (
+    VALIDATION_ARTIFACT,
     EpochMetricsLogger,
     RunRecorder,
     configure_tracking,
@@ -39,8 +40,6 @@ from pipeline.training.fit import TrainingResult, set_global_seed
 from pipeline.training.strategies import STRATEGIES, Strategy
 
 logger = logging.getLogger(__name__)
-
-VALIDATION_ARTIFACT = "validation/summary.json"
 
 
 @dataclass(frozen=True)

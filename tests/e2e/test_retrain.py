@@ -56,15 +56,22 @@ def _edit(images: Path):
     return edit
 
 
-def retrain(root: Path, env: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def pipeline_command(
+    root: Path, env: dict, *args: str, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """The `pipeline` console script, as a user or a scheduler runs it."""
     return subprocess.run(
-        [str(Path(sys.executable).parent / "pipeline"), "retrain", *args],
+        [str(Path(sys.executable).parent / "pipeline"), *args],
         cwd=root,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def retrain(root: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return pipeline_command(root, env, "retrain", *args)
 
 
 def _report(result: subprocess.CompletedProcess) -> str:
@@ -147,13 +154,8 @@ def test_the_cycle_is_an_mlflow_run_with_the_strategy_runs_as_children(project: 
     assert cycle.data.tags["strategy_run.scratch"] == record["strategy_runs"]["scratch"]
 
 
-def sqlite_only(project: Project) -> None:
-    if project.server.backend != "sqlite":
-        pytest.skip("checked on the SQLite-backed server: this code does not depend on it")
-
-
+@pytest.mark.sqlite_only
 def test_the_folder_is_snapshotted_and_its_unreadable_file_listed(project: Project) -> None:
-    sqlite_only(project)
     root = project.root
     raw = root / "data" / "raw" / "image_folder"
     assert sorted(p.name for p in raw.iterdir()) == ["dark", "light", "mid"]
@@ -168,8 +170,8 @@ def test_the_folder_is_snapshotted_and_its_unreadable_file_listed(project: Proje
     assert metrics["scratch"]["test_accuracy"] > 0.8
 
 
+@pytest.mark.sqlite_only
 def test_a_missing_image_folder_stops_the_pipeline_and_keeps_outputs(project: Project) -> None:
-    sqlite_only(project)
     root, env, images = project.root, project.env, project.images
     before = (root / "reports" / "metrics.json").read_bytes()
     params = (root / "params.yaml").read_text()
@@ -193,11 +195,11 @@ def test_a_cycle_with_no_new_data_does_nothing_quickly(project: Project) -> None
     assert project.versions() == versions
 
 
+@pytest.mark.sqlite_only
 def test_new_images_retrain_and_a_worse_challenger_is_rejected(project: Project) -> None:
     """New images are found and trained on; the challenger, made deliberately worse through
     params (one epoch at a learning rate that barely moves), fails the gate against the
     champion re-scored on the new test split, and the champion alias stays where it was."""
-    sqlite_only(project)
     champion = project.champion()
     rng = np.random.default_rng(7)
     for index, (name, level) in enumerate((("dark", 40), ("mid", 100), ("light", 160)) * 2):
@@ -236,8 +238,8 @@ def test_new_images_retrain_and_a_worse_challenger_is_rejected(project: Project)
     )
 
 
+@pytest.mark.sqlite_only
 def test_the_champion_answers_in_class_names(project: Project) -> None:
-    sqlite_only(project)
     # One raw uint8 image per class, as a client would send them.
     images = np.stack([np.full((16, 16, 3), level, np.uint8) for level in (50, 110, 170)])
     previous = mlflow.get_tracking_uri()
@@ -258,10 +260,10 @@ def test_the_champion_answers_in_class_names(project: Project) -> None:
     assert set(rows[0]) == {"predicted_class", "dark", "mid", "light"}
 
 
+@pytest.mark.sqlite_only
 def test_losing_the_server_during_training_loses_nothing(project: Project) -> None:
     """The server drops after the first epochs: training finishes, the outs are written, and
     `pipeline sync-mlflow` logs the run (then its evaluation) once the server is back."""
-    sqlite_only(project)
     root, env, client = project.root, project.env, project.client
     params_file = root / "params.yaml"
     original = params_file.read_text()
@@ -328,10 +330,7 @@ def _wait_for_first_epochs(client, experiment: str, since_ms: int) -> str:
 
 
 def _sync(root: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "pipeline"), "sync-mlflow"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    return pipeline_command(root, env, "sync-mlflow", timeout=600)
 
 
 def test_concurrent_cycles_do_not_both_run_and_a_stale_lock_is_taken_over(
