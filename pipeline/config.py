@@ -141,13 +141,15 @@ class ValidateConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
-    """The pretrained base. What depends on the backbone itself (its smallest input, its layer
-    names) is checked against the backbone registry by the check_params stage, so that this
-    module, which every stage imports, never needs the registry."""
+    """The pretrained base. What depends on the backbone itself (its name, smallest input and
+    layer names) is checked against the backbone registry by the check_params stage, so that
+    this module, which every stage imports, never needs the registry."""
 
+    name: Annotated[str, Field(min_length=1)] = "vgg16"
     weights: str = "auto"
     image_size: Annotated[int, Field(ge=1, le=512)] = 32
-    unfreeze_from: Annotated[str, Field(min_length=1)] = "block5_conv1"
+    # auto: the backbone's own default (block5_conv1 for vgg16, the course's).
+    unfreeze_from: Annotated[str, Field(min_length=1)] = "auto"
     batch_size: PositiveInt = 64
 
     @field_validator("weights")
@@ -157,8 +159,8 @@ class BackboneConfig(_Strict):
             return value
         if not value.endswith(".h5"):
             raise ValueError(
-                f"must be one of {', '.join(WEIGHT_KEYWORDS)} or a path to a notop VGG16 '.h5' "
-                f"weights file, got {value!r}"
+                f"must be one of {', '.join(WEIGHT_KEYWORDS)} or a path to a notop '.h5' (or "
+                f"'.weights.h5') weights file of the backbone, got {value!r}"
             )
         if not Path(value).is_file():
             raise ValueError(f"weights file {value!r} does not exist")
@@ -166,12 +168,31 @@ class BackboneConfig(_Strict):
 
 
 class AugmentationConfig(_Strict):
-    """Random transforms applied as Keras layers, active only while training."""
+    """The course's ImageDataGenerator settings (listing 5.11) as Keras layers inside the model,
+    active only while training. `enabled: auto` turns them on except for digit datasets, where a
+    flip or a large rotation changes the class (a mirrored 2 is no digit; a turned 6 is a 9)."""
 
-    horizontal_flip: bool = False
-    rotation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
-    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    translation: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+    enabled: bool | Literal["auto"] = "auto"
+    rotation: Annotated[float, Field(ge=0.0, le=180.0)] = 40.0  # degrees, either way
+    width_shift: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2  # fraction of the width
+    height_shift: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    shear: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2  # keras.layers.RandomShear's factor
+    zoom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    horizontal_flip: bool = True
+    fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = "nearest"
+
+    def resolve(self, augment_by_default: bool) -> AugmentationConfig | None:
+        """These settings when augmentation is on for this dataset, else None."""
+        enabled = augment_by_default if self.enabled == "auto" else self.enabled
+        return self if enabled else None
+
+
+class ReduceLrConfig(_Strict):
+    """keras.callbacks.ReduceLROnPlateau on val_loss; patience 0 turns it off."""
+
+    patience: NonNegativeInt = 0
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    min_learning_rate: Annotated[float, Field(ge=0.0)] = 1e-6
 
 
 class _TrainCommon(_Strict):
@@ -179,33 +200,67 @@ class _TrainCommon(_Strict):
     batch_size: PositiveInt = 32
     learning_rate: PositiveFloat = 1e-3
     optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    # Stops when val_loss has not improved for this many epochs and restores the best
+    # weights; 0 trains every epoch.
     early_stopping_patience: NonNegativeInt = 0
+    reduce_lr: ReduceLrConfig = ReduceLrConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
 
 
 class ScratchConfig(_TrainCommon):
+    # Long enough for digits_convnet to beat an RBF SVM on digits; early stopping and the
+    # schedule end it sooner.
+    early_stopping_patience: NonNegativeInt = 15
+    reduce_lr: ReduceLrConfig = ReduceLrConfig(patience=5, factor=0.3, min_learning_rate=1e-5)
+    # auto: the course's network for the dataset; or a name from pipeline/models/builders.py.
+    architecture: Annotated[str, Field(min_length=1)] = "auto"
+    # The options of small_convnet; the course's listings are fixed.
     conv_filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=6)] = [32, 64]
     dense_units: PositiveInt = 64
     dropout_rate: DropoutRate = 0.5
 
 
 class FeatureExtractionConfig(_TrainCommon):
+    # cached: a dense head on the features stage's outputs (listing 5.18), fast, no
+    # augmentation. end_to_end: the frozen base inside the model, run on every batch, so
+    # augmentation can apply (listings 5.20/5.21).
+    mode: Literal["cached", "end_to_end"] = "cached"
+    learning_rate: PositiveFloat = 2e-5
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "rmsprop"
     dense_units: PositiveInt = 256
     dropout_rate: DropoutRate = 0.5
 
+    @model_validator(mode="after")
+    def _cached_features_are_not_augmented(self) -> FeatureExtractionConfig:
+        if self.mode == "cached" and self.augmentation.enabled is True:
+            raise ValueError(
+                "augmentation.enabled is true, but mode cached trains on features computed "
+                "once, which cannot be augmented: set mode: end_to_end, or enabled: auto"
+            )
+        return self
+
 
 class FineTuneConfig(_TrainCommon):
-    """Two phases: `head_epochs` on the new head with the base frozen, then `epochs` with the
-    layers from `backbone.unfreeze_from` on trainable at the (low) `learning_rate`."""
+    """The course's five steps: add a head, freeze the base, train the head for `head_epochs`
+    at `head_learning_rate`, unfreeze from `backbone.unfreeze_from`, then train both for
+    `epochs` at the low `learning_rate`."""
 
     head_epochs: PositiveInt = 3
     head_learning_rate: PositiveFloat = 1e-3
     learning_rate: PositiveFloat = 1e-5
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "rmsprop"
     dense_units: PositiveInt = 256
     dropout_rate: DropoutRate = 0.5
 
 
 class TrainConfig(_Strict):
+    # Seeds Python, NumPy and the backend before every strategy trains.
+    seed: int = 42
+    # On a CPU, two runs with the same seed give identical metrics (TensorFlow's deterministic
+    # ops); slower on a GPU.
+    deterministic: bool = True
+    # auto: mixed_bfloat16 (or mixed_float16 with loss scaling) on a GPU, float32 on a CPU.
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     scratch: ScratchConfig
     feature_extraction: FeatureExtractionConfig
     fine_tune: FineTuneConfig

@@ -37,6 +37,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 raise ValueError("images must hold raw pixel values in 0..255 (uint8)")
             images = images.astype(np.uint8)
         probabilities = np.asarray(self.model.predict(images, verbose=0), dtype=np.float64)
+        if probabilities.shape[1] == 1:
+            # A two-class model's one sigmoid unit is the probability of the second class.
+            probabilities = np.hstack([1.0 - probabilities, probabilities])
         frame = pd.DataFrame(probabilities, columns=self.classes)
         frame.insert(0, PREDICTED_CLASS, [self.classes[i] for i in probabilities.argmax(axis=1)])
         return frame

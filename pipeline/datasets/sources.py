@@ -44,6 +44,9 @@ class DatasetSpec:
     # A stratified test share fixed by the course (mini_cifar's 25%), overriding
     # data.test_fraction. Sources with their own test set say so through their reader instead.
     test_fraction: float | None = None
+    # Whether `augmentation.enabled: auto` augments: not for digits, where a flip or a large
+    # rotation turns one class into another.
+    augment_by_default: bool = True
 
     def image_shape(self, image_size: int) -> tuple[int, int, int]:
         """The shape of every prepared image: native, or RGB at `data.image_size` squared."""
@@ -63,6 +66,7 @@ DIGITS = DatasetSpec(
         ),
     ),
     native_shape=(8, 8, 1),
+    augment_by_default=False,
 )
 
 # Keras' own copy; the SHA-256 is the one keras.datasets.mnist.load_data checks.
@@ -77,6 +81,7 @@ MNIST = DatasetSpec(
         ),
     ),
     native_shape=(28, 28, 1),
+    augment_by_default=False,
 )
 
 # Zalando's bucket; SHA-256s as recorded by TensorFlow Datasets (url_checksums/fashion_mnist).

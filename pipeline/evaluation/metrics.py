@@ -8,11 +8,20 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score
 
 
+def class_probabilities(outputs: np.ndarray) -> np.ndarray:
+    """One probability column per class, whatever the output layer: a two-class model's single
+    sigmoid unit (the probability of class 1) becomes two columns, [1 - p, p]."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim == 2 and outputs.shape[1] == 1:
+        return np.hstack([1.0 - outputs, outputs])
+    return outputs
+
+
 def evaluate_model(
     model, x: np.ndarray, y: np.ndarray, batch_size: int = 256
 ) -> tuple[dict, np.ndarray]:
     """Test metrics of `model` on raw images, and its predicted labels."""
-    probabilities = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    probabilities = class_probabilities(model.predict(x, batch_size=batch_size, verbose=0))
     predictions = probabilities.argmax(axis=1)
     eps = np.finfo(np.float32).eps
     true_probability = np.clip(probabilities[np.arange(len(y)), y], eps, 1.0)

@@ -15,11 +15,19 @@ from pipeline.models.backbones import Backbone
 from pipeline.models.preprocessing import augment, to_backbone_input
 
 
+def output_layer(x, num_classes: int):
+    """One sigmoid unit for two classes (binary cross-entropy, as the course does), else a
+    softmax. Always float32, so mixed precision never rounds the probabilities."""
+    if num_classes == 2:
+        return layers.Dense(1, activation="sigmoid", dtype="float32", name="predictions")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
 def classifier_head(x, num_classes: int, dense_units: int, dropout_rate: float):
-    """Dense, dropout, softmax: the head every strategy ends with."""
+    """Dense, dropout, output: the head every transfer-learning strategy ends with."""
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout_rate, name="dropout")(x)
-    return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return output_layer(x, num_classes)
 
 
 def build_feature_extractor(
@@ -58,16 +66,23 @@ def build_fine_tune_model(
     dense_units: int,
     dropout_rate: float,
     augmentation: AugmentationConfig | None = None,
+    name: str = "fine_tune",
 ) -> keras.Model:
-    """The base with a new head; augmentation runs before the backbone's preprocessing."""
+    """The base with a new head; augmentation runs before the backbone's preprocessing.
+
+    The base is called with `training=False`, so its BatchNormalization layers stay in
+    inference mode even once unfrozen (the Keras transfer-learning guide's advice: updating
+    their statistics on a small dataset would wreck what the base learnt). Also the model of
+    `feature_extraction` in mode end_to_end, with the base kept frozen.
+    """
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
     x = to_backbone_input(inputs, base.input_shape[1])
     x = augment(x, augmentation)
     x = backbone.preprocess(x)
-    x = base(x)
+    x = base(x, training=False)
     x = layers.Flatten(name="flatten")(x)
     outputs = classifier_head(x, num_classes, dense_units, dropout_rate)
-    return keras.Model(inputs, outputs, name="fine_tune")
+    return keras.Model(inputs, outputs, name=name)
 
 
 def set_trainable_from(base: keras.Model, first_trainable: str | None) -> None:

@@ -24,17 +24,34 @@ def to_backbone_input(inputs, image_size: int):
 
 
 def augment(x, augmentation: AugmentationConfig | None):
-    """Random transforms as layers: Keras applies them only when training."""
+    """The course's random transforms (listing 5.11) as layers: Keras applies them only in
+    training, so at inference they are the identity. None (augmentation off) adds nothing."""
     if augmentation is None:
         return x
+    fill_mode = augmentation.fill_mode
+    if augmentation.rotation > 0:
+        x = layers.RandomRotation(
+            augmentation.rotation / 360.0, fill_mode=fill_mode, name="random_rotation"
+        )(x)
+    if augmentation.width_shift > 0 or augmentation.height_shift > 0:
+        x = layers.RandomTranslation(
+            augmentation.height_shift,
+            augmentation.width_shift,
+            fill_mode=fill_mode,
+            name="random_translation",
+        )(x)
+    if augmentation.shear > 0:
+        # A one-sided range: Keras 3.15's RandomShear stores a symmetric factor as
+        # [-s, s] in its config and then refuses the negative bound when the saved model is
+        # loaded. With the horizontal flip, the flipped images cover the other sign.
+        x = layers.RandomShear(
+            (0.0, augmentation.shear),
+            (0.0, augmentation.shear),
+            fill_mode=fill_mode,
+            name="random_shear",
+        )(x)
+    if augmentation.zoom > 0:
+        x = layers.RandomZoom(augmentation.zoom, fill_mode=fill_mode, name="random_zoom")(x)
     if augmentation.horizontal_flip:
         x = layers.RandomFlip("horizontal", name="random_flip")(x)
-    if augmentation.rotation > 0:
-        x = layers.RandomRotation(augmentation.rotation, name="random_rotation")(x)
-    if augmentation.zoom > 0:
-        x = layers.RandomZoom(augmentation.zoom, name="random_zoom")(x)
-    if augmentation.translation > 0:
-        x = layers.RandomTranslation(
-            augmentation.translation, augmentation.translation, name="random_translation"
-        )(x)
     return x

@@ -21,11 +21,15 @@ from pipeline.errors import ConfigError, ModelError
 from pipeline.io import write_json
 from pipeline.models.backbones import (
     BACKBONES,
-    DEFAULT_BACKBONE,
     check_backbone_input,
     check_backbone_layer,
+    resolve_unfreeze_from,
 )
-from pipeline.models.builders import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from pipeline.models.builders import (
+    check_architecture,
+    check_pooling_blocks,
+    resolve_architecture,
+)
 
 logger = logging.getLogger("pipeline.stages.check_params")
 
@@ -48,15 +52,25 @@ def check_models(config: PipelineConfig) -> None:
     spec = DATASETS[config.data.dataset]
     shape = spec.image_shape(config.data.image_size)
     scratch = config.train.scratch
-    backbone = BACKBONES[DEFAULT_BACKBONE]
+    if config.backbone.name not in BACKBONES:
+        raise ConfigError(
+            f"params.yaml: backbone.name = {config.backbone.name!r} is not a known backbone; "
+            f"choose one of {', '.join(BACKBONES)}"
+        )
+    backbone = BACKBONES[config.backbone.name]
+
+    def check_scratch() -> None:
+        architecture = resolve_architecture(scratch.architecture, spec.name)
+        if architecture.name == "small_convnet":
+            check_pooling_blocks(shape, len(scratch.conv_filters))
+        check_architecture(architecture, shape, conv_filters=scratch.conv_filters)
+
+    # small_convnet's size comes from conv_filters: that is the key to fix.
+    scratch_key, scratch_value = "train.scratch.architecture", scratch.architecture
+    if scratch.architecture == "small_convnet":
+        scratch_key, scratch_value = "train.scratch.conv_filters", scratch.conv_filters
     checks = [
-        (
-            "train.scratch.conv_filters",
-            scratch.conv_filters,
-            lambda: ARCHITECTURES[DEFAULT_ARCHITECTURE].check(
-                shape, conv_filters=scratch.conv_filters
-            ),
-        ),
+        (scratch_key, scratch_value, check_scratch),
         (
             "backbone.image_size",
             config.backbone.image_size,
@@ -65,7 +79,9 @@ def check_models(config: PipelineConfig) -> None:
         (
             "backbone.unfreeze_from",
             config.backbone.unfreeze_from,
-            lambda: check_backbone_layer(backbone, config.backbone.unfreeze_from),
+            lambda: check_backbone_layer(
+                backbone, resolve_unfreeze_from(backbone, config.backbone.unfreeze_from)
+            ),
         ),
     ]
     problems = []
