@@ -45,11 +45,15 @@ def main(argv: Sequence[str]) -> None:
     check_tracking_server(tracking_uri(Path.cwd()))
 
     # Keras and MLflow load only now (about 8 s): a closed tracking port fails before that.
+    from pipeline.training.devices import initialize_workers_from_env
+
+    # Several processes (PIPELINE_COORDINATOR, ...): join them before any other JAX work.
+    initialize_workers_from_env()
     from pipeline.training.strategies import STRATEGIES
     from pipeline.training.tracked import RunIdentity, run_params, train_and_record
 
     strategy = STRATEGIES[args.strategy]
-    if strategy.uses_features and args.features is None:
+    if strategy.trains_on_features(getattr(config.train, strategy.name)) and args.features is None:
         raise ConfigError(f"strategy {args.strategy} trains on cached features: pass --features")
     summary = read_json(args.gate)
     identity = RunIdentity(

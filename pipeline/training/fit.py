@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from pipeline.training.backup import TrainingBackup
+from pipeline.training.devices import shard_for_this_process
+
 logger = logging.getLogger(__name__)
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -23,9 +26,16 @@ class TrainingResult:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
-def set_global_seed(seed: int) -> None:
-    """Seed Python, NumPy and the backend; make TensorFlow's ops deterministic when it runs."""
+def set_global_seed(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and the backend; with `deterministic`, make TensorFlow's ops
+    deterministic too, so two runs on a CPU give identical metrics."""
     keras.utils.set_random_seed(seed)
+    if deterministic:
+        _enable_tensorflow_determinism()
+
+
+def _enable_tensorflow_determinism() -> None:
+    """TensorFlow-only: deterministic kernels (JAX on a CPU is deterministic already)."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -42,37 +52,109 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
 
 
 def compile_classifier(model: keras.Model, optimizer: str, learning_rate: float) -> None:
+    """Binary cross-entropy for a one-unit sigmoid output (two classes), else sparse
+    categorical cross-entropy; "accuracy" resolves to the matching accuracy either way."""
+    binary = model.output_shape[-1] == 1
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),
-        loss="sparse_categorical_crossentropy",
+        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How to fit, from a `train.<strategy>` block: shared by every strategy and phase."""
+
+    epochs: int
+    batch_size: int
+    early_stopping_patience: int = 0
+    reduce_lr_patience: int = 0
+    reduce_lr_factor: float = 0.2
+    min_learning_rate: float = 1e-6
+
+    @classmethod
+    def of(cls, block, epochs: int | None = None, schedules: bool = True) -> FitOptions:
+        """The options of a config block; `schedules=False` leaves out early stopping and
+        the learning-rate schedule (fine-tuning's short head phase)."""
+        return cls(
+            epochs=epochs or block.epochs,
+            batch_size=block.batch_size,
+            early_stopping_patience=block.early_stopping_patience if schedules else 0,
+            reduce_lr_patience=block.reduce_lr.patience if schedules else 0,
+            reduce_lr_factor=block.reduce_lr.factor,
+            min_learning_rate=block.reduce_lr.min_learning_rate,
+        )
+
+
+def schedule_callbacks(options: FitOptions) -> list[keras.callbacks.Callback]:
+    """Early stopping (best weights restored) and ReduceLROnPlateau, each when asked for."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if options.early_stopping_patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=options.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    if options.reduce_lr_patience > 0:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=options.reduce_lr_factor,
+                patience=options.reduce_lr_patience,
+                min_lr=options.min_learning_rate,
+            )
+        )
+    return callbacks
 
 
 def fit_model(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
+    options: FitOptions,
     *,
-    epochs: int,
-    batch_size: int,
-    early_stopping_patience: int = 0,
     callbacks: list[keras.callbacks.Callback] | None = None,
     initial_epoch: int = 0,
+    backup: TrainingBackup | None = None,
+    phase: str = "train",
+    history_before: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """`model.fit` with validation data and optional early stopping; returns the history."""
-    callbacks = list(callbacks or [])
-    if early_stopping_patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=early_stopping_patience, restore_best_weights=True
+    """`model.fit` with validation data, the schedules in `options`, and a backup after every
+    epoch. When `backup` holds this phase's state from a run that crashed, training resumes
+    after its last finished epoch, weights and optimizer state restored. Returns the history
+    of this phase's epochs (the resumed ones included)."""
+    callbacks = [*schedule_callbacks(options), *(callbacks or [])]
+    earlier = {key: [] for key in HISTORY_KEYS}
+    if backup is not None:
+        state = backup.load()
+        if state is not None and state.phase == phase:
+            backup.restore(model)
+            before = len((history_before or {}).get("loss", []))
+            earlier = {key: list(state.history.get(key, []))[before:] for key in HISTORY_KEYS}
+            logger.warning(
+                "resuming %s after epoch %d of %d, from the backup in %s",
+                phase,
+                state.epoch,
+                initial_epoch + options.epochs,
+                backup.directory,
             )
-        )
+            initial_epoch = state.epoch
+        so_far = {key: list((history_before or {}).get(key, [])) for key in HISTORY_KEYS}
+        for key in HISTORY_KEYS:
+            so_far[key] += earlier[key]
+        callbacks.append(backup.callback(phase, history_so_far=so_far))
+    end_epoch = initial_epoch + options.epochs - len(earlier["loss"])
+    # Across processes (initialize_workers), each feeds its share of every global batch.
+    (x, y), batch_size = shard_for_this_process(train, options.batch_size)
+    val_arrays, _ = shard_for_this_process(val, options.batch_size)
     history = model.fit(
-        train[0],
-        train[1],
-        validation_data=val,
-        epochs=initial_epoch + epochs,
+        x,
+        y,
+        validation_data=tuple(val_arrays),
+        epochs=end_epoch,
         initial_epoch=initial_epoch,
         batch_size=batch_size,
         callbacks=callbacks,
@@ -80,4 +162,6 @@ def fit_model(
         # One line per epoch when logged to a file (DVC, CI); Keras' bar on a terminal.
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    return {key: [float(v) for v in history.history.get(key, [])] for key in HISTORY_KEYS}
+    return {
+        key: earlier[key] + [float(v) for v in history.history.get(key, [])] for key in HISTORY_KEYS
+    }

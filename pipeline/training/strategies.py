@@ -9,23 +9,48 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
-from pipeline.config import FeatureExtractionConfig, FineTuneConfig, ScratchConfig
+from pipeline.config import (
+    AugmentationConfig,
+    FeatureExtractionConfig,
+    FineTuneConfig,
+    ScratchConfig,
+)
 from pipeline.models.backbones import Backbone
-from pipeline.models.builders import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from pipeline.models.builders import Architecture, build_architecture
 from pipeline.models.heads import (
     assemble_feature_extraction_model,
     build_feature_head,
     build_fine_tune_model,
     set_trainable_from,
 )
-from pipeline.training.fit import HISTORY_KEYS, TrainingResult, compile_classifier, fit_model
+from pipeline.training.backup import TrainingBackup
+from pipeline.training.fit import (
+    HISTORY_KEYS,
+    FitOptions,
+    TrainingResult,
+    compile_classifier,
+    fit_model,
+)
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingContext:
+    """What every train function gets besides data and its config block: the callbacks that
+    record it, the backup it resumes from, and the choices made for this dataset."""
+
+    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
+    backup: TrainingBackup | None = None
+    augmentation: AugmentationConfig | None = None
+    """The strategy's augmentation, resolved for the dataset (None: off)."""
+    architecture: Architecture | None = None
+    """The scratch architecture, resolved for the dataset (`auto`)."""
 
 
 def train_scratch(
@@ -33,26 +58,26 @@ def train_scratch(
     val: tuple[np.ndarray, np.ndarray],
     num_classes: int,
     config: ScratchConfig,
-    callbacks: list[keras.callbacks.Callback] | None = None,
+    context: TrainingContext,
 ) -> TrainingResult:
-    """A small CNN from scratch on the raw images."""
-    model = ARCHITECTURES[DEFAULT_ARCHITECTURE].build(
+    """A CNN from scratch on the raw images: the architecture's listing, with augmentation."""
+    model = build_architecture(
+        context.architecture,
         train[0].shape[1:],
         num_classes,
+        context.augmentation,
         conv_filters=config.conv_filters,
         dense_units=config.dense_units,
         dropout_rate=config.dropout_rate,
-        augmentation=config.augmentation,
     )
     compile_classifier(model, config.optimizer, config.learning_rate)
     history = fit_model(
         model,
         train,
         val,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        early_stopping_patience=config.early_stopping_patience,
-        callbacks=callbacks,
+        FitOptions.of(config),
+        callbacks=context.callbacks,
+        backup=context.backup,
     )
     return TrainingResult(model, history)
 
@@ -63,12 +88,13 @@ def train_feature_extraction(
     val_features: tuple[np.ndarray, np.ndarray],
     num_classes: int,
     config: FeatureExtractionConfig,
-    callbacks: list[keras.callbacks.Callback] | None = None,
+    context: TrainingContext,
 ) -> TrainingResult:
-    """A dense head on cached conv-base features, then assembled with the extractor.
+    """Mode cached: a dense head on the cached conv-base features (listing 5.18), then
+    assembled with the extractor that computed them.
 
     The head never sees augmentation: features are computed once, which is the point of the
-    strategy (Chollet's "fast feature extraction without data augmentation").
+    mode (Chollet's "fast feature extraction without data augmentation").
     """
     head = build_feature_head(
         train_features[0].shape[1:], num_classes, config.dense_units, config.dropout_rate
@@ -78,12 +104,45 @@ def train_feature_extraction(
         head,
         train_features,
         val_features,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        early_stopping_patience=config.early_stopping_patience,
-        callbacks=callbacks,
+        FitOptions.of(config),
+        callbacks=context.callbacks,
+        backup=context.backup,
     )
     return TrainingResult(assemble_feature_extraction_model(extractor, head), history)
+
+
+def train_feature_extraction_end_to_end(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    backbone: Backbone,
+    base: keras.Model,
+    config: FeatureExtractionConfig,
+    context: TrainingContext,
+) -> TrainingResult:
+    """Mode end_to_end: the frozen base inside the model, run on every batch of every epoch,
+    so augmentation applies (listings 5.20/5.21). Much slower than mode cached."""
+    model = build_fine_tune_model(
+        train[0].shape[1:],
+        num_classes,
+        backbone,
+        base,
+        dense_units=config.dense_units,
+        dropout_rate=config.dropout_rate,
+        augmentation=context.augmentation,
+        name="feature_extraction",
+    )
+    set_trainable_from(base, None)
+    compile_classifier(model, config.optimizer, config.learning_rate)
+    history = fit_model(
+        model,
+        train,
+        val,
+        FitOptions.of(config),
+        callbacks=context.callbacks,
+        backup=context.backup,
+    )
+    return TrainingResult(model, history)
 
 
 def train_fine_tune(
@@ -94,10 +153,14 @@ def train_fine_tune(
     base: keras.Model,
     unfreeze_from: str,
     config: FineTuneConfig,
-    callbacks: list[keras.callbacks.Callback] | None = None,
+    context: TrainingContext,
 ) -> TrainingResult:
-    """Phase 1 trains the new head on a frozen base; phase 2 also trains the base from
-    `unfreeze_from` on, at a low learning rate. The history runs across both phases."""
+    """The course's five steps: (1) add a head to the base, (2) freeze the base, (3) train
+    the head, (4) unfreeze the base from `unfreeze_from` on, (5) train both at a low learning
+    rate. The history runs across both phases on one epoch axis.
+
+    After a crash in phase 2, phase 1 is not repeated: its history comes from the backup.
+    """
     model = build_fine_tune_model(
         train[0].shape[1:],
         num_classes,
@@ -105,19 +168,27 @@ def train_fine_tune(
         base,
         dense_units=config.dense_units,
         dropout_rate=config.dropout_rate,
-        augmentation=config.augmentation,
+        augmentation=context.augmentation,
     )
-    set_trainable_from(base, None)
-    compile_classifier(model, config.optimizer, config.head_learning_rate)
-    logger.info("fine_tune phase 1: %d epochs on the head, base frozen", config.head_epochs)
-    head_history = fit_model(
-        model,
-        train,
-        val,
-        epochs=config.head_epochs,
-        batch_size=config.batch_size,
-        callbacks=callbacks,
-    )
+    state = context.backup.load() if context.backup is not None else None
+    if state is not None and state.phase == "tune":
+        head_history = {
+            key: list(state.history.get(key, []))[: config.head_epochs] for key in HISTORY_KEYS
+        }
+        logger.info("fine_tune phase 1 finished before the crash: skipped")
+    else:
+        set_trainable_from(base, None)
+        compile_classifier(model, config.optimizer, config.head_learning_rate)
+        logger.info("fine_tune phase 1: %d epochs on the head, base frozen", config.head_epochs)
+        head_history = fit_model(
+            model,
+            train,
+            val,
+            FitOptions.of(config, epochs=config.head_epochs, schedules=False),
+            callbacks=context.callbacks,
+            backup=context.backup,
+            phase="head",
+        )
     set_trainable_from(base, unfreeze_from)
     # Recompiling is what makes the new trainable flags take effect.
     compile_classifier(model, config.optimizer, config.learning_rate)
@@ -126,11 +197,12 @@ def train_fine_tune(
         model,
         train,
         val,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        early_stopping_patience=config.early_stopping_patience,
-        callbacks=callbacks,
+        FitOptions.of(config),
+        callbacks=context.callbacks,
         initial_epoch=len(head_history["loss"]),
+        backup=context.backup,
+        phase="tune",
+        history_before=head_history,
     )
     history = {key: head_history[key] + tune_history[key] for key in HISTORY_KEYS}
     return TrainingResult(model, history)
@@ -138,23 +210,40 @@ def train_fine_tune(
 
 @dataclass(frozen=True)
 class Strategy:
-    """`train` fits the strategy's model. `uses_backbone`: built on a pretrained base, whose
-    weights its runs report. `uses_features`: trained on the cached conv-base features of the
-    features stage rather than on images."""
+    """`train` fits the strategy's model on images; `train_on_features`, where there is one,
+    fits it on the features stage's cached conv-base outputs instead. `uses_backbone`: built
+    on a pretrained base, whose weights its runs report."""
 
     name: str
     train: Callable[..., TrainingResult]
     uses_backbone: bool
-    uses_features: bool
+    train_on_features: Callable[..., TrainingResult] | None = None
+
+    def trains_on_features(self, block) -> bool:
+        """Whether this run trains on cached features (`feature_extraction.mode: cached`)."""
+        return self.train_on_features is not None and getattr(block, "mode", "cached") == "cached"
+
+
+def _train_feature_extraction_on_images(
+    train, val, num_classes, backbone, base, unfreeze_from, config, context
+) -> TrainingResult:
+    """End-to-end feature extraction takes what fine-tuning takes; the base stays frozen."""
+    del unfreeze_from
+    return train_feature_extraction_end_to_end(
+        train, val, num_classes, backbone, base, config, context
+    )
 
 
 STRATEGIES: dict[str, Strategy] = {
     strategy.name: strategy
     for strategy in (
-        Strategy("scratch", train_scratch, uses_backbone=False, uses_features=False),
+        Strategy("scratch", train_scratch, uses_backbone=False),
         Strategy(
-            "feature_extraction", train_feature_extraction, uses_backbone=True, uses_features=True
+            "feature_extraction",
+            _train_feature_extraction_on_images,
+            uses_backbone=True,
+            train_on_features=train_feature_extraction,
         ),
-        Strategy("fine_tune", train_fine_tune, uses_backbone=True, uses_features=False),
+        Strategy("fine_tune", train_fine_tune, uses_backbone=True),
     )
 }

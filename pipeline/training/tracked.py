@@ -7,6 +7,8 @@ whether MLflow got all of it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import PipelineConfig, flatten_params
+from pipeline.datasets.sources import DATASETS
 from pipeline.io import (
     EXTRACTOR_FILE,
     FEATURES_INFO_FILE,
@@ -27,7 +30,13 @@ from pipeline.io import (
     read_json,
     write_json,
 )
-from pipeline.models.backbones import BACKBONES, DEFAULT_BACKBONE, ResolvedWeights, resolve_weights
+from pipeline.models.backbones import (
+    BACKBONES,
+    ResolvedWeights,
+    resolve_unfreeze_from,
+    resolve_weights,
+)
+from pipeline.models.builders import resolve_architecture
 from pipeline.tracking.runs import (
     VALIDATION_ARTIFACT,
     EpochMetricsLogger,
@@ -36,8 +45,16 @@ from pipeline.tracking.runs import (
     create_run,
     log_keras_model,
 )
+from pipeline.training.backup import TrainingBackup
+from pipeline.training.devices import (
+    apply_precision,
+    choose_precision,
+    describe_devices,
+    process_grid,
+    training_scope,
+)
 from pipeline.training.fit import TrainingResult, set_global_seed
-from pipeline.training.strategies import STRATEGIES, Strategy
+from pipeline.training.strategies import STRATEGIES, Strategy, TrainingContext
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +79,49 @@ def train_and_record(
     features_dir: Path | None,
     out: Path,
     project_root: Path,
-) -> RunRecorder:
-    """Train `strategy`, write its model folder `out`, and log the run to MLflow as it goes."""
-    set_global_seed(config.data.seed)
+) -> RunRecorder | None:
+    """Train `strategy`, write its model folder `out`, and log the run to MLflow as it goes.
+
+    A backup after every epoch, under `.pipeline/backup/<strategy>` (outside DVC's outs, which
+    DVC deletes before re-running the stage), lets a crashed run resume where it stopped, in
+    the same MLflow run.
+    """
+    set_global_seed(config.train.seed, config.train.deterministic)
+    precision = choose_precision(config.train.precision, describe_devices())
+    apply_precision(precision)
     backbone_weights = backbone_weights_of(strategy, config, features_dir)
+    if process_grid()[1] != 0:
+        # Another process of a multi-process run: it trains the same model; process 0
+        # writes the outputs and the MLflow run.
+        context = _context(strategy, config, None, None)
+        _train(strategy, config, splits, backbone_weights, features_dir, context)
+        return None
     tags = {
         **identity.tags,
         "backbone_weights": backbone_weights.kind if backbone_weights else "none",
+        "precision": precision,
     }
+    backup = TrainingBackup(
+        backup_directory(project_root, strategy.name), training_fingerprint(identity, tags)
+    )
     experiment_id = configure_tracking(project_root, identity.experiment_name)
-    recorder = RunRecorder(create_run(experiment_id, identity.run_name, tags))
+    previous = backup.load()
+    run_id = previous.meta.get("run_id") if previous is not None else None
+    if run_id is None:
+        run_id = create_run(experiment_id, identity.run_name, tags)
+    else:
+        logger.warning("continuing MLflow run %s of the training that stopped", run_id)
+    recorder = RunRecorder(run_id)
+    backup.meta = {"run_id": run_id}
     with recorder.active():
-        recorder("params", mlflow.log_params, identity.params)
-        recorder("gate summary", mlflow.log_dict, identity.validation_summary, VALIDATION_ARTIFACT)
-        result = _train(strategy, config, splits, backbone_weights, features_dir, recorder)
+        if previous is None:
+            recorder("params", mlflow.log_params, identity.params)
+            recorder(
+                "gate summary", mlflow.log_dict, identity.validation_summary, VALIDATION_ARTIFACT
+            )
+        context = _context(strategy, config, recorder, backup)
+        with training_scope():
+            result = _train(strategy, config, splits, backbone_weights, features_dir, context)
         out.mkdir(parents=True, exist_ok=True)
         result.model.save(out / MODEL_FILE)
         history = pd.DataFrame({"epoch": np.arange(len(result.history["loss"])), **result.history})
@@ -98,19 +144,70 @@ def train_and_record(
             "validation_summary": identity.validation_summary,
         },
     )
+    backup.clear()
     logger.info(
         "%s: trained %d epochs, MLflow run %s", strategy.name, len(history), recorder.run_id
     )
     return recorder
 
 
+def backup_directory(project_root: Path, strategy_name: str) -> Path:
+    """Where a strategy's training backup lives: outside every DVC out."""
+    return project_root / ".pipeline" / "backup" / strategy_name
+
+
+def training_fingerprint(identity: RunIdentity, tags: dict[str, str]) -> str:
+    """What a backup must match to be resumed: the same params, data and code."""
+    described = json.dumps(
+        {"params": identity.params, "run_name": identity.run_name, "tags": tags},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(described.encode()).hexdigest()
+
+
+def _context(
+    strategy: Strategy,
+    config: PipelineConfig,
+    recorder: RunRecorder | None,
+    backup: TrainingBackup | None,
+) -> TrainingContext:
+    """The callbacks, backup and dataset-dependent choices (`auto`) for this strategy."""
+    block = getattr(config.train, strategy.name)
+    spec = DATASETS[config.data.dataset]
+    augmentation = block.augmentation.resolve(spec.augment_by_default)
+    if strategy.trains_on_features(block):
+        augmentation = None
+    return TrainingContext(
+        callbacks=[EpochMetricsLogger(recorder)] if recorder is not None else [],
+        backup=backup,
+        augmentation=augmentation,
+        architecture=(
+            resolve_architecture(block.architecture, config.data.dataset)
+            if strategy.name == "scratch"
+            else None
+        ),
+    )
+
+
 def run_params(strategy_name: str, config: PipelineConfig) -> dict:
     """The params a strategy used, with its train block under `train.*` so that every
     strategy's runs share column names in the MLflow UI."""
     values = config.model_dump(by_alias=True)
-    params = {"data": values["data"], "train": values["train"][strategy_name]}
+    train = values["train"]
+    params = {
+        "data": values["data"],
+        "train": {
+            **train[strategy_name],
+            **{key: train[key] for key in ("seed", "deterministic", "precision")},
+        },
+    }
     if STRATEGIES[strategy_name].uses_backbone:
         params["backbone"] = values["backbone"]
+    if strategy_name == "scratch":
+        params["train"]["architecture"] = resolve_architecture(
+            config.train.scratch.architecture, config.data.dataset
+        ).name
     return flatten_params(params)
 
 
@@ -120,10 +217,10 @@ def backbone_weights_of(
     """The weights this strategy's backbone really has: recorded by `features`, or resolved."""
     if not strategy.uses_backbone:
         return None
-    if strategy.uses_features:
+    if strategy.trains_on_features(getattr(config.train, strategy.name)):
         recorded = read_json(features_dir / FEATURES_INFO_FILE)
         return ResolvedWeights(recorded["weights"], recorded["weights_file"])
-    return resolve_weights(config.backbone.weights, BACKBONES[DEFAULT_BACKBONE])
+    return resolve_weights(config.backbone.weights, BACKBONES[config.backbone.name])
 
 
 def _train(
@@ -132,25 +229,24 @@ def _train(
     splits: dict[str, Split],
     backbone_weights: ResolvedWeights | None,
     features_dir: Path | None,
-    recorder: RunRecorder,
+    context: TrainingContext,
 ) -> TrainingResult:
     train, val = splits["train"], splits["val"]
     num_classes = len(train.classes)
     block = getattr(config.train, strategy.name)
-    callbacks = [EpochMetricsLogger(recorder)]
-    if strategy.uses_features:
+    if strategy.trains_on_features(block):
         extractor = keras.saving.load_model(features_dir / EXTRACTOR_FILE)
         features = {name: np.load(features_dir / f"{name}.npy") for name in ("train", "val")}
-        return strategy.train(
+        return strategy.train_on_features(
             extractor,
             (features["train"], train.y),
             (features["val"], val.y),
             num_classes,
             block,
-            callbacks,
+            context,
         )
     if strategy.uses_backbone:
-        backbone = BACKBONES[DEFAULT_BACKBONE]
+        backbone = BACKBONES[config.backbone.name]
         base = backbone.build(config.backbone.image_size, backbone_weights.path)
         return strategy.train(
             (train.x, train.y),
@@ -158,8 +254,8 @@ def _train(
             num_classes,
             backbone,
             base,
-            config.backbone.unfreeze_from,
+            resolve_unfreeze_from(backbone, config.backbone.unfreeze_from),
             block,
-            callbacks,
+            context,
         )
-    return strategy.train((train.x, train.y), (val.x, val.y), num_classes, block, callbacks)
+    return strategy.train((train.x, train.y), (val.x, val.y), num_classes, block, context)

@@ -1,0 +1,384 @@
+"""Devices for training: the mixed-precision policy, several accelerators of one host, and
+several hosts (processes) training one model.
+
+The model and training code stay backend-agnostic; only the small functions named
+`_tensorflow_*`, `_jax_*` and `_torch_*` touch a backend's own API, and they import it lazily,
+so this module imports neither TensorFlow nor JAX by itself.
+
+- Mixed precision: `choose_precision` turns a setting (`auto` and the Keras policy names) and a
+  description of the devices into a policy name; `apply_precision` makes it Keras' global
+  policy. With `mixed_float16`, `model.compile` wraps the optimizer in a `LossScaleOptimizer`
+  by itself (Keras 3's `compile(auto_scale_loss=True)`, the default). The classifier's output
+  layer is built with `dtype="float32"` so that probabilities and the loss stay in float32.
+- One host, several accelerators: build, compile and fit inside `training_scope()`.
+- Several hosts (JAX only): `initialize_workers` (or `initialize_workers_from_env`) once at
+  start-up, before any other JAX work; then each process fits on its own share of every
+  global batch (`shard_for_this_process`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import keras
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+# bfloat16 has tensor-core support from Ampere (compute capability 8.0) on; older GPUs get
+# float16, which needs loss scaling but runs fast from Volta (7.0) on.
+BFLOAT16_MIN_COMPUTE_CAPABILITY = (8, 0)
+
+COORDINATOR_VARIABLE = "PIPELINE_COORDINATOR"
+NUM_PROCESSES_VARIABLE = "PIPELINE_NUM_PROCESSES"
+PROCESS_ID_VARIABLE = "PIPELINE_PROCESS_ID"
+WORKER_VARIABLES = (COORDINATOR_VARIABLE, NUM_PROCESSES_VARIABLE, PROCESS_ID_VARIABLE)
+
+
+# --- mixed precision ------------------------------------------------------------------------
+
+
+def choose_precision(setting: str, devices: Sequence[str]) -> str:
+    """The Keras dtype policy for `setting` on `devices` (as `describe_devices` lists them:
+    "cpu", "tpu", "gpu" or "gpu:<major>.<minor>" with the compute capability).
+
+    An explicit policy is returned as it is. `auto` means float32 where there is no
+    accelerator (mixed precision only slows a CPU down), bfloat16 on TPUs and on GPUs that
+    all have compute capability 8.0 or more, and float16 (with loss scaling) on older GPUs
+    or GPUs whose capability is unknown. Pure: it probes nothing.
+    """
+    if setting not in PRECISIONS:
+        raise ConfigError(
+            f"precision {setting!r} is not one of {', '.join(PRECISIONS)}: "
+            "use auto to pick by device"
+        )
+    if setting != "auto":
+        return setting
+    kinds = [_parse_device(device) for device in devices]
+    if any(kind == "tpu" for kind, _ in kinds):
+        return "mixed_bfloat16"
+    capabilities = [capability for kind, capability in kinds if kind == "gpu"]
+    if not capabilities:
+        return "float32"
+    # Every replica must run the same policy, so the oldest GPU decides.
+    if all(c is not None and c >= BFLOAT16_MIN_COMPUTE_CAPABILITY for c in capabilities):
+        return "mixed_bfloat16"
+    return "mixed_float16"
+
+
+def _parse_device(device: str) -> tuple[str, tuple[int, int] | None]:
+    """("gpu", (8, 6)) for "gpu:8.6"; ("cpu", None) for "cpu"."""
+    kind, _, capability = device.lower().partition(":")
+    if kind not in ("cpu", "gpu", "tpu"):
+        raise ValueError(
+            f"unknown device {device!r}: expected cpu, tpu, gpu or gpu:<major>.<minor>"
+        )
+    if not capability:
+        return kind, None
+    try:
+        major, minor = (int(part) for part in capability.split("."))
+    except ValueError:
+        raise ValueError(
+            f"device {device!r}: the compute capability must read <major>.<minor>, e.g. gpu:8.6"
+        ) from None
+    return kind, (major, minor)
+
+
+def apply_precision(policy: str) -> None:
+    """Make `policy` Keras' global dtype policy; layers built afterwards compute in it (keep
+    the output layer at `dtype="float32"`)."""
+    if policy not in POLICIES:
+        raise ConfigError(
+            f"dtype policy {policy!r} is not one of {', '.join(POLICIES)} "
+            "(resolve auto with choose_precision first)"
+        )
+    keras.mixed_precision.set_dtype_policy(policy)
+
+
+def describe_devices() -> list[str]:
+    """The local devices of the current backend, for `choose_precision`: ["cpu"] where
+    there is no accelerator, else one entry per accelerator ("gpu:8.0", "tpu")."""
+    probes = {
+        "tensorflow": _tensorflow_devices,
+        "jax": _jax_devices,
+        "torch": _torch_devices,
+    }
+    probe = probes.get(keras.backend.backend())
+    devices = probe() if probe else []
+    return devices or ["cpu"]
+
+
+def _tensorflow_devices() -> list[str]:
+    """TensorFlow-only: each visible GPU with its compute capability."""
+    import tensorflow as tf
+
+    devices = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        devices.append(f"gpu:{capability[0]}.{capability[1]}" if capability else "gpu")
+    return devices
+
+
+def _jax_devices() -> list[str]:
+    """JAX-only: this process's accelerators; a CUDA device carries its compute capability
+    as a string such as "8.0"."""
+    import jax
+
+    devices = []
+    for device in jax.local_devices():
+        if device.platform == "gpu":
+            capability = getattr(device, "compute_capability", None)
+            devices.append(f"gpu:{capability}" if capability else "gpu")
+        elif device.platform == "tpu":
+            devices.append("tpu")
+    return devices
+
+
+def _torch_devices() -> list[str]:
+    """PyTorch-only: each visible CUDA GPU with its compute capability."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [
+        "gpu:{}.{}".format(*torch.cuda.get_device_capability(index))
+        for index in range(torch.cuda.device_count())
+    ]
+
+
+# --- several accelerators of one host -------------------------------------------------------
+
+
+def list_accelerators() -> list[str]:
+    """The names of this host's accelerators as the backend's distribution API takes them
+    ("/device:GPU:0" for TensorFlow, "gpu:0" for JAX); empty on a CPU."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_accelerator_names()
+    if backend == "jax":
+        return _jax_accelerator_names()
+    return []
+
+
+def _tensorflow_accelerator_names() -> list[str]:
+    """TensorFlow-only: the logical GPUs, which MirroredStrategy replicates over."""
+    import tensorflow as tf
+
+    return [device.name for device in tf.config.list_logical_devices("GPU")]
+
+
+def _jax_accelerator_names() -> list[str]:
+    """JAX-only: this process's GPUs or TPUs, in Keras' "platform:id" spelling."""
+    import jax
+
+    return [
+        f"{device.platform}:{device.id}"
+        for device in jax.local_devices()
+        if device.platform != "cpu"
+    ]
+
+
+def training_scope(accelerators: list[str] | None = None) -> contextlib.AbstractContextManager:
+    """A context to build, compile and fit a model in, replicating it over `accelerators`
+    (default: all of this host's): `tf.distribute.MirroredStrategy` on TensorFlow, Keras'
+    `DataParallel` on JAX. With one device or none it does nothing, so single-device training
+    is unchanged; it does nothing either where a distribution is already set (after
+    `initialize_workers`, which spans every host)."""
+    if accelerators is None:
+        accelerators = list_accelerators()
+    if len(accelerators) <= 1:
+        return contextlib.nullcontext()
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _mirrored_strategy_scope(accelerators)
+    if backend == "jax":
+        if keras.distribution.distribution() is not None:
+            return contextlib.nullcontext()
+        return keras.distribution.DataParallel(devices=accelerators).scope()
+    logger.warning(
+        "the %s backend has no data-parallel training in Keras; training on one device of %d",
+        backend,
+        len(accelerators),
+    )
+    return contextlib.nullcontext()
+
+
+def _mirrored_strategy_scope(accelerators: list[str]) -> contextlib.AbstractContextManager:
+    """TensorFlow-only: variables mirrored on every GPU, gradients all-reduced each step."""
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(devices=accelerators).scope()
+
+
+# --- several hosts (JAX) --------------------------------------------------------------------
+
+
+def initialize_workers(
+    coordinator: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    auto_shard_dataset: bool = False,
+) -> keras.distribution.DataParallel:
+    """Join this process to a cluster of `num_processes` training processes whose process 0
+    listens at `coordinator` ("host:port"), then make Keras train data-parallel over every
+    device of every process. Call it once, first thing, before any other JAX work; every
+    process then builds the same model and fits it. JAX only: TensorFlow's
+    MultiWorkerMirroredStrategy does not work with Keras 3 (keras-team/keras#20585).
+
+    What each process passes to `fit`: by default its own share of every global batch, as
+    NumPy arrays (`shard_for_this_process`), which is how the pipeline feeds data. With
+    `auto_shard_dataset`, Keras shards instead, and then accepts only a `tf.data.Dataset`,
+    the same one on every process, batched at the global batch size."""
+    _check_coordinator(coordinator, "coordinator")
+    if num_processes < 1:
+        raise ConfigError(f"num_processes is {num_processes}: it must be 1 or more")
+    if not 0 <= process_id < num_processes:
+        raise ConfigError(
+            f"process_id is {process_id}: it must lie in 0..{num_processes - 1} "
+            f"for {num_processes} processes (0 runs the coordinator)"
+        )
+    _require_jax_backend()
+    _enable_jax_cpu_collectives()
+    keras.distribution.initialize(
+        job_addresses=coordinator, num_processes=num_processes, process_id=process_id
+    )
+    distribution = keras.distribution.DataParallel(
+        devices=keras.distribution.list_devices(), auto_shard_dataset=auto_shard_dataset
+    )
+    keras.distribution.set_distribution(distribution)
+    logger.info(
+        "process %d of %d joined %s; training data-parallel over %d devices",
+        process_id,
+        num_processes,
+        coordinator,
+        len(keras.distribution.list_devices()),
+    )
+    return distribution
+
+
+def initialize_workers_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """`initialize_workers` from PIPELINE_COORDINATOR (host:port of process 0),
+    PIPELINE_NUM_PROCESSES and PIPELINE_PROCESS_ID, as a launcher (Slurm, Kubernetes, a
+    shell loop) sets them. With none of them set this is a no-op returning False (one
+    process, the default); True once the cluster is joined."""
+    environ = os.environ if environ is None else environ
+    values = {name: environ.get(name, "").strip() for name in WORKER_VARIABLES}
+    if not any(values.values()):
+        return False
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} not set: a multi-process run needs all of "
+            f"{', '.join(WORKER_VARIABLES)} (unset all three to train in one process)"
+        )
+    coordinator = values[COORDINATOR_VARIABLE]
+    _check_coordinator(coordinator, COORDINATOR_VARIABLE)
+    num_processes = _parse_int(values[NUM_PROCESSES_VARIABLE], NUM_PROCESSES_VARIABLE)
+    if num_processes < 1:
+        raise ConfigError(
+            f"{NUM_PROCESSES_VARIABLE}={num_processes}: set it to the number of training "
+            "processes, 1 or more"
+        )
+    process_id = _parse_int(values[PROCESS_ID_VARIABLE], PROCESS_ID_VARIABLE)
+    if not 0 <= process_id < num_processes:
+        raise ConfigError(
+            f"{PROCESS_ID_VARIABLE}={process_id}: set it to this process's index, "
+            f"0..{num_processes - 1} for {NUM_PROCESSES_VARIABLE}={num_processes} "
+            "(0 on the coordinator's host)"
+        )
+    initialize_workers(coordinator, num_processes, process_id)
+    return True
+
+
+def _check_coordinator(coordinator: str, name: str) -> None:
+    """A "host:port" address with a port in 1..65535."""
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"{name}={coordinator!r}: set it to host:port of process 0, e.g. 10.0.0.1:1234"
+        )
+
+
+def _parse_int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: set it to a whole number") from None
+
+
+def _require_jax_backend() -> None:
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise ConfigError(
+            f"training across processes needs KERAS_BACKEND=jax (this run uses {backend}): "
+            "TensorFlow's MultiWorkerMirroredStrategy does not work with Keras 3 "
+            "(keras-team/keras#20585); set KERAS_BACKEND=jax, or unset "
+            f"{', '.join(WORKER_VARIABLES)} to train in one process"
+        )
+
+
+def _enable_jax_cpu_collectives() -> None:
+    """JAX-only: cross-process collectives on CPU devices (gloo). Keras agrees on one
+    random seed across processes with a CPU all-reduce even on GPU hosts, and CPU-only
+    clusters need it for every step; older JAX releases default to no CPU collectives."""
+    import jax
+
+    option = "jax_cpu_collectives_implementation"
+    if option in jax.config.values and jax.config.values[option] in (None, "none"):
+        jax.config.update(option, "gloo")
+
+
+def shard_for_this_process(
+    arrays: Sequence[np.ndarray], global_batch_size: int
+) -> tuple[list[np.ndarray], int]:
+    """This process's share of `arrays` and its batch size, for `model.fit` on NumPy arrays
+    across processes: Keras' JAX trainer takes each process's batch as its slice of the
+    global batch (`jax.make_array_from_process_local_data`), so process p gets rows
+    p*L..(p+1)*L-1 of every global batch of `global_batch_size` (L = global / processes).
+    Samples past the last whole global batch are dropped, since every process must run the
+    same number of steps. In a single process the arrays are returned unchanged."""
+    num_processes, process_index = process_grid()
+    if num_processes == 1:
+        return list(arrays), global_batch_size
+    if global_batch_size % num_processes:
+        raise ConfigError(
+            f"batch size {global_batch_size} does not split over {num_processes} processes: "
+            f"use a multiple of {num_processes}"
+        )
+    local_batch_size = global_batch_size // num_processes
+    shards = []
+    for array in arrays:
+        steps = len(array) // global_batch_size
+        if steps == 0:
+            raise ConfigError(
+                f"{len(array)} samples make no whole global batch of {global_batch_size}: "
+                "use a smaller batch size"
+            )
+        blocks = array[: steps * global_batch_size].reshape(
+            steps, num_processes, local_batch_size, *array.shape[1:]
+        )
+        shards.append(blocks[:, process_index].reshape(-1, *array.shape[1:]))
+    return shards, local_batch_size
+
+
+def process_grid() -> tuple[int, int]:
+    """(number of processes, this process's index): (1, 0) outside a JAX cluster. Only
+    process 0 writes outputs and logs to MLflow."""
+    if keras.backend.backend() != "jax":
+        return 1, 0
+    return _jax_process_grid()
+
+
+def _jax_process_grid() -> tuple[int, int]:
+    import jax
+
+    return jax.process_count(), jax.process_index()
