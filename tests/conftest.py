@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pretrained import hed_vgg16_weights  # noqa: F401 - a fixture, shared
 from tests.servers import MlflowServer, ServerUnavailable, postgres_cluster
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -288,14 +288,14 @@ def test_params_typo_stops_before_any_work_and_keeps_outputs(workspace) -> None:
 
 
 def test_a_model_too_deep_for_the_images_stops_before_any_output_is_deleted(workspace) -> None:
-    """Five pooling blocks cannot fit 8x8 digits: check_params says so, before DVC deletes
-    models/scratch, and every earlier output stays byte-identical."""
+    """The course's model C (11x11 kernels) cannot take 8x8 digits: check_params says so,
+    before DVC deletes models/scratch, and every earlier output stays byte-identical."""
     root, env = workspace
     kept = outputs(root)
-    result = dvc(root, env, "exp", "run", "-S", "train.scratch.conv_filters=[8,8,8,8,8]")
+    result = dvc(root, env, "exp", "run", "-S", "train.scratch.architecture=course_c")
     assert result.returncode != 0
-    assert "train.scratch.conv_filters = [8, 8, 8, 8, 8]" in result.stderr
-    assert "at most 3 blocks" in result.stderr and "Traceback" not in result.stderr
+    assert "train.scratch.architecture = 'course_c'" in result.stderr
+    assert "needs at least 32x32" in result.stderr and "Traceback" not in result.stderr
     assert stages_run(result) == {"check_params"}
     assert outputs(root) == kept
 
