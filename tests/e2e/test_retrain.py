@@ -32,6 +32,7 @@ import requests
 import yaml
 from PIL import Image
 
+from pipeline.config import STRATEGY_NAMES
 from tests import fakes
 from tests.project import dvc, make_project_copy, tiny_params
 from tests.servers import model_server
@@ -210,8 +211,8 @@ def test_new_images_retrain_and_a_worse_challenger_is_rejected(project: Project)
     params_file = project.root / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    for block in params["train"].values():
-        block.update(epochs=1, learning_rate=1e-7)
+    for strategy in STRATEGY_NAMES:
+        params["train"][strategy].update(epochs=1, learning_rate=1e-7)
     params["train"]["fine_tune"].update(head_epochs=1, head_learning_rate=1e-7)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
