@@ -269,7 +269,8 @@ def test_losing_the_server_during_training_loses_nothing(project: Project) -> No
     params_file = root / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    params["train"]["scratch"]["epochs"] = 200
+    # 200 epochs, all of them: early stopping must not end training before the server drops.
+    params["train"]["scratch"].update(epochs=200, early_stopping_patience=0)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
     started = int(time.time() * 1000)
