@@ -129,9 +129,9 @@ def fit_model(
     callbacks = [*schedule_callbacks(options), *(callbacks or [])]
     earlier = {key: [] for key in HISTORY_KEYS}
     if backup is not None:
-        state = backup.load()
-        if state is not None and state.phase == phase:
-            backup.restore(model)
+        # Restores only a snapshot of this phase; None leaves the model as built.
+        state = backup.restore(model, phase=phase)
+        if state is not None:
             before = len((history_before or {}).get("loss", []))
             earlier = {key: list(state.history.get(key, []))[before:] for key in HISTORY_KEYS}
             logger.warning(
