@@ -40,14 +40,17 @@ def _backup_epoch(root: Path) -> int:
     return 0
 
 
-def _training_process(parent: psutil.Process) -> psutil.Process | None:
+def _training_processes(parent: psutil.Process) -> list[psutil.Process]:
+    """The train stage's processes under `parent`: the Python process, and the shell DVC
+    runs it through when that shell does not exec its command (dash, when SHELL is unset)."""
+    found = []
     for child in parent.children(recursive=True):
         try:
             if "pipeline.stages.train" in " ".join(child.cmdline()):
-                return child
+                found.append(child)
         except psutil.Error:
             continue
-    return None
+    return found
 
 
 def test_a_killed_training_resumes_from_its_last_epoch_in_the_same_run(tmp_path: Path) -> None:
@@ -66,10 +69,12 @@ def test_a_killed_training_resumes_from_its_last_epoch_in_the_same_run(tmp_path:
     killed_after = None
     while time.monotonic() < deadline and first.poll() is None:
         if _backup_epoch(root) >= 2:
-            trainer = _training_process(psutil.Process(first.pid))
-            if trainer is not None:
-                # Epoch 3 has just begun: a kill now lands in the middle of it.
-                os.kill(trainer.pid, signal.SIGKILL)
+            trainers = _training_processes(psutil.Process(first.pid))
+            if trainers:
+                # Epoch 3 has just begun: a kill now lands in the middle of it. Every one is
+                # killed, deepest first: killing only a shell would leave Python training on.
+                for trainer in reversed(trainers):
+                    os.kill(trainer.pid, signal.SIGKILL)
                 killed_after = _backup_epoch(root)
                 break
         time.sleep(0.02)
