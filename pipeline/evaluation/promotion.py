@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pipeline.evaluation.metrics import check_class_indices
 from pipeline.evaluation.significance import McNemarResult, mcnemar_test
 
 
@@ -101,8 +102,10 @@ def decide_promotion(
         raise ValueError("classes is empty: the gate needs the class names of the test split")
     if len(set(classes)) != len(classes):
         raise ValueError(f"classes has duplicate names: {classes}")
-    y_true = _indices("y_true", y_true, classes)
-    challenger_pred = _indices("challenger_pred", challenger_pred, classes, len(y_true))
+    y_true = check_class_indices("y_true", y_true, len(classes))
+    challenger_pred = check_class_indices(
+        "challenger_pred", challenger_pred, len(classes), len(y_true), against="y_true"
+    )
     accuracy = float(np.mean(challenger_pred == y_true))
     criteria = [
         Criterion(
@@ -119,7 +122,9 @@ def decide_promotion(
     champion_accuracy = None
     test = None
     if champion_pred is not None:
-        champion_pred = _indices("champion_pred", champion_pred, classes, len(y_true))
+        champion_pred = check_class_indices(
+            "champion_pred", champion_pred, len(classes), len(y_true), against="y_true"
+        )
         champion_accuracy = float(np.mean(champion_pred == y_true))
         gain = accuracy - champion_accuracy
         criteria.append(
@@ -162,26 +167,6 @@ def decide_promotion(
         champion_accuracy=champion_accuracy,
         mcnemar=test,
     )
-
-
-def _indices(name: str, values, classes: Sequence[str], length: int | None = None) -> np.ndarray:
-    """`values` as a non-empty 1-D array of class indices, or a ValueError naming the problem."""
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (one label per image), got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"{name} is empty: there are no test images to judge on")
-    if length is not None and len(array) != length:
-        raise ValueError(
-            f"{name} has {len(array)} labels but y_true has {length}: every model must be "
-            "scored on the same test images"
-        )
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
-    outside = array[(array < 0) | (array >= len(classes))]
-    if outside.size:
-        raise ValueError(f"{name} holds {outside[0]}, not an index into the {len(classes)} classes")
-    return array
 
 
 def _recall_floor(

@@ -2,14 +2,17 @@
 
 Only the discordant pairs count (images one model gets right and the other wrong). With few of
 them the exact binomial test is used; with many, the chi-square statistic with continuity
-correction (statsmodels' default).
+correction (statsmodels' default). pairwise_mcnemar runs it on every pair of several models.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
+import pandas as pd
 from statsmodels.stats.contingency_tables import mcnemar
 
 # Below this many discordant pairs the chi-square approximation is poor: use the exact test.
@@ -73,6 +76,80 @@ def mcnemar_test(
     return McNemarResult(
         challenger_only, champion_only, float(result.statistic), float(result.pvalue), exact
     )
+
+
+# The columns of pairwise_mcnemar, in order, and their types (also of an empty frame).
+_PAIRWISE_DTYPES = {
+    "model_a": object,
+    "model_b": object,
+    "a_only_correct": "int64",
+    "b_only_correct": "int64",
+    "statistic": "float64",
+    "p_value": "float64",
+    "exact": bool,
+    "significant": bool,
+    "better": object,
+}
+
+
+PAIRWISE_COLUMNS = tuple(_PAIRWISE_DTYPES)
+
+
+def pairwise_mcnemar(
+    y_true: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    alpha: float,
+    exact_below: int = EXACT_BELOW,
+) -> pd.DataFrame:
+    """McNemar's test on every unordered pair of models scored on the same labels: one row per
+    pair, model_a before model_b in the order of `predictions`.
+
+    `significant` is p < alpha; `better` names the model right alone more often when the
+    difference is significant, else "". Each p-value is that pair's own: with many models,
+    some pairs come out significant by chance alone, and no correction is applied here.
+    Fewer than two models give an empty frame with the same columns.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.number):
+        raise ValueError(f"alpha must be a number, got {alpha!r}")
+    # Written so that NaN fails the check.
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    y_true = _labels("y_true", y_true)
+    # Checked here too, so that a mismatch names the model rather than mcnemar_test's roles.
+    for name, values in predictions.items():
+        labels = _labels(f"predictions[{name!r}]", values)
+        if len(labels) != len(y_true):
+            raise ValueError(
+                f"predictions[{name!r}] has {len(labels)} labels but y_true has {len(y_true)}: "
+                "every model must be scored on the same test images"
+            )
+    rows = []
+    for name_a, name_b in combinations(predictions, 2):
+        test = mcnemar_test(y_true, predictions[name_a], predictions[name_b], exact_below)
+        significant = test.p_value < alpha
+        if significant:
+            ahead = test.challenger_only_correct > test.champion_only_correct
+            better = str(name_a) if ahead else str(name_b)
+        else:
+            better = ""
+        rows.append(
+            {
+                "model_a": str(name_a),
+                "model_b": str(name_b),
+                "a_only_correct": test.challenger_only_correct,
+                "b_only_correct": test.champion_only_correct,
+                "statistic": test.statistic,
+                "p_value": test.p_value,
+                "exact": test.exact,
+                "significant": significant,
+                "better": better,
+            }
+        )
+    if not rows:
+        return pd.DataFrame(
+            {column: pd.Series(dtype=dtype) for column, dtype in _PAIRWISE_DTYPES.items()}
+        )
+    return pd.DataFrame(rows, columns=PAIRWISE_COLUMNS).astype(_PAIRWISE_DTYPES)
 
 
 def _labels(name: str, values) -> np.ndarray:

@@ -1,5 +1,5 @@
 """McNemar's test against published worked examples, its switch from chi-square to the exact
-binomial test, its ties and its refusals."""
+binomial test, its ties and its refusals; and the table of every pair of several models."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import warnings
 from dataclasses import asdict
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import binom, binomtest, chi2
 
-from pipeline.evaluation.significance import EXACT_BELOW, mcnemar_test
+from pipeline.evaluation.significance import (
+    EXACT_BELOW,
+    PAIRWISE_COLUMNS,
+    mcnemar_test,
+    pairwise_mcnemar,
+)
 
 
 def _paired(both: int, champion_only: int, challenger_only: int, neither: int):
@@ -152,3 +158,116 @@ def test_the_result_is_json_ready() -> None:
 def test_bad_inputs_are_refused(arrays: tuple, exact_below, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         mcnemar_test(*arrays, exact_below=exact_below)
+
+
+def test_exact_test_matches_a_published_two_tailed_probability() -> None:
+    # Calcugator's chi2_mcnemar tutorial (20 teenagers' views on the death penalty before and
+    # after lectures): before/after table (1, 11; 3, 5), so 11 and 3 discordant pairs.
+    # Published: "Two-tails probability: 0.057373046875", which is exactly
+    # 2 * (C(14,0) + C(14,1) + C(14,2) + C(14,3)) / 2^14 = 2 * 470 / 16384.
+    y, challenger, champion = _paired(both=1, champion_only=3, challenger_only=11, neither=5)
+    result = mcnemar_test(y, challenger, champion)
+    assert result.exact and result.statistic == 3
+    assert result.p_value == pytest.approx(940 / 16384, rel=1e-12)
+    assert result.p_value == pytest.approx(0.057373046875, rel=1e-12)
+
+
+def test_pairwise_matches_wikipedias_first_example() -> None:
+    # Wikipedia, "McNemar's test", Examples, the first example: 314 patients, disease present
+    # or absent before (rows) and after (columns) a treatment: a = 101, b = 121, c = 59,
+    # d = 33. Published: the uncorrected statistic (121 - 59)^2 / (121 + 59) = 21.35, "extremely
+    # unlikely" under the null hypothesis (p < 0.001). "before" plays model a, "after" model b.
+    # With 180 discordant pairs the test is chi-square with continuity correction:
+    # (|121 - 59| - 1)^2 / 180 = 3721 / 180.
+    y, before, after = _paired(both=101, champion_only=59, challenger_only=121, neither=33)
+    table = pairwise_mcnemar(y, {"before": before, "after": after}, alpha=0.05)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row.model_a, row.model_b) == ("before", "after")
+    b, c = int(row.a_only_correct), int(row.b_only_correct)
+    assert (b, c) == (121, 59)
+    assert (b - c) ** 2 / (b + c) == pytest.approx(21.35, abs=0.01)
+    assert not row.exact
+    assert row.statistic == pytest.approx(3721 / 180, rel=1e-12)
+    assert row.p_value == pytest.approx(chi2.sf(3721 / 180, df=1), rel=1e-12)
+    assert row.p_value < 0.001
+    assert row.significant and row.better == "before"
+
+
+def _three_models() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels and three models' predictions with chosen right/wrong patterns per image.
+
+    Patterns (A, B, C right?), with counts: (1, 1, 1) x 10, (1, 0, 0) x 6, (1, 0, 1) x 1,
+    (0, 1, 0) x 1, (0, 0, 0) x 2. So, by hand:
+      A vs B: A alone right 6 + 1 = 7, B alone 1: exact p = 2 (C(8,0) + C(8,1)) / 2^8 = 18/256
+      A vs C: A alone 6, C alone 0: exact p = 2 / 2^6 = 1/32
+      B vs C: B alone 1, C alone 1: a tie, p = 1
+    """
+    patterns = [((1, 1, 1), 10), ((1, 0, 0), 6), ((1, 0, 1), 1), ((0, 1, 0), 1), ((0, 0, 0), 2)]
+    right = np.array([pattern for pattern, count in patterns for _ in range(count)], dtype=bool)
+    y = np.arange(len(right)) % 3
+    # A wrong prediction is the next class: any label but the true one.
+    predictions = {
+        name: np.where(right[:, index], y, (y + 1) % 3) for index, name in enumerate("ABC")
+    }
+    return y, predictions
+
+
+def test_pairwise_mcnemar_on_three_models_by_hand() -> None:
+    y, predictions = _three_models()
+    table = pairwise_mcnemar(y, predictions, alpha=0.05)
+    assert list(table.columns) == list(PAIRWISE_COLUMNS)
+    expected = pd.DataFrame(
+        [
+            ["A", "B", 7, 1, 1.0, 18 / 256, True, False, ""],
+            ["A", "C", 6, 0, 0.0, 1 / 32, True, True, "A"],
+            ["B", "C", 1, 1, 0.0, 1.0, True, False, ""],
+        ],
+        columns=list(PAIRWISE_COLUMNS),
+    )
+    pd.testing.assert_frame_equal(table, expected, check_dtype=False, rtol=1e-12)
+    # A looser alpha makes A's lead over B significant too.
+    loose = pairwise_mcnemar(y, predictions, alpha=0.1)
+    assert loose.significant.tolist() == [True, True, False]
+    assert loose.better.tolist() == ["A", "A", ""]
+
+
+def test_pairwise_mcnemar_follows_the_order_of_the_models() -> None:
+    """Pairs come in the dict's order, a before b; `better` names b when b is ahead."""
+    y, predictions = _three_models()
+    reordered = {name: predictions[name] for name in "CBA"}
+    table = pairwise_mcnemar(y, reordered, alpha=0.05)
+    assert list(zip(table.model_a, table.model_b, strict=True)) == [
+        ("C", "B"),
+        ("C", "A"),
+        ("B", "A"),
+    ]
+    row = table.iloc[1]
+    assert (row.a_only_correct, row.b_only_correct) == (0, 6)
+    assert row.significant and row.better == "A"
+    assert table.p_value.tolist() == pytest.approx([1.0, 1 / 32, 18 / 256])
+
+
+@pytest.mark.parametrize("models", [0, 1])
+def test_pairwise_mcnemar_of_fewer_than_two_models_is_empty(models: int) -> None:
+    y, predictions = _three_models()
+    table = pairwise_mcnemar(y, dict(list(predictions.items())[:models]), alpha=0.05)
+    assert table.empty and list(table.columns) == list(PAIRWISE_COLUMNS)
+    assert table.dtypes["p_value"] == np.float64 and table.dtypes["significant"] == np.dtype(bool)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5, float("nan"), True, "0.05"])
+def test_pairwise_mcnemar_refuses_bad_alpha(alpha) -> None:
+    y, predictions = _three_models()
+    with pytest.raises(ValueError, match="alpha must be"):
+        pairwise_mcnemar(y, predictions, alpha=alpha)
+
+
+def test_pairwise_mcnemar_names_the_model_with_bad_predictions() -> None:
+    y, predictions = _three_models()
+    with pytest.raises(ValueError, match=r"predictions\['B'\] has 19 labels but y_true has 20"):
+        pairwise_mcnemar(y, {**predictions, "B": predictions["B"][:-1]}, alpha=0.05)
+    with pytest.raises(ValueError, match=r"predictions\['C'\] must be 1-D"):
+        pairwise_mcnemar(y, {**predictions, "C": predictions["C"][:, None]}, alpha=0.05)
+    with pytest.raises(ValueError, match="y_true is empty"):
+        pairwise_mcnemar(np.array([]), {}, alpha=0.05)
