@@ -1,0 +1,215 @@
+"""The explanation figures, as PNG files: Grad-CAM galleries, activation grids, first-layer
+filters before and after training, filter patterns.
+
+Every figure is laid out on a grid of fixed-size tiles and saved without tight cropping, so its
+size in pixels follows from the number of tiles (the docstrings give it, at DPI 120).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: the pipeline never opens a window.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.explain.gradcam import superimpose  # noqa: E402
+
+DPI = 120
+GALLERY_TILE = 2.0  # inches: 240 px
+GALLERY_TITLE = 0.25  # inches above each tile: 30 px
+ACTIVATION_TILE = 1.0  # 120 px
+HEADER = 0.4  # inches for a figure's title: 48 px
+FILTER_TILE = 0.5  # 60 px
+FILTER_COLUMNS = 8
+FILTER_GAP = 0.25  # inches between the two panels: 30 px
+MAX_FILTERS = 32
+PATTERN_TILE = 1.0  # 120 px
+PATTERN_LABEL = 1.5  # inches for the layer names: 180 px
+
+
+def _save(figure, path: Path) -> Path:
+    path = Path(path)
+    try:
+        figure.savefig(path, dpi=DPI)
+    finally:
+        plt.close(figure)
+    return path
+
+
+def _normalize(values: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1]; a constant array becomes zeros (a dead channel shows dark)."""
+    values = np.asarray(values, dtype="float32")
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-12:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+def _as_displayable(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """An image for imshow and its colormap: RGB as is, anything else its first channel gray."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 3:
+        return image, None
+    if image.ndim == 3:
+        image = image[..., 0]
+    return image, "gray"
+
+
+def _blank(axes) -> None:
+    axes.set_xticks([])
+    axes.set_yticks([])
+    for spine in axes.spines.values():
+        spine.set_visible(False)
+
+
+def plot_gradcam_gallery(
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    true_names: Sequence[str],
+    predicted_names: Sequence[str],
+    confidences: Sequence[float],
+    path: Path,
+    columns: int = 4,
+) -> Path:
+    """Each image with its Grad-CAM heatmap, titled "true X / pred Y (0.97)", red if wrong.
+
+    Size: min(columns, n) * 240 by ceil(n / columns) * 270 pixels.
+    """
+    count = len(images)
+    if not count == len(heatmaps) == len(true_names) == len(predicted_names) == len(confidences):
+        raise ValueError("images, heatmaps, names and confidences must have the same length")
+    columns = max(1, min(columns, count))
+    rows = max(1, math.ceil(count / columns))
+    figure, grid = plt.subplots(
+        rows,
+        columns,
+        figsize=(columns * GALLERY_TILE, rows * (GALLERY_TILE + GALLERY_TITLE)),
+        squeeze=False,
+    )
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.12 / rows, hspace=0.15)
+    for index, axes in enumerate(grid.flat):
+        _blank(axes)
+        if index >= count:
+            continue
+        axes.imshow(superimpose(images[index], heatmaps[index]))
+        wrong = true_names[index] != predicted_names[index]
+        axes.set_title(
+            f"true {true_names[index]} / pred {predicted_names[index]} "
+            f"({float(confidences[index]):.2f})",
+            fontsize=8,
+            color="red" if wrong else "black",
+        )
+    return _save(figure, path)
+
+
+def plot_activation_grid(layer_name: str, maps: np.ndarray, path: Path, columns: int = 8) -> Path:
+    """One layer's activation maps (h, w, channels), each channel normalized, viridis.
+
+    Size: min(columns, channels) * 120 by ceil(channels / columns) * 120 + 48 pixels.
+    """
+    maps = np.asarray(maps)
+    if maps.ndim != 3:
+        raise ValueError(f"activation maps must be (height, width, channels), got {maps.shape}")
+    channels = maps.shape[-1]
+    columns = max(1, min(columns, channels))
+    rows = max(1, math.ceil(channels / columns))
+    height = rows * ACTIVATION_TILE + HEADER
+    figure, grid = plt.subplots(
+        rows, columns, figsize=(columns * ACTIVATION_TILE, height), squeeze=False
+    )
+    figure.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.01, top=1 - HEADER / height, wspace=0.05, hspace=0.05
+    )
+    figure.suptitle(f"{layer_name} ({maps.shape[0]}x{maps.shape[1]})", fontsize=9)
+    for index, axes in enumerate(grid.flat):
+        _blank(axes)
+        if index < channels:
+            axes.imshow(_normalize(maps[..., index]), cmap="viridis", vmin=0.0, vmax=1.0)
+    return _save(figure, path)
+
+
+def plot_filters(before: np.ndarray, after: np.ndarray, path: Path) -> Path:
+    """First-layer filters (kh, kw, in, out) before and after training, side by side: one tile
+    per filter (its RGB kernel when it reads 3 channels, else its first channel), at most 32.
+
+    Size: (2 * min(out, 8) * 60 + 30) by ceil(min(out, 32) / 8) * 60 + 48 pixels.
+    """
+    before, after = np.asarray(before), np.asarray(after)
+    if before.shape != after.shape or before.ndim != 4:
+        raise ValueError(
+            f"filters before and after must be kernels of the same (kh, kw, in, out) shape, got "
+            f"{before.shape} and {after.shape}"
+        )
+    count = min(before.shape[-1], MAX_FILTERS)
+    columns = min(count, FILTER_COLUMNS)
+    rows = math.ceil(count / columns)
+    panel = columns * FILTER_TILE
+    width, height = 2 * panel + FILTER_GAP, rows * FILTER_TILE + HEADER
+    figure = plt.figure(figsize=(width, height))
+    for side, (title, kernel) in enumerate(
+        (("before training", before), ("after training", after))
+    ):
+        left = side * (panel + FILTER_GAP)
+        figure.text(
+            (left + panel / 2) / width,
+            1 - 0.5 * HEADER / height,
+            title,
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
+        for index in range(count):
+            row, column = divmod(index, columns)
+            axes = figure.add_axes(
+                (
+                    (left + column * FILTER_TILE + 0.03) / width,
+                    (height - HEADER - (row + 1) * FILTER_TILE + 0.03) / height,
+                    (FILTER_TILE - 0.06) / width,
+                    (FILTER_TILE - 0.06) / height,
+                )
+            )
+            _blank(axes)
+            image, cmap = _as_displayable(_normalize(kernel[..., index]))
+            axes.imshow(image, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    return _save(figure, path)
+
+
+def plot_patterns(patterns_by_layer: dict[str, np.ndarray], path: Path) -> Path:
+    """One row per layer (its name on the left), its filters' patterns (k, H, W, C) uint8.
+
+    Size: 180 + max(k) * 120 by layers * 120 pixels.
+    """
+    if not patterns_by_layer:
+        raise ValueError("no filter patterns to plot")
+    columns = max(len(patterns) for patterns in patterns_by_layer.values())
+    rows = len(patterns_by_layer)
+    width, height = PATTERN_LABEL + columns * PATTERN_TILE, rows * PATTERN_TILE
+    figure = plt.figure(figsize=(width, height))
+    for row, (layer_name, patterns) in enumerate(patterns_by_layer.items()):
+        bottom = height - (row + 1) * PATTERN_TILE
+        figure.text(
+            0.1 / width,
+            (bottom + PATTERN_TILE / 2) / height,
+            layer_name,
+            ha="left",
+            va="center",
+            fontsize=9,
+        )
+        for column, pattern in enumerate(patterns):
+            axes = figure.add_axes(
+                (
+                    (PATTERN_LABEL + column * PATTERN_TILE + 0.04) / width,
+                    (bottom + 0.04) / height,
+                    (PATTERN_TILE - 0.08) / width,
+                    (PATTERN_TILE - 0.08) / height,
+                )
+            )
+            _blank(axes)
+            image, cmap = _as_displayable(pattern)
+            axes.imshow(image, cmap=cmap, vmin=0, vmax=255)
+    return _save(figure, path)

@@ -1,0 +1,319 @@
+"""The explain package on tiny models: finding and cutting at layers of nested models,
+activation maps, first-layer filters, filter patterns, Grad-CAM's shapes and the figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import matplotlib.image
+import numpy as np
+import pytest
+
+from pipeline.explain.activations import activation_maps
+from pipeline.explain.figures import (
+    plot_activation_grid,
+    plot_filters,
+    plot_gradcam_gallery,
+    plot_patterns,
+)
+from pipeline.explain.filters import first_conv_kernel
+from pipeline.explain.gradcam import grad_cam, superimpose
+from pipeline.explain.gradients import value_and_gradient
+from pipeline.explain.graph import (
+    ExplainError,
+    activation_model,
+    conv_layer_names,
+    find_layer,
+    gradcam_layer_name,
+    last_conv_layer_name,
+    layer_chain,
+    split_at_layer,
+)
+from pipeline.explain.patterns import filter_patterns, gradient_ascent
+from pipeline.models.backbones import BACKBONES
+from pipeline.models.builders import ARCHITECTURES, build_architecture
+from pipeline.models.heads import (
+    assemble_feature_extraction_model,
+    build_feature_extractor,
+    build_feature_head,
+    build_fine_tune_model,
+)
+
+VGG16_CONVS = [
+    f"block{block}_conv{conv}"
+    for block, convs in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+    for conv in range(1, convs + 1)
+]
+
+
+@pytest.fixture(scope="module")
+def scratch() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return build_architecture(
+        ARCHITECTURES["small_convnet"],
+        (16, 16, 1),
+        3,
+        conv_filters=(4, 8),
+        dense_units=8,
+        dropout_rate=0.1,
+    )
+
+
+@pytest.fixture(scope="module")
+def vgg16_base() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return BACKBONES["vgg16"].build(32, None)
+
+
+@pytest.fixture(scope="module")
+def fine_tune(vgg16_base) -> keras.Model:
+    return build_fine_tune_model((32, 32, 1), 2, BACKBONES["vgg16"], vgg16_base, 8, 0.1)
+
+
+@pytest.fixture(scope="module")
+def feature_extraction(vgg16_base) -> keras.Model:
+    extractor = build_feature_extractor((32, 32, 3), BACKBONES["vgg16"], vgg16_base)
+    head = build_feature_head(extractor.output_shape[1:], 3, 8, 0.1)
+    return assemble_feature_extraction_model(extractor, head)
+
+
+def _images(count: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(count, *shape)).astype("uint8")
+
+
+# --- graph ----------------------------------------------------------------------------------
+
+
+def test_layers_are_found_in_scratch_and_nested_models(scratch, fine_tune) -> None:
+    assert conv_layer_names(scratch) == ["conv1", "conv2"]
+    assert last_conv_layer_name(scratch) == "conv2"
+    assert conv_layer_names(fine_tune) == VGG16_CONVS
+    assert last_conv_layer_name(fine_tune) == "block5_conv3"
+    assert gradcam_layer_name(fine_tune) == "block5_conv3"
+    assert find_layer(fine_tune, "block3_conv2").name == "block3_conv2"
+
+
+def test_an_unknown_layer_is_named_with_the_conv_layers(fine_tune) -> None:
+    with pytest.raises(ExplainError, match="'block9_conv1'.*block1_conv1, block1_conv2"):
+        find_layer(fine_tune, "block9_conv1")
+    with pytest.raises(ValueError, match="block9_conv1"):  # Also a ValueError.
+        activation_model(fine_tune, "block9_conv1")
+
+
+def test_a_model_without_conv_layers_says_so() -> None:
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(inputs), name="dense_only")
+    with pytest.raises(ExplainError, match="no conv layer"):
+        last_conv_layer_name(model)
+    with pytest.raises(ExplainError, match="no conv layer"):
+        first_conv_kernel(model)
+
+
+def test_layer_chain_expands_nested_models(scratch, feature_extraction) -> None:
+    assert [layer.name for layer in layer_chain(scratch)] == [
+        "rescale",
+        "conv1",
+        "pool1",
+        "conv2",
+        "pool2",
+        "flatten",
+        "dense1",
+        "dropout1",
+        "predictions",
+    ]
+    names = [layer.name for layer in layer_chain(feature_extraction)]
+    assert names[:3] == ["to_float", "resize_to_backbone", "vgg16_preprocess"] or names[:2] == [
+        "to_float",
+        "vgg16_preprocess",
+    ]
+    assert names[-4:] == ["flatten", "dense", "dropout", "predictions"]
+    assert "block5_conv3" in names
+
+
+def test_a_branching_model_is_not_a_chain() -> None:
+    inputs = keras.Input((8, 8, 1))
+    left = keras.layers.Conv2D(2, 3, padding="same", name="left")(inputs)
+    right = keras.layers.Conv2D(2, 3, padding="same", name="right")(inputs)
+    merged = keras.layers.Add(name="add")([left, right])
+    conv = keras.layers.Conv2D(2, 3, padding="same", name="after")(merged)
+    model = keras.Model(inputs, keras.layers.Add(name="skip")([conv, merged]), name="branchy")
+    with pytest.raises(ExplainError, match="not a chain"):
+        layer_chain(model)
+    with pytest.raises(ExplainError, match="cannot be cut at 'after'"):
+        split_at_layer(model, "after")
+    # A layer every path goes through is a fine cut.
+    features, head = split_at_layer(model, "add")
+    x = np.random.default_rng(0).random((2, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(head(features(x)), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("which", "layer", "shape"),
+    [
+        ("scratch", "conv2", (16, 16, 1)),
+        ("fine_tune", "block5_conv3", (32, 32, 1)),
+        ("fine_tune", "block2_pool", (32, 32, 1)),
+        ("feature_extraction", "block4_conv1", (32, 32, 3)),
+    ],
+)
+def test_split_at_layer_recomposes_the_model(request, which, layer, shape) -> None:
+    model = request.getfixturevalue(which)
+    features, head = split_at_layer(model, layer)
+    images = _images(3, shape)
+    activation = features(images)
+    assert activation.shape[1:] == find_layer(model, layer).output.shape[1:]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(head(activation)),
+        keras.ops.convert_to_numpy(model(images)),
+        atol=1e-5,
+    )
+
+
+def test_activation_model_takes_a_bigger_float_input(scratch, vgg16_base) -> None:
+    bigger = activation_model(scratch, "conv2", input_shape=(24, 24, 1), input_dtype="float32")
+    assert bigger.output_shape == (None, 12, 12, 8)
+    base = activation_model(vgg16_base, "block3_conv1", (48, 48, 3), "float32")
+    assert base.output_shape == (None, 12, 12, 256)
+
+
+# --- gradients, activations, filters, patterns -----------------------------------------------
+
+
+def test_gradients_match_finite_differences() -> None:
+    weights = np.array([1.0, -2.0, 3.0], dtype="float32")
+
+    def cubic(x):
+        return keras.ops.sum(x**3 * weights, axis=-1)
+
+    x = np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 2.0]], dtype="float32")
+    value, gradient = value_and_gradient(cubic, x)
+    np.testing.assert_allclose(value, (x**3 * weights).sum(axis=-1), rtol=1e-6)
+    np.testing.assert_allclose(gradient, 3 * x**2 * weights, rtol=1e-6)
+    with pytest.raises(ValueError, match="floating-point"):
+        value_and_gradient(cubic, x.astype("int32"))
+
+
+def test_activation_maps_cover_every_conv_layer(scratch, fine_tune) -> None:
+    maps = activation_maps(scratch, _images(1, (16, 16, 1))[0], max_channels=6)
+    assert list(maps) == ["conv1", "conv2"]
+    assert maps["conv1"].shape == (16, 16, 4)
+    assert maps["conv2"].shape == (8, 8, 6)
+    nested = activation_maps(fine_tune, _images(1, (32, 32, 1))[0], max_channels=2)
+    assert list(nested) == VGG16_CONVS
+    assert nested["block1_conv1"].shape == (32, 32, 2)
+    assert nested["block5_conv3"].shape == (2, 2, 2)
+
+
+def test_first_conv_kernel(scratch, fine_tune) -> None:
+    assert first_conv_kernel(scratch).shape == (3, 3, 1, 4)
+    assert first_conv_kernel(fine_tune).shape == (3, 3, 3, 64)
+
+
+def test_filter_patterns_are_distinct_and_raise_their_filter(scratch) -> None:
+    model = activation_model(scratch, "conv2", input_shape=(20, 20, 1), input_dtype="float32")
+    filters = list(range(8))
+    start, optimized = gradient_ascent(model, filters, steps=15, step_size=10.0)
+
+    def own_filter_means(images):
+        activations = keras.ops.convert_to_numpy(model(images))[:, 2:-2, 2:-2, :]
+        return np.array([activations[i, ..., f].mean() for i, f in enumerate(filters)])
+
+    before, after = own_filter_means(start), own_filter_means(optimized)
+    # A filter dead on the start image (ReLU at zero everywhere) has no gradient to follow.
+    alive = before > 0
+    assert alive.sum() >= 3
+    assert (after[alive] > 2 * before[alive] + 1e-3).all(), (before, after)
+    patterns = filter_patterns(model, [1, 2, 3], steps=5)
+    assert patterns.shape == (3, 20, 20, 1) and patterns.dtype == np.uint8
+    assert len({pattern.tobytes() for pattern in patterns}) == 3
+    with pytest.raises(ExplainError, match=r"\[8\].*8 \(0 to 7\)"):
+        filter_patterns(model, [0, 8], steps=1)
+
+
+# --- Grad-CAM -------------------------------------------------------------------------------
+
+
+def test_grad_cam_shapes_on_scratch_and_nested_models(scratch, feature_extraction) -> None:
+    heatmaps = grad_cam(scratch, _images(5, (16, 16, 1)))
+    assert heatmaps.shape == (5, 8, 8)
+    assert np.isfinite(heatmaps).all() and heatmaps.min() >= 0 and heatmaps.max() <= 1
+    nested = grad_cam(feature_extraction, _images(2, (32, 32, 3)), class_indices=np.array([0, 2]))
+    assert nested.shape == (2, 2, 2) and np.isfinite(nested).all()
+    early = grad_cam(feature_extraction, _images(2, (32, 32, 3)), layer_name="block3_conv3")
+    assert early.shape == (2, 8, 8)
+
+
+def test_grad_cam_refuses_a_flat_layer(scratch) -> None:
+    with pytest.raises(ExplainError, match="'dense1'"):
+        grad_cam(scratch, _images(1, (16, 16, 1)), layer_name="dense1")
+
+
+def test_superimpose_gives_an_rgb_image_of_the_image_size() -> None:
+    heatmap = np.zeros((4, 4), dtype="float32")
+    heatmap[0, 0] = 1.0
+    gray = superimpose(_images(1, (16, 16, 1))[0], heatmap)
+    assert gray.shape == (16, 16, 3) and gray.dtype == np.uint8
+    assert superimpose(_images(1, (12, 20, 3))[0], heatmap).shape == (12, 20, 3)
+
+
+# --- figures --------------------------------------------------------------------------------
+
+
+def _read_png(path: Path) -> np.ndarray:
+    assert path.exists()
+    image = matplotlib.image.imread(path)
+    colours = np.unique(image.reshape(-1, image.shape[-1]), axis=0)
+    assert len(colours) > 1, f"{path.name} is blank"
+    return image
+
+
+def test_gradcam_gallery_png(tmp_path: Path) -> None:
+    images = _images(5, (16, 16, 1))
+    heatmaps = np.random.default_rng(1).random((5, 4, 4)).astype("float32")
+    path = plot_gradcam_gallery(
+        images,
+        heatmaps,
+        ["a", "b", "a", "c", "b"],
+        ["a", "a", "a", "c", "c"],
+        [0.97, 0.5, 0.8, 0.99, 0.6],
+        tmp_path / "gradcam.png",
+        columns=4,
+    )
+    assert path == tmp_path / "gradcam.png"
+    # 4 columns of 240 px, 2 rows of 270 px.
+    assert _read_png(path).shape[:2] == (540, 960)
+
+
+def test_activation_grid_png(tmp_path: Path) -> None:
+    maps = np.random.default_rng(0).random((8, 8, 10)).astype("float32")
+    maps[..., 3] = 0.0  # A dead channel draws, dark.
+    path = plot_activation_grid("conv2", maps, tmp_path / "conv2.png", columns=8)
+    # 8 columns of 120 px; 2 rows of 120 px and a 48 px header.
+    assert _read_png(path).shape[:2] == (288, 960)
+
+
+@pytest.mark.parametrize(("channels", "filters", "size"), [(1, 4, (108, 510)), (3, 40, (288, 990))])
+def test_filters_png(tmp_path: Path, channels, filters, size) -> None:
+    rng = np.random.default_rng(0)
+    before = rng.normal(size=(3, 3, channels, filters)).astype("float32")
+    after = before + rng.normal(size=before.shape).astype("float32")
+    path = plot_filters(before, after, tmp_path / "filters.png")
+    # min(filters, 8) tiles of 60 px per panel, two panels and a 30 px gap; at most 32 filters
+    # in rows of 8 under a 48 px header.
+    assert _read_png(path).shape[:2] == size
+    with pytest.raises(ValueError, match="same"):
+        plot_filters(before, after[..., :1], tmp_path / "bad.png")
+
+
+def test_patterns_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    patterns = {
+        "conv1": rng.integers(0, 256, (4, 20, 20, 1)).astype("uint8"),
+        "block1_conv1": rng.integers(0, 256, (3, 20, 20, 3)).astype("uint8"),
+    }
+    path = plot_patterns(patterns, tmp_path / "patterns.png")
+    # 180 px of labels and 4 columns of 120 px; 2 rows of 120 px.
+    assert _read_png(path).shape[:2] == (240, 660)
+    with pytest.raises(ValueError, match="no filter patterns"):
+        plot_patterns({}, tmp_path / "none.png")
