@@ -1,0 +1,431 @@
+"""The HTML report: self-contained (every image an embedded PNG, no network address but the
+MLflow links given), escaped, one comparison row per strategy, significant differences marked,
+missing figures left out, written atomically."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import sys
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline.io import Split  # noqa: E402
+from pipeline.reporting import (  # noqa: E402
+    DatasetCard,
+    ReportContent,
+    StrategySection,
+    build_dataset_card,
+    collect_strategy_figures,
+    mlflow_run_url,
+    read_classification_report,
+    render_report,
+    write_report,
+)
+from pipeline.reporting import html as report_html  # noqa: E402
+from tests.project import PROJECT_ROOT  # noqa: E402
+
+HOSTILE = '<script>alert("x")</script>'
+STRATEGIES = ("scratch", "feature_extraction", "fine_tune")
+BASE = "http://127.0.0.1:5000"
+
+
+class _Page(HTMLParser):
+    """The parts of a page the tests look at: images, links, table rows and all text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict] = []
+        self.links: list[str] = []
+        self.scripts = 0
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._section: str | None = None
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "img":
+            self.images.append(attributes)
+        elif tag == "a" and "href" in attributes:
+            self.links.append(attributes["href"])
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "table":
+            self._table = attributes.get("class", "")
+            self.tables.setdefault(self._table, [])
+        elif tag in ("thead", "tbody", "tfoot"):
+            self._section = tag
+        elif tag == "tr" and self._table is not None and self._section == "tbody":
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _parse(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def _png(path: Path, title: str) -> Path:
+    """A tiny real matplotlib figure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(figsize=(1.5, 1.2))
+    axes.plot([0, 1, 2], [0, 1, 0.5])
+    axes.set_title(title, fontsize=6)
+    figure.savefig(path, dpi=40)
+    plt.close(figure)
+    return path
+
+
+def _report_folder(root: Path, strategy: str, classes: list[str]) -> Path:
+    """A strategy's report folder as the evaluate stage leaves it: no ROC (more than two
+    classes), no Grad-CAM or filters for feature_extraction, two activation grids."""
+    folder = root / strategy
+    names = [
+        report_html.CONFUSION_PNG,
+        report_html.CONFUSION_NORMALIZED_PNG,
+        report_html.CURVES_PNG,
+        report_html.MOSAIC_PNG,
+        report_html.MISTAKES_PNG,
+    ]
+    if strategy != "feature_extraction":
+        names += [report_html.GRADCAM_PNG, report_html.FILTERS_PNG]
+        for layer in ("02_conv2d_1", "01_conv2d"):
+            _png(folder / report_html.ACTIVATIONS_DIR / f"{layer}.png", layer)
+    for name in names:
+        _png(folder / name, f"{strategy} {name}")
+    rows = [[0.9, 0.8, 0.85, 5] for _ in classes] + [[0.9, 0.8, 0.85, 15]] * 2
+    pd.DataFrame(
+        rows,
+        index=pd.Index([*classes, "macro avg", "weighted avg"], name="class"),
+        columns=["precision", "recall", "f1", "support"],
+    ).to_csv(folder / report_html.CLASSIFICATION_REPORT)
+    return folder
+
+
+def _comparison() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "test_accuracy": [0.81234, 0.9, 0.95],
+            "test_macro_f1": [0.8, 0.89, 0.94],
+            "test_loss": [0.6, 0.3, 0.2],
+            "total_params": [52138, 14982474, 14982474],
+            "trainable_params": [51866, 267786, 7347210],
+            "training_seconds": [41.27, 12.0, float("nan")],
+            "images_per_second": [9412.3, 311.8, 305.2],
+        },
+        index=pd.Index(STRATEGIES, name="strategy"),
+    )
+
+
+def _significance() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            ["scratch", "feature_extraction", 2, 9, 2.0, 0.0654, True, False, ""],
+            ["scratch", "fine_tune", 1, 15, 1.0, 0.003, True, True, "fine_tune"],
+            ["feature_extraction", "fine_tune", 3, 8, 3.0, 0.227, True, False, ""],
+        ],
+        columns=[
+            "model_a",
+            "model_b",
+            "a_only_correct",
+            "b_only_correct",
+            "statistic",
+            "p_value",
+            "exact",
+            "significant",
+            "better",
+        ],
+    )
+
+
+CLASSES = ["cat", HOSTILE, "dog"]
+
+
+@pytest.fixture(scope="module")
+def reports_root(tmp_path_factory) -> Path:
+    """The three strategies' report folders, drawn once for the module (tests that delete
+    files make their own)."""
+    root = tmp_path_factory.mktemp("reports")
+    for strategy in STRATEGIES:
+        _report_folder(root, strategy, CLASSES)
+    return root
+
+
+@pytest.fixture
+def content(reports_root: Path) -> ReportContent:
+    return _content(reports_root)
+
+
+def _content(reports_root: Path) -> ReportContent:
+    classes = CLASSES
+    rng = np.random.default_rng(0)
+    examples = {
+        "cat": rng.integers(0, 256, (2, 8, 8, 1), dtype=np.uint8),
+        HOSTILE: rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8),
+        "dog": rng.integers(0, 256, (1, 200, 150, 3), dtype=np.uint8),
+    }
+    counts = {split: {name: 5 for name in classes} for split in ("train", "val", "test")}
+    validation = {
+        "passed": False,
+        "rows": 45,
+        "rows_per_split": {"train": 15, "val": 15, "test": 15},
+        "failures": 1,
+        "warnings": 2,
+        "near_duplicates": 2,
+        "blank_images": 0,
+        "exact_duplicates_across_splits": 0,
+        "failed_expectations": [f"split 'train', column 'label': {HOSTILE}"],
+    }
+    sections = []
+    for number, strategy in enumerate(STRATEGIES):
+        folder = reports_root / strategy
+        sections.append(
+            StrategySection(
+                name=strategy,
+                run_id=f"run{number}abc",
+                metrics={"test_accuracy": float(_comparison().loc[strategy, "test_accuracy"])},
+                classification_report=read_classification_report(folder),
+                figures=collect_strategy_figures(folder),
+            )
+        )
+    return ReportContent(
+        title=f"Report {HOSTILE}",
+        generated=datetime(2025, 1, 2, 3, 4, tzinfo=UTC),
+        dataset=DatasetCard("tiny", classes, counts, examples, validation),
+        comparison=_comparison(),
+        significance=_significance(),
+        alpha=0.05,
+        strategies=sections,
+        mlflow_url=BASE,
+    )
+
+
+def test_every_image_is_an_embedded_png(content: ReportContent) -> None:
+    page = _parse(render_report(content))
+    # 5 examples; 7 + 7 + 5 figures (activations are two each for two strategies).
+    assert len(page.images) == 5 + 9 + 5 + 9
+    prefix = "data:image/png;base64,"
+    for image in page.images:
+        assert image["src"].startswith(prefix)
+        data = base64.b64decode(image["src"][len(prefix) :], validate=True)
+        with Image.open(io.BytesIO(data)) as decoded:
+            decoded.verify()
+            assert decoded.format == "PNG"
+        assert int(image["width"]) > 0 and int(image["height"]) > 0
+
+
+def test_tiny_examples_are_enlarged_and_large_ones_shrunk(content: ReportContent) -> None:
+    page = _parse(render_report(content))
+    sizes = [(int(image["width"]), int(image["height"])) for image in page.images[:5]]
+    # 8 x 8 digits become 64 x 64 (nearest neighbour); 200 x 150 shrinks to 128 on its long side.
+    assert sizes[:4] == [(64, 64)] * 4
+    assert sizes[4] == (96, 128)
+
+
+def test_comparison_has_one_row_per_strategy_formatted(content: ReportContent) -> None:
+    page = _parse(render_report(content))
+    rows = page.tables["comparison"]
+    assert [row[0].split()[0] for row in rows] == list(STRATEGIES)
+    scratch = rows[0]
+    assert "0.8123" in scratch[1]
+    assert scratch[4] == "52,138" and scratch[5] == "51,866"
+    assert scratch[6] == "41.3" and scratch[7] == "9,412"
+    # A missing training time reads as a dash, not "nan".
+    assert rows[2][6] == "\u2014"
+    assert "nan" not in " ".join(" ".join(row) for row in rows).lower()
+
+
+def test_significant_difference_is_marked_on_the_better_strategy(content: ReportContent) -> None:
+    page_text = render_report(content)
+    page = _parse(page_text)
+    rows = {row[0].split()[0]: row for row in page.tables["comparison"]}
+    # The best accuracy carries the marker; the others none.
+    assert "\u2020" in rows["fine_tune"][1]
+    assert "best" in rows["fine_tune"][0]
+    assert "\u2020" not in rows["scratch"][1] and "\u2020" not in rows["feature_extraction"][1]
+    text = " ".join(" ".join(page.text).split())
+    assert "fine_tune is significantly better than scratch (McNemar p=0.003, alpha 0.05)" in text
+    assert 'id="note-1"' in page_text and 'href="#note-1"' in page_text
+    # The pairwise table: every pair, the significant one with its verdict.
+    pairs = page.tables["significance"]
+    assert len(pairs) == 3
+    assert pairs[1][5] == "0.003" and "fine_tune better" in pairs[1][7]
+    assert "no significant difference" in pairs[0][7]
+
+
+def test_significance_read_back_from_csv_is_handled(content: ReportContent, tmp_path) -> None:
+    """significance.csv read with pandas: `better` is NaN where no model is better."""
+    path = tmp_path / "significance.csv"
+    _significance().to_csv(path, index=False)
+    from dataclasses import replace
+
+    page = _parse(render_report(replace(content, significance=pd.read_csv(path))))
+    assert len(page.tables["significance"]) == 3
+    assert "nan" not in " ".join(page.text).lower()
+
+
+def test_data_from_users_is_escaped(content: ReportContent) -> None:
+    page_text = render_report(content)
+    assert "<script" not in page_text.lower()
+    assert page_text.count("&lt;script&gt;") >= 4  # title, counts, examples, report, gate
+    assert _parse(page_text).scripts == 0
+
+
+def test_no_network_address_but_the_mlflow_links(content: ReportContent) -> None:
+    page_text = render_report(content)
+    page = _parse(page_text)
+    run_links = [link for link in page.links if link.startswith("http")]
+    assert run_links == [mlflow_run_url(BASE, f"run{number}abc") for number in range(3)]
+    remainder = page_text
+    for link in run_links:
+        remainder = remainder.replace(f'href="{link}"', "")
+    assert "http://" not in remainder and "https://" not in remainder
+    # No protocol-relative address either (a CDN's "//fonts...", a "url(//...)" in the CSS).
+    assert 'src="//' not in remainder and "url(" not in remainder
+
+
+def test_run_id_is_text_without_a_base_and_a_link_with_one(content: ReportContent) -> None:
+    from dataclasses import replace
+
+    plain = render_report(replace(content, mlflow_url=None))
+    assert "run0abc" in plain and "open in MLflow" not in plain
+    assert "http" not in plain
+    linked = render_report(content)
+    assert f'href="{BASE}/#/runs/run0abc"' in linked
+    assert linked.count("open in MLflow") == 3
+    # An explicit run URL wins, and a non-http one is never made a link.
+    sections = list(content.strategies)
+    sections[0] = replace(sections[0], run_url="javascript:alert(1)")
+    sections[1] = replace(sections[1], run_url="https://mlflow.example.org/#/runs/x")
+    chosen = render_report(replace(content, strategies=sections))
+    assert "javascript:" not in chosen
+    assert 'href="https://mlflow.example.org/#/runs/x"' in chosen
+
+
+def test_mlflow_run_url_with_and_without_experiment() -> None:
+    assert mlflow_run_url(BASE + "/", "abc") == f"{BASE}/#/runs/abc"
+    assert mlflow_run_url(BASE, "abc", "7") == f"{BASE}/#/experiments/7/runs/abc"
+
+
+def test_missing_figures_are_omitted(tmp_path: Path) -> None:
+    for strategy in STRATEGIES:
+        _report_folder(tmp_path, strategy, CLASSES)
+    content = _content(tmp_path)
+    folder = tmp_path / "feature_extraction"
+    groups = collect_strategy_figures(folder)
+    titles = [group.title for group in groups]
+    assert titles == ["Confusion matrices", "Training curves", "Predictions and mistakes"]
+    # A figure listed but deleted before rendering is left out, without an error.
+    (folder / report_html.MISTAKES_PNG).unlink()
+    page = render_report(content)
+    assert page.count("<figcaption>The most confident mistakes</figcaption>") == 2
+    # No figure at all: the section has its tables but no figure groups.
+    empty = collect_strategy_figures(tmp_path / "nowhere")
+    assert empty == []
+    assert read_classification_report(tmp_path / "nowhere") is None
+
+
+def test_activations_are_sorted_and_captioned_by_layer(tmp_path: Path) -> None:
+    folder = _report_folder(tmp_path, "scratch", ["a", "b"])
+    inside = {group.title: group for group in collect_strategy_figures(folder)}[
+        "Inside the network"
+    ]
+    captions = [figure.caption for figure in inside.figures]
+    assert captions[0].startswith("First-layer filters")
+    assert captions[1:] == ["Activations: conv2d", "Activations: conv2d_1"]
+
+
+def test_classification_report_keeps_numeric_class_names(tmp_path: Path) -> None:
+    folder = _report_folder(tmp_path, "scratch", ["0", "1"])
+    frame = read_classification_report(folder)
+    assert list(frame.index) == ["0", "1", "macro avg", "weighted avg"]
+
+
+def test_gate_summary_is_shown(content: ReportContent) -> None:
+    text = " ".join(" ".join(_parse(render_report(content)).text).split())
+    assert "Data gate failed" in text
+    assert "1 failed expectation" in text
+    assert "2 near-duplicate images" in text
+
+
+def test_render_is_deterministic(content: ReportContent) -> None:
+    assert render_report(content) == render_report(content)
+
+
+def test_write_report_is_atomic(content: ReportContent, tmp_path: Path) -> None:
+    target = tmp_path / "out" / "index.html"
+    assert write_report(content, target) == target
+    assert target.read_text(encoding="utf-8") == render_report(content)
+    assert [path.name for path in target.parent.iterdir()] == ["index.html"]
+
+
+def test_build_dataset_card_counts_and_examples() -> None:
+    classes = ["a", "b"]
+    x = np.zeros((5, 8, 8, 1), dtype=np.uint8)
+    splits = {
+        "train": Split(x, np.array([0, 0, 1, 0, 1]), classes),
+        "val": Split(x[:2], np.array([1, 1]), classes),
+        "test": Split(x[:1], np.array([0]), classes),
+    }
+    card = build_dataset_card("tiny", splits, examples_per_class=2)
+    assert card.counts == {
+        "train": {"a": 3, "b": 2},
+        "val": {"a": 0, "b": 2},
+        "test": {"a": 1, "b": 0},
+    }
+    assert {name: len(images) for name, images in card.examples.items()} == {"a": 2, "b": 2}
+
+
+def test_bad_example_images_name_the_class(content: ReportContent) -> None:
+    from dataclasses import replace
+
+    dataset = replace(content.dataset, examples={"cat": np.zeros((1, 4, 4, 1), dtype=np.float32)})
+    with pytest.raises(ValueError, match="examples\\['cat'\\] must be uint8"):
+        render_report(replace(content, dataset=dataset))
+
+
+def test_the_report_reads_the_evaluate_stage_file_names_without_keras() -> None:
+    """Both stages take the folder's file names from pipeline/evaluation/layout.py, which
+    imports nothing: the report stays a light process."""
+    code = (
+        "import sys, pipeline.reporting.html as h, pipeline.evaluation.layout as l;"
+        "assert h.GRADCAM_PNG is l.GRADCAM_PNG;"
+        "print(sorted(m for m in ('keras', 'tensorflow', 'mlflow') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
