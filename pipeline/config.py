@@ -294,6 +294,41 @@ class PromoteConfig(_Strict):
     min_class_recall: Rate = 0.5
 
 
+class PatternsConfig(_Strict):
+    """Filter patterns by gradient ascent in input space (the course's listings 5.32-5.39)."""
+
+    filters: NonNegativeInt = 8  # patterns per layer (0: none)
+    size: Annotated[int, Field(ge=16, le=512)] = 64  # side of each pattern, in pixels
+    steps: PositiveInt = 30  # gradient-ascent steps
+    step_size: PositiveFloat = 10.0
+
+
+class EvaluateConfig(_Strict):
+    """What the evaluate and report stages show beyond the test metrics."""
+
+    # McNemar's test between every two strategies: a difference counts below this p-value.
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    gradcam_images: NonNegativeInt = 12  # test images with Grad-CAM heatmaps, mistakes first
+    gallery_images: NonNegativeInt = 32  # test images in the predictions mosaic
+    mistakes: NonNegativeInt = 16  # the most confident mistakes shown
+    augmented_versions: NonNegativeInt = 4  # augmented copies of one training image
+    activation_channels: Annotated[int, Field(ge=1, le=256)] = 16  # channels per conv layer
+    patterns: PatternsConfig = PatternsConfig()
+    # Where the report links each run id; null: the tracking server's address when it is an
+    # http(s) server, else no links.
+    mlflow_ui: str | None = None
+
+    @field_validator("mlflow_ui")
+    @classmethod
+    def _ui_address(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                "must be the MLflow UI's address, starting with http:// or https:// (e.g. "
+                "http://127.0.0.1:5000), or null"
+            )
+        return value
+
+
 class PipelineConfig(_Strict):
     data: DataConfig = DataConfig()
     # `validate` would shadow BaseModel.validate, so the field has another name and the alias.
@@ -302,6 +337,7 @@ class PipelineConfig(_Strict):
     train: TrainConfig
     mlflow: MlflowConfig = MlflowConfig()
     promote: PromoteConfig = PromoteConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -35,6 +35,8 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 RUN_FILE = "run.json"
 """A strategy's MLflow run id, experiment, model URI and backbone weights, for `evaluate`."""
+FIRST_KERNEL_FILE = "first_kernel_before.npy"
+"""The scratch model's first conv kernel before training, for the filters figure."""
 FEATURES_INFO_FILE = "backbone.json"
 EXTRACTOR_FILE = "extractor.keras"
 

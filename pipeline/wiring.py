@@ -4,7 +4,8 @@ imports, and the paths it is given.
 A stage's code dependencies are the import closure of its entry module, read from the source
 with `ast` (no module is imported, so no Keras): every `import pipeline...` and
 `from pipeline... import ...`, at module level or inside a function, and the `__init__.py` of
-every package on the way, since Python runs those too. `pipeline deps` prints them and checks
+every package on the way, since Python runs those too; plus the files a module names in its
+`DATA_FILES` (a template it reads). `pipeline deps` prints them and checks
 them against dvc.yaml; the tests do the same.
 """
 
@@ -14,6 +15,8 @@ import ast
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.errors import PipelineError
 
 PACKAGE = "pipeline"
 
@@ -150,8 +153,33 @@ def import_closure(module: str, root: Path) -> set[str]:
             if path is None:
                 continue
             files.add(path.relative_to(root).as_posix())
+            files.update(
+                (path.parent / data).relative_to(root).as_posix() for data in data_files(path)
+            )
             pending.extend(imported_modules(path, name, root))
     return files
+
+
+DATA_FILES = "DATA_FILES"
+"""A module-level tuple of file names, beside the module, that it reads at run time (a
+template): they are part of the code of every stage that imports the module."""
+
+
+def data_files(path: Path) -> tuple[str, ...]:
+    """The names in `path`'s module-level `DATA_FILES = ("...", ...)`, if it has one."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        if any(isinstance(t, ast.Name) and t.id == DATA_FILES for t in targets):
+            try:
+                return tuple(str(name) for name in ast.literal_eval(node.value))
+            except ValueError as exc:
+                raise PipelineError(
+                    f"{path}: {DATA_FILES} must be a literal tuple of file names ({exc})"
+                ) from None
+    return ()
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ def tiny_params(params: dict) -> dict:
     params["train"]["scratch"].update(architecture="small_convnet", epochs=2)
     params["train"]["feature_extraction"]["epochs"] = 2
     params["train"]["fine_tune"].update(head_epochs=1, epochs=1)
+    params["evaluate"].update(gradcam_images=4, gallery_images=8, mistakes=4)
+    params["evaluate"]["patterns"].update(filters=2, size=32, steps=3)
     return params
 
 

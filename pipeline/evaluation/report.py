@@ -1,8 +1,16 @@
-"""One strategy's evaluation: its test metrics, confusion matrices and curves, as files and as
-MLflow metrics and artifacts of its run."""
+"""One strategy's evaluation: its test metrics, confusion matrices, per-class figures, curves,
+galleries and explanations, as files in its report folder and as MLflow metrics and artifacts
+of its run; and the comparison of all strategies (comparison.csv, significance.csv).
+
+The file names here are the contract with the report stage (pipeline/reporting/html.py finds
+figures by these names) and with `dvc.yaml`'s plots.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -10,46 +18,285 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation.metrics import compute_confusion, evaluate_model, normalize_confusion
-from pipeline.evaluation.plots import plot_confusion, plot_history
-from pipeline.io import HISTORY_FILE, MODEL_FILE, sha256_of, write_json
+from pipeline.config import AugmentationConfig, EvaluateConfig
+from pipeline.evaluation.layout import (
+    AUGMENTED_PNG,
+    CLASSIFICATION_REPORT,
+    CONFUSION_CSV,
+    CONFUSION_NORMALIZED_CSV,
+    CONFUSION_NORMALIZED_PNG,
+    CONFUSION_PLOT,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    MISTAKES_PNG,
+    MOSAIC_PNG,
+    PR_PNG,
+    PREDICTIONS_CSV,
+    ROC_PNG,
+)
+from pipeline.evaluation.metrics import (
+    binary_curves,
+    binary_metrics,
+    class_probabilities,
+    classification_report_frame,
+    compute_confusion,
+    most_confident_mistakes,
+    normalize_confusion,
+    per_class_metrics,
+    probability_metrics,
+    top_k_metrics,
+)
+from pipeline.evaluation.plots import (
+    augmented_versions,
+    plot_augmented_versions,
+    plot_confusion,
+    plot_history,
+    plot_image_mosaic,
+    plot_precision_recall_curve,
+    plot_roc_curve,
+)
+from pipeline.evaluation.significance import pairwise_mcnemar
+from pipeline.io import FIRST_KERNEL_FILE, HISTORY_FILE, MODEL_FILE, sha256_of, write_json
 from pipeline.tracking.runs import RunRecorder
+
+logger = logging.getLogger(__name__)
 
 EVALUATION_ARTIFACTS = "evaluation"
 EVALUATED_MODEL_FILE = "evaluated_model.json"
 """Which model file a report folder describes, so `pipeline sync-mlflow` never logs one
 model's evaluation on another model's run."""
 
+# Fewer images than this make an images-per-second figure mostly start-up time: the timed
+# pass repeats the test set until it has seen this many.
+MIN_TIMED_IMAGES = 512
+
+
+@dataclass
+class StrategyEvaluation:
+    """What the comparison across strategies needs from one strategy's evaluation."""
+
+    name: str
+    metrics: dict
+    """Test metrics: the dict written to reports/metrics.json and logged to MLflow."""
+    mlflow_metrics: dict = field(default_factory=dict)
+    """Also logged to MLflow, not to metrics.json: per-class figures, images per second."""
+    predictions: np.ndarray | None = None
+    total_params: int = 0
+    trainable_params: int = 0
+    images_per_second: float = 0.0
+    training_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class TestImages:
+    x: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+
 
 def evaluate_strategy(
     strategy: str,
     model_dir: Path,
     output: Path,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    classes: list[str],
-) -> dict:
-    """Score one strategy's model on the test split; write its confusion matrices and curves
-    into `output`; return its metrics."""
+    test: TestImages,
+    run: dict,
+    options: EvaluateConfig,
+    train_image: np.ndarray | None = None,
+    backbone_layers: tuple[str, ...] = (),
+) -> StrategyEvaluation:
+    """Score one strategy's model on the test split and write its report folder `output`:
+    metrics, confusion matrices, per-class figures, curves, galleries and explanations."""
     model = keras.saving.load_model(model_dir / MODEL_FILE)
-    metrics, predictions = evaluate_model(model, test_x, test_y)
     output.mkdir(parents=True, exist_ok=True)
-    counts = compute_confusion(test_y, predictions, classes)
-    counts.to_csv(output / "confusion_matrix.csv", index=False)
+    probabilities = class_probabilities(model.predict(test.x, batch_size=256, verbose=0))
+    predictions = probabilities.argmax(axis=1)
+    images_per_second = measure_images_per_second(model, test.x)
+
+    metrics = probability_metrics(test.y, probabilities)
+    metrics.update(top_k_metrics(test.y, probabilities))
+    two_classes = len(test.classes) == 2
+    curves = None
+    if two_classes and len(np.unique(test.y)) == 2:
+        curves = binary_curves(test.y, probabilities)
+        metrics.update(binary_metrics(test.y, probabilities))
+    report = classification_report_frame(test.y, predictions, test.classes)
+    report.to_csv(output / CLASSIFICATION_REPORT, index_label="class")
     title = f"{strategy}: test accuracy {metrics['test_accuracy']:.3f}"
-    plot_confusion(counts, title, output / "confusion_matrix.png", normalized=False)
-    plot_confusion(
-        normalize_confusion(counts), title, output / "confusion_matrix_normalized.png", True
-    )
+
+    write_confusion(test.y, predictions, test.classes, output, title)
+    write_predictions(test.y, probabilities, test.classes, output / PREDICTIONS_CSV)
+    if curves is not None:
+        plot_roc_curve(curves, f"{strategy}: ROC curve", output / ROC_PNG)
+        plot_precision_recall_curve(curves, f"{strategy}: precision-recall", output / PR_PNG)
     history = pd.read_csv(model_dir / HISTORY_FILE)
-    plot_history(history, f"{strategy}: training curves", output / "training_curves.png")
+    boundaries = run.get("phase_boundaries") or []
+    plot_history(
+        history,
+        f"{strategy}: training curves",
+        output / CURVES_PNG,
+        phase_boundary=boundaries[0] if boundaries else None,
+    )
+    write_galleries(test, probabilities, output, options, strategy)
+    augmentation = run.get("augmentation")
+    if augmentation and train_image is not None and options.augmented_versions > 0:
+        versions = augmented_versions(
+            train_image, AugmentationConfig(**augmentation), count=options.augmented_versions
+        )
+        plot_augmented_versions(
+            train_image,
+            versions,
+            output / AUGMENTED_PNG,
+            title=f"{strategy}: augmented versions of one training image",
+        )
+
+    from pipeline.evaluation.explanations import write_explanations
+
+    write_explanations(
+        strategy,
+        model,
+        model_dir,
+        test,
+        probabilities,
+        output,
+        options,
+        backbone_layers=backbone_layers,
+    )
     write_json(output / EVALUATED_MODEL_FILE, {"model_sha256": sha256_of(model_dir / MODEL_FILE)})
+    return StrategyEvaluation(
+        name=strategy,
+        metrics=metrics,
+        mlflow_metrics={**per_class_metrics(report), "images_per_second": images_per_second},
+        predictions=predictions,
+        total_params=int(model.count_params()),
+        trainable_params=_count(model.trainable_weights),
+        images_per_second=images_per_second,
+        training_seconds=run.get("training_seconds"),
+    )
+
+
+def measure_images_per_second(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> float:
+    """Inference throughput on raw test images, after a warm-up pass has compiled `predict`."""
+    repeats = max(1, -(-MIN_TIMED_IMAGES // max(len(x), 1)))
+    timed = np.concatenate([x] * repeats) if repeats > 1 else x
+    model.predict(timed[:batch_size], batch_size=batch_size, verbose=0)
+    start = time.perf_counter()
+    model.predict(timed, batch_size=batch_size, verbose=0)
+    return float(len(timed) / max(time.perf_counter() - start, 1e-9))
+
+
+def write_confusion(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], output: Path, title: str
+) -> None:
+    """Raw and row-normalized matrices as CSV and PNG, and the DVC confusion plot data."""
+    counts = compute_confusion(y_true, y_pred, classes)
+    normalized = normalize_confusion(counts)
+    counts.to_csv(output / CONFUSION_CSV, index=False)
+    normalized.round(6).to_csv(output / CONFUSION_NORMALIZED_CSV, index=False)
+    plot_confusion(counts, title, output / CONFUSION_PNG, normalized=False)
+    plot_confusion(normalized, f"{title} (row-normalized)", output / CONFUSION_NORMALIZED_PNG, True)
+    records = [
+        {"actual": classes[int(true)], "predicted": classes[int(pred)]}
+        for true, pred in zip(y_true, y_pred, strict=True)
+    ]
+    write_json(output / CONFUSION_PLOT, records)
+
+
+def write_predictions(
+    y_true: np.ndarray, probabilities: np.ndarray, classes: list[str], path: Path
+) -> None:
+    """One row per test image: its index, true and predicted class, and the confidence."""
+    predicted = probabilities.argmax(axis=1)
+    pd.DataFrame(
+        {
+            "index": np.arange(len(y_true)),
+            "true": [classes[int(i)] for i in y_true],
+            "predicted": [classes[int(i)] for i in predicted],
+            "confidence": probabilities.max(axis=1).round(6),
+        }
+    ).to_csv(path, index=False)
+
+
+def write_galleries(
+    test: TestImages,
+    probabilities: np.ndarray,
+    output: Path,
+    options: EvaluateConfig,
+    strategy: str,
+) -> None:
+    """A mosaic of test images and the most confident mistakes, with the true class, the
+    predicted class and the confidence."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+
+    def names(indices):
+        return [test.classes[int(i)] for i in indices]
+
+    if options.gallery_images > 0:
+        shown = _spread(len(test.y), options.gallery_images)
+        plot_image_mosaic(
+            test.x[shown],
+            names(test.y[shown]),
+            names(predicted[shown]),
+            confidence[shown],
+            f"{strategy}: test images, true / predicted (confidence)",
+            output / MOSAIC_PNG,
+        )
+    if options.mistakes > 0:
+        wrong = most_confident_mistakes(test.y, probabilities, options.mistakes)
+        plot_image_mosaic(
+            test.x[wrong],
+            names(test.y[wrong]),
+            names(predicted[wrong]),
+            confidence[wrong],
+            f"{strategy}: the most confident mistakes",
+            output / MISTAKES_PNG,
+        )
+
+
+def compare_strategies(
+    evaluations: list[StrategyEvaluation], y_true: np.ndarray, alpha: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """comparison.csv (one row per strategy) and significance.csv (pairwise McNemar)."""
+    comparison = pd.DataFrame(
+        [
+            {
+                "strategy": evaluation.name,
+                "test_accuracy": evaluation.metrics["test_accuracy"],
+                "test_macro_f1": evaluation.metrics["test_macro_f1"],
+                "test_loss": evaluation.metrics["test_loss"],
+                "total_params": evaluation.total_params,
+                "trainable_params": evaluation.trainable_params,
+                "training_seconds": evaluation.training_seconds,
+                "images_per_second": round(evaluation.images_per_second, 1),
+            }
+            for evaluation in evaluations
+        ]
+    ).set_index("strategy")
+    significance = pairwise_mcnemar(
+        y_true, {evaluation.name: evaluation.predictions for evaluation in evaluations}, alpha
+    )
+    return comparison, significance
+
+
+def significance_metrics(significance: pd.DataFrame, strategy: str) -> dict[str, float]:
+    """McNemar p-values of `strategy` against each other strategy, as MLflow metrics named
+    after the other one, so every run has the same columns for the same pair."""
+    metrics = {}
+    for row in significance.itertuples(index=False):
+        if strategy in (row.model_a, row.model_b):
+            other = row.model_b if row.model_a == strategy else row.model_a
+            metrics[f"mcnemar_p_vs_{other}"] = float(row.p_value)
     return metrics
 
 
-def log_evaluation(run_id: str, metrics: dict, report_dir: Path) -> RunRecorder:
-    """Log test metrics and the report folder to the strategy's run; a lost server is a
-    warning (see RunRecorder), never a lost evaluation."""
+def log_evaluation(
+    run_id: str,
+    metrics: dict,
+    report_dir: Path,
+    extra_files: tuple[Path, ...] = (),
+) -> RunRecorder:
+    """Log test metrics, the report folder and the cross-strategy tables to the strategy's
+    run; a lost server is a warning (see RunRecorder), never a lost evaluation."""
     recorder = RunRecorder(run_id)
     with recorder.active():
         recorder("test metrics", mlflow.log_metrics, metrics)
@@ -59,4 +306,23 @@ def log_evaluation(run_id: str, metrics: dict, report_dir: Path) -> RunRecorder:
             str(report_dir),
             artifact_path=EVALUATION_ARTIFACTS,
         )
+        for path in extra_files:
+            recorder(path.name, mlflow.log_artifact, str(path), artifact_path="comparison")
     return recorder
+
+
+def _spread(total: int, count: int) -> np.ndarray:
+    """`count` indices spread evenly over `total` images, so the mosaic shows every class."""
+    if total <= count:
+        return np.arange(total)
+    return np.linspace(0, total - 1, count).round().astype(int)
+
+
+def _count(weights) -> int:
+    return int(sum(np.prod(weight.shape) for weight in weights))
+
+
+def first_kernel_before(model_dir: Path) -> np.ndarray | None:
+    """The scratch model's first conv kernel as initialised, saved by the train stage."""
+    path = model_dir / FIRST_KERNEL_FILE
+    return np.load(path) if path.exists() else None

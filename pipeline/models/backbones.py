@@ -72,6 +72,9 @@ class Backbone:
     min_image_size: int
     """The smallest square input the Keras builder accepts."""
     imagenet: WeightsSource
+    pattern_layers: tuple[str, ...] = ()
+    """The conv layers whose filter patterns the report shows, from the first stage to the
+    last (the course's block1_conv1 ... block5_conv1 for VGG16)."""
 
     def __post_init__(self) -> None:
         if self.default_unfreeze_from not in self.trainable_from:
@@ -79,6 +82,9 @@ class Backbone:
                 f"backbone {self.name}: default_unfreeze_from {self.default_unfreeze_from!r} is "
                 f"not one of its layers with weights"
             )
+        unknown = [name for name in self.pattern_layers if name not in self.trainable_from]
+        if unknown:
+            raise ValueError(f"backbone {self.name}: pattern_layers {unknown} are not its layers")
 
 
 # Keras' "caffe" mode: RGB -> BGR, minus ImageNet's mean (in BGR order), no scaling.
@@ -141,6 +147,7 @@ VGG16 = Backbone(
         for conv in range(1, convs + 1)
     ),
     default_unfreeze_from="block5_conv1",
+    pattern_layers=tuple(f"block{block}_conv1" for block in range(1, 6)),
     # Five 2x2 poolings: anything smaller than 32x32 pools to nothing.
     min_image_size=32,
     imagenet=WeightsSource(
@@ -188,6 +195,13 @@ RESNET50 = Backbone(
     trainable_from=_resnet50_layers_with_weights(),
     # The first convolution of the last stage: fine-tuning trains all of stage 5.
     default_unfreeze_from="conv5_block1_1_conv",
+    pattern_layers=(
+        "conv1_conv",
+        "conv2_block1_1_conv",
+        "conv3_block1_1_conv",
+        "conv4_block1_1_conv",
+        "conv5_block1_1_conv",
+    ),
     # keras.applications.ResNet50 refuses inputs under 32x32 (five halvings).
     min_image_size=32,
     imagenet=WeightsSource(
@@ -236,6 +250,13 @@ MOBILENET_V2 = Backbone(
     trainable_from=_mobilenet_v2_layers_with_weights(),
     # The last inverted residual block (320 filters) and the final 1x1 convolution.
     default_unfreeze_from="block_16_expand",
+    pattern_layers=(
+        "Conv1",
+        "block_1_expand",
+        "block_3_expand",
+        "block_6_expand",
+        "block_13_expand",
+    ),
     # keras.applications.MobileNetV2 refuses inputs under 32x32.
     min_image_size=32,
     # Keras picks the file by input size (96, 128, 160, 192 or 224) and falls back to 224 for any

@@ -52,7 +52,12 @@ def build_feature_head(
 
 
 def assemble_feature_extraction_model(extractor: keras.Model, head: keras.Model) -> keras.Model:
-    """Extractor then head: the model saved for `feature_extraction`, taking raw images."""
+    """Extractor then head: the model saved for `feature_extraction`, taking raw images.
+
+    The extractor is marked frozen, as it was in training (only the head learnt): so the
+    saved model's trainable parameters are the head's, and a later fit cannot move the base.
+    """
+    extractor.trainable = False
     inputs = keras.Input(shape=extractor.input_shape[1:], dtype="uint8", name="image")
     outputs = head(extractor(inputs, training=False))
     return keras.Model(inputs, outputs, name="feature_extraction")

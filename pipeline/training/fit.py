@@ -24,6 +24,11 @@ class TrainingResult:
 
     model: keras.Model
     history: dict[str, list[float]] = field(default_factory=dict)
+    phase_boundaries: list[int] = field(default_factory=list)
+    """Epochs at which a new phase began (fine-tuning: after the head's epochs)."""
+    first_kernel_before: np.ndarray | None = None
+    """The first conv layer's kernel as initialised, before any training: the course shows
+    the filters before and after."""
 
 
 def set_global_seed(seed: int, deterministic: bool = True) -> None:

@@ -71,6 +71,9 @@ def train_scratch(
         dropout_rate=config.dropout_rate,
     )
     compile_classifier(model, config.optimizer, config.learning_rate)
+    # Before fit_model, which may restore a backup: a resumed run rebuilds the same initial
+    # weights from the seed, so this is the kernel its first epoch started from.
+    first_kernel = first_conv_kernel(model)
     history = fit_model(
         model,
         train,
@@ -79,7 +82,15 @@ def train_scratch(
         callbacks=context.callbacks,
         backup=context.backup,
     )
-    return TrainingResult(model, history)
+    return TrainingResult(model, history, first_kernel_before=first_kernel)
+
+
+def first_conv_kernel(model: keras.Model) -> np.ndarray | None:
+    """A copy of the kernel of the model's first Conv2D layer (None when it has none)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            return keras.ops.convert_to_numpy(layer.kernel).copy()
+    return None
 
 
 def train_feature_extraction(
@@ -205,7 +216,7 @@ def train_fine_tune(
         history_before=head_history,
     )
     history = {key: head_history[key] + tune_history[key] for key in HISTORY_KEYS}
-    return TrainingResult(model, history)
+    return TrainingResult(model, history, phase_boundaries=[len(head_history["loss"])])
 
 
 @dataclass(frozen=True)

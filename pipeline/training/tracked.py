@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from pipeline.datasets.sources import DATASETS
 from pipeline.io import (
     EXTRACTOR_FILE,
     FEATURES_INFO_FILE,
+    FIRST_KERNEL_FILE,
     HISTORY_FILE,
     MODEL_FILE,
     RUN_FILE,
@@ -57,6 +59,9 @@ from pipeline.training.fit import TrainingResult, set_global_seed
 from pipeline.training.strategies import STRATEGIES, Strategy, TrainingContext
 
 logger = logging.getLogger(__name__)
+
+CLOCK_KEY = "training_seconds"
+"""The backup meta key of the seconds trained so far."""
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,16 @@ def train_and_record(
                 "gate summary", mlflow.log_dict, identity.validation_summary, VALIDATION_ARTIFACT
             )
         context = _context(strategy, config, recorder, backup)
+        # Seconds spent training, carried over from the run that crashed when resuming.
+        clock = TrainingClock(backup, previous.meta.get(CLOCK_KEY, 0.0) if previous else 0.0)
+        context.callbacks.append(clock)
         with training_scope():
             result = _train(strategy, config, splits, backbone_weights, features_dir, context)
+        training_seconds = clock.elapsed()
         out.mkdir(parents=True, exist_ok=True)
         result.model.save(out / MODEL_FILE)
+        if result.first_kernel_before is not None:
+            np.save(out / FIRST_KERNEL_FILE, result.first_kernel_before)
         history = pd.DataFrame({"epoch": np.arange(len(result.history["loss"])), **result.history})
         history.to_csv(out / HISTORY_FILE, index=False)
         model_uri = recorder("model", log_keras_model, result.model, splits["test"].x[:2])
@@ -142,6 +153,11 @@ def train_and_record(
             "tags": tags,
             "params": identity.params,
             "validation_summary": identity.validation_summary,
+            "training_seconds": round(training_seconds, 3),
+            "phase_boundaries": result.phase_boundaries,
+            "augmentation": (
+                context.augmentation.model_dump() if context.augmentation is not None else None
+            ),
         },
     )
     backup.clear()
@@ -149,6 +165,24 @@ def train_and_record(
         "%s: trained %d epochs, MLflow run %s", strategy.name, len(history), recorder.run_id
     )
     return recorder
+
+
+class TrainingClock(keras.callbacks.Callback):
+    """Wall-clock seconds of training, kept in the backup's meta after every epoch so that a
+    resumed run reports the time of the whole training, not only of its last part."""
+
+    def __init__(self, backup: TrainingBackup, seconds_before: float) -> None:
+        super().__init__()
+        self.backup = backup
+        self.seconds_before = float(seconds_before)
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        # Runs before the backup's own callback (fit_model appends that one last).
+        self.backup.meta[CLOCK_KEY] = self.elapsed()
 
 
 def backup_directory(project_root: Path, strategy_name: str) -> Path:

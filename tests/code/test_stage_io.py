@@ -26,6 +26,8 @@ def tiny(params: dict) -> dict:
     for name in ("scratch", "feature_extraction"):
         params["train"][name]["epochs"] = 1
     params["train"]["fine_tune"].update(head_epochs=1, epochs=1)
+    params["evaluate"].update(gradcam_images=4, gallery_images=8, mistakes=4)
+    params["evaluate"]["patterns"].update(filters=2, size=32, steps=3)
     return params
 
 

@@ -170,9 +170,13 @@ def test_every_joined_path_is_written_once_in_dvc_yaml() -> None:
         entries += [word for word in words[first_option:] if not word.startswith("--")]
         literal += [f"{name}: {entry}" for entry in entries if not entry.startswith("${")]
     for plot in raw["plots"]:
-        for entry in [plot] if isinstance(plot, str) else list(plot.values())[0]["y"]:
-            if not entry.startswith("${"):
-                literal.append(f"plots: {entry}")
+        if isinstance(plot, str):
+            entries = [plot]
+        else:
+            # {id: {y: {file: columns}}} plots several files; {file: {template, x, y}} one.
+            ((key, spec),) = plot.items()
+            entries = list(spec["y"]) if isinstance(spec.get("y"), dict) else [key]
+        literal += [f"plots: {entry}" for entry in entries if not entry.startswith("${")]
     assert not literal, f"paths written out instead of taken from vars: {literal}"
 
 

@@ -22,6 +22,7 @@ import yaml
 
 from pipeline.config import flatten_params
 from pipeline.io import sha256_of as sha256
+from tests.browser import Browser, chromium_or_skip
 from tests.project import dvc, make_project_copy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -193,6 +194,86 @@ def test_mlflow_has_one_tagged_run_per_strategy_with_per_epoch_metrics(project) 
         artifacts = {a.path for a in client.list_artifacts(run["run_id"], "evaluation")}
         assert "evaluation/confusion_matrix.csv" in artifacts
         assert "evaluation/training_curves.png" in artifacts
+
+
+def test_reports_compare_the_strategies_and_explain_each_one(project) -> None:
+    root, _ = project
+    reports = root / "reports"
+    comparison = pd.read_csv(reports / "comparison.csv", index_col=0)
+    assert list(comparison.index) == list(STRATEGIES)
+    metrics = json.loads((reports / "metrics.json").read_text())
+    for strategy in STRATEGIES:
+        row = comparison.loc[strategy]
+        assert row["test_accuracy"] == metrics[strategy]["test_accuracy"]
+        assert 0 < row["trainable_params"] <= row["total_params"]
+        assert row["training_seconds"] > 0 and row["images_per_second"] > 0
+    # Feature extraction trains only its head: far fewer trainable weights than fine-tuning.
+    assert (
+        comparison.loc["feature_extraction", "trainable_params"]
+        < (comparison.loc["fine_tune", "trainable_params"])
+    )
+    significance = pd.read_csv(reports / "significance.csv")
+    assert len(significance) == 3 and significance["p_value"].between(0, 1).all()
+    with np.load(root / "data" / "prepared" / "test.npz") as test:
+        labels = test["y"]
+    for strategy in STRATEGIES:
+        folder = reports / strategy
+        # DVC's confusion plot data: one record per test image, by class name.
+        records = json.loads((folder / "confusion.json").read_text())
+        assert len(records) == len(labels)
+        assert [int(r["actual"]) for r in records] == labels.tolist()
+        report = pd.read_csv(folder / "classification_report.csv", index_col=0)
+        assert report.loc[[str(d) for d in range(10)], "support"].tolist() == (
+            np.bincount(labels, minlength=10).tolist()
+        )
+        assert "test_top_3_accuracy" in metrics[strategy]  # ten classes: top-k is reported
+        for png in ("predictions.png", "mistakes.png", "gradcam.png"):
+            assert (folder / png).read_bytes()[:4] == b"\x89PNG", (strategy, png)
+        assert sorted((folder / "activations").glob("*.png")), strategy
+    assert (reports / "scratch" / "filters.png").is_file()
+    assert (reports / "scratch" / "patterns.png").is_file()
+    assert (reports / "feature_extraction" / "patterns.png").is_file()
+
+
+def test_each_run_holds_its_figures_and_the_report(project) -> None:
+    runs = _runs()
+    client = mlflow.MlflowClient()
+    for _, run in runs.iterrows():
+        strategy = run["tags.strategy"]
+        evaluation = {a.path for a in client.list_artifacts(run["run_id"], "evaluation")}
+        assert "evaluation/confusion_matrix.png" in evaluation, strategy
+        assert "evaluation/gradcam.png" in evaluation, strategy
+        report = {a.path for a in client.list_artifacts(run["run_id"], "report")}
+        assert report == {"report/index.html"}, strategy
+        comparison = {a.path for a in client.list_artifacts(run["run_id"], "comparison")}
+        assert comparison == {"comparison/comparison.csv", "comparison/significance.csv"}
+        others = set(STRATEGIES) - {strategy}
+        assert {f"mcnemar_p_vs_{other}" for other in others} <= {
+            key.removeprefix("metrics.") for key in run.index if run[key] == run[key]
+        }
+        assert run["metrics.test_recall_0"] >= 0
+
+
+def test_the_report_loads_in_a_browser(project, tmp_path) -> None:
+    root, _ = project
+    executable = chromium_or_skip()
+    with Browser(executable) as browser:
+        page = browser.open((root / "reports" / "index.html").resolve().as_uri())
+        page.wait_until("Array.from(document.images).every(image => image.complete)")
+        images = page.evaluate(
+            "Array.from(document.images).map(image => [image.alt, image.naturalWidth])"
+        )
+        rows = page.evaluate(
+            "Array.from(document.querySelectorAll('table.comparison tbody tr'))"
+            ".map(row => row.textContent)"
+        )
+        screenshot = page.screenshot(tmp_path / "report.png")
+    assert len(images) > 10
+    assert [alt for alt, width in images if width == 0] == []
+    assert len(rows) == len(STRATEGIES)
+    for strategy in STRATEGIES:
+        assert sum(strategy in row for row in rows) == 1, rows
+    assert screenshot.stat().st_size > 10_000
 
 
 def test_logged_models_predict_on_raw_uint8_through_pyfunc(project) -> None:

@@ -1,0 +1,109 @@
+"""Write reports/index.html: the dataset, the strategies side by side (with the significant
+differences marked) and each strategy's figures, in one self-contained page; log it to each
+strategy's MLflow run as the artifact report/index.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.config import load_config
+from pipeline.entry import run_entry
+from pipeline.io import load_split, read_json, split_paths
+
+logger = logging.getLogger("pipeline.stages.report")
+
+REPORT_ARTIFACTS = "report"
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prepared", type=Path, required=True, help="the prepared-data folder")
+    parser.add_argument(
+        "--validation", type=Path, required=True, help="the data gate's summary JSON"
+    )
+    parser.add_argument("--metrics", type=Path, required=True, help="the metrics JSON")
+    parser.add_argument("--comparison", type=Path, required=True, help="comparison.csv")
+    parser.add_argument("--significance", type=Path, required=True, help="significance.csv")
+    parser.add_argument(
+        "--strategy",
+        nargs=2,
+        action="append",
+        type=Path,
+        required=True,
+        metavar=("REPORT_DIR", "RUN_JSON"),
+        help="a strategy's report folder (named after the strategy) and its run.json",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the HTML page to write")
+    args = parser.parse_args(argv)
+    config = load_config()
+
+    from pipeline.tracking.server import check_tracking_server, tracking_uri
+
+    uri = tracking_uri(Path.cwd())
+    check_tracking_server(uri)
+
+    import mlflow
+    import pandas as pd
+
+    from pipeline.reporting.html import (
+        ReportContent,
+        StrategySection,
+        build_dataset_card,
+        collect_strategy_figures,
+        read_classification_report,
+        write_report,
+    )
+    from pipeline.tracking.runs import RunRecorder, configure_tracking
+
+    configure_tracking(Path.cwd())
+    splits = {name: load_split(path) for name, path in split_paths(args.prepared).items()}
+    validation = read_json(args.validation) if args.validation.exists() else None
+    metrics = read_json(args.metrics)
+    sections, runs = [], {}
+    for report_dir, run_file in args.strategy:
+        strategy = report_dir.name
+        run = read_json(run_file)
+        runs[strategy] = run
+        sections.append(
+            StrategySection(
+                name=strategy,
+                run_id=run.get("run_id"),
+                experiment_id=run.get("experiment_id"),
+                metrics=metrics.get(strategy, {}),
+                classification_report=read_classification_report(report_dir),
+                figures=collect_strategy_figures(report_dir),
+            )
+        )
+    content = ReportContent(
+        title=f"{config.data.dataset}: three ways to train a convnet",
+        generated=datetime.now(UTC),
+        dataset=build_dataset_card(config.data.dataset, splits, validation),
+        comparison=pd.read_csv(args.comparison, index_col=0),
+        significance=pd.read_csv(args.significance),
+        alpha=config.evaluate.alpha,
+        strategies=sections,
+        mlflow_url=config.evaluate.mlflow_ui or _ui_address(uri),
+    )
+    write_report(content, args.out)
+    logger.info("report written to %s", args.out)
+    for strategy, run in runs.items():
+        if not run.get("tracked", True):
+            logger.warning("%s: its MLflow run is incomplete: the report is not logged", strategy)
+            continue
+        recorder = RunRecorder(run["run_id"])
+        with recorder.active():
+            recorder("report", mlflow.log_artifact, str(args.out), artifact_path=REPORT_ARTIFACTS)
+
+
+def _ui_address(uri: str) -> str | None:
+    """A tracking server's own address is its UI's; a file or database store has none."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+if __name__ == "__main__":
+    run_entry(main, "stage 'report'")
