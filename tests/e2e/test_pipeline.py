@@ -305,12 +305,18 @@ def test_mlflow_run_entry_point_runs_the_pipeline(workspace) -> None:
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
 
 
-def test_changing_scratch_epochs_reruns_only_scratch_evaluate_and_promote(workspace) -> None:
+def test_changing_scratch_epochs_reruns_only_scratch_and_what_reads_it(workspace) -> None:
     root, env = workspace
     untouched = {s: sha256(root / "models" / s / "model.keras") for s in STRATEGIES[1:]}
     result = dvc(root, env, "exp", "run", "-S", "train.scratch.epochs=3")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert stages_run(result) == {"check_params", "train_scratch", "evaluate", "promote"}
+    assert stages_run(result) == {
+        "check_params",
+        "train_scratch",
+        "evaluate",
+        "report",
+        "promote",
+    }
     assert {s: sha256(root / "models" / s / "model.keras") for s in STRATEGIES[1:]} == untouched
     assert len(pd.read_csv(root / "models" / "scratch" / "history.csv")) == 3
 
@@ -329,8 +335,8 @@ def test_editing_a_dataset_module_makes_split_and_what_follows_stale(workspace) 
     with open(root / "pipeline" / "datasets" / "sources.py", "a") as stream:
         stream.write("# An edit that changes no behaviour still invalidates the outputs.\n")
     status = json.loads(dvc(root, env, "status", "--json").stdout)
-    # Every stage that imports it, through pipeline.config or directly. Evaluate does not: it
-    # re-runs when the outputs it reads change, as DVC's repro then finds.
+    # Every stage that imports it, through pipeline.config (evaluate and report read their
+    # params block with it) or directly.
     assert set(status) == {
         "check_params",
         "download",
@@ -340,6 +346,8 @@ def test_editing_a_dataset_module_makes_split_and_what_follows_stale(workspace) 
         "train_scratch",
         "train_feature_extraction",
         "train_fine_tune",
+        "evaluate",
+        "report",
         "promote",
     }
     assert "pipeline/datasets/sources.py" in json.dumps(status["split"])
