@@ -1,0 +1,371 @@
+"""`pipeline predict`: files decoded as the split decodes them, the answers model.predict gives
+on the same arrays, unreadable files as rows with a reason, the model chosen as documented,
+and every error as one line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import cli
+from pipeline.datasets.images import decode_image
+from pipeline.errors import ModelError, PipelineError, TrackingUnavailable
+from pipeline.io import Split, save_split
+from pipeline.predict import (
+    ModelChoice,
+    best_local_model,
+    choose_model,
+    find_images,
+    prediction_header,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONSOLE_SCRIPT = Path(sys.executable).parent / "pipeline"
+DIGIT_CLASSES = [str(digit) for digit in range(10)]
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's digits as the split stage stores them: 0..16 spread over 0..255, uint8 8x8x1."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    pixels = np.rint(data.data * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return pixels.reshape(-1, 8, 8, 1), data.target.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> SimpleNamespace:
+    """A project folder with a small trained digits model (model.keras), its test split, and
+    a folder (with a subfolder) of digit PNGs, a corrupt PNG and files predict must skip."""
+    import keras
+    from keras import layers
+
+    root = tmp_path_factory.mktemp("digits-project")
+    x, y = _digits()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(8, 8, 1), dtype="uint8", name="image")
+    hidden = layers.Flatten()(layers.Rescaling(1.0 / 255)(inputs))
+    outputs = layers.Dense(10, activation="softmax")(layers.Dense(32, activation="relu")(hidden))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    model_file = root / "model.keras"
+    model.save(model_file)
+    save_split(root / "data" / "prepared" / "test.npz", Split(x[:20], y[:20], DIGIT_CLASSES))
+
+    images = root / "images"
+    files: dict[str, int] = {}
+    for index in range(30):
+        folder = images / "more" if index >= 20 else images
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"digit_{index:02d}.png"
+        Image.fromarray(x[index, :, :, 0], mode="L").save(path)
+        files[str(path)] = index
+    (images / "broken.png").write_bytes(b"this is not a PNG")
+    (images / "notes.txt").write_text("not an image: skipped")
+    (images / ".hidden.png").write_bytes(b"hidden: skipped")
+    expected = model.predict(x[:30], verbose=0)
+    return SimpleNamespace(
+        root=root, model_file=model_file, images=images, files=files, expected=expected
+    )
+
+
+def _run_predict(capsys, *args: str) -> list[dict[str, str]]:
+    """`pipeline predict ARGS` in this process; the CSV it writes to standard output."""
+    assert cli.main(["predict", *args]) == 0
+    return list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+
+
+def _check_digit_rows(rows: list[dict[str, str]], digits: SimpleNamespace) -> None:
+    by_path = {row["path"]: row for row in rows}
+    assert set(by_path) == {*digits.files, str(digits.images / "broken.png")}
+    for path, index in digits.files.items():
+        row, expected = by_path[path], digits.expected[index]
+        order = np.argsort(-expected, kind="stable")
+        assert row["predicted_class"] == str(order[0]), path
+        assert float(row["probability"]) == pytest.approx(expected[order[0]], abs=1e-5)
+        assert row["top2"] == str(order[1]) and row["top3"] == str(order[2])
+        assert float(row["top3_probability"]) == pytest.approx(expected[order[2]], abs=1e-5)
+        assert row["error"] == ""
+    broken = by_path[str(digits.images / "broken.png")]
+    assert broken["predicted_class"] == "" and broken["probability"] == ""
+    assert "not an image" in broken["error"]
+
+
+def test_find_images_walks_folders_in_sorted_order_and_skips_non_images(tmp_path) -> None:
+    for name in ("b/z.png", "b/a.JPG", "a.png", "c/.cache/x.png", "notes.txt", ".x.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    single = tmp_path / "notes.txt"
+    assert find_images([tmp_path, single, tmp_path / "a.png"]) == [
+        tmp_path / "a.png",
+        tmp_path / "b" / "a.JPG",
+        tmp_path / "b" / "z.png",
+        single,  # named on the command line: tried, whatever its extension
+    ]
+
+
+def test_missing_paths_are_all_named(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=r"^nowhere\.png, gone: no such file or folder"):
+        find_images([Path("nowhere.png"), Path("."), Path("gone")])
+    Path("empty").mkdir()
+    with pytest.raises(PipelineError, match="no image file .* in empty"):
+        find_images([Path("empty")])
+
+
+def test_predictions_equal_model_predict_on_the_split_arrays(digits, capsys) -> None:
+    # A batch size that does not divide the 31 files, with the corrupt one inside a batch.
+    rows = _run_predict(
+        capsys,
+        str(digits.images),
+        "--model",
+        str(digits.model_file),
+        "--root",
+        str(digits.root),
+        "--batch-size",
+        "7",
+    )
+    assert list(rows[0]) == prediction_header(DIGIT_CLASSES)
+    assert [row["path"] for row in rows] == sorted(row["path"] for row in rows)
+    _check_digit_rows(rows, digits)
+
+
+def test_console_script_writes_the_csv_and_names_the_model(digits) -> None:
+    out = digits.root / "predictions.csv"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "predict", "images", "--model", "model.keras", "--out", str(out)],
+        cwd=digits.root,
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "predicting 31 file(s) with model.keras (--model)" in result.stderr
+    assert "1 file(s) could not be read" in result.stderr
+    rows = list(csv.DictReader(out.open()))
+    # Relative paths in, relative paths out: rows name files as the user named them.
+    absolute = [{**row, "path": str(digits.root / row["path"])} for row in rows]
+    _check_digit_rows(absolute, digits)
+
+
+def test_a_missing_path_stops_with_one_line_before_any_model_loads(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "predict", "no/such/folder", "--model", "x.keras"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error in pipeline: no/such/folder: no such file or folder; pass image files or "
+        "folders of them"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "error", "message"),
+    [
+        ("missing.keras", ModelError, "model .*missing.keras does not exist"),
+        ("damaged.keras", ModelError, "cannot load the model .*damaged.keras"),
+        (
+            "models:/no-such-model@champion",
+            ModelError,
+            "cannot load the model models:/no-such-model@champion: .*not found",
+        ),
+        (
+            "models:/digits-classifier/1",
+            TrackingUnavailable,
+            "models:/digits-classifier/1 needs a tracking store, and .*absent.db does not exist",
+        ),
+    ],
+)
+def test_a_model_that_cannot_be_loaded_is_named(
+    digits, tmp_path, monkeypatch, model: str, error: type, message: str
+) -> None:
+    import mlflow
+
+    (tmp_path / "damaged.keras").write_bytes(b"not a zip")
+    store = "absent.db" if error is TrackingUnavailable else "mlflow.db"
+    uri = f"sqlite:///{tmp_path / store}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    try:
+        if store == "mlflow.db":
+            mlflow.MlflowClient(uri).search_experiments()  # creates an empty store
+        source = model if model.startswith("models:/") else str(tmp_path / model)
+        with pytest.raises(error, match=message):
+            cli.main(["predict", str(digits.images), "--model", source, "--root", str(tmp_path)])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_unknown_class_names_are_refused_with_the_fix(digits, tmp_path) -> None:
+    shutil.copy(digits.model_file, tmp_path / "model.keras")
+    with pytest.raises(ModelError, match="class names of .* are unknown.*classes.json"):
+        cli.main(
+            [
+                "predict",
+                str(digits.images),
+                "--model",
+                str(tmp_path / "model.keras"),
+                "--root",
+                str(tmp_path),
+            ]
+        )
+
+
+@pytest.fixture(scope="module")
+def two_class_model(tmp_path_factory) -> SimpleNamespace:
+    """An untrained RGB 16x16 model with one sigmoid unit, and its classes.json beside it."""
+    import keras
+    from keras import layers
+
+    folder = tmp_path_factory.mktemp("two-class")
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input(shape=(16, 16, 3), dtype="uint8")
+    x = layers.Conv2D(4, 3, activation="relu")(layers.Rescaling(1.0 / 255)(inputs))
+    outputs = layers.Dense(1, activation="sigmoid")(layers.Flatten()(x))
+    model = keras.Model(inputs, outputs)
+    model.save(folder / "model.keras")
+    (folder / "classes.json").write_text(json.dumps(["cat", "dog"]))
+    return SimpleNamespace(folder=folder, model=model)
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+def test_photos_are_decoded_as_at_split_and_sigmoid_answers_in_two_classes(
+    two_class_model, tmp_path, capsys, resize: str
+) -> None:
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(rng.integers(0, 256, (20, 12, 3), dtype=np.uint8)).save(photos / "a.png")
+    Image.fromarray(rng.integers(0, 256, (9, 30), dtype=np.uint8)).save(photos / "b.jpg")
+    rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(photos / "c.webp", lossless=True)
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    params = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(params.replace("resize: stretch", f"resize: {resize}"))
+
+    rows = _run_predict(
+        capsys,
+        str(photos),
+        "--model",
+        str(two_class_model.folder),  # a strategy's folder, holding model.keras
+        "--root",
+        str(tmp_path),
+    )
+
+    assert list(rows[0]) == ["path", "predicted_class", "probability", "error"]
+    files = sorted(photos.iterdir())
+    arrays = np.stack([decode_image(path, 16, resize) for path in files])
+    dog = two_class_model.model.predict(arrays, verbose=0)[:, 0]
+    for row, path, p_dog in zip(rows, files, dog, strict=True):
+        assert row["path"] == str(path)
+        assert row["predicted_class"] == ("dog" if p_dog > 0.5 else "cat")
+        assert float(row["probability"]) == pytest.approx(max(p_dog, 1 - p_dog), abs=1e-5)
+
+
+def test_choice_order_is_model_then_champion_then_best_strategy(tmp_path) -> None:
+    metrics_file = tmp_path / "reports" / "metrics.json"
+    models = tmp_path / "models"
+    for strategy in ("scratch", "feature_extraction", "fine_tune"):
+        (models / strategy).mkdir(parents=True)
+        (models / strategy / "model.keras").write_bytes(b"")
+    metrics_file.parent.mkdir()
+    metrics_file.write_text(
+        json.dumps(
+            {
+                "scratch": {"test_accuracy": 0.90},
+                "feature_extraction": {"test_accuracy": 0.95},
+                "fine_tune": {"test_accuracy": 0.95},  # a tie goes to the first strategy
+            }
+        )
+    )
+    champion = "models:/digits-classifier@champion"
+    assert choose_model("m.keras", lambda: champion, metrics_file, models) == ModelChoice(
+        "m.keras", "--model"
+    )
+    assert choose_model(None, lambda: champion, metrics_file, models).source == champion
+    best = choose_model(None, lambda: None, metrics_file, models)
+    assert best.source == str(models / "feature_extraction" / "model.keras")
+    (models / "feature_extraction" / "model.keras").unlink()
+    assert best_local_model(metrics_file, models) == models / "fine_tune" / "model.keras"
+    metrics_file.unlink()
+    with pytest.raises(PipelineError, match="no model to predict with.*--model"):
+        choose_model(None, lambda: None, metrics_file, models)
+
+
+def test_the_registry_champion_is_used_by_default(digits, tmp_path, monkeypatch, capsys, caplog):
+    """A champion in a SQLite store answers, in the class names it carries."""
+    import mlflow
+
+    from pipeline import registry
+    from pipeline.io import load_split
+
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")  # dataset: digits
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment(
+            "predict", artifact_location=(tmp_path / "artifacts").as_uri()
+        )
+        test = load_split(digits.root / "data" / "prepared" / "test.npz")
+        with mlflow.start_run(experiment_id=experiment):
+            info = registry.log_classifier(digits.model_file, test.classes, test.x[:2])
+        version = registry.register_challenger("digits-classifier", info.model_uri, {})
+        registry.crown("digits-classifier", version.version)
+        caplog.set_level(logging.INFO, logger="pipeline")
+        # No --model, and a project without models/ or metrics: the champion it must be.
+        rows = _run_predict(capsys, str(digits.images), "--root", str(tmp_path))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert "models:/digits-classifier@champion (the registry's champion)" in caplog.text
+    _check_digit_rows(rows, digits)
+
+
+def test_help_lists_every_verb_on_one_line_and_describes_predict(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    listing = capsys.readouterr().out
+    for verb in ("predict", "retrain", "sync-mlflow", "deps"):
+        line = next(line for line in listing.splitlines() if line.strip().startswith(verb))
+        assert len(line.split()) > 2, f"{verb} has no help on its line: {line!r}"
+    for verb in ("predict", "retrain", "sync-mlflow", "deps"):
+        with pytest.raises(SystemExit):
+            cli.main([verb, "--help"])
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: pipeline {verb}")
+        assert "--root" in text
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--model", "--out", "--batch-size", "champion", "top2_probability"):
+        assert option in text
+
+
+def test_batch_size_must_be_positive(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["predict", "x.png", "--batch-size", "0"])
+    assert exited.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
