@@ -120,7 +120,11 @@ class _FaultyHandler(http.server.SimpleHTTPRequestHandler):
 
 def pytest_collection_modifyitems(config, items) -> None:
     """`@pytest.mark.sqlite_only` tests use the `tracking_server` project but check code that
-    does not depend on the backend: they are not collected for PostgreSQL (not skipped)."""
+    does not depend on the backend: they are not collected for PostgreSQL (not skipped).
+
+    Under pytest-xdist (`-n auto --dist loadscope`, pyproject's addopts) a worker takes a whole
+    module at a time, so a module fixture (a whole pipeline run) is built once; the modules are
+    handed out in the order given here, the long ones first."""
     keep, drop = [], []
     for item in items:
         backend = getattr(getattr(item, "callspec", None), "params", {}).get("tracking_server")
@@ -131,3 +135,20 @@ def pytest_collection_modifyitems(config, items) -> None:
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    if hasattr(config, "workerinput"):  # an xdist worker: its order is the schedule's
+        _long_modules_first(items)
+
+
+def _long_modules_first(items: list) -> None:
+    """Order the modules e2e first, then slow, then the rest, so that no whole-pipeline module
+    is left to start last; within a module, and within each kind, pytest's order is kept."""
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def kind(members: list) -> int:
+        if any(item.get_closest_marker("e2e") for item in members):
+            return 0
+        return 1 if any(item.get_closest_marker("slow") for item in members) else 2
+
+    items[:] = [item for members in sorted(modules.values(), key=kind) for item in members]
