@@ -37,7 +37,9 @@ PYTHON_PROBLEM = $(shell sh tools/check_python.sh "$(PYTHON)" $(INSTALLER) $(GOA
 
 ifneq ($(UV),)
 CREATE_VENV = $(UV) venv --seed --python $(PYTHON) $(VENV)
-INSTALL = $(UV) pip install --python $(BIN)/python -c constraints.txt -e ".[dev]"
+# --compile-bytecode, as pip does by default: without it every process compiles TensorFlow's
+# modules again where .pyc files are not written (PYTHONDONTWRITEBYTECODE): the suite took 19 min, not 13.
+INSTALL = $(UV) pip install --compile-bytecode --python $(BIN)/python -c constraints.txt -e ".[dev]"
 else
 CREATE_VENV = $(PYTHON) -m venv $(VENV)
 INSTALL = [ -x $(BIN)/pip ] || $(BIN)/python -m ensurepip --upgrade; \

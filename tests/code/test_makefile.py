@@ -303,7 +303,8 @@ def test_with_uv_a_dry_run_shows_uv_commands(project: Project) -> None:
     assert result.returncode == 0, result.stderr
     assert f"uv venv --seed --python {python} .venv" in result.stdout
     assert (
-        'uv pip install --python .venv/bin/python -c constraints.txt -e ".[dev]"' in result.stdout
+        "uv pip install --compile-bytecode --python .venv/bin/python -c constraints.txt "
+        '-e ".[dev]"' in result.stdout
     )
     assert "bin/pip install" not in result.stdout
     assert not [call for call in project.calls() if call.startswith("uv")]
@@ -341,7 +342,7 @@ def test_set_up_with_uv_runs_uvs_commands_and_writes_the_stamp(project: Project)
     assert result.returncode == 0, result.stderr
     assert [call for call in project.calls() if call.startswith("uv")] == [
         f"uv venv --seed --python {python} .venv",
-        "uv pip install --python .venv/bin/python -c constraints.txt -e .[dev]",
+        "uv pip install --compile-bytecode --python .venv/bin/python -c constraints.txt -e .[dev]",
     ]
     assert project.stamp.is_file()
 
