@@ -175,19 +175,15 @@ def find_champion(store_uri: str, registered_name: str) -> str | None:
     # A SQLite file that does not exist holds no registry: nothing to create, nothing to warn.
     if _missing_sqlite_store(store_uri) is not None:
         return None
-    from pipeline.tracking.server import check_tracking_server
-
     try:
-        check_tracking_server(store_uri)
+        use_tracking_store(store_uri, f"models:/{registered_name}@champion")
     except TrackingUnavailable as error:
         logger.warning("%s Looking for a local model instead.", error)
         return None
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from pipeline.registry import CHAMPION, champion_version
 
-    mlflow.set_tracking_uri(store_uri)
     try:
         version = champion_version(registered_name)
     except MlflowException as error:
