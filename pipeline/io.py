@@ -121,6 +121,39 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def image_digest(image: np.ndarray) -> str:
+    """The content hash of one image: its shape and uint8 bytes (32 hex digits). Equal images
+    have equal digests, whatever file or split they came from: splits, training manifests and
+    the data gate's leak check all identify an image by it."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr(tuple(int(d) for d in image.shape)).encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def image_digests(images: np.ndarray) -> np.ndarray:
+    """`image_digest` of every image of a batch, as a fixed-width unicode array."""
+    return np.array([image_digest(image) for image in images], dtype="<U32")
+
+
+def keyed_position(digest: str, seed: int) -> float:
+    """Where an image falls in [0, 1) for the seed: a keyed hash (BLAKE2b, key = the seed) of
+    its content digest. The split stage buckets images by it, so an image's split depends on
+    its content and `data.seed` alone, never on which other images exist."""
+    keyed = hashlib.blake2b(digest.encode(), digest_size=8, key=str(int(seed)).encode())
+    return int.from_bytes(keyed.digest(), "big") / 2.0**64
+
+
+def members_digest(digests: Iterable[str]) -> str:
+    """One hash of a set of images (their sorted digests): equal sets, equal hash."""
+    digest = hashlib.sha256()
+    for item in sorted(set(digests)):
+        digest.update(item.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
 def content_version(paths: Iterable[Path], length: int = 12) -> str:
     """A short hash of several files' contents, in path order: equal data, equal version.
 
@@ -139,26 +172,39 @@ def content_version(paths: Iterable[Path], length: int = 12) -> str:
 
 @dataclass
 class Split:
-    """One split as stored on disk: `x` uint8 (N, H, W, C), `y` int64 (N,), class names."""
+    """One split as stored on disk: `x` uint8 (N, H, W, C), `y` int64 (N,), class names and,
+    when the split stage wrote them, each image's content digest (`image_digest`)."""
 
     x: np.ndarray
     y: np.ndarray
     classes: list[str]
+    hashes: np.ndarray | None = None
+
+    def digests(self) -> np.ndarray:
+        """Each image's content digest: stored by the split stage, else computed."""
+        return self.hashes if self.hashes is not None else image_digests(self.x)
 
 
 def save_split(path: Path, split: Split) -> None:
     """Write a split atomically: a reader never sees a half-written .npz."""
-    write_split(path, split.x, np.arange(len(split.x)), split.y, split.classes)
+    write_split(path, split.x, np.arange(len(split.x)), split.y, split.classes, split.hashes)
 
 
 def write_split(
-    path: Path, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, classes: list[str]
+    path: Path,
+    images: np.ndarray,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    hashes: np.ndarray | None = None,
 ) -> None:
     """Write `images[rows]` with `labels` as a split .npz, atomically, a few MiB at a time.
 
-    The file is the one np.savez writes (x, y, classes; loadable without pickle), but the
-    images are gathered chunk by chunk, so no second copy of the split is ever in memory.
+    The file is the one np.savez writes (x, y, classes, and h: each image's content digest,
+    computed here when not given; loadable without pickle), but the images are gathered chunk
+    by chunk, so no second copy of the split is ever in memory.
     """
+    computed: list[np.ndarray] = []
     shape = (len(rows), *images.shape[1:])
     row_bytes = max(1, int(np.prod(images.shape[1:])))
     step = max(1, _CHUNK_BYTES // row_bytes)
@@ -175,9 +221,14 @@ def write_split(
             np.lib.format.write_array_header_2_0(stream, header)
             for start in range(0, len(rows), step):
                 chunk = images[rows[start : start + step]]
+                if hashes is None:
+                    computed.append(image_digests(chunk))
                 stream.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
+        if hashes is None:
+            hashes = np.concatenate(computed) if computed else np.zeros(0, dtype="<U32")
         for name, value in (
             ("y", np.asarray(labels, dtype=np.int64)),
+            ("h", np.asarray(hashes, dtype="<U32")),
             # Class names as a fixed-width unicode array, so loading never needs pickle.
             ("classes", np.array(classes, dtype=str)),
         ):
@@ -189,7 +240,12 @@ def load_split(path: Path) -> Split:
     """Read a split written by `write_split`."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return Split(x=data["x"], y=data["y"], classes=[str(c) for c in data["classes"]])
+            return Split(
+                x=data["x"],
+                y=data["y"],
+                classes=[str(c) for c in data["classes"]],
+                hashes=data["h"] if "h" in data.files else None,
+            )
     except FileNotFoundError:
         raise DataError(f"{path} not found: run the split stage first (dvc repro)") from None
     except (KeyError, ValueError, OSError) as exc:

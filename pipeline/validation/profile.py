@@ -4,12 +4,10 @@ near-duplicate and drift tables derived from it."""
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 
-from pipeline.io import Split
+from pipeline.io import Split, image_digests
 
 TABLE_COLUMNS = [
     "split",
@@ -52,8 +50,9 @@ def _area_resize_matrix(size: int, output: int) -> np.ndarray:
 
 
 def content_hashes(images: np.ndarray) -> list[str]:
-    """A digest of each image's bytes: equal digests are exact duplicates."""
-    return [hashlib.blake2b(image.tobytes(), digest_size=8).hexdigest() for image in images]
+    """A digest of each image's bytes: equal digests are exact duplicates (the one content
+    hash of the pipeline, `pipeline.io.image_digest`)."""
+    return [str(digest) for digest in image_digests(images)]
 
 
 def build_image_table(splits: dict[str, Split]) -> pd.DataFrame:
@@ -83,7 +82,7 @@ def build_image_table(splits: dict[str, Split]) -> pd.DataFrame:
             }
         )
         frame["dhash"] = [format(int(value), "016x") for value in stats["dhash"]]
-        frame["content_hash"] = content_hashes(x)
+        frame["content_hash"] = [str(digest) for digest in split.digests()]
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     train_hashes = set(table.loc[table["split"] == "train", "content_hash"])
