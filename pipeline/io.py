@@ -35,6 +35,9 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 RUN_FILE = "run.json"
 """A strategy's MLflow run id, experiment, model URI and backbone weights, for `evaluate`."""
+MANIFEST_FILE = "training_manifest.txt"
+"""The content digests (`image_digest`) of the images a model trained on, one per line, sorted:
+the promotion gate proves with it that no test image was trained on."""
 FIRST_KERNEL_FILE = "first_kernel_before.npy"
 """The scratch model's first conv kernel before training, for the filters figure."""
 FEATURES_INFO_FILE = "backbone.json"
@@ -152,6 +155,16 @@ def members_digest(digests: Iterable[str]) -> str:
         digest.update(item.encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def write_manifest(path: Path, digests: Iterable[str]) -> None:
+    """A training manifest: the sorted, distinct digests, one per line."""
+    write_text(path, "".join(f"{digest}\n" for digest in sorted(set(map(str, digests)))))
+
+
+def read_manifest(path: Path) -> set[str]:
+    """The digests of a training manifest."""
+    return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
 
 
 def content_version(paths: Iterable[Path], length: int = 12) -> str:

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 CLASSIFIER_ARTIFACT = "classifier"
+MODEL_SHA_TAG = "model_sha256"
+"""On every version: the SHA-256 of its Keras model file. The same model is one version."""
 
 
 @dataclass(frozen=True)
@@ -39,17 +41,19 @@ class ScoredVersion:
     predictions: np.ndarray | None
     """Label indices into the test split's classes; None when its classes differ."""
     run_id: str | None
+    training_manifest: set[str] | None = None
+    """The content digests of its training images; None for versions registered without."""
 
 
-def log_classifier(keras_model_file: Path, classes: list[str], example: np.ndarray):
+def log_classifier(
+    keras_model_file: Path,
+    classes: list[str],
+    example: np.ndarray,
+    manifest_file: Path | None = None,
+):
     """Log the served classifier (see pipeline.serving) into the active run; return its info."""
     with tempfile.TemporaryDirectory() as scratch:
-        classes_file = Path(scratch) / "classes.json"
-        classes_file.write_text(json.dumps(classes))
-        artifacts = {
-            serving.KERAS_MODEL_ARTIFACT: str(keras_model_file),
-            serving.CLASSES_ARTIFACT: str(classes_file),
-        }
+        artifacts = _classifier_artifacts(keras_model_file, classes, Path(scratch), manifest_file)
         classifier = serving.ImageClassifier()
         classifier.load_context(_Context(artifacts))
         signature = infer_signature(example, classifier.predict(None, example))
@@ -66,6 +70,54 @@ def log_classifier(keras_model_file: Path, classes: list[str], example: np.ndarr
             )
 
 
+def _classifier_artifacts(
+    keras_model_file: Path, classes: list[str], scratch: Path, manifest_file: Path | None
+) -> dict[str, str]:
+    classes_file = scratch / "classes.json"
+    classes_file.write_text(json.dumps(classes))
+    artifacts = {
+        serving.KERAS_MODEL_ARTIFACT: str(keras_model_file),
+        serving.CLASSES_ARTIFACT: str(classes_file),
+    }
+    if manifest_file is not None and Path(manifest_file).is_file():
+        artifacts[serving.MANIFEST_ARTIFACT] = str(manifest_file)
+    return artifacts
+
+
+def score_model_file(
+    keras_model_file: Path,
+    images: np.ndarray,
+    classes: list[str],
+    manifest_file: Path | None = None,
+) -> ScoredVersion:
+    """A model folder's model, scored through the served classifier's own code without
+    registering anything (the challenger, in and out of DVC experiments)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = _classifier_artifacts(keras_model_file, classes, Path(scratch), manifest_file)
+        classifier = serving.ImageClassifier()
+        classifier.load_context(_Context(artifacts))
+        frame = classifier.predict(None, images)
+    return _scored(None, frame, classes, None, classifier.training_manifest)
+
+
+def version_of_model(name: str, model_sha256: str) -> ModelVersion | None:
+    """The version of `name` that holds the model file with this SHA-256, if one does."""
+    client = mlflow.MlflowClient()
+    try:
+        found = client.search_model_versions(
+            f"name = '{_quoted(name)}' and tags.{MODEL_SHA_TAG} = '{_quoted(model_sha256)}'"
+        )
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return min(found, key=lambda version: int(version.version)) if found else None
+
+
+def _quoted(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
 class _Context:
     """The one attribute of mlflow.pyfunc.PythonModelContext that ImageClassifier reads."""
 
@@ -76,8 +128,13 @@ class _Context:
 def register_challenger(name: str, model_uri: str, tags: dict[str, str]) -> ModelVersion:
     """Register `model_uri` as a new version of `name` and point `challenger` at it."""
     version = mlflow.register_model(model_uri, name, tags=tags)
-    mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, version.version)
+    name_challenger(name, version.version)
     return version
+
+
+def name_challenger(name: str, version: str) -> None:
+    """Point `challenger` at `version`."""
+    mlflow.MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
 
 
 def champion_version(name: str) -> ModelVersion | None:
@@ -96,12 +153,23 @@ def score_version(name: str, version: ModelVersion, images: np.ndarray, classes:
     `classes` (None when the two sets differ: that model answers another question)."""
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     frame = model.predict(images)
+    manifest = getattr(model.unwrap_python_model(), "training_manifest", None)
+    return _scored(version.version, frame, classes, version.run_id, manifest)
+
+
+def _scored(
+    version: str | None,
+    frame,
+    classes: list[str],
+    run_id: str | None,
+    manifest: set[str] | None,
+) -> ScoredVersion:
     version_classes = [column for column in frame.columns if column != serving.PREDICTED_CLASS]
     predictions = None
     if sorted(version_classes) == sorted(classes):
         index = {name: position for position, name in enumerate(classes)}
         predictions = np.array([index[label] for label in frame[serving.PREDICTED_CLASS]])
-    return ScoredVersion(version.version, version_classes, predictions, version.run_id)
+    return ScoredVersion(version, version_classes, predictions, run_id, manifest)
 
 
 def gate_challenger(

@@ -2,7 +2,9 @@
 
 MLflow logs this file as the model's code ("models from code"), so a registered version loads
 anywhere MLflow, Keras and pandas are installed, without this package. Its artifacts are the
-Keras model (preprocessing included) and the class names, in label order.
+Keras model (preprocessing included), the class names, in label order, and the training
+manifest: the content digests of the images the model trained on, which the promotion gate
+checks every later test split against.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from mlflow.models import set_model
 PREDICTED_CLASS = "predicted_class"
 KERAS_MODEL_ARTIFACT = "keras_model"
 CLASSES_ARTIFACT = "classes"
+MANIFEST_ARTIFACT = "training_manifest"
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -28,6 +31,12 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.model = keras.saving.load_model(context.artifacts[KERAS_MODEL_ARTIFACT])
         with open(context.artifacts[CLASSES_ARTIFACT]) as stream:
             self.classes = json.load(stream)
+        # Versions registered before manifests existed have none: None, not an empty set.
+        self.training_manifest = None
+        manifest = context.artifacts.get(MANIFEST_ARTIFACT)
+        if manifest:
+            with open(manifest) as stream:
+                self.training_manifest = {line.strip() for line in stream if line.strip()}
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         """One row per image: `predicted_class`, then one probability column per class name."""

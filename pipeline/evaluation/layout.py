@@ -36,3 +36,6 @@ COMPARISON_COLUMNS: tuple[str, ...] = (
     "images_per_second",
 )
 """comparison.csv's columns after `strategy` (one row per strategy)."""
+EVALUATION_JSON = "evaluation.json"
+"""The folder's record: the model it describes, its run, metrics, parameters and speed; what
+comparing strategies and `pipeline sync-mlflow` read."""

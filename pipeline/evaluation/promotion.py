@@ -193,3 +193,83 @@ def _recall_floor(
     if absent:
         detail += f" (classes with no test image, so no recall: {', '.join(map(repr, absent))})"
     return Criterion("class_recall_floor", lowest >= floor, lowest, floor, detail)
+
+
+MIN_FAIR_FRACTION = 0.5
+"""The gate refuses to decide when fewer of the test images than this share remain once those
+either model trained on are excluded."""
+MIN_FAIR_IMAGES = 10
+
+
+@dataclass(frozen=True)
+class TestOverlap:
+    """Which test images either model trained on, by content digest (training manifests)."""
+
+    test_images: int
+    in_challenger_training: int
+    in_champion_training: int | None
+    """None when there is no champion, or it was registered without a manifest."""
+    keep: np.ndarray
+    """True for the test images neither model trained on: the ones the gate scores."""
+
+    @property
+    def excluded(self) -> int:
+        return int(self.test_images - self.keep.sum())
+
+    @property
+    def fair(self) -> bool:
+        """Enough images remain to judge on."""
+        scored = self.test_images - self.excluded
+        return scored >= MIN_FAIR_IMAGES and scored >= MIN_FAIR_FRACTION * self.test_images
+
+    def to_dict(self) -> dict:
+        return {
+            "test_images": self.test_images,
+            "in_challenger_training": self.in_challenger_training,
+            "in_champion_training": self.in_champion_training,
+            "excluded": self.excluded,
+            "scored": self.test_images - self.excluded,
+        }
+
+
+def find_test_overlap(
+    test_digests: Sequence[str],
+    challenger_manifest: set[str] | None,
+    champion_manifest: set[str] | None,
+) -> TestOverlap:
+    """Mark the test images that are in either model's training manifest (exact content)."""
+    digests = np.asarray([str(digest) for digest in test_digests])
+
+    def trained_on(manifest: set[str] | None) -> np.ndarray:
+        if not manifest:
+            return np.zeros(len(digests), dtype=bool)
+        return np.isin(digests, np.array(sorted(manifest)))
+
+    challenger = trained_on(challenger_manifest)
+    champion = trained_on(champion_manifest)
+    return TestOverlap(
+        test_images=len(digests),
+        in_challenger_training=int(challenger.sum()),
+        in_champion_training=None if champion_manifest is None else int(champion.sum()),
+        keep=~(challenger | champion),
+    )
+
+
+def unfair_decision(overlap: TestOverlap, challenger_accuracy: float) -> Decision:
+    """The gate's refusal when too few test images remain that neither model trained on."""
+    scored = overlap.test_images - overlap.excluded
+    detail = (
+        f"{overlap.excluded} of {overlap.test_images} test images are in a model's training "
+        f"manifest; the {scored} left are fewer than {MIN_FAIR_FRACTION:.0%} of the test split "
+        f"(or {MIN_FAIR_IMAGES}): the gate refuses to decide. Re-split the data (dvc repro "
+        "split) so the test images are new to both models, or promote by hand"
+    )
+    criterion = Criterion(
+        "fair_test_split", False, scored / max(overlap.test_images, 1), MIN_FAIR_FRACTION, detail
+    )
+    return Decision(
+        passed=False,
+        criteria=(criterion,),
+        challenger_accuracy=challenger_accuracy,
+        champion_accuracy=None,
+    )

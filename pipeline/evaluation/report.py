@@ -1,6 +1,6 @@
 """One strategy's evaluation: its test metrics, confusion matrices, per-class figures, curves,
-galleries and explanations, as files in its report folder and as MLflow metrics and artifacts
-of its run; and the comparison of all strategies (comparison.csv, significance.csv).
+galleries and explanations, as files in its report folder (with evaluation.json, what the
+comparison across strategies reads) and as MLflow metrics and artifacts, logged once.
 
 The file names here are the contract with the report stage (pipeline/reporting/html.py finds
 figures by these names) and with `dvc.yaml`'s plots.
@@ -28,6 +28,7 @@ from pipeline.evaluation.layout import (
     CONFUSION_PLOT,
     CONFUSION_PNG,
     CURVES_PNG,
+    EVALUATION_JSON,
     MISTAKES_PNG,
     MOSAIC_PNG,
     PR_PNG,
@@ -55,16 +56,18 @@ from pipeline.evaluation.plots import (
     plot_precision_recall_curve,
     plot_roc_curve,
 )
-from pipeline.evaluation.significance import pairwise_mcnemar
 from pipeline.io import FIRST_KERNEL_FILE, HISTORY_FILE, MODEL_FILE, sha256_of, write_json
-from pipeline.tracking.runs import RunRecorder
+from pipeline.tracking.runs import RunRecorder, create_run, ensure_experiment
 
 logger = logging.getLogger(__name__)
 
 EVALUATION_ARTIFACTS = "evaluation"
-EVALUATED_MODEL_FILE = "evaluated_model.json"
+EVALUATED_MODEL_FILE = EVALUATION_JSON
 """Which model file a report folder describes, so `pipeline sync-mlflow` never logs one
 model's evaluation on another model's run."""
+EVALUATED_TAG = "pipeline.evaluated"
+"""Set on a run once it holds an evaluation: later executions never write to it again."""
+EVALUATES_RUN_TAG = "pipeline.evaluates_run"
 
 # Fewer images than this make an images-per-second figure mostly start-up time: the timed
 # pass repeats the test set until it has seen this many.
@@ -161,7 +164,6 @@ def evaluate_strategy(
         options,
         backbone_layers=backbone_layers,
     )
-    write_json(output / EVALUATED_MODEL_FILE, {"model_sha256": sha256_of(model_dir / MODEL_FILE)})
     return StrategyEvaluation(
         name=strategy,
         metrics=metrics,
@@ -253,62 +255,88 @@ def write_galleries(
         )
 
 
-def compare_strategies(
-    evaluations: list[StrategyEvaluation], y_true: np.ndarray, alpha: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """comparison.csv (one row per strategy) and significance.csv (pairwise McNemar)."""
-    comparison = pd.DataFrame(
-        [
-            {
-                "strategy": evaluation.name,
-                "test_accuracy": evaluation.metrics["test_accuracy"],
-                "test_macro_f1": evaluation.metrics["test_macro_f1"],
-                "test_loss": evaluation.metrics["test_loss"],
-                "total_params": evaluation.total_params,
-                "trainable_params": evaluation.trainable_params,
-                "training_seconds": evaluation.training_seconds,
-                "images_per_second": round(evaluation.images_per_second, 1),
-            }
-            for evaluation in evaluations
-        ]
-    ).set_index("strategy")
-    significance = pairwise_mcnemar(
-        y_true, {evaluation.name: evaluation.predictions for evaluation in evaluations}, alpha
-    )
-    return comparison, significance
-
-
-def significance_metrics(significance: pd.DataFrame, strategy: str) -> dict[str, float]:
-    """McNemar p-values of `strategy` against each other strategy, as MLflow metrics named
-    after the other one, so every run has the same columns for the same pair."""
-    metrics = {}
-    for row in significance.itertuples(index=False):
-        if strategy in (row.model_a, row.model_b):
-            other = row.model_b if row.model_a == strategy else row.model_a
-            metrics[f"mcnemar_p_vs_{other}"] = float(row.p_value)
-    return metrics
+def write_evaluation_record(
+    output: Path, model_dir: Path, run: dict, evaluation: StrategyEvaluation
+) -> dict:
+    """Write `output`/evaluation.json: the model it describes, the run that trained it, the
+    metrics, and what comparing strategies needs. The compare stage reads it."""
+    record = {
+        "strategy": evaluation.name,
+        "model_sha256": sha256_of(model_dir / MODEL_FILE),
+        "run_id": run.get("run_id"),
+        "backbone_weights": run.get("backbone_weights"),
+        "metrics": evaluation.metrics,
+        "mlflow_metrics": evaluation.mlflow_metrics,
+        "total_params": evaluation.total_params,
+        "trainable_params": evaluation.trainable_params,
+        "images_per_second": evaluation.images_per_second,
+        "training_seconds": evaluation.training_seconds,
+    }
+    write_json(output / EVALUATED_MODEL_FILE, record)
+    return record
 
 
 def log_evaluation(
-    run_id: str,
-    metrics: dict,
+    run: dict,
+    evaluation: StrategyEvaluation,
     report_dir: Path,
-    extra_files: tuple[Path, ...] = (),
-) -> RunRecorder:
-    """Log test metrics, the report folder and the cross-strategy tables to the strategy's
-    run; a lost server is a warning (see RunRecorder), never a lost evaluation."""
-    recorder = RunRecorder(run_id)
+    experiment_name: str,
+    tags: dict[str, str],
+) -> str | None:
+    """Log the test metrics and the report folder once; return the run that holds them.
+
+    Into the strategy's own run when it holds no evaluation yet (the execution that trained
+    it); else into a new run tagged with the one it evaluates, so a finished run is never
+    rewritten. A lost server is a warning (see RunRecorder), never a lost evaluation.
+    """
+    client = mlflow.MlflowClient()
+    target = _unevaluated_run(client, run.get("run_id"))
+    if target is None:
+        experiment_id = ensure_experiment(experiment_name, None)
+        target = create_run(
+            experiment_id,
+            f"{tags.get('dataset', 'pipeline')}-{evaluation.name}-evaluation",
+            {
+                **tags,
+                "strategy": evaluation.name,
+                "pipeline.kind": "evaluation",
+                EVALUATES_RUN_TAG: str(run.get("run_id")),
+            },
+        )
+        logger.info(
+            "%s: run %s already holds an evaluation; this one goes to run %s",
+            evaluation.name,
+            run.get("run_id"),
+            target,
+        )
+    recorder = RunRecorder(target)
     with recorder.active():
-        recorder("test metrics", mlflow.log_metrics, metrics)
+        recorder(
+            "test metrics",
+            mlflow.log_metrics,
+            {**evaluation.metrics, **evaluation.mlflow_metrics},
+        )
         recorder(
             "evaluation artifacts",
             mlflow.log_artifacts,
             str(report_dir),
             artifact_path=EVALUATION_ARTIFACTS,
         )
-        for path in extra_files:
-            recorder(path.name, mlflow.log_artifact, str(path), artifact_path="comparison")
-    return recorder
+        recorder("evaluated tag", mlflow.set_tag, EVALUATED_TAG, "true")
+    return None if recorder.lost else target
+
+
+def _unevaluated_run(client, run_id: str | None) -> str | None:
+    """`run_id` if that run exists in this store and holds no evaluation yet."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        found = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return None if EVALUATED_TAG in found.data.tags else run_id
 
 
 def _spread(total: int, count: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Write reports/index.html: the dataset, the strategies side by side (with the significant
-differences marked) and each strategy's figures, in one self-contained page; log it to each
-strategy's MLflow run as the artifact report/index.html.
+differences marked) and each strategy's figures, in one self-contained page; log it as the
+artifact report/index.html of this execution's comparison run (the strategy runs belong to the
+executions that trained them and are not written to).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main(argv: Sequence[str]) -> None:
         metavar=("REPORT_DIR", "RUN_JSON"),
         help="a strategy's report folder (named after the strategy) and its run.json",
     )
+    parser.add_argument(
+        "--comparison-run", type=Path, required=True, help="the compare stage's run record"
+    )
     parser.add_argument("--out", type=Path, required=True, help="the HTML page to write")
     args = parser.parse_args(argv)
     config = load_config()
@@ -64,11 +68,10 @@ def main(argv: Sequence[str]) -> None:
     splits = {name: load_split(path) for name, path in split_paths(args.prepared).items()}
     validation = read_json(args.validation) if args.validation.exists() else None
     metrics = read_json(args.metrics)
-    sections, runs = [], {}
+    sections = []
     for report_dir, run_file in args.strategy:
         strategy = report_dir.name
         run = read_json(run_file)
-        runs[strategy] = run
         sections.append(
             StrategySection(
                 name=strategy,
@@ -91,13 +94,13 @@ def main(argv: Sequence[str]) -> None:
     )
     write_report(content, args.out)
     logger.info("report written to %s", args.out)
-    for strategy, run in runs.items():
-        if not run.get("tracked", True):
-            logger.warning("%s: its MLflow run is incomplete: the report is not logged", strategy)
-            continue
-        recorder = RunRecorder(run["run_id"])
-        with recorder.active():
-            recorder("report", mlflow.log_artifact, str(args.out), artifact_path=REPORT_ARTIFACTS)
+    comparison_run = read_json(args.comparison_run)
+    if not comparison_run.get("tracked", True):
+        logger.warning("the comparison's MLflow run is incomplete: the report is not logged")
+        return
+    recorder = RunRecorder(comparison_run["run_id"])
+    with recorder.active():
+        recorder("report", mlflow.log_artifact, str(args.out), artifact_path=REPORT_ARTIFACTS)
 
 
 def _ui_address(uri: str) -> str | None:

@@ -19,7 +19,8 @@ from pipeline.config import STRATEGY_NAMES, load_config
 from pipeline.entry import run_entry
 from pipeline.errors import ConfigError
 from pipeline.io import content_version, load_splits, read_json, split_paths
-from pipeline.tracking.server import check_tracking_server, git_commit, tracking_uri
+from pipeline.tracking.context import execution_tags
+from pipeline.tracking.server import check_tracking_server, tracking_uri
 
 logger = logging.getLogger("pipeline.stages.train")
 
@@ -62,7 +63,7 @@ def main(argv: Sequence[str]) -> None:
         tags={
             "dataset": config.data.dataset,
             "strategy": strategy.name,
-            "git_commit": git_commit(Path.cwd()),
+            **execution_tags(Path.cwd()),
             "data_version": content_version(split_paths(args.prepared).values()),
             **_validation_tags(summary),
         },

@@ -21,7 +21,7 @@ import numpy as np
 from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from pipeline.tracking.server import limit_http_retries, tracking_uri
+from pipeline.tracking.server import default_artifact_location, limit_http_retries, tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,28 @@ def configure_tracking(project_root: Path, experiment_name: str | None = None) -
     mlflow.set_tracking_uri(tracking_uri(project_root))
     if experiment_name is None:
         return None
-    return mlflow.set_experiment(experiment_name).experiment_id
+    return ensure_experiment(experiment_name, default_artifact_location(project_root))
+
+
+def ensure_experiment(name: str, artifact_location: str | None) -> str:
+    """The experiment's id, creating it (artifacts at `artifact_location`) if needed.
+
+    mlflow.set_experiment would put a new experiment's artifacts under the current folder,
+    which in a DVC queue is a throwaway copy. Two queued stages may create it at once: the
+    loser of that race finds the winner's.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            if client.get_experiment_by_name(name) is None:
+                raise
+        experiment = client.get_experiment_by_name(name)
+    return mlflow.set_experiment(experiment_id=experiment.experiment_id).experiment_id
 
 
 def parent_run_tags() -> dict[str, str]:

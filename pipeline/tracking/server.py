@@ -29,12 +29,36 @@ _HTTP_DEFAULTS = {
 }
 
 
+DEFAULT_ARTIFACTS = "mlruns"
+
+
+def store_root(project_root: Path) -> Path:
+    """The project whose embedded store this run uses: DVC's `DVC_ROOT`, else `project_root`.
+
+    `dvc exp run --queue` runs the stages in a throwaway copy under .dvc/tmp/exps/; DVC sets
+    DVC_ROOT to the main project's root there (dvc/repo/experiments/queue/base.py), and to the
+    project's own root for every other stage, so every run lands in the main project's store.
+    """
+    root = os.environ.get("DVC_ROOT")
+    return Path(root) if root else Path(project_root)
+
+
 def tracking_uri(project_root: Path) -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store at the project root."""
+    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store at the (main) project's
+    root (see `store_root`)."""
     return (
         os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{(project_root / DEFAULT_DB).resolve()}"
+        or f"sqlite:///{(store_root(project_root) / DEFAULT_DB).resolve()}"
     )
+
+
+def default_artifact_location(project_root: Path) -> str | None:
+    """Where a new experiment keeps its artifacts with the embedded store: mlruns/ beside
+    mlflow.db (not under the current folder, which may be a queue's throwaway copy); None for a
+    store the user chose, whose server decides."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (store_root(project_root) / DEFAULT_ARTIFACTS).resolve().as_uri()
 
 
 def limit_http_retries() -> None:

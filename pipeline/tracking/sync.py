@@ -21,9 +21,10 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from pipeline.config import STRATEGY_NAMES
-from pipeline.evaluation.report import EVALUATED_MODEL_FILE, EVALUATION_ARTIFACTS
+from pipeline.evaluation.report import EVALUATED_MODEL_FILE, EVALUATED_TAG, EVALUATION_ARTIFACTS
 from pipeline.io import (
     HISTORY_FILE,
+    MANIFEST_FILE,
     MODEL_FILE,
     RUN_FILE,
     load_split,
@@ -57,8 +58,6 @@ def sync_runs(root: Path, paths: dict[str, str]) -> list[SyncOutcome]:
     client = mlflow.MlflowClient()
     state_file = root / SYNC_STATE_FILE
     state = read_json(state_file) if state_file.is_file() else {}
-    metrics_file = root / paths["metrics"]
-    metrics = read_json(metrics_file) if metrics_file.is_file() else {}
     outcomes = []
     for strategy in STRATEGY_NAMES:
         model_dir = root / paths["models"] / strategy
@@ -74,16 +73,21 @@ def sync_runs(root: Path, paths: dict[str, str]) -> list[SyncOutcome]:
             write_json(state_file, state)
             actions.append(f"logged the training run {run_id}")
         report_dir = root / paths["reports"] / strategy
-        if strategy in metrics and not _evaluated(report_dir, model_dir):
+        evaluated = (report_dir / EVALUATED_MODEL_FILE).is_file()
+        if evaluated and not _evaluated(report_dir, model_dir):
             actions.append("its evaluation is of another model: run `dvc repro`, then sync again")
-        elif strategy in metrics:
-            logged = client.get_run(run_id).data.metrics
-            expected = {k: v for k, v in metrics[strategy].items() if isinstance(v, int | float)}
-            if any(logged.get(key) != value for key, value in expected.items()):
-                for key, value in expected.items():
-                    client.log_metric(run_id, key, float(value))
-                client.log_artifacts(run_id, str(report_dir), EVALUATION_ARTIFACTS)
-                actions.append("logged its evaluation")
+        elif evaluated and EVALUATED_TAG not in client.get_run(run_id).data.tags:
+            evaluation = read_json(report_dir / EVALUATED_MODEL_FILE)
+            numbers = {
+                key: float(value)
+                for key, value in {**evaluation["metrics"], **evaluation["mlflow_metrics"]}.items()
+                if isinstance(value, int | float) and not isinstance(value, bool)
+            }
+            for key, value in numbers.items():
+                client.log_metric(run_id, key, value)
+            client.log_artifacts(run_id, str(report_dir), EVALUATION_ARTIFACTS)
+            client.set_tag(run_id, EVALUATED_TAG, "true")
+            actions.append("logged its evaluation")
         outcomes.append(SyncOutcome(strategy, run_id, tuple(actions) or ("up to date",)))
     return outcomes
 
@@ -129,6 +133,8 @@ def _log_training(
             mlflow.log_dict(record["validation_summary"], VALIDATION_ARTIFACT)
         history = pd.read_csv(model_dir / HISTORY_FILE)
         log_history({column: history[column].tolist() for column in history.columns})
+        if (model_dir / MANIFEST_FILE).is_file():
+            mlflow.log_artifact(str(model_dir / MANIFEST_FILE))
         model = keras.saving.load_model(model_dir / MODEL_FILE)
         log_keras_model(model, _input_example(root, paths, model))
     if original:

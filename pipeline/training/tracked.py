@@ -26,11 +26,13 @@ from pipeline.io import (
     FEATURES_INFO_FILE,
     FIRST_KERNEL_FILE,
     HISTORY_FILE,
+    MANIFEST_FILE,
     MODEL_FILE,
     RUN_FILE,
     Split,
     read_json,
     write_json,
+    write_manifest,
 )
 from pipeline.models.backbones import (
     BACKBONES,
@@ -137,6 +139,9 @@ def train_and_record(
             np.save(out / FIRST_KERNEL_FILE, result.first_kernel_before)
         history = pd.DataFrame({"epoch": np.arange(len(result.history["loss"])), **result.history})
         history.to_csv(out / HISTORY_FILE, index=False)
+        # What the model trained on, by content: the promotion gate checks test images against it.
+        write_manifest(out / MANIFEST_FILE, splits["train"].digests())
+        recorder("training manifest", mlflow.log_artifact, str(out / MANIFEST_FILE))
         model_uri = recorder("model", log_keras_model, result.model, splits["test"].x[:2])
     write_json(
         out / RUN_FILE,

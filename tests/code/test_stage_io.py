@@ -73,11 +73,13 @@ def test_the_trace_sees_what_each_stage_really_reads_and_writes(traced) -> None:
     assert "data/raw/digits/digits.csv.gz" in trace["split"]["reads"]
     assert "data/prepared/train.npz" in trace["train_scratch"]["reads"]
     assert "data/features/train.npy" in trace["train_feature_extraction"]["reads"]
-    assert "models/fine_tune/model.keras" in trace["evaluate"]["reads"]
-    assert "reports/metrics.json" in trace["evaluate"]["writes"]
+    assert "models/fine_tune/model.keras" in trace["evaluate@fine_tune"]["reads"]
+    assert "models/scratch/model.keras" not in trace["evaluate@fine_tune"]["reads"]
+    assert "reports/scratch/evaluation.json" in trace["compare"]["reads"]
+    assert "reports/metrics.json" in trace["compare"]["writes"]
     # One process: the store is opened once, by the first stage that tracks.
     assert "mlflow.db" in trace["train_scratch"]["writes"]
-    assert any(path.startswith("mlruns/") for path in trace["evaluate"]["writes"])
+    assert any(path.startswith("mlruns/") for path in trace["evaluate@scratch"]["writes"])
 
 
 def test_stages_write_only_their_declared_outs(traced) -> None:
@@ -119,12 +121,24 @@ def test_training_stages_track_one_run_each_and_evaluate_adds_its_metrics(traced
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("image-classifiers").experiment_id])
-    promotions = [run for run in runs if run.data.tags.get("pipeline.kind") == "promotion"]
-    runs = [run for run in runs if run not in promotions]
+    kinds = [run.data.tags.get("pipeline.kind") for run in runs]
+    assert sorted(kind for kind in kinds if kind) == ["comparison", "promotion"]
+    comparison = next(run for run in runs if run.data.tags.get("pipeline.kind") == "comparison")
+    runs = [run for run in runs if "pipeline.kind" not in run.data.tags]
     assert sorted(run.data.tags["strategy"] for run in runs) == sorted(metrics)
     for run in runs:
         strategy = run.data.tags["strategy"]
+        # Each strategy's own evaluation, logged once, into its own run.
         assert run.data.metrics["test_accuracy"] == metrics[strategy]["test_accuracy"]
+        assert run.data.tags["pipeline.evaluated"] == "true"
+        assert not any(key.startswith("mcnemar") for key in run.data.metrics)
+        assert comparison.data.tags[f"compared_run.{strategy}"] == run.info.run_id
+        assert comparison.data.metrics[f"{strategy}.test_accuracy"] == (
+            metrics[strategy]["test_accuracy"]
+        )
+        # What it trained on, by content, for the promotion gate.
+        manifest = (root / "models" / strategy / "training_manifest.txt").read_text().split()
+        assert len(manifest) == len(set(manifest)) > 100
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == (
             [0, 1] if strategy == "fine_tune" else [0]
         )
@@ -145,5 +159,7 @@ def test_promote_registers_the_best_strategy_and_records_its_decision(traced) ->
     assert int(version.version) == decision["challenger"]["version"] == 1
     assert version.tags["gate.passed"] == str(decision["passed"]).lower()
     assert set(decision["criteria"]) == {"accuracy_floor", "class_recall_floor"}
+    assert decision["registered"] is True and decision["train_test_overlap"] == 0
+    assert version.tags["model_sha256"] == decision["challenger"]["model_sha256"]
     aliases = client.get_registered_model("digits-classifier").aliases
     assert ("champion" in aliases) == decision["passed"]

@@ -98,24 +98,21 @@ def _project_copy(root: Path) -> Path:
 def test_check_names_the_stage_and_file_for_a_missing_or_needless_dep(tmp_path: Path) -> None:
     root = _project_copy(tmp_path)
     text = (root / "dvc.yaml").read_text()
-    # Drop split's last listed module (its own entry point) and give evaluate a needless one.
+    # Drop split's last listed module (its own entry point) and give evaluate (every
+    # strategy's, one foreach block) a needless one.
     text = text.replace("      - pipeline/stages/split.py\n", "", 1)
     text = text.replace(
-        "      - pipeline/stages/evaluate.py\n",
-        "      - pipeline/stages/evaluate.py\n      - pipeline/datasets/images.py\n",
+        "        - pipeline/stages/evaluate.py\n",
+        "        - pipeline/stages/evaluate.py\n        - pipeline/datasets/images.py\n",
     )
     (root / "dvc.yaml").write_text(text)
     reports = {report.stage: report for report in check_code_deps(root)}
+    evaluations = [f"evaluate@{name}" for name in ("scratch", "feature_extraction", "fine_tune")]
     assert reports["split"].missing == ("pipeline/stages/split.py",)
-    assert reports["evaluate"].unused == ("pipeline/datasets/images.py",)
+    for name in evaluations:
+        assert reports[name].unused == ("pipeline/datasets/images.py",)
     assert not any(
-        r.missing or r.unused
-        for name, r in reports.items()
-        if name
-        not in (
-            "split",
-            "evaluate",
-        )
+        r.missing or r.unused for name, r in reports.items() if name not in ("split", *evaluations)
     )
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "deps", "--check", "--root", str(root)],
@@ -125,7 +122,10 @@ def test_check_names_the_stage_and_file_for_a_missing_or_needless_dep(tmp_path: 
     )
     assert result.returncode == 1
     assert "split: imports pipeline/stages/split.py, which dvc.yaml does not list" in result.stdout
-    assert "evaluate: lists pipeline/datasets/images.py, which it never imports" in result.stdout
+    assert (
+        "evaluate@fine_tune: lists pipeline/datasets/images.py, which it never imports"
+        in result.stdout
+    )
 
 
 def test_project_dvc_yaml_passes_the_cli_check() -> None:
@@ -162,6 +162,7 @@ def test_every_joined_path_is_written_once_in_dvc_yaml() -> None:
         assert f"${{paths.{name}}}" in text, f"paths.{name} is never used"
     literal = []
     for name, stage in raw["stages"].items():
+        stage = stage.get("do", stage)  # a foreach stage's body
         entries = [d for d in stage.get("deps", []) if not d.startswith("pipeline/")]
         for key in ("outs", "metrics"):
             entries += [next(iter(e)) if isinstance(e, dict) else e for e in stage.get(key, [])]

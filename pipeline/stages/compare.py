@@ -1,0 +1,102 @@
+"""Compare the strategies (`dvc.yaml`'s `compare`): reports/metrics.json (DVC metrics),
+comparison.csv and significance.csv (pairwise McNemar tests), from each strategy's report
+folder; and one MLflow run of its own for this execution, tagged with the strategy runs it
+compared. The strategy runs themselves are never written to: they belong to the execution
+that trained them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.config import STRATEGY_NAMES, load_config
+from pipeline.entry import run_entry
+from pipeline.errors import ConfigError
+from pipeline.evaluation.comparison import (
+    compare_strategies,
+    metrics_by_strategy,
+    read_evaluated_strategy,
+    significance_metrics,
+)
+from pipeline.io import load_split, split_paths, write_json
+from pipeline.tracking.context import execution_tags
+from pipeline.tracking.server import check_tracking_server, tracking_uri
+
+logger = logging.getLogger("pipeline.stages.compare")
+
+COMPARISON_ARTIFACTS = "comparison"
+COMPARED_TAG_PREFIX = "compared_run."
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prepared", type=Path, required=True, help="the prepared-data folder")
+    parser.add_argument(
+        "--evaluation",
+        type=Path,
+        action="append",
+        required=True,
+        help="a strategy's report folder (named after the strategy); repeat for each",
+    )
+    parser.add_argument("--metrics", type=Path, required=True, help="the metrics JSON to write")
+    parser.add_argument("--comparison", type=Path, required=True, help="comparison.csv to write")
+    parser.add_argument(
+        "--significance", type=Path, required=True, help="significance.csv to write"
+    )
+    parser.add_argument(
+        "--run", type=Path, required=True, help="where to record the comparison's MLflow run"
+    )
+    args = parser.parse_args(argv)
+    unknown = [path for path in args.evaluation if path.name not in STRATEGY_NAMES]
+    if unknown:
+        raise ConfigError(f"--evaluation {unknown[0]}: its folder must be named after a strategy")
+    config = load_config()
+    check_tracking_server(tracking_uri(Path.cwd()))
+
+    test = load_split(split_paths(args.prepared)["test"])
+    strategies = [read_evaluated_strategy(folder, list(test.classes)) for folder in args.evaluation]
+    comparison, significance = compare_strategies(strategies, test.y, config.evaluate.alpha)
+    args.comparison.parent.mkdir(parents=True, exist_ok=True)
+    comparison.to_csv(args.comparison)
+    significance.to_csv(args.significance, index=False)
+    metrics = metrics_by_strategy(strategies)
+    write_json(args.metrics, metrics)
+    for row in significance.itertuples(index=False):
+        verdict = f"{row.better} is better" if row.significant else "no significant difference"
+        logger.info("%s vs %s: p=%.4g, %s", row.model_a, row.model_b, row.p_value, verdict)
+
+    import mlflow
+
+    from pipeline.tracking.runs import RunRecorder, configure_tracking, create_run
+
+    compared = {strategy.name: str(strategy.record.get("run_id")) for strategy in strategies}
+    tags = {
+        "dataset": config.data.dataset,
+        "pipeline.kind": "comparison",
+        **execution_tags(Path.cwd()),
+        **{f"{COMPARED_TAG_PREFIX}{name}": run_id for name, run_id in compared.items()},
+    }
+    experiment_id = configure_tracking(Path.cwd(), config.mlflow.experiment_name)
+    recorder = RunRecorder(create_run(experiment_id, f"{config.data.dataset}-comparison", tags))
+    with recorder.active():
+        numbers = {
+            f"{name}.{key}": float(value)
+            for name, values in metrics.items()
+            for key, value in values.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        recorder("metrics", mlflow.log_metrics, {**numbers, **significance_metrics(significance)})
+        for path in (args.metrics, args.comparison, args.significance):
+            recorder(path.name, mlflow.log_artifact, str(path), COMPARISON_ARTIFACTS)
+    write_json(
+        args.run,
+        {"run_id": recorder.run_id, "tracked": not recorder.lost, "compared_runs": compared},
+    )
+    logger.info("compared %s in MLflow run %s", ", ".join(compared), recorder.run_id)
+
+
+if __name__ == "__main__":
+    run_entry(main, "stage 'compare'")

@@ -1,0 +1,71 @@
+"""Which execution a run belongs to: the git commit, and the DVC experiment when there is one.
+
+DVC runs every stage of `dvc exp run` (in the workspace or from the queue) with
+`DVC_EXP_NAME` and `DVC_EXP_BASELINE_REV` set (dvc/repo/experiments/queue/base.py). Runs are
+tagged with them, and with the params that differ from the baseline commit, so the MLflow UI
+filters one experiment's runs with `tags.dvc_exp_name = '<name>'`. Import-light (no MLflow, no
+Keras): the stages call it before loading either.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import flatten_params
+from pipeline.tracking.server import git_commit
+
+EXPERIMENT_NAME_VARIABLE = "DVC_EXP_NAME"
+BASELINE_VARIABLE = "DVC_EXP_BASELINE_REV"
+
+EXPERIMENT_TAG = "dvc_exp_name"
+BASELINE_TAG = "dvc_exp_baseline_rev"
+CHANGED_PARAMS_TAG = "dvc_exp_params"
+MAX_TAG_LENGTH = 5000  # MLflow keeps tag values of up to 8,000 characters
+
+
+def dvc_experiment() -> str | None:
+    """The DVC experiment this process runs in, or None on the main line (`dvc repro`,
+    `pipeline retrain`)."""
+    return os.environ.get(EXPERIMENT_NAME_VARIABLE) or None
+
+
+def execution_tags(project_root: Path) -> dict[str, str]:
+    """`git_commit`, and inside a DVC experiment its name, baseline and changed params."""
+    tags = {"git_commit": git_commit(project_root)}
+    name = dvc_experiment()
+    if name is None:
+        return tags
+    tags[EXPERIMENT_TAG] = name
+    baseline = os.environ.get(BASELINE_VARIABLE)
+    if baseline:
+        tags[BASELINE_TAG] = baseline
+        changed = changed_params(project_root, baseline)
+        tags[CHANGED_PARAMS_TAG] = (
+            "unknown (the baseline's params.yaml could not be read)"
+            if changed is None
+            else ", ".join(f"{key}={value}" for key, value in changed.items()) or "none"
+        )[:MAX_TAG_LENGTH]
+    return tags
+
+
+def changed_params(project_root: Path, baseline: str) -> dict[str, object] | None:
+    """The params.yaml keys whose value differs from the baseline commit's (dotted, as
+    `dvc exp run -S` names them); None when the baseline cannot be read."""
+    try:
+        shown = subprocess.run(
+            ["git", "show", f"{baseline}:params.yaml"],
+            cwd=project_root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        before = flatten_params(yaml.safe_load(shown) or {})
+        now = flatten_params(yaml.safe_load((project_root / "params.yaml").read_text()) or {})
+    except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
+        return None
+    keys = sorted(set(before) | set(now))
+    return {key: now.get(key) for key in keys if before.get(key) != now.get(key)}
