@@ -291,6 +291,13 @@ def _run_steps(cycle: _Cycle) -> None:
             start = message.find("error in stage")
             raise PipelineError(message[start:] if start >= 0 else message[-3000:])
         summary = read_json(drift_dir / "summary.json")
+        drift = summary.get("drift") or {}
+        if drift.get("compared") is False:
+            # Another dataset or other classes: drift means nothing; the gate itself ran.
+            return (
+                f"data gate passed; no comparable reference for drift ({drift.get('reason')}), "
+                f"{summary.get('warnings', 0)} warning(s)"
+            )
         return (
             f"data gate passed against the previous data ({summary.get('warnings', 0)} warning(s))"
         )

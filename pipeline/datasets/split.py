@@ -1,12 +1,32 @@
-"""Stratified, seeded train/val/test splits: which image goes where (the store is
-`pipeline.io`)."""
+"""Train/val/test splits that stay put: an image's split is a keyed hash of its content and
+`data.seed` (the store is `pipeline.io`).
+
+Adding, removing or editing other images never moves an image, and exact duplicates always
+share a split. The one exception: an image of a class too small to reach every split by chance
+may be moved into the split that lacks it, so only images of such tiny classes can ever move.
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.io import SPLITS
+from pipeline.io import SPLITS, keyed_position
+
+_TRAIN, _VAL, _TEST = (SPLITS.index(name) for name in ("train", "val", "test"))
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Which images go where (sorted indices per split), the fractions the split aimed at (for
+    the data gate) and how many images were moved so that small classes reach every split."""
+
+    indices: dict[str, np.ndarray]
+    fractions: dict[str, float]
+    reassigned: int = 0
 
 
 def allocate(counts: np.ndarray, total: int) -> np.ndarray:
@@ -27,47 +47,39 @@ def allocate(counts: np.ndarray, total: int) -> np.ndarray:
     return shares
 
 
-def _stratified_take(
-    labels: np.ndarray, positions: np.ndarray, size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split `positions` into (taken, rest): `size` of them, stratified by label, at random."""
-    classes, counts = np.unique(labels[positions], return_counts=True)
-    shares = allocate(counts, size)
-    taken, rest = [], []
-    for label, share in zip(classes, shares, strict=True):
-        members = rng.permutation(positions[labels[positions] == label])
-        taken.append(members[:share])
-        rest.append(members[share:])
-    return np.sort(np.concatenate(taken)), np.sort(np.concatenate(rest))
+def allowed_deviation(total: int, fraction: float, reassigned: int = 0) -> int:
+    """How far a split's count may stray from `fraction * total` under hashing: 4 binomial
+    standard deviations (a data set outside has probability about 6e-5; another `data.seed`
+    fixes it) plus the images moved to give small classes a place in every split."""
+    spread = math.sqrt(max(total, 0) * fraction * (1.0 - fraction))
+    return math.ceil(4.0 * spread) + int(reassigned)
+
+
+def hash_positions(digests: np.ndarray, seed: int) -> np.ndarray:
+    """Each image's keyed position in [0, 1) (`pipeline.io.keyed_position`), hashed once per
+    distinct digest: duplicates get the same position, hence the same split."""
+    distinct, inverse = np.unique(np.asarray(digests, dtype=str), return_inverse=True)
+    positions = np.array([keyed_position(str(digest), seed) for digest in distinct])
+    return positions[inverse.reshape(-1)] if len(distinct) else np.zeros(0)
 
 
 def split_indices(
-    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+    labels: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    digests: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Indices of each split, stratified by label so every class keeps its share everywhere.
+    """Indices of each split by the content-keyed rule of `plan_split` (no source split).
 
-    Plain NumPy (no scikit-learn) on purpose: importing sklearn.model_selection costs the split
-    stage about 190 MB of memory, more than CIFAR-10's whole image array.
+    Without `digests` an image is known by its index alone: stable only while the order of the
+    images is, which suits callers that hold labels but no images (tests, quick experiments).
     """
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    everything = np.arange(len(labels))
-    test, rest = _stratified_take(labels, everything, round(test_fraction * len(labels)), rng)
-    val, train = _stratified_take(labels, rest, round(val_fraction * len(labels)), rng)
-    splits = {"train": train, "val": val, "test": test}
-    _check_every_class_everywhere(labels, splits, val_fraction, test_fraction)
-    return splits
-
-
-def _check_every_class_everywhere(
-    labels: np.ndarray, splits: dict[str, np.ndarray], val_fraction: float, test_fraction: float
-) -> None:
-    # Stratification rounds: a class of a handful of images can end up absent from a split.
-    for name, chosen in splits.items():
-        missing = np.setdiff1d(np.unique(labels), labels[chosen])
-        if missing.size:
-            reason = f"class(es) {missing.tolist()} would have no image in '{name}'"
-            raise DataError(_too_small(labels, val_fraction, test_fraction, reason))
+    if digests is None:
+        digests = np.array([f"index:{index}" for index in range(len(labels))])
+    plan = plan_split(labels, None, val_fraction, test_fraction, seed, digests=digests)
+    return plan.indices
 
 
 def plan_split(
@@ -76,33 +88,130 @@ def plan_split(
     val_fraction: float,
     test_fraction: float,
     seed: int,
-) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    *,
+    digests: np.ndarray,
+) -> SplitPlan:
     """The split of every image, and the fractions it aims at (for the data gate).
 
-    Without `pools`, a stratified three-way split by the fractions. With them, the source's
-    own assignment: its test set stays the test set; val is the source's own val set if it has
-    one, else a stratified `val_fraction` of all images carved from its train set.
+    An image's position u (a keyed hash of its digest and `seed`) decides: without `pools`,
+    test if u < test_fraction, val if u < test_fraction + val_fraction, else train, the same
+    thresholds for every class (stratified in expectation). With `pools`, the source's test
+    set stays the test set and its val set, if any, the val set; else val is carved from its
+    train pool: val if u < val_fraction * total / n_train_pool (val_fraction stays the share of
+    all images; the threshold, and so each image's place, holds while the source's share of
+    train images does). Only images of classes too small to reach every split can move.
     """
+    labels = np.asarray(labels)
+    digests = np.asarray(digests, dtype=str)
+    if len(digests) != len(labels):
+        raise DataError(
+            f"plan_split got {len(digests)} digests for {len(labels)} labels; the split stage "
+            "must hash every kept image once"
+        )
+    positions = hash_positions(digests, seed)
+    total = len(labels)
+    where = np.full(total, _TRAIN, dtype=np.int64)
+    # The [low, high) interval of positions each split draws from, for splits the hash decides.
+    intervals: dict[int, tuple[float, float]] = {}
+    movable = np.ones(total, dtype=bool)
     if pools is None:
-        splits = split_indices(labels, val_fraction, test_fraction, seed)
-        return splits, {
+        edges = (test_fraction, test_fraction + val_fraction)
+        intervals = {_TEST: (0.0, edges[0]), _VAL: (edges[0], edges[1]), _TRAIN: (edges[1], 1.0)}
+        where[positions < edges[1]] = _VAL
+        where[positions < edges[0]] = _TEST
+    else:
+        pools = np.asarray(pools)
+        for code, name in enumerate(SPLITS):
+            where[pools == name] = code
+        train_pool = pools == "train"
+        movable = train_pool.copy()
+        if not (pools == "val").any():
+            n_train = int(train_pool.sum())
+            wanted = round(val_fraction * total)
+            if wanted >= n_train:
+                raise DataError(
+                    f"data.val_fraction={val_fraction} asks for {wanted} validation images, "
+                    f"but the source's training set holds only {n_train}; lower it"
+                )
+            cut = val_fraction * total / n_train
+            intervals = {_VAL: (0.0, cut), _TRAIN: (cut, 1.0)}
+            where[train_pool & (positions < cut)] = _VAL
+        else:
+            movable[:] = False
+    reassigned = _reach_every_split(
+        labels, digests, positions, where, movable, intervals, val_fraction, test_fraction
+    )
+    indices = {name: np.flatnonzero(where == code) for code, name in enumerate(SPLITS)}
+    _check_every_class_everywhere(labels, indices, val_fraction, test_fraction)
+    if pools is None:
+        fractions = {
             "train": round(1.0 - val_fraction - test_fraction, 6),
             "val": val_fraction,
             "test": test_fraction,
         }
-    splits = {name: np.flatnonzero(pools == name) for name in SPLITS}
-    if not splits["val"].size:
-        wanted = round(val_fraction * len(labels))
-        if wanted >= len(splits["train"]):
-            raise DataError(
-                f"data.val_fraction={val_fraction} asks for {wanted} validation images, but the "
-                f"source's training set holds only {len(splits['train'])}; lower it"
-            )
-        rng = np.random.default_rng(seed)
-        splits["val"], splits["train"] = _stratified_take(labels, splits["train"], wanted, rng)
-    _check_every_class_everywhere(labels, splits, val_fraction, test_fraction)
-    total = len(labels)
-    return splits, {name: round(len(chosen) / total, 6) for name, chosen in splits.items()}
+    else:
+        fractions = {name: round(len(chosen) / total, 6) for name, chosen in indices.items()}
+    return SplitPlan(indices, fractions, reassigned)
+
+
+def _reach_every_split(
+    labels: np.ndarray,
+    digests: np.ndarray,
+    positions: np.ndarray,
+    where: np.ndarray,
+    movable: np.ndarray,
+    intervals: dict[int, tuple[float, float]],
+    val_fraction: float,
+    test_fraction: float,
+) -> int:
+    """Move, in place, one image (all copies of its digest) of each class into each hashed
+    split that lacks the class; return how many images moved.
+
+    The image moved is the one whose position is nearest the split's interval, taken only from
+    a split where the class keeps another distinct image, so the least hash order is undone.
+    """
+    moved = 0
+    for label in np.unique(labels):
+        of_class = (labels == label) & movable
+        for target, (low, high) in intervals.items():
+            if (of_class & (where == target)).any():
+                continue
+            donors = [
+                code
+                for code in intervals
+                if code != target and len(np.unique(digests[of_class & (where == code)])) > 1
+            ]
+            candidates = of_class & np.isin(where, donors)
+            if not candidates.any():
+                names = [f"'{SPLITS[code]}'" for code in sorted(intervals)]
+                shared = f"{', '.join(names[:-1])} and {names[-1]}"
+                reason = (
+                    f"class {int(label)} would have no image in '{SPLITS[target]}': it has "
+                    f"{len(np.unique(digests[of_class]))} distinct image(s) to share among "
+                    f"{shared}, and each needs one"
+                )
+                raise DataError(_too_small(labels, val_fraction, test_fraction, reason))
+            rows = np.flatnonzero(candidates)
+            # Distance of each candidate's position to the target interval; ties go to the
+            # smaller digest, so the choice depends on the content alone.
+            distance = np.maximum(low - positions[rows], positions[rows] - high)
+            best = min(zip(distance.tolist(), digests[rows].tolist(), strict=True))[1]
+            copies = movable & (digests == best)
+            where[copies] = target
+            moved += int(copies.sum())
+    return moved
+
+
+def _check_every_class_everywhere(
+    labels: np.ndarray, splits: dict[str, np.ndarray], val_fraction: float, test_fraction: float
+) -> None:
+    # A source's own split can leave a class out of a split, which no hash decides and so no
+    # move repairs; so can a digest shared by images of two classes, moved together.
+    for name, chosen in splits.items():
+        missing = np.setdiff1d(np.unique(labels), labels[chosen])
+        if missing.size:
+            reason = f"class(es) {missing.tolist()} would have no image in '{name}'"
+            raise DataError(_too_small(labels, val_fraction, test_fraction, reason))
 
 
 def stratified_subset(
@@ -111,7 +220,8 @@ def stratified_subset(
     """At most `max_images` indices, stratified by label and by source split, sorted.
 
     Each source split (e.g. MNIST's train and test) shrinks by the same ratio, so a subset of a
-    dataset with a fixed test set still has one.
+    dataset with a fixed test set still has one. Unlike the split, the subset is drawn by index
+    with `seed`: it changes when images are added, while each kept image's split does not.
     """
     everything = np.arange(len(labels))
     if max_images is None or max_images >= len(labels):
@@ -121,8 +231,21 @@ def stratified_subset(
     groups = [group for group in groups if group.size]
     sizes = allocate(np.array([len(group) for group in groups]), max_images)
     taken = [
-        _stratified_take(labels, group, int(size), rng)[0]
+        _stratified_take(labels, group, int(size), rng)
         for group, size in zip(groups, sizes, strict=True)
+    ]
+    return np.sort(np.concatenate(taken))
+
+
+def _stratified_take(
+    labels: np.ndarray, positions: np.ndarray, size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """`size` of `positions`, stratified by label, at random."""
+    classes, counts = np.unique(labels[positions], return_counts=True)
+    shares = allocate(counts, size)
+    taken = [
+        rng.permutation(positions[labels[positions] == label])[:share]
+        for label, share in zip(classes, shares, strict=True)
     ]
     return np.sort(np.concatenate(taken))
 
@@ -133,6 +256,6 @@ def _too_small(labels: np.ndarray, val_fraction: float, test_fraction: float, re
     return (
         f"cannot split {len(labels)} images (smallest class: {smallest} images) into "
         f"val_fraction={val_fraction} and test_fraction={test_fraction}: {reason}. "
-        "Adjust the fractions in params.yaml (data.val_fraction, data.test_fraction) "
-        "or add images to the smallest class."
+        "Add distinct images to that class (every split needs one of each class) or remove "
+        "it; data.val_fraction and data.test_fraction only set how many each split gets."
     )

@@ -71,14 +71,29 @@ def main(argv: Sequence[str]) -> None:
         required=True,
         help="a strategy's model folder (named after the strategy); repeat for each",
     )
-    parser.add_argument("--out", type=Path, required=True, help="the decision JSON (metrics)")
+    parser.add_argument("--out", type=Path, required=True, help="the decision JSON")
+    parser.add_argument(
+        "--summary", type=Path, required=True, help="the decision's numbers (DVC metrics)"
+    )
     args = parser.parse_args(argv)
     config = load_config()
     unknown = [path for path in args.model if path.name not in STRATEGY_NAMES]
     if unknown:
         raise ConfigError(f"--model {unknown[0]}: its folder must be named after a strategy")
     check_tracking_server(tracking_uri(Path.cwd()))
-    write_json(args.out, promote(config, args.prepared, args.metrics, args.model))
+    record = promote(config, args.prepared, args.metrics, args.model)
+    write_json(args.out, record)
+    write_json(args.summary, gate_summary(record))
+
+
+def gate_summary(record: dict) -> dict:
+    """The decision in a few numbers: what `dvc metrics show` and `dvc exp show` compare."""
+    return {
+        "gate_passed": record["passed"],
+        "gate_challenger_accuracy": record["challenger"]["test_accuracy"],
+        "gate_champion_accuracy": (record["champion"] or {}).get("test_accuracy"),
+        "train_test_overlap": record["train_test_overlap"],
+    }
 
 
 def promote(

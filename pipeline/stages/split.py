@@ -1,5 +1,8 @@
 """Read the raw dataset and write train/val/test splits as uint8 .npz, in bounded memory.
 
+Each image's split is a keyed hash of its content and `data.seed` (pipeline.datasets.split), so
+adding images never moves another; the digests go into the splits and split.json.
+
 Only the images kept (after `data.max_images`) are decoded, straight into one preallocated
 array, and each split is written from it in chunks. Images that cannot be decoded are listed in
 reports/data/skipped.csv and left out, unless `data.on_bad_image: fail`.
@@ -22,7 +25,16 @@ from pipeline.datasets.sources import DATASETS
 from pipeline.datasets.split import plan_split, stratified_subset
 from pipeline.entry import run_entry
 from pipeline.errors import DataError
-from pipeline.io import PLAN_FILE, SPLITS, split_paths, write_json, write_split, write_text
+from pipeline.io import (
+    PLAN_FILE,
+    SPLITS,
+    image_digest,
+    members_digest,
+    split_paths,
+    write_json,
+    write_split,
+    write_text,
+)
 
 logger = logging.getLogger("pipeline.stages.split")
 
@@ -53,11 +65,29 @@ def prepare_splits(
     labels = index.labels[chosen][keep]
     _check_no_empty_class(index, labels, bad, skipped_file)
     pools = index.pools[chosen][keep] if index.pools is not None else None
+    # Each kept image is hashed once, from its decoded pixels: the digest decides its split and
+    # is stored with it, for the data gate's leak check and the training manifests.
+    digests = np.array([image_digest(images[row]) for row in keep], dtype="<U32")
     test_fraction = spec.test_fraction or config.test_fraction
-    splits, fractions = plan_split(labels, pools, config.val_fraction, test_fraction, config.seed)
+    split = plan_split(
+        labels, pools, config.val_fraction, test_fraction, config.seed, digests=digests
+    )
+    if split.reassigned:
+        logger.info(
+            "%d image(s) of small classes moved so that every class reaches every split",
+            split.reassigned,
+        )
     for name, path in split_paths(prepared_dir).items():
-        rows = keep[splits[name]]
-        write_split(path, images, rows, labels[splits[name]], index.class_names)
+        in_split = split.indices[name]
+        rows = keep[in_split]
+        write_split(
+            path,
+            images,
+            rows,
+            labels[in_split],
+            index.class_names,
+            hashes=digests[in_split],
+        )
         logger.info("%s: %d images of shape %s", name, len(rows), images.shape[1:])
     plan = {
         "dataset": config.dataset,
@@ -69,8 +99,16 @@ def prepare_splits(
         else "stratified",
         "images": int(len(labels)),
         "skipped": len(bad),
-        "counts": {name: int(len(splits[name])) for name in SPLITS},
-        "expected_fractions": fractions,
+        "counts": {name: int(len(split.indices[name])) for name in SPLITS},
+        "expected_fractions": split.fractions,
+        # An image's split is a keyed hash of its content and the seed (see plan_split); the
+        # data gate bounds how far counts may stray from the fractions, reassigned included.
+        "assignment": "content_hash",
+        "seed": config.seed,
+        "reassigned": split.reassigned,
+        "classes": list(index.class_names),
+        # One hash per split of its images' digests: equal members, equal hash.
+        "members": {name: members_digest(digests[split.indices[name]]) for name in SPLITS},
     }
     write_json(prepared_dir / PLAN_FILE, plan)
     return plan

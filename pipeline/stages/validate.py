@@ -24,22 +24,31 @@ from pipeline.validation.suites import GateSettings
 logger = logging.getLogger("pipeline.stages.validate")
 
 
-def gate_settings(
-    config: PipelineConfig, splits: dict[str, Split], expected_fractions: dict[str, float]
-) -> GateSettings:
+# Schemes whose split counts come from the content hash and so stray from their fractions by
+# chance; "source" keeps the source's own sets, and its fractions are the counts themselves.
+HASHED_SCHEMES = ("stratified", "fixed_test")
+
+
+def gate_settings(config: PipelineConfig, splits: dict[str, Split], plan: dict) -> GateSettings:
     """The gate's expectations: the dataset's declared image shape (variable-size sources are
-    decoded to RGB at `data.image_size`), the split's planned fractions and `validate.*`."""
+    decoded to RGB at `data.image_size`), the split's plan (split.json: fractions, scheme,
+    images moved) and `validate.*`."""
     gate = config.validation
     return GateSettings(
         image_shape=DATASETS[config.data.dataset].image_shape(config.data.image_size),
         class_names=splits["train"].classes,
-        expected_fractions=expected_fractions,
+        # The fractions the split aimed at: the params' ones, or the source's own test set
+        # (MNIST's 10k, cats-vs-dogs' fixed ranges) where it has one.
+        expected_fractions=plan["expected_fractions"],
         split_tolerance=gate.split_tolerance,
         min_images_per_class=gate.min_images_per_class,
         max_class_imbalance=gate.max_class_imbalance,
         max_blank_fraction=gate.max_blank_fraction,
         near_duplicate_distance=gate.near_duplicate_distance,
         max_drift=gate.max_drift,
+        hashed_counts=plan.get("scheme") in HASHED_SCHEMES,
+        # Plans written before content hashing moved no image.
+        reassigned=int(plan.get("reassigned", 0)),
     )
 
 
@@ -51,18 +60,22 @@ def validate_prepared(
     reference_dir: Path | None = None,
 ) -> dict:
     """Run the gate on `prepared_dir`, testing drift against `reference_dir` (else
-    `validate.reference`); write the summary and Data Docs; raise on failure."""
+    `validate.reference`) only when it holds the same dataset and classes (else a warning and
+    the reason in the summary's `drift`); write the summary and Data Docs; raise on failure."""
     splits = load_splits(prepared_dir)
-    # The split stage records the fractions it aimed at: the params' ones, or the source's
-    # own test set (MNIST's 10k, cats-vs-dogs' fixed ranges) where it has one.
     plan = read_json(prepared_dir / PLAN_FILE)
     if reference_dir is None and config.validation.reference:
         reference_dir = Path(config.validation.reference)
-    reference = load_splits(reference_dir) if reference_dir else None
+    dataset = plan.get("dataset", config.data.dataset)
+    reference, drift_note = None, None
+    if reference_dir:
+        drift_note = _dataset_mismatch(dataset, Path(reference_dir))
+        if drift_note is None:
+            # Same dataset: run_gate still checks the class names before comparing.
+            reference = load_splits(reference_dir)
+            drift_note = f"the reference holds the same dataset ('{dataset}') and classes"
     shutil.rmtree(docs_dir, ignore_errors=True)
-    result = run_gate(
-        splits, gate_settings(config, splits, plan["expected_fractions"]), docs_dir, reference
-    )
+    result = run_gate(splits, gate_settings(config, splits, plan), docs_dir, reference, drift_note)
     write_json(summary_file, result.summary)
     for name, count in result.warnings.items():
         if count:
@@ -74,6 +87,20 @@ def validate_prepared(
             f"Details: {docs_dir / 'index.html'}"
         )
     return result.summary
+
+
+def _dataset_mismatch(dataset: str, reference_dir: Path) -> str | None:
+    """Why the reference is not the same dataset as the data, or None when it is: drift
+    between MNIST and digits, say, measures the switch, and would fail every first retrain."""
+    plan_path = reference_dir / PLAN_FILE
+    if not plan_path.is_file():
+        return f"{reference_dir} has no {PLAN_FILE} naming its dataset"
+    held = read_json(plan_path).get("dataset")
+    if held is None:
+        return f"{reference_dir / PLAN_FILE} names no dataset"
+    if held != dataset:
+        return f"the reference {reference_dir} holds dataset '{held}', the data is '{dataset}'"
+    return None
 
 
 def main(argv: Sequence[str]) -> None:

@@ -64,17 +64,43 @@ class GateResult:
         return not self.failures
 
 
+def class_mismatch(classes: list[str], reference_classes: list[str]) -> str | None:
+    """Why a drift reference is not comparable with the data, or None: per-class pixel
+    statistics of another class list differ by the switch of data, not by drift."""
+    if list(reference_classes) != list(classes):
+        return f"the reference's classes {list(reference_classes)} differ from {list(classes)}"
+    return None
+
+
 def run_gate(
     splits: dict[str, Split],
     settings: GateSettings,
     docs_dir: Path | None = None,
     reference: dict[str, Split] | None = None,
+    drift_note: str | None = None,
 ) -> GateResult:
     """Build the tables, run every suite in one Checkpoint (Data Docs to `docs_dir`), and
-    turn each failed expectation into a FailedExpectation."""
+    turn each failed expectation into a FailedExpectation.
+
+    Drift is tested only against a `reference` with the same classes. `drift_note` says why
+    (with a reference) or why not (without one, when the caller found it not comparable).
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
+    compared = reference is not None
+    if reference is not None:
+        mismatch = class_mismatch(settings.class_names, reference["train"].classes)
+        if mismatch:
+            compared, drift_note = False, mismatch
+    if not compared and drift_note:
+        # A reference was given but is not like the data: a skipped check, said once.
+        logger.warning("no comparable reference: %s", drift_note)
+    drift_summary = {
+        "compared": compared,
+        "reason": drift_note
+        or ("the reference has the same classes" if compared else "no reference given"),
+    }
     table = build_image_table(splits)
     classes = class_table(table, len(settings.class_names))
     # Each batch: its rows, its expectations, and the columns that identify a failing row.
@@ -87,7 +113,7 @@ def run_gate(
         )
     batches["class_balance"] = (classes, class_expectations(settings), ["split", "label"])
     drift = None
-    if reference is not None:
+    if compared:
         drift = drift_table(table, build_image_table(reference), len(settings.class_names))
         batches["drift"] = (drift, drift_expectations(settings), ["label"])
 
@@ -144,6 +170,7 @@ def run_gate(
         "blank_images": blank,
         "exact_duplicates_across_splits": int(table["in_train"].sum()),
         "failed_expectations": [str(failure) for failure in failures],
+        "drift": drift_summary,
     }
     if drift is not None:
         summary["drift_max_ks"] = float(drift["ks_statistic"].max())

@@ -3,16 +3,22 @@ with exactly that defect and asserting the gate fails and names it; a clean data
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import ValidationFailed
 from pipeline.io import Split, save_split
+from pipeline.stages.validate import validate_prepared
 from pipeline.validation.gate import run_gate
 from pipeline.validation.profile import build_image_table, count_near_duplicates, difference_hashes
-from pipeline.validation.suites import GateSettings
-from tests.project import run_stage_alone
+from pipeline.validation.suites import GateSettings, split_count_range
+from tests.project import PROJECT_ROOT, run_stage_alone
 
 COUNTS = {"train": 14, "val": 3, "test": 3}  # images per class: fractions 0.7 / 0.15 / 0.15
 CLASSES = ["cat", "dog", "fox"]
@@ -122,6 +128,42 @@ def test_split_far_from_its_fraction_is_named() -> None:
     assert ("train", "(table)", "expect_table_row_count_to_be_between") in found
 
 
+def test_hashed_split_inside_the_hash_bound_but_outside_the_tolerance_passes() -> None:
+    # 42/9/9 of 60 images against 0.6/0.2/0.2: train is 6 images off, the tolerance allows 3,
+    # the hash's bound (4 binomial deviations: 16 for train, 13 for val and test) allows it.
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    fixed = run_gate(clean_splits(), settings(expected_fractions=fractions))
+    assert ("train", "(table)", "expect_table_row_count_to_be_between") in failed(fixed)
+    hashed = run_gate(clean_splits(), settings(expected_fractions=fractions, hashed_counts=True))
+    assert hashed.passed, [str(f) for f in hashed.failures]
+
+
+def test_hashed_split_far_outside_the_hash_bound_fails_naming_the_split_and_the_fix() -> None:
+    # 420/90/90 of 600 images against 0.4/0.3/0.3: 180 and 90 images off, bounds 48 and 45.
+    result = run_gate(
+        clean_splits(scale=10),
+        settings(expected_fractions={"train": 0.4, "val": 0.3, "test": 0.3}, hashed_counts=True),
+    )
+    found = failed(result)
+    for name in ("train", "val", "test"):
+        assert (name, "(table)", "expect_table_row_count_to_be_between") in found
+    failure = next(f for f in result.failures if f.split == "train" and f.column == "(table)")
+    assert "split 'train'" in str(failure) and "observed 420" in str(failure)
+    assert "data.seed" in failure.fix and "validate.split_tolerance" in failure.fix
+
+
+def test_split_count_range_takes_the_wider_of_tolerance_and_hash_bound() -> None:
+    fractions = {"train": 0.65, "val": 0.15, "test": 0.2}
+    # 1797 digits: the tolerance (0.05 * 1797 = 89.85) is wider than the hash bound (61).
+    assert split_count_range("val", settings(expected_fractions=fractions), 1797) == (179, 360)
+    hashed = settings(expected_fractions=fractions, hashed_counts=True, split_tolerance=0.0)
+    assert split_count_range("val", hashed, 1797) == (208, 331)  # 269.55 -+ 61
+    moved = settings(
+        expected_fractions=fractions, hashed_counts=True, split_tolerance=0.0, reassigned=5
+    )
+    assert split_count_range("val", moved, 1797) == (203, 336)
+
+
 def test_blank_images_beyond_the_bound_fail() -> None:
     splits = clean_splits()
     splits["train"].x[:3] = 0
@@ -135,10 +177,79 @@ def test_drifted_reference_fails_and_same_distribution_passes() -> None:
     splits = clean_splits(seed=0, scale=10)
     same = run_gate(splits, settings(max_drift=0.3), reference=clean_splits(seed=1, scale=10))
     assert same.passed and same.summary["drift_max_ks"] < 0.3
+    assert same.summary["drift"]["compared"] is True
     brighter = clean_splits(seed=1, brightness=120, scale=10)  # pixels now in 120..255
     drifted = run_gate(splits, settings(max_drift=0.3), reference=brighter)
     assert ("drift", "ks_statistic", "expect_column_values_to_be_between") in failed(drifted)
     assert drifted.summary["drift_max_ks"] > 0.9
+
+
+def _write_prepared(folder: Path, splits: dict[str, Split], **plan) -> Path:
+    for name, split in splits.items():
+        save_split(folder / f"{name}.npz", split)
+    plan = {
+        "dataset": "digits",
+        "scheme": "stratified",
+        "expected_fractions": {"train": 0.7, "val": 0.15, "test": 0.15},
+    } | plan
+    (folder / "split.json").write_text(json.dumps(plan))
+    return folder
+
+
+def _validate(tmp_path: Path, reference: Path) -> dict:
+    """The validate stage's core, in process: the summary it wrote, passed or not."""
+    config: PipelineConfig = load_config(PROJECT_ROOT / "params.yaml")
+    config = config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"dataset": "digits"}),
+            "validation": config.validation.model_copy(
+                update={"max_drift": 0.3, "reference": None}
+            ),
+        }
+    )
+    prepared = _write_prepared(tmp_path / "prepared", clean_splits(seed=0, scale=10))
+    summary_file = tmp_path / "summary.json"
+    with contextlib.suppress(ValidationFailed):
+        validate_prepared(config, prepared, tmp_path / "docs", summary_file, reference)
+    return json.loads(summary_file.read_text())
+
+
+@pytest.mark.parametrize(
+    ("plan", "classes", "reason"),
+    [
+        ({"dataset": "mnist"}, CLASSES, "holds dataset 'mnist', the data is 'digits'"),
+        ({}, ["ant", "bee", "cow"], "the reference's classes ['ant', 'bee', 'cow'] differ"),
+    ],
+)
+def test_drift_against_unlike_data_is_skipped_with_the_reason(
+    tmp_path: Path, caplog, plan, classes, reason
+) -> None:
+    # Brighter pixels: compared with the data, this reference would fail the drift check.
+    brighter = clean_splits(seed=1, brightness=120, scale=10)
+    brighter = {name: Split(s.x, s.y, list(classes)) for name, s in brighter.items()}
+    reference = _write_prepared(tmp_path / "reference", brighter, **plan)
+    with caplog.at_level(logging.WARNING, logger="pipeline.validation.gate"):
+        summary = _validate(tmp_path, reference)
+    assert summary["passed"], summary["failed_expectations"]
+    assert summary["drift"]["compared"] is False and reason in summary["drift"]["reason"]
+    assert "drift_max_ks" not in summary
+    assert caplog.text.count("no comparable reference") == 1 and reason in caplog.text
+
+
+def test_drift_against_the_same_dataset_and_classes_still_runs(tmp_path: Path) -> None:
+    brighter = clean_splits(seed=1, brightness=120, scale=10)
+    summary = _validate(tmp_path, _write_prepared(tmp_path / "reference", brighter))
+    assert (
+        summary["drift"]["compared"] is True
+        and "same dataset ('digits')" in (summary["drift"]["reason"])
+    )
+    assert summary["passed"] is False and summary["drift_max_ks"] > 0.9
+    assert any("ks_statistic" in line for line in summary["failed_expectations"])
+
+
+def test_without_a_reference_the_summary_says_drift_was_not_compared(tmp_path: Path) -> None:
+    result = run_gate(clean_splits(), settings())
+    assert result.summary["drift"] == {"compared": False, "reason": "no reference given"}
 
 
 def test_difference_hash_is_stable_under_brightness_and_detects_near_duplicates() -> None:

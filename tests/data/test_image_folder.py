@@ -129,7 +129,7 @@ def test_exif_rotated_photos_in_a_folder_are_stored_upright(tmp_path) -> None:
         for index in range(4):
             exif = Image.Exif()
             exif[0x0112] = 6
-            Image.new("RGB", (40, 20), (255, 255, 255)).save(
+            Image.new("RGB", (40, 20), (255, 255, 255 - index)).save(
                 root / name / f"{index}.jpg", exif=exif.tobytes()
             )
     _, splits = _split(

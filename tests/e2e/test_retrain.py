@@ -137,7 +137,7 @@ def test_the_first_cycle_trains_and_promotes(project: Project) -> None:
     alias = project.client.get_model_version_by_alias(MODEL, "challenger")
     assert alias.version == version and alias.tags["gate.passed"] == "true"
     shown = dvc(project.root, project.env, "metrics", "show").stdout
-    assert "reports/promotion.json" in shown and "passed" in shown
+    assert "reports/gate.json" in shown and "gate_passed" in shown
 
 
 def test_the_cycle_is_an_mlflow_run_with_the_strategy_runs_as_children(project: Project) -> None:
