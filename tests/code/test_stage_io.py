@@ -133,8 +133,9 @@ def test_training_stages_track_one_run_each_and_evaluate_adds_its_metrics(traced
         assert run.data.tags["pipeline.evaluated"] == "true"
         assert not any(key.startswith("mcnemar") for key in run.data.metrics)
         assert comparison.data.tags[f"compared_run.{strategy}"] == run.info.run_id
-        assert comparison.data.metrics[f"{strategy}.test_accuracy"] == (
-            metrics[strategy]["test_accuracy"]
+        assert (
+            comparison.data.metrics[f"{strategy}.test_accuracy"]
+            == (metrics[strategy]["test_accuracy"])
         )
         # What it trained on, by content, for the promotion gate.
         manifest = (root / "models" / strategy / "training_manifest.txt").read_text().split()
