@@ -249,6 +249,11 @@ def _run_steps(cycle: _Cycle) -> None:
             data.sources,
         )
         previous = _read_optional(root / TRAINED_DATA_FILE)
+        if previous is None and _pipeline_up_to_date(cycle):
+            # No cycle has run yet, but `dvc repro` (make repro) trained on this very data:
+            # that is the record to compare with from now on.
+            write_json(root / TRAINED_DATA_FILE, cycle.fingerprint)
+            previous = cycle.fingerprint
         change = compare_fingerprints(previous, cycle.fingerprint)
         record.data = _describe_change(change)
         if not change.changed and not cycle.force:
@@ -398,6 +403,20 @@ def _finish(cycle: _Cycle, status: str) -> None:
         )
     recorder("cycle record", client.log_dict, recorder.run_id, record.to_dict(), "retrain.json")
     recorder("end run", client.set_terminated, recorder.run_id, status)
+
+
+def _pipeline_up_to_date(cycle: _Cycle) -> bool:
+    """Whether `dvc status` finds every stage up to date: the models were trained, by the last
+    `dvc repro`, on the data there now."""
+    if not (cycle.root / "dvc.lock").is_file():
+        return False
+    result = subprocess.run(
+        [*cycle.dvc, "status", "--json"], cwd=cycle.root, capture_output=True, text=True
+    )
+    try:
+        return result.returncode == 0 and json.loads(result.stdout or "null") == {}
+    except ValueError:
+        return False
 
 
 def _decided_since(decision_file: Path, since: float) -> bool:

@@ -1,5 +1,5 @@
 """Print the strategies side by side after `make repro`: one row per strategy, from the
-evaluate stage's reports/comparison.csv, with the backbone weights each one used from
+compare stage's reports/comparison.csv, with the backbone weights each one used from
 reports/metrics.json (random weights mean the transfer strategies transferred nothing).
 
 Standard library only, so it costs nothing next to `dvc metrics show`, whose table has a
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     comparison = Path(argv[0]) if argv else DEFAULT_COMPARISON
     metrics = Path(argv[1]) if len(argv) > 1 else DEFAULT_METRICS
     if not comparison.is_file():
-        print(f"make: no {comparison}: the evaluate stage has not run", file=sys.stderr)
+        print(f"make: no {comparison}: the compare stage has not run", file=sys.stderr)
         return 1
     rows = table_rows(comparison, metrics)
     if rows:

@@ -164,3 +164,26 @@ def test_promote_registers_the_best_strategy_and_records_its_decision(traced) ->
     assert version.tags["model_sha256"] == decision["challenger"]["model_sha256"]
     aliases = client.get_registered_model("digits-classifier").aliases
     assert ("champion" in aliases) == decision["passed"]
+
+
+def test_promoting_the_same_model_again_registers_nothing_new(traced) -> None:
+    """Versions are keyed by the model file's SHA-256: a second promote of the same models (a
+    forced re-run, a retraining cycle that found nothing new to train) reuses the version."""
+    import mlflow
+
+    root, _ = traced
+    (stage,) = [stage for stage in load_stages(root) if stage.name == "promote"]
+    first = json.loads((root / "reports" / "promotion.json").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", stage.module, *stage.arguments],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not registered again" in result.stderr
+    again = json.loads((root / "reports" / "promotion.json").read_text())
+    assert again["challenger"]["version"] == first["challenger"]["version"] == 1
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    assert [v.version for v in client.search_model_versions("name = 'digits-classifier'")] == ["1"]

@@ -33,6 +33,7 @@ import yaml
 from PIL import Image
 
 from pipeline.config import STRATEGY_NAMES
+from pipeline.io import SPLITS, load_split
 from tests import fakes
 from tests.project import dvc, make_project_copy, tiny_params
 from tests.servers import model_server
@@ -202,6 +203,8 @@ def test_new_images_retrain_and_a_worse_challenger_is_rejected(project: Project)
     params (one epoch at a learning rate that barely moves), fails the gate against the
     champion re-scored on the new test split, and the champion alias stays where it was."""
     champion = project.champion()
+    prepared = project.root / "data" / "prepared"
+    before = {name: set(load_split(prepared / f"{name}.npz").digests()) for name in SPLITS}
     rng = np.random.default_rng(7)
     for index, (name, level) in enumerate((("dark", 40), ("mid", 100), ("light", 160)) * 2):
         pixels = np.clip(level + rng.integers(0, 40, (16, 22, 3)), 0, 255).astype(np.uint8)
@@ -237,6 +240,24 @@ def test_new_images_retrain_and_a_worse_challenger_is_rejected(project: Project)
     assert project.client.get_model_version_by_alias(MODEL, "challenger").version == (
         rejected.version
     )
+    # The split stayed put: every earlier image is where it was, so the gate's test split
+    # holds no image that either model trained on, by proof of their manifests.
+    after = {name: set(load_split(prepared / f"{name}.npz").digests()) for name in SPLITS}
+    for name in SPLITS:
+        assert before[name] <= after[name], name
+    assert sum(len(after[name]) - len(before[name]) for name in SPLITS) == 6
+    challenger_manifest = set(
+        (project.root / "models" / decision["strategy"] / "training_manifest.txt")
+        .read_text()
+        .split()
+    )
+    mlflow.set_tracking_uri(project.server.uri)
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").unwrap_python_model()
+    assert served.training_manifest and challenger_manifest
+    assert not after["test"] & (challenger_manifest | served.training_manifest)
+    assert decision["train_test_overlap"] == 0
+    assert decision["overlap"]["in_champion_training"] == 0
+    assert decision["overlap"]["scored"] == len(after["test"])
 
 
 @pytest.mark.sqlite_only

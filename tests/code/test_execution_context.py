@@ -1,0 +1,169 @@
+"""Which execution a run belongs to, and where its store is: the DVC experiment's tags and
+changed params, the main project's store from a queue's throwaway copy, the comparison of
+strategies from their report folders, and the gate's train/test overlap."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.evaluation.comparison import (
+    compare_strategies,
+    metrics_by_strategy,
+    read_evaluated_strategy,
+    significance_metrics,
+)
+from pipeline.evaluation.promotion import find_test_overlap, unfair_decision
+from pipeline.tracking.context import changed_params, dvc_experiment, execution_tags
+from pipeline.tracking.server import default_artifact_location, tracking_uri
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
+def _git(root: Path, *args: str) -> str:
+    import os
+
+    return subprocess.run(
+        ["git", *args], cwd=root, env={**os.environ, **GIT_ENV}, check=True,
+        capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> tuple[Path, str]:
+    params = {"train": {"scratch": {"epochs": 60, "batch_size": 32}}, "data": {"seed": 42}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "baseline")
+    return tmp_path, _git(tmp_path, "rev-parse", "HEAD")
+
+
+def test_the_main_line_is_tagged_with_its_commit_only(repo, monkeypatch) -> None:
+    root, head = repo
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert dvc_experiment() is None
+    assert execution_tags(root) == {"git_commit": head}
+
+
+def test_an_experiment_is_tagged_with_its_name_baseline_and_changed_params(
+    repo, monkeypatch
+) -> None:
+    root, head = repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["scratch"]["epochs"] = 5
+    params["data"]["seed"] = 7
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("DVC_EXP_NAME", "lucky-seed")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", head)
+    tags = execution_tags(root)
+    assert tags["dvc_exp_name"] == "lucky-seed" == dvc_experiment()
+    assert tags["dvc_exp_baseline_rev"] == head
+    assert tags["dvc_exp_params"] == "data.seed=7, train.scratch.epochs=5"
+    assert tags["git_commit"] == f"{head}-dirty"
+
+
+def test_an_unreadable_baseline_is_said_not_guessed(repo, monkeypatch) -> None:
+    root, _ = repo
+    assert changed_params(root, "0" * 40) is None
+    monkeypatch.setenv("DVC_EXP_NAME", "x")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    assert execution_tags(root)["dvc_exp_params"].startswith("unknown")
+
+
+def test_a_queued_copy_tracks_into_the_main_projects_store(tmp_path, monkeypatch) -> None:
+    """DVC runs queued experiments in .dvc/tmp/exps/<tmp>/ with DVC_ROOT naming the main
+    project: the store and its artifacts are the main project's."""
+    main = tmp_path / "project"
+    copy = main / ".dvc" / "tmp" / "exps" / "tmp123"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(main))
+    assert tracking_uri(copy) == f"sqlite:///{main / 'mlflow.db'}"
+    assert default_artifact_location(copy) == (main / "mlruns").as_uri()
+    monkeypatch.delenv("DVC_ROOT")
+    assert tracking_uri(copy) == f"sqlite:///{copy / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(copy) == "http://127.0.0.1:5000"
+    assert default_artifact_location(copy) is None
+
+
+def _report_dir(root: Path, name: str, predicted: list[str], accuracy: float) -> Path:
+    folder = root / name
+    folder.mkdir()
+    (folder / "evaluation.json").write_text(
+        json.dumps(
+            {
+                "strategy": name,
+                "run_id": f"run-{name}",
+                "backbone_weights": "none",
+                "metrics": {"test_accuracy": accuracy, "test_macro_f1": 0.5, "test_loss": 1.0},
+                "mlflow_metrics": {},
+                "total_params": 10,
+                "trainable_params": 5,
+                "images_per_second": 123.456,
+                "training_seconds": 2.0,
+            }
+        )
+    )
+    pd.DataFrame(
+        {"index": range(len(predicted)), "true": "x", "predicted": predicted, "confidence": 1.0}
+    ).to_csv(folder / "predictions.csv", index=False)
+    return folder
+
+
+def test_strategies_are_compared_from_their_report_folders(tmp_path) -> None:
+    classes = ["cat", "dog"]
+    y_true = np.array([0] * 30 + [1] * 30)
+    right = [classes[label] for label in y_true]
+    wrong = ["cat"] * 60
+    strategies = [
+        read_evaluated_strategy(_report_dir(tmp_path, "scratch", right, 1.0), classes),
+        read_evaluated_strategy(_report_dir(tmp_path, "fine_tune", wrong, 0.5), classes),
+    ]
+    comparison, significance = compare_strategies(strategies, y_true, alpha=0.05)
+    assert list(comparison.index) == ["scratch", "fine_tune"]
+    assert comparison.loc["scratch", "images_per_second"] == 123.5
+    (row,) = significance.itertuples(index=False)
+    assert row.significant and row.better == "scratch"
+    assert set(significance_metrics(significance)) == {"mcnemar_p_scratch_vs_fine_tune"}
+    assert metrics_by_strategy(strategies)["fine_tune"]["test_accuracy"] == 0.5
+    with pytest.raises(Exception, match="evaluated on 60 test images, the test split has 30"):
+        compare_strategies(strategies, y_true[:30], alpha=0.05)
+
+
+def test_a_report_folder_of_other_classes_is_refused(tmp_path) -> None:
+    folder = _report_dir(tmp_path, "scratch", ["bird"] * 4, 1.0)
+    with pytest.raises(Exception, match="predicts classes \\['bird'\\]"):
+        read_evaluated_strategy(folder, ["cat", "dog"])
+
+
+def test_test_images_a_model_trained_on_are_found_and_left_out() -> None:
+    test = [f"{index:032x}" for index in range(20)]
+    overlap = find_test_overlap(test, {test[0], test[1], "other"}, {test[1], test[2]})
+    assert overlap.in_challenger_training == 2 and overlap.in_champion_training == 2
+    assert overlap.excluded == 3 and overlap.fair
+    assert overlap.keep.tolist() == [False] * 3 + [True] * 17
+    assert overlap.to_dict()["scored"] == 17
+    clean = find_test_overlap(test, {"other"}, None)
+    assert clean.excluded == 0 and clean.in_champion_training is None
+
+
+def test_the_gate_refuses_when_too_few_test_images_remain() -> None:
+    test = [f"{index:032x}" for index in range(20)]
+    overlap = find_test_overlap(test, set(test[:11]), set())
+    assert not overlap.fair
+    decision = unfair_decision(overlap, 0.9)
+    assert not decision.passed
+    assert "11 of 20 test images" in decision.reasons()[0]
