@@ -365,7 +365,10 @@ def _start_cycle_run(cycle: _Cycle) -> None:
 
     config = cycle.config
     experiment_id = configure_tracking(cycle.root, config.mlflow.experiment_name)
+    from pipeline.tracking.context import execution_tags
+
     tags = {
+        **execution_tags(cycle.root),
         "retrain": "true",
         "pipeline.kind": "retrain",
         "dataset": config.data.dataset,

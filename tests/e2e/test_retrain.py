@@ -323,7 +323,7 @@ def _check_the_outs_and_sync(project: Project, output: str, run_id: str, status:
     assert len(history) == 201
 
     # Evaluated once the server is back: this run is untracked, so evaluate leaves it to sync.
-    assert dvc(root, env, "repro", "--single-item", "evaluate").returncode == 0
+    assert dvc(root, env, "repro", "--single-item", "evaluate@scratch").returncode == 0
     synced = _sync(root, env)
     assert "scratch: logged the training run" in synced.stdout, _report(synced)
     assert "logged its evaluation" in synced.stdout, _report(synced)
@@ -334,7 +334,8 @@ def _check_the_outs_and_sync(project: Project, output: str, run_id: str, status:
     assert replacement.data.params["train.epochs"] == "200"
     steps = client.get_metric_history(replacement.info.run_id, "val_loss")
     assert sorted(metric.step for metric in steps) == list(range(200))
-    metrics = json.loads((root / "reports" / "metrics.json").read_text())["scratch"]
+    evaluation = json.loads((root / "reports" / "scratch" / "evaluation.json").read_text())
+    metrics = evaluation["metrics"]
     assert replacement.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert client.list_artifacts(replacement.info.run_id, "evaluation")
 
