@@ -1,5 +1,8 @@
 """MLflow runs: one tagged run per strategy, per-epoch metrics, artifacts and models.
 
+Keras is imported only where a model is logged, so the stages that only track (compare,
+report) do not pay its start-up.
+
 Metric and tag names are the same for every strategy so the MLflow UI compares runs column by
 column. Every call goes through a `RunRecorder`, so a tracking server that drops mid-run costs
 the run its remaining MLflow calls, never the training: the stage still writes its DVC outs,
@@ -15,7 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import keras
 import mlflow
 import numpy as np
 from mlflow.models import infer_signature
@@ -123,18 +125,6 @@ class RunRecorder:
                 mlflow.end_run(status)
 
 
-class EpochMetricsLogger(keras.callbacks.Callback):
-    """Logs `loss`, `accuracy`, `val_loss`, `val_accuracy` with step = epoch, as training runs."""
-
-    def __init__(self, recorder: RunRecorder) -> None:
-        super().__init__()
-        self.recorder = recorder
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = {key: float(value) for key, value in (logs or {}).items() if np.isscalar(value)}
-        self.recorder("epoch metrics", mlflow.log_metrics, metrics, step=epoch)
-
-
 def log_history(history: dict[str, list[float]]) -> None:
     """Log a whole training history (column -> value per epoch) at once, step = epoch."""
     from mlflow.entities import Metric
@@ -152,7 +142,7 @@ def log_history(history: dict[str, list[float]]) -> None:
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
-def log_keras_model(model: keras.Model, example: np.ndarray) -> str:
+def log_keras_model(model, example: np.ndarray) -> str:
     """Log `model` with a signature and input example of raw uint8 images; return its URI."""
     signature = infer_signature(example, model.predict(example, verbose=0))
     with _keras_flavor_creates_model_dir():
@@ -192,6 +182,8 @@ def model_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     requirements = []
+    import keras
+
     for package in ("mlflow", "keras", keras.backend.backend(), "numpy", "pandas"):
         try:
             requirements.append(f"{package}=={version(package)}")

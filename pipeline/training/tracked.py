@@ -43,7 +43,6 @@ from pipeline.models.backbones import (
 from pipeline.models.builders import resolve_architecture
 from pipeline.tracking.runs import (
     VALIDATION_ARTIFACT,
-    EpochMetricsLogger,
     RunRecorder,
     configure_tracking,
     create_run,
@@ -170,6 +169,18 @@ def train_and_record(
         "%s: trained %d epochs, MLflow run %s", strategy.name, len(history), recorder.run_id
     )
     return recorder
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Logs `loss`, `accuracy`, `val_loss`, `val_accuracy` with step = epoch, as training runs."""
+
+    def __init__(self, recorder: RunRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {key: float(value) for key, value in (logs or {}).items() if np.isscalar(value)}
+        self.recorder("epoch metrics", mlflow.log_metrics, metrics, step=epoch)
 
 
 class TrainingClock(keras.callbacks.Callback):

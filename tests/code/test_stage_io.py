@@ -8,6 +8,7 @@ also the fast suite's path through every stage's wiring and through MLflow track
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -174,16 +175,21 @@ def test_promoting_the_same_model_again_registers_nothing_new(traced) -> None:
     root, _ = traced
     (stage,) = [stage for stage in load_stages(root) if stage.name == "promote"]
     first = json.loads((root / "reports" / "promotion.json").read_text())
+    # The project's own store: not one another test pointed MLflow at (set_tracking_uri
+    # exports MLFLOW_TRACKING_URI to child processes).
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     result = subprocess.run(
         [sys.executable, "-m", stage.module, *stage.arguments],
         cwd=root,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "not registered again" in result.stderr
+    assert "not registered again" in result.stderr, result.stderr[-4000:]
     again = json.loads((root / "reports" / "promotion.json").read_text())
     assert again["challenger"]["version"] == first["challenger"]["version"] == 1
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    assert [v.version for v in client.search_model_versions("name = 'digits-classifier'")] == ["1"]
+    versions = client.search_model_versions("name = 'digits-classifier'")
+    assert [str(version.version) for version in versions] == ["1"]
