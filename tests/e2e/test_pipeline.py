@@ -430,33 +430,44 @@ def test_sweeps_and_queued_experiments_leave_the_baseline_and_the_registry_alone
     flat = flatten_params(yaml.safe_load((root / "params.yaml").read_text()))
     assert [column for column in columns if column in flat] == ["train.scratch.epochs"]
 
-    # Two queued experiments, run side by side from DVC's throwaway copies.
-    for name, epochs in (("queued-1", "1"), ("queued-2", "4")):
-        queued = dvc(root, env, "exp", "run", "--queue", "-n", name,
-                     "-S", f"train.scratch.epochs={epochs}")  # fmt: skip
-        assert queued.returncode == 0, queued.stderr
+    # Back to the baseline, then two queued experiments, run side by side from DVC's throwaway
+    # copies: one retrains scratch, one only moves a gate threshold.
+    subprocess.run(["git", "checkout", "params.yaml", "dvc.lock"], cwd=root, env=env, check=True)
+    assert dvc(root, env, "checkout").returncode == 0
+    assert json.loads(dvc(root, env, "status", "--json").stdout) == {}
+    queued = {"queued-1": "train.scratch.epochs=1", "queued-2": "promote.min_accuracy=0.5"}
+    for name, change in queued.items():
+        result = dvc(root, env, "exp", "run", "--queue", "-n", name, "-S", change)
+        assert result.returncode == 0, result.stderr
     started = dvc(root, env, "queue", "start", "-j", "2")
     assert started.returncode == 0, started.stderr
     status = _wait_for_queue(root, env)
     assert status.count("Success") == 2, status
-    for name in ("queued-1", "queued-2"):
+    for name in queued:
         logs = dvc(root, env, "queue", "logs", name).stdout
         assert "lost the MLflow tracking server" not in logs, logs[-3000:]
 
     # Every experiment's runs are in the main store, tagged with its name and changed params.
     experiment = client.get_experiment_by_name("image-classifiers")
-    for name, epochs in (("sweep", "3"), ("queued-1", "1"), ("queued-2", "4")):
+    expected = {
+        "sweep": ["comparison", "promotion", "strategy"],
+        "queued-1": ["comparison", "promotion", "strategy"],
+        "queued-2": ["promotion"],
+    }
+    changes = {"sweep": "train.scratch.epochs=3", **queued}
+    for name, kinds in expected.items():
         runs = client.search_runs(
             [experiment.experiment_id], filter_string=f"tags.dvc_exp_name = '{name}'"
         )
-        kinds = sorted(run.data.tags.get("pipeline.kind", "strategy") for run in runs)
-        assert kinds == ["comparison", "promotion", "strategy"], (name, kinds)
+        found = sorted(run.data.tags.get("pipeline.kind", "strategy") for run in runs)
+        assert found == kinds, (name, found)
         for run in runs:
-            assert run.data.tags["dvc_exp_params"] == f"train.scratch.epochs={epochs}"
+            assert run.data.tags["dvc_exp_params"] == changes[name]
             assert run.data.tags["dvc_exp_baseline_rev"]
-        (trained,) = [run for run in runs if "pipeline.kind" not in run.data.tags]
-        assert trained.data.tags["strategy"] == "scratch"
-        assert "test_accuracy" in trained.data.metrics
+        for run in runs:
+            if "pipeline.kind" not in run.data.tags:
+                assert run.data.tags["strategy"] == "scratch"
+                assert "test_accuracy" in run.data.metrics
     # The baseline's runs are as they were, and the registry too.
     assert {s: _run_record(client, run_id) for s, run_id in baseline.items()} == before
     assert _registry(client) == registry
