@@ -7,7 +7,8 @@ deliberately worse through params is rejected by the gate while the champion sta
 champion serves class names over HTTP; two concurrent cycles do not both run, and a killed
 cycle's lock is taken over.
 
-The PostgreSQL project runs the first cycles, the registry checks and the lock. The checks
+The PostgreSQL project (tests/e2e/test_retrain_postgres.py, the same tests) runs the first
+cycles, the registry checks and the lock. The checks
 whose code does not depend on the backend run on SQLite only, to keep the suite short: new
 images with the worse challenger, serving, and losing the server during training (nothing is
 lost, and `pipeline sync-mlflow` logs the run afterwards). The SQLite project also checks what
@@ -35,6 +36,7 @@ from PIL import Image
 from pipeline.config import STRATEGY_NAMES
 from pipeline.io import SPLITS, load_split
 from tests import fakes
+from tests.conftest import _start_tracking_server
 from tests.project import dvc, make_project_copy, tiny_params
 from tests.servers import model_server
 
@@ -107,6 +109,15 @@ class Project:
         return sorted(
             (v.version for v in self.client.search_model_versions(f"name='{MODEL}'")), key=int
         )
+
+
+@pytest.fixture(scope="module", params=["sqlite"], ids=["sqlite"])
+def tracking_server(request, tmp_path_factory):
+    """This module's project runs on SQLite; tests/e2e/test_retrain_postgres.py runs the same
+    tests on PostgreSQL as a module of its own, so pytest-xdist runs the two side by side."""
+    yield from _start_tracking_server(
+        request.param, tmp_path_factory.mktemp(f"tracking-{request.param}")
+    )
 
 
 @pytest.fixture(scope="module")
