@@ -162,11 +162,6 @@ def write_manifest(path: Path, digests: Iterable[str]) -> None:
     write_text(path, "".join(f"{digest}\n" for digest in sorted(set(map(str, digests)))))
 
 
-def read_manifest(path: Path) -> set[str]:
-    """The digests of a training manifest."""
-    return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
-
-
 def content_version(paths: Iterable[Path], length: int = 12) -> str:
     """A short hash of several files' contents, in path order: equal data, equal version.
 

@@ -57,7 +57,7 @@ from pipeline.evaluation.plots import (
     plot_roc_curve,
 )
 from pipeline.io import FIRST_KERNEL_FILE, HISTORY_FILE, MODEL_FILE, sha256_of, write_json
-from pipeline.tracking.runs import RunRecorder, create_run, ensure_experiment
+from pipeline.tracking.runs import RunRecorder, create_run
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def log_evaluation(
     run: dict,
     evaluation: StrategyEvaluation,
     report_dir: Path,
-    experiment_name: str,
+    experiment_id: str,
     tags: dict[str, str],
 ) -> str | None:
     """Log the test metrics and the report folder once; return the run that holds them.
@@ -292,7 +292,6 @@ def log_evaluation(
     client = mlflow.MlflowClient()
     target = _unevaluated_run(client, run.get("run_id"))
     if target is None:
-        experiment_id = ensure_experiment(experiment_name, None)
         target = create_run(
             experiment_id,
             f"{tags.get('dataset', 'pipeline')}-{evaluation.name}-evaluation",

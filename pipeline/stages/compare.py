@@ -70,7 +70,12 @@ def main(argv: Sequence[str]) -> None:
 
     import mlflow
 
-    from pipeline.tracking.runs import RunRecorder, configure_tracking, create_run
+    from pipeline.tracking.runs import (
+        RunRecorder,
+        configure_tracking,
+        create_run,
+        numeric_metrics,
+    )
 
     compared = {strategy.name: str(strategy.record.get("run_id")) for strategy in strategies}
     tags = {
@@ -83,10 +88,9 @@ def main(argv: Sequence[str]) -> None:
     recorder = RunRecorder(create_run(experiment_id, f"{config.data.dataset}-comparison", tags))
     with recorder.active():
         numbers = {
-            f"{name}.{key}": float(value)
+            f"{name}.{key}": value
             for name, values in metrics.items()
-            for key, value in values.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
+            for key, value in numeric_metrics(values).items()
         }
         recorder("metrics", mlflow.log_metrics, {**numbers, **significance_metrics(significance)})
         for path in (args.metrics, args.comparison, args.significance):

@@ -56,7 +56,7 @@ def main(argv: Sequence[str]) -> None:
     from pipeline.models.backbones import BACKBONES
     from pipeline.tracking.runs import configure_tracking
 
-    configure_tracking(Path.cwd())
+    experiment_id = configure_tracking(Path.cwd(), config.mlflow.experiment_name)
     paths = split_paths(args.prepared)
     split = load_split(paths["test"])
     test = TestImages(split.x, split.y, list(split.classes))
@@ -87,7 +87,7 @@ def main(argv: Sequence[str]) -> None:
             run,
             evaluation,
             args.out,
-            experiment_name=config.mlflow.experiment_name,
+            experiment_id=experiment_id,
             tags={"dataset": config.data.dataset, **execution_tags(Path.cwd())},
         )
 

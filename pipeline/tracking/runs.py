@@ -70,6 +70,15 @@ def parent_run_tags() -> dict[str, str]:
     return {MLFLOW_PARENT_RUN_ID: parent} if parent else {}
 
 
+def numeric_metrics(values: dict) -> dict[str, float]:
+    """The entries of `values` MLflow can log as metrics: numbers, not flags or names."""
+    return {
+        key: float(value)
+        for key, value in values.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 def create_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
     """A new run (a child of the enclosing one, if any); return its id."""
     run = mlflow.MlflowClient().create_run(

@@ -38,6 +38,7 @@ from pipeline.tracking.runs import (
     configure_tracking,
     log_history,
     log_keras_model,
+    numeric_metrics,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,11 +79,7 @@ def sync_runs(root: Path, paths: dict[str, str]) -> list[SyncOutcome]:
             actions.append("its evaluation is of another model: run `dvc repro`, then sync again")
         elif evaluated and EVALUATED_TAG not in client.get_run(run_id).data.tags:
             evaluation = read_json(report_dir / EVALUATED_MODEL_FILE)
-            numbers = {
-                key: float(value)
-                for key, value in {**evaluation["metrics"], **evaluation["mlflow_metrics"]}.items()
-                if isinstance(value, int | float) and not isinstance(value, bool)
-            }
+            numbers = numeric_metrics({**evaluation["metrics"], **evaluation["mlflow_metrics"]})
             for key, value in numbers.items():
                 client.log_metric(run_id, key, value)
             client.log_artifacts(run_id, str(report_dir), EVALUATION_ARTIFACTS)
