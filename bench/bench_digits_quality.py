@@ -31,8 +31,8 @@ def main() -> None:
 
     from pipeline.config import load_config
     from pipeline.evaluation.metrics import evaluate_model
-    from pipeline.io import load_splits
     from pipeline.models.builders import resolve_architecture
+    from pipeline.store import load_splits
     from pipeline.training.fit import set_global_seed
     from pipeline.training.strategies import TrainingContext, train_scratch
 

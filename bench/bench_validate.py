@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.io import Split  # noqa: E402
+from pipeline.store import Split  # noqa: E402
 from pipeline.validation.gate import run_gate  # noqa: E402
 from pipeline.validation.profile import build_image_table, count_near_duplicates  # noqa: E402
 from pipeline.validation.suites import GateSettings  # noqa: E402

@@ -107,7 +107,7 @@ def predict(args: argparse.Namespace) -> int:
     # Quiet what can be quieted of TensorFlow's C++ start-up lines, as the stages do.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from pipeline.config import load_config
-    from pipeline.io import atomic_write, split_paths
+    from pipeline.store import atomic_write, split_paths
     from pipeline.tracking.server import limit_http_retries, tracking_uri
     from pipeline.wiring import project_paths
 

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.datasets.images import ResizeMode, decode_many
 from pipeline.datasets.sources import IMAGE_EXTENSIONS
 from pipeline.errors import ModelError, PipelineError, TrackingUnavailable
-from pipeline.io import MODEL_FILE
+from pipeline.store import MODEL_FILE
 
 logger = logging.getLogger("pipeline.predict")
 
@@ -205,8 +205,8 @@ def best_local_model(metrics_file: Path, models_dir: Path) -> Path | None:
     `metrics_file` (the promote stage's choice, ties to the first strategy); None when nothing
     has been evaluated."""
     from pipeline.config import STRATEGY_NAMES
-    from pipeline.io import read_json
     from pipeline.stages.promote import choose_strategy
+    from pipeline.store import read_json
 
     if not metrics_file.is_file():
         return None

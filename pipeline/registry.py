@@ -227,6 +227,6 @@ def record_decision(name: str, version: str, decision: Decision, champion: str |
         client.set_model_version_tag(name, version, key, value)
 
 
-def crown(name: str, version: str) -> None:
+def set_champion(name: str, version: str) -> None:
     """Point `champion` at `version`: the one change a service sees."""
     mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)

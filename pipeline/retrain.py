@@ -40,9 +40,9 @@ from pathlib import Path
 from pipeline.config import STRATEGY_NAMES, PipelineConfig, load_config
 from pipeline.datasets.fingerprint import DataChange, compare_fingerprints, fingerprint_dataset
 from pipeline.errors import PipelineError, RetrainFailed
-from pipeline.io import PLAN_FILE, RUN_FILE, read_json, write_json
+from pipeline.store import PLAN_FILE, RUN_FILE, read_json, write_json
 from pipeline.tracking.server import check_tracking_server, limit_http_retries, tracking_uri
-from pipeline.wiring import load_stages, project_paths, within
+from pipeline.wiring import is_path_under, load_stages, project_paths
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def _run_steps(cycle: _Cycle) -> None:
                     other.name
                     for stage in training
                     for other in stages
-                    if any(within(dep, other.outs) for dep in stage.path_deps)
+                    if any(is_path_under(dep, other.outs) for dep in stage.path_deps)
                 }
             )
             names = [stage.name for stage in training]

@@ -46,7 +46,7 @@ class StageWiring:
         return tuple(values)
 
 
-def within(path: str, declared: set[str] | frozenset[str]) -> bool:
+def is_path_under(path: str, declared: set[str] | frozenset[str]) -> bool:
     """Whether the project-relative `path` is one of `declared` or inside one of them."""
     return any(path == item or path.startswith(f"{item}/") for item in declared)
 

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from pipeline.datasets.sources import DATASETS, DatasetSpec
-from pipeline.io import sha256_of
+from pipeline.store import sha256_of
 from tests import fakes
 
 # Kept small: the readers are exercised, not the models.

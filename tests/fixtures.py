@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import Split
+from pipeline.store import Split
 
 
 def make_split(

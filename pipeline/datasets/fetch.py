@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.datasets.archives import extract_archive
 from pipeline.datasets.sources import DatasetSpec, SourceFile
 from pipeline.errors import DataError
-from pipeline.io import atomic_directory, atomic_write, copy_file, sha256_of
+from pipeline.store import atomic_directory, atomic_write, copy_file, sha256_of
 
 logger = logging.getLogger(__name__)
 

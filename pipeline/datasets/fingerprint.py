@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.datasets.fetch import resolve_source, source_overrides
 from pipeline.datasets.folders import scan_image_folder
 from pipeline.datasets.sources import DATASETS
-from pipeline.io import sha256_of
+from pipeline.store import sha256_of
 
 
 @dataclass(frozen=True)

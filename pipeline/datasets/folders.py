@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.datasets.sources import IMAGE_EXTENSIONS
 from pipeline.errors import DataError
-from pipeline.io import atomic_directory, copy_file
+from pipeline.store import atomic_directory, copy_file
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Train/val/test splits that stay put: an image's split is a keyed hash of its content and
-`data.seed` (the store is `pipeline.io`).
+`data.seed` (the store is `pipeline.store`).
 
 Adding, removing or editing other images never moves an image, and exact duplicates always
 share a split. The one exception: an image of a class too small to reach every split by chance
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.io import SPLITS, keyed_position
+from pipeline.store import SPLITS, keyed_position
 
 _TRAIN, _VAL, _TEST = (SPLITS.index(name) for name in ("train", "val", "test"))
 
@@ -56,7 +56,7 @@ def allowed_deviation(total: int, fraction: float, reassigned: int = 0) -> int:
 
 
 def hash_positions(digests: np.ndarray, seed: int) -> np.ndarray:
-    """Each image's keyed position in [0, 1) (`pipeline.io.keyed_position`), hashed once per
+    """Each image's keyed position in [0, 1) (`pipeline.store.keyed_position`), hashed once per
     distinct digest: duplicates get the same position, hence the same split."""
     distinct, inverse = np.unique(np.asarray(digests, dtype=str), return_inverse=True)
     positions = np.array([keyed_position(str(digest), seed) for digest in distinct])

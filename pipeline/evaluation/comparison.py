@@ -14,7 +14,7 @@ import pandas as pd
 from pipeline.errors import PipelineError
 from pipeline.evaluation.layout import EVALUATION_JSON, PREDICTIONS_CSV
 from pipeline.evaluation.significance import pairwise_mcnemar
-from pipeline.io import read_json
+from pipeline.store import read_json
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pipeline.explain.filters import first_conv_kernel
 from pipeline.explain.gradcam import grad_cam
 from pipeline.explain.graph import activation_model, conv_layer_names, find_layer
 from pipeline.explain.patterns import filter_patterns
-from pipeline.io import FIRST_KERNEL_FILE
+from pipeline.store import FIRST_KERNEL_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ from pipeline.evaluation.plots import (
     plot_precision_recall_curve,
     plot_roc_curve,
 )
-from pipeline.io import FIRST_KERNEL_FILE, HISTORY_FILE, MODEL_FILE, sha256_of, write_json
+from pipeline.store import FIRST_KERNEL_FILE, HISTORY_FILE, MODEL_FILE, sha256_of, write_json
 from pipeline.tracking.runs import RunRecorder, create_run
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class StrategyEvaluation:
 
 
 @dataclass(frozen=True)
-class TestImages:
+class EvaluationImages:
     x: np.ndarray
     y: np.ndarray
     classes: list[str]
@@ -101,7 +101,7 @@ def evaluate_strategy(
     strategy: str,
     model_dir: Path,
     output: Path,
-    test: TestImages,
+    test: EvaluationImages,
     run: dict,
     options: EvaluateConfig,
     train_image: np.ndarray | None = None,
@@ -219,7 +219,7 @@ def write_predictions(
 
 
 def write_galleries(
-    test: TestImages,
+    test: EvaluationImages,
     probabilities: np.ndarray,
     output: Path,
     options: EvaluateConfig,

@@ -47,7 +47,7 @@ from pipeline.evaluation.layout import (
     PR_PNG,
     ROC_PNG,
 )
-from pipeline.io import Split, atomic_write
+from pipeline.store import Split, atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from pipeline.datasets.folders import scan_image_folder
 from pipeline.datasets.sources import DATASETS
 from pipeline.entry import run_entry
 from pipeline.errors import ConfigError, ModelError
-from pipeline.io import write_json
 from pipeline.models.backbones import (
     BACKBONES,
     check_backbone_input,
@@ -30,6 +29,7 @@ from pipeline.models.builders import (
     check_pooling_blocks,
     resolve_architecture,
 )
+from pipeline.store import write_json
 
 logger = logging.getLogger("pipeline.stages.check_params")
 

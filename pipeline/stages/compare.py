@@ -21,7 +21,7 @@ from pipeline.evaluation.comparison import (
     read_evaluated_strategy,
     significance_metrics,
 )
-from pipeline.io import load_split, split_paths, write_json
+from pipeline.store import load_split, split_paths, write_json
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.server import check_tracking_server, tracking_uri
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline.config import STRATEGY_NAMES, load_config
 from pipeline.entry import run_entry
 from pipeline.errors import ConfigError
-from pipeline.io import RUN_FILE, load_split, read_json, split_paths
+from pipeline.store import RUN_FILE, load_split, read_json, split_paths
 from pipeline.tracking.context import execution_tags
 
 logger = logging.getLogger("pipeline.stages.evaluate")
@@ -48,7 +48,7 @@ def main(argv: Sequence[str]) -> None:
 
     # Keras and MLflow load only after the server check (see the train stage).
     from pipeline.evaluation.report import (
-        TestImages,
+        EvaluationImages,
         evaluate_strategy,
         log_evaluation,
         write_evaluation_record,
@@ -59,7 +59,7 @@ def main(argv: Sequence[str]) -> None:
     experiment_id = configure_tracking(Path.cwd(), config.mlflow.experiment_name)
     paths = split_paths(args.prepared)
     split = load_split(paths["test"])
-    test = TestImages(split.x, split.y, list(split.classes))
+    test = EvaluationImages(split.x, split.y, list(split.classes))
     run = read_json(args.model / RUN_FILE)
     # One training image for the augmentation figure: the first, as the course's listing 5.12.
     train_image = load_split(paths["train"]).x[0] if run.get("augmentation") else None

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from pipeline.config import load_config
 from pipeline.entry import run_entry
-from pipeline.io import EXTRACTOR_FILE, FEATURES_INFO_FILE, load_splits, write_json
 from pipeline.models.backbones import BACKBONES, resolve_weights
 from pipeline.models.heads import build_feature_extractor
+from pipeline.store import EXTRACTOR_FILE, FEATURES_INFO_FILE, load_splits, write_json
 from pipeline.training.fit import set_global_seed
 
 logger = logging.getLogger("pipeline.stages.features")

@@ -26,7 +26,7 @@ from pipeline.config import STRATEGY_NAMES, PipelineConfig, load_config
 from pipeline.entry import run_entry
 from pipeline.errors import ConfigError, RegistryError
 from pipeline.evaluation.promotion import Criterion
-from pipeline.io import (
+from pipeline.store import (
     MANIFEST_FILE,
     MODEL_FILE,
     RUN_FILE,
@@ -265,7 +265,7 @@ def promote(
         mlflow.log_metric("promotion_passed", float(decision.passed))
         mlflow.log_metric("train_test_overlap", float(overlap.excluded))
         if decision.passed and version is not None:
-            registry.crown(name, version.version)
+            registry.set_champion(name, version.version)
             record["champion_after"] = int(version.version)
             logger.info("promoted %s version %s to champion", name, version.version)
         else:

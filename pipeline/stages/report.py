@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.config import load_config
 from pipeline.entry import run_entry
-from pipeline.io import load_split, read_json, split_paths
+from pipeline.store import load_split, read_json, split_paths
 
 logger = logging.getLogger("pipeline.stages.report")
 

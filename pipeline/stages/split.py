@@ -25,7 +25,7 @@ from pipeline.datasets.sources import DATASETS
 from pipeline.datasets.split import plan_split, stratified_subset
 from pipeline.entry import run_entry
 from pipeline.errors import DataError
-from pipeline.io import (
+from pipeline.store import (
     PLAN_FILE,
     SPLITS,
     image_digest,

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.config import STRATEGY_NAMES, load_config
 from pipeline.entry import run_entry
 from pipeline.errors import ConfigError
-from pipeline.io import content_version, load_splits, read_json, split_paths
+from pipeline.store import content_version, load_splits, read_json, split_paths
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.server import check_tracking_server, tracking_uri
 

@@ -17,7 +17,7 @@ from pipeline.config import PipelineConfig, load_config
 from pipeline.datasets.sources import DATASETS
 from pipeline.entry import run_entry
 from pipeline.errors import ValidationFailed
-from pipeline.io import PLAN_FILE, Split, load_splits, read_json, write_json
+from pipeline.store import PLAN_FILE, Split, load_splits, read_json, write_json
 from pipeline.validation.gate import run_gate
 from pipeline.validation.suites import GateSettings
 

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.config import STRATEGY_NAMES
 from pipeline.evaluation.report import EVALUATED_MODEL_FILE, EVALUATED_TAG, EVALUATION_ARTIFACTS
-from pipeline.io import (
+from pipeline.store import (
     HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_FILE,

@@ -57,7 +57,7 @@ import keras
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import sha256_of
+from pipeline.store import sha256_of
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,14 @@ import pandas as pd
 
 from pipeline.config import PipelineConfig, flatten_params
 from pipeline.datasets.sources import DATASETS
-from pipeline.io import (
+from pipeline.models.backbones import (
+    BACKBONES,
+    ResolvedWeights,
+    resolve_unfreeze_from,
+    resolve_weights,
+)
+from pipeline.models.builders import resolve_architecture
+from pipeline.store import (
     EXTRACTOR_FILE,
     FEATURES_INFO_FILE,
     FIRST_KERNEL_FILE,
@@ -34,13 +41,6 @@ from pipeline.io import (
     write_json,
     write_manifest,
 )
-from pipeline.models.backbones import (
-    BACKBONES,
-    ResolvedWeights,
-    resolve_unfreeze_from,
-    resolve_weights,
-)
-from pipeline.models.builders import resolve_architecture
 from pipeline.tracking.runs import (
     VALIDATION_ARTIFACT,
     RunRecorder,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.io import Split
+from pipeline.store import Split
 from pipeline.validation.profile import (
     build_image_table,
     class_table,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.io import Split, image_digests
+from pipeline.store import Split, image_digests
 
 TABLE_COLUMNS = [
     "split",
@@ -51,7 +51,7 @@ def _area_resize_matrix(size: int, output: int) -> np.ndarray:
 
 def content_hashes(images: np.ndarray) -> list[str]:
     """A digest of each image's bytes: equal digests are exact duplicates (the one content
-    hash of the pipeline, `pipeline.io.image_digest`)."""
+    hash of the pipeline, `pipeline.store.image_digest`)."""
     return [str(digest) for digest in image_digests(images)]
 
 

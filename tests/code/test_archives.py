@@ -17,7 +17,7 @@ from pipeline.datasets.archives import extract_archive
 from pipeline.datasets.fetch import fetch_dataset
 from pipeline.datasets.sources import CIFAR10
 from pipeline.errors import DataError
-from pipeline.io import sha256_of
+from pipeline.store import sha256_of
 
 
 def _tar(path: Path, members: list[tuple[str, bytes, dict]]) -> Path:

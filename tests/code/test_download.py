@@ -19,7 +19,7 @@ from pipeline.datasets.fetch import (
 )
 from pipeline.datasets.sources import DATASETS, DIGITS, FASHION_MNIST, MINI_CIFAR, MNIST, SourceFile
 from pipeline.errors import DataError
-from pipeline.io import sha256_of
+from pipeline.store import sha256_of
 from tests import fakes
 
 

@@ -22,7 +22,6 @@ from PIL import Image
 from pipeline import cli
 from pipeline.datasets.images import decode_image
 from pipeline.errors import ModelError, PipelineError, TrackingUnavailable
-from pipeline.io import Split, save_split
 from pipeline.predict import (
     ModelChoice,
     best_local_model,
@@ -30,6 +29,7 @@ from pipeline.predict import (
     find_images,
     prediction_header,
 )
+from pipeline.store import Split, save_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "pipeline"
@@ -318,7 +318,7 @@ def test_the_registry_champion_is_used_by_default(digits, tmp_path, monkeypatch,
     import mlflow
 
     from pipeline import registry
-    from pipeline.io import load_split
+    from pipeline.store import load_split
 
     shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")  # dataset: digits
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -333,7 +333,7 @@ def test_the_registry_champion_is_used_by_default(digits, tmp_path, monkeypatch,
         with mlflow.start_run(experiment_id=experiment):
             info = registry.log_classifier(digits.model_file, test.classes, test.x[:2])
         version = registry.register_challenger("digits-classifier", info.model_uri, {})
-        registry.crown("digits-classifier", version.version)
+        registry.set_champion("digits-classifier", version.version)
         caplog.set_level(logging.INFO, logger="pipeline")
         # No --model, and a project without models/ or metrics: the champion it must be.
         rows = _run_predict(capsys, str(digits.images), "--root", str(tmp_path))

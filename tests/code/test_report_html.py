@@ -21,7 +21,6 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.io import Split  # noqa: E402
 from pipeline.reporting import (  # noqa: E402
     DatasetCard,
     ReportContent,
@@ -34,6 +33,7 @@ from pipeline.reporting import (  # noqa: E402
     write_report,
 )
 from pipeline.reporting import html as report_html  # noqa: E402
+from pipeline.store import Split  # noqa: E402
 from tests.project import PROJECT_ROOT  # noqa: E402
 
 HOSTILE = '<script>alert("x")</script>'

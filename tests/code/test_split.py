@@ -23,7 +23,8 @@ from pipeline.datasets.split import (
     stratified_subset,
 )
 from pipeline.errors import DataError
-from pipeline.io import (
+from pipeline.stages.split import prepare_splits
+from pipeline.store import (
     SPLITS,
     image_digests,
     load_split,
@@ -32,7 +33,6 @@ from pipeline.io import (
     save_split,
     write_split,
 )
-from pipeline.stages.split import prepare_splits
 from tests import fakes
 from tests.fixtures import make_split
 

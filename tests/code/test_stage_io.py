@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from pipeline.wiring import load_stages, within
+from pipeline.wiring import is_path_under, load_stages
 from tests.project import PROJECT_ROOT, make_project_copy
 
 # The MLflow store is shared state outside the pipeline's data flow: every training run adds to
@@ -87,7 +87,9 @@ def test_stages_write_only_their_declared_outs(traced) -> None:
     root, trace = traced
     for stage in load_stages(root):
         writes = trace[stage.name]["writes"]
-        stray = [path for path in writes if not within(path, set(stage.outs)) and not _store(path)]
+        stray = [
+            path for path in writes if not is_path_under(path, set(stage.outs)) and not _store(path)
+        ]
         assert not stray, f"stage {stage.name} wrote undeclared files: {stray}"
         # And each declared out was really produced.
         missing = [out for out in stage.outs if not (root / out).exists()]
@@ -105,7 +107,9 @@ def test_stages_read_only_their_declared_deps(traced) -> None:
         stray = [
             path
             for path in reads
-            if not within(path, allowed) and not _store(path) and not path.startswith("pipeline/")
+            if not is_path_under(path, allowed)
+            and not _store(path)
+            and not path.startswith("pipeline/")
         ]
         assert not stray, f"stage {stage.name} read undeclared files: {stray}"
 

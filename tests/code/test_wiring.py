@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.wiring import check_code_deps, import_closure, load_stages, within
+from pipeline.wiring import check_code_deps, import_closure, is_path_under, load_stages
 from tests.project import PROJECT_ROOT, copy_project_files
 
 STAGES = load_stages(PROJECT_ROOT)
@@ -145,7 +145,9 @@ def test_project_dvc_yaml_passes_the_cli_check() -> None:
 @pytest.mark.parametrize("stage", STAGES, ids=[stage.name for stage in STAGES])
 def test_stage_gets_its_paths_as_arguments_and_they_are_declared(stage) -> None:
     arguments = stage.path_arguments
-    undeclared = [path for path in arguments if not within(path, stage.path_deps | stage.outs)]
+    undeclared = [
+        path for path in arguments if not is_path_under(path, stage.path_deps | stage.outs)
+    ]
     assert not undeclared, f"stage {stage.name} is given paths it does not declare: {undeclared}"
     # An out the stage is not told about would have to be hard-coded in its module.
     untold = sorted(stage.outs - set(arguments))

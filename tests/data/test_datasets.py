@@ -19,8 +19,8 @@ from pipeline.datasets.readers import open_dataset
 from pipeline.datasets.readers.arrays import CIFAR10_CLASSES
 from pipeline.datasets.split import allowed_deviation
 from pipeline.errors import DataError
-from pipeline.io import load_splits
 from pipeline.stages.split import prepare_splits
+from pipeline.store import load_splits
 from tests import fakes
 from tests.datasets_local import PET_NUMBERS, generate_source_files, local_spec
 

@@ -13,8 +13,8 @@ import pytest
 
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import ValidationFailed
-from pipeline.io import Split, save_split
 from pipeline.stages.validate import validate_prepared
+from pipeline.store import Split, save_split
 from pipeline.validation.gate import run_gate
 from pipeline.validation.profile import build_image_table, count_near_duplicates, difference_hashes
 from pipeline.validation.suites import GateSettings, split_count_range

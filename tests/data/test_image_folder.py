@@ -13,8 +13,8 @@ from PIL import Image
 from pipeline.config import DataConfig
 from pipeline.datasets.folders import scan_image_folder, snapshot_image_folder
 from pipeline.errors import DataError
-from pipeline.io import load_splits
 from pipeline.stages.split import prepare_splits
+from pipeline.store import load_splits
 from tests import fakes
 from tests.project import run_stage_alone
 

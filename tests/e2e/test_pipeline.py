@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pipeline.config import flatten_params
-from pipeline.io import sha256_of as sha256
+from pipeline.store import sha256_of as sha256
 from tests.browser import Browser, chromium_or_skip
 from tests.project import dvc, make_project_copy
 

@@ -34,7 +34,7 @@ import yaml
 from PIL import Image
 
 from pipeline.config import STRATEGY_NAMES
-from pipeline.io import SPLITS, load_split
+from pipeline.store import SPLITS, load_split
 from tests import fakes
 from tests.conftest import _start_tracking_server
 from tests.project import dvc, make_project_copy, tiny_params
