@@ -95,3 +95,38 @@ def decode_many(
         # list() re-raises any unexpected exception from a worker here.
         list(pool.map(work, range(len(paths))))
     return dict(sorted(bad.items()))
+
+
+def as_uint8_images(
+    values, name: str = "images", batch: bool = True, channels: int | None = None
+) -> np.ndarray:
+    """`values` as uint8 images with a channel axis: (N, H, W, C) when `batch`, else (H, W, C).
+
+    The one place that accepts the shapes images arrive in ((H, W), (H, W, 1), (H, W, 3) and
+    their batches) and says clearly what it refused. `channels=3` repeats a gray channel (for
+    colour overlays); `channels=1` converts RGB to gray by luminance (ITU-R 601, as PIL's "L").
+    """
+    array = np.asarray(values)
+    rank = 4 if batch else 3
+    if batch and array.size == 0:
+        return np.zeros((0, 1, 1, channels or 1), dtype=np.uint8)
+    if array.dtype != np.uint8:
+        raise ValueError(
+            f"{name} must be uint8 images (raw pixels, as the split stores them), "
+            f"got dtype {array.dtype}"
+        )
+    if array.ndim == rank - 1:
+        array = array[..., None]
+    if array.ndim != rank or array.shape[-1] not in (1, 3):
+        expected = (
+            "(N, H, W), (N, H, W, 1) or (N, H, W, 3)" if batch else "(H, W), (H, W, 1) or (H, W, 3)"
+        )
+        raise ValueError(f"{name} must have shape {expected}, got {np.shape(values)}")
+    if channels == 3 and array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    elif channels == 1 and array.shape[-1] == 3:
+        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        array = np.rint(array.astype(np.float32) @ weights)[..., None].astype(np.uint8)
+    elif channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or None, got {channels}")
+    return array
