@@ -40,6 +40,8 @@ MANIFEST_FILE = "training_manifest.txt"
 the promotion gate proves with it that no test image was trained on."""
 FIRST_KERNEL_FILE = "first_kernel_before.npy"
 """The scratch model's first conv kernel before training, for the filters figure."""
+CLASSES_FILE = "classes.json"
+"""Beside a model: its class names, a JSON list in label order (what `predict` answers in)."""
 FEATURES_INFO_FILE = "backbone.json"
 EXTRACTOR_FILE = "extractor.keras"
 
@@ -70,22 +72,41 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
 @contextlib.contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; it replaces `target` as a whole when the
-    block succeeds, and is deleted, leaving `target` as it was, when it fails."""
+    block succeeds, and is deleted, leaving `target` as it was, when it fails.
+
+    The staged files and the folders are fsynced before and after the rename, so a power cut
+    leaves either the old folder or the whole new one (a training backup relies on this).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         yield staging
+        for path in sorted(staging.rglob("*"), reverse=True):
+            fsync_path(path)
+        fsync_path(staging)
         previous = None
         if target.exists():
             previous = target.with_name(f".{target.name}.previous")
             shutil.rmtree(previous, ignore_errors=True)
             os.replace(target, previous)
         os.replace(staging, target)
+        fsync_path(target.parent)
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk (a folder: where a rename is recorded).
+    Folders cannot be opened on Windows: skipped there."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -95,6 +116,11 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, payload: Any) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def write_classes(model_dir: Path, classes: Iterable[str]) -> None:
+    """Write CLASSES_FILE beside a model, so it can be used without the split it came from."""
+    write_json(Path(model_dir) / CLASSES_FILE, [str(name) for name in classes])
 
 
 def read_json(path: Path) -> Any:
