@@ -44,6 +44,12 @@ class _Strict(BaseModel):
 _URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
 
 
+def _require_scheme(value: str | None, what: str) -> str | None:
+    if value is not None and not value.startswith(_URL_SCHEMES):
+        raise ValueError(f"must be {what} starting with one of {', '.join(_URL_SCHEMES)}")
+    return value
+
+
 class SourceConfig(_Strict):
     """Where to fetch one dataset from instead of the table in pipeline/datasets/sources.py."""
 
@@ -53,9 +59,7 @@ class SourceConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(_URL_SCHEMES):
-            raise ValueError(f"must start with one of {', '.join(_URL_SCHEMES)}")
-        return value
+        return _require_scheme(value, "a URL")
 
 
 class DataConfig(_Strict):
@@ -76,12 +80,7 @@ class DataConfig(_Strict):
     @field_validator("mirror")
     @classmethod
     def _mirror_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(_URL_SCHEMES):
-            raise ValueError(
-                f"must be a base URL starting with one of {', '.join(_URL_SCHEMES)}, holding "
-                "<dataset>/<file> for each dataset"
-            )
-        return value
+        return _require_scheme(value, "a base URL (holding <dataset>/<file> for each dataset)")
 
     @field_validator("sources")
     @classmethod
@@ -389,15 +388,3 @@ def _allowed_keys(location: list[str]) -> list[str]:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return []
     return [field.alias or name for name, field in model.model_fields.items()]
-
-
-def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}: the form MLflow params and `dvc exp run -S` use."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_params(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat

@@ -16,6 +16,13 @@ import numpy as np
 import pandas as pd
 from mlflow.models import set_model
 
+try:
+    from pipeline.models.outputs import class_probabilities
+except ImportError:
+    # Loaded where this package is not installed: MLflow put the model's code (logged with
+    # `code_paths`, see registry.log_classifier) on sys.path.
+    from outputs import class_probabilities
+
 PREDICTED_CLASS = "predicted_class"
 KERAS_MODEL_ARTIFACT = "keras_model"
 CLASSES_ARTIFACT = "classes"
@@ -45,10 +52,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             if images.min() < 0 or images.max() > 255:
                 raise ValueError("images must hold raw pixel values in 0..255 (uint8)")
             images = images.astype(np.uint8)
-        probabilities = np.asarray(self.model.predict(images, verbose=0), dtype=np.float64)
-        if probabilities.shape[1] == 1:
-            # A two-class model's one sigmoid unit is the probability of the second class.
-            probabilities = np.hstack([1.0 - probabilities, probabilities])
+        probabilities = class_probabilities(self.model.predict(images, verbose=0))
         frame = pd.DataFrame(probabilities, columns=self.classes)
         frame.insert(0, PREDICTED_CLASS, [self.classes[i] for i in probabilities.argmax(axis=1)])
         return frame

@@ -104,7 +104,7 @@ def as_uint8_images(
 
     The one place that accepts the shapes images arrive in ((H, W), (H, W, 1), (H, W, 3) and
     their batches) and says clearly what it refused. `channels=3` repeats a gray channel (for
-    colour overlays); `channels=1` converts RGB to gray by luminance (ITU-R 601, as PIL's "L").
+    colour overlays); `channels=1` converts RGB to gray exactly as Pillow's `convert("L")` does.
     """
     array = np.asarray(values)
     rank = 4 if batch else 3
@@ -125,8 +125,10 @@ def as_uint8_images(
     if channels == 3 and array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     elif channels == 1 and array.shape[-1] == 3:
-        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        array = np.rint(array.astype(np.float32) @ weights)[..., None].astype(np.uint8)
+        # Pillow's own fixed-point ITU-R 601 luma, so a gray image is what `convert("L")` gives.
+        rgb = array.astype(np.uint32)
+        luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+        array = luma[..., None].astype(np.uint8)
     elif channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels}")
     return array

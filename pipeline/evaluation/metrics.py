@@ -23,14 +23,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-
-def class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """One probability column per class, whatever the output layer: a two-class model's single
-    sigmoid unit (the probability of class 1) becomes two columns, [1 - p, p]."""
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if outputs.ndim == 2 and outputs.shape[1] == 1:
-        return np.hstack([1.0 - outputs, outputs])
-    return outputs
+from pipeline.models.outputs import class_probabilities
 
 
 def evaluate_model(

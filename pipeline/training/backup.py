@@ -41,13 +41,10 @@ it works on every backend.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,7 +54,7 @@ import keras
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.store import sha256_of
+from pipeline.store import atomic_directory, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +63,8 @@ OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
 _FORMAT = 1
 _SNAPSHOT = re.compile(r"^backup-(\d{6,})$")
-_STAGING_PREFIX = ".staging-"
+_STAGING_PREFIX = ".backup-"
+"""What `store.atomic_directory` names a snapshot's staging folder (a leftover after a kill)."""
 
 
 @dataclass
@@ -143,9 +141,9 @@ class TrainingBackup:
         remove the older ones. Returns the snapshot's folder."""
         if model.optimizer is None or not model.optimizer.built:
             raise ValueError("save needs a compiled model whose optimizer is built")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.directory, prefix=_STAGING_PREFIX))
-        try:
+        target = self.directory / f"backup-{self._next_number():06d}"
+        # One staging folder that fsyncs: a snapshot is whole after a power cut, or absent.
+        with atomic_directory(target) as staging:
             model.save_weights(staging / WEIGHTS_FILE)
             values = [variable.numpy() for variable in model.optimizer.variables]
             np.savez(staging / OPTIMIZER_FILE, *values)
@@ -163,13 +161,6 @@ class TrainingBackup:
             }
             # state.json is written last: a snapshot with one is complete.
             (staging / STATE_FILE).write_text(json.dumps(payload, indent=1) + "\n")
-            for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE):
-                _fsync(staging / name)
-            target = self.directory / f"backup-{self._next_number():06d}"
-            os.rename(staging, target)
-            _fsync(self.directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         for entry in self.directory.iterdir():
             if entry != target and (_SNAPSHOT.match(entry.name) or _is_staging(entry)):
                 shutil.rmtree(entry, ignore_errors=True)
@@ -323,14 +314,3 @@ def _read_state(snapshot: Path) -> tuple[str, BackupState] | None:
 
 def _is_staging(entry: Path) -> bool:
     return entry.name.startswith(_STAGING_PREFIX)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or folder to disk, so a snapshot survives a power cut, not only a kill.
-    Folders cannot be opened on Windows: skipped there."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)

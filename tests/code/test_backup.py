@@ -164,7 +164,7 @@ def test_a_kill_during_a_save_leaves_the_last_complete_backup(tmp_path: Path) ->
     complete = next(directory.glob("backup-*"))
     # What SIGKILL leaves during a save: a staging folder with a truncated weights file and
     # no state.json (the rename never happened).
-    staging = directory / ".staging-killed"
+    staging = directory / ".backup-000002.killed"
     staging.mkdir()
     data = (complete / WEIGHTS_FILE).read_bytes()
     (staging / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
