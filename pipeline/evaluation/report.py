@@ -1,6 +1,7 @@
 """One strategy's evaluation: its test metrics, confusion matrices, per-class figures, curves,
-galleries and explanations, as files in its report folder (with evaluation.json, what the
-comparison across strategies reads) and as MLflow metrics and artifacts, logged once.
+galleries and explanations, as files in its report folder, and the evaluation as one dict: what
+the evaluate stage writes to evaluation.json (read by the comparison across strategies) and
+logs to MLflow (pipeline/tracking/strategy_runs.py), so the two can never disagree.
 
 The file names here are the contract with the report stage (pipeline/reporting/html.py finds
 figures by these names) and with `dvc.yaml`'s plots.
@@ -10,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -28,7 +28,6 @@ from pipeline.evaluation.layout import (
     CONFUSION_PLOT,
     CONFUSION_PNG,
     CURVES_PNG,
-    EVALUATION_JSON,
     MISTAKES_PNG,
     MOSAIC_PNG,
     PR_PNG,
@@ -47,47 +46,24 @@ from pipeline.evaluation.metrics import (
     probability_metrics,
     top_k_metrics,
 )
-from pipeline.evaluation.plots import (
+from pipeline.evaluation.mosaics import (
     augmented_versions,
     plot_augmented_versions,
+    plot_image_mosaic,
+)
+from pipeline.evaluation.plots import (
     plot_confusion,
     plot_history,
-    plot_image_mosaic,
     plot_precision_recall_curve,
     plot_roc_curve,
 )
 from pipeline.store import FIRST_KERNEL_FILE, HISTORY_FILE, MODEL_FILE, sha256_of, write_json
-from pipeline.tracking.runs import RunRecorder, create_run
 
 logger = logging.getLogger(__name__)
-
-EVALUATION_ARTIFACTS = "evaluation"
-EVALUATED_MODEL_FILE = EVALUATION_JSON
-"""Which model file a report folder describes, so `pipeline sync-mlflow` never logs one
-model's evaluation on another model's run."""
-EVALUATED_TAG = "pipeline.evaluated"
-"""Set on a run once it holds an evaluation: later executions never write to it again."""
-EVALUATES_RUN_TAG = "pipeline.evaluates_run"
 
 # Fewer images than this make an images-per-second figure mostly start-up time: the timed
 # pass repeats the test set until it has seen this many.
 MIN_TIMED_IMAGES = 512
-
-
-@dataclass
-class StrategyEvaluation:
-    """What the comparison across strategies needs from one strategy's evaluation."""
-
-    name: str
-    metrics: dict
-    """Test metrics: the dict written to reports/metrics.json and logged to MLflow."""
-    mlflow_metrics: dict = field(default_factory=dict)
-    """Also logged to MLflow, not to metrics.json: per-class figures, images per second."""
-    predictions: np.ndarray | None = None
-    total_params: int = 0
-    trainable_params: int = 0
-    images_per_second: float = 0.0
-    training_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -102,13 +78,21 @@ def evaluate_strategy(
     model_dir: Path,
     output: Path,
     test: EvaluationImages,
-    run: dict,
     options: EvaluateConfig,
+    *,
+    phase_boundary: int | None = None,
+    augmentation: AugmentationConfig | None = None,
+    training_seconds: float | None = None,
     train_image: np.ndarray | None = None,
     backbone_layers: tuple[str, ...] = (),
-) -> StrategyEvaluation:
-    """Score one strategy's model on the test split and write its report folder `output`:
-    metrics, confusion matrices, per-class figures, curves, galleries and explanations."""
+) -> dict:
+    """Score one strategy's model on the test split, write its report folder `output`
+    (metrics, confusion matrices, per-class figures, curves, galleries, explanations) and
+    return the evaluation: `metrics` (metrics.json's), `mlflow_metrics` (per-class figures,
+    images per second), the model's sha256 and size, and `training_seconds` as given.
+
+    `phase_boundary` marks where fine-tuning unfroze on the curves; `augmentation` and
+    `train_image` draw the augmented versions of one training image."""
     model = keras.saving.load_model(model_dir / MODEL_FILE)
     output.mkdir(parents=True, exist_ok=True)
     probabilities = class_probabilities(model.predict(test.x, batch_size=256, verbose=0))
@@ -132,19 +116,15 @@ def evaluate_strategy(
         plot_roc_curve(curves, f"{strategy}: ROC curve", output / ROC_PNG)
         plot_precision_recall_curve(curves, f"{strategy}: precision-recall", output / PR_PNG)
     history = pd.read_csv(model_dir / HISTORY_FILE)
-    boundaries = run.get("phase_boundaries") or []
     plot_history(
         history,
         f"{strategy}: training curves",
         output / CURVES_PNG,
-        phase_boundary=boundaries[0] if boundaries else None,
+        phase_boundary=phase_boundary,
     )
     write_galleries(test, probabilities, output, options, strategy)
-    augmentation = run.get("augmentation")
-    if augmentation and train_image is not None and options.augmented_versions > 0:
-        versions = augmented_versions(
-            train_image, AugmentationConfig(**augmentation), count=options.augmented_versions
-        )
+    if augmentation is not None and train_image is not None and options.augmented_versions > 0:
+        versions = augmented_versions(train_image, augmentation, count=options.augmented_versions)
         plot_augmented_versions(
             train_image,
             versions,
@@ -164,16 +144,16 @@ def evaluate_strategy(
         options,
         backbone_layers=backbone_layers,
     )
-    return StrategyEvaluation(
-        name=strategy,
-        metrics=metrics,
-        mlflow_metrics={**per_class_metrics(report), "images_per_second": images_per_second},
-        predictions=predictions,
-        total_params=int(model.count_params()),
-        trainable_params=_count(model.trainable_weights),
-        images_per_second=images_per_second,
-        training_seconds=run.get("training_seconds"),
-    )
+    return {
+        "strategy": strategy,
+        "model_sha256": sha256_of(model_dir / MODEL_FILE),
+        "metrics": metrics,
+        "mlflow_metrics": {**per_class_metrics(report), "images_per_second": images_per_second},
+        "total_params": int(model.count_params()),
+        "trainable_params": _count(model.trainable_weights),
+        "images_per_second": images_per_second,
+        "training_seconds": training_seconds,
+    }
 
 
 def measure_images_per_second(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> float:
@@ -253,89 +233,6 @@ def write_galleries(
             f"{strategy}: the most confident mistakes",
             output / MISTAKES_PNG,
         )
-
-
-def write_evaluation_record(
-    output: Path, model_dir: Path, run: dict, evaluation: StrategyEvaluation
-) -> dict:
-    """Write `output`/evaluation.json: the model it describes, the run that trained it, the
-    metrics, and what comparing strategies needs. The compare stage reads it."""
-    record = {
-        "strategy": evaluation.name,
-        "model_sha256": sha256_of(model_dir / MODEL_FILE),
-        "run_id": run.get("run_id"),
-        "backbone_weights": run.get("backbone_weights"),
-        "metrics": evaluation.metrics,
-        "mlflow_metrics": evaluation.mlflow_metrics,
-        "total_params": evaluation.total_params,
-        "trainable_params": evaluation.trainable_params,
-        "images_per_second": evaluation.images_per_second,
-        "training_seconds": evaluation.training_seconds,
-    }
-    write_json(output / EVALUATED_MODEL_FILE, record)
-    return record
-
-
-def log_evaluation(
-    run: dict,
-    evaluation: StrategyEvaluation,
-    report_dir: Path,
-    experiment_id: str,
-    tags: dict[str, str],
-) -> str | None:
-    """Log the test metrics and the report folder once; return the run that holds them.
-
-    Into the strategy's own run when it holds no evaluation yet (the execution that trained
-    it); else into a new run tagged with the one it evaluates, so a finished run is never
-    rewritten. A lost server is a warning (see RunRecorder), never a lost evaluation.
-    """
-    client = mlflow.MlflowClient()
-    target = _unevaluated_run(client, run.get("run_id"))
-    if target is None:
-        target = create_run(
-            experiment_id,
-            f"{tags.get('dataset', 'pipeline')}-{evaluation.name}-evaluation",
-            {
-                **tags,
-                "strategy": evaluation.name,
-                "pipeline.kind": "evaluation",
-                EVALUATES_RUN_TAG: str(run.get("run_id")),
-            },
-        )
-        logger.info(
-            "%s: run %s already holds an evaluation; this one goes to run %s",
-            evaluation.name,
-            run.get("run_id"),
-            target,
-        )
-    recorder = RunRecorder(target)
-    with recorder.active():
-        recorder(
-            "test metrics",
-            mlflow.log_metrics,
-            {**evaluation.metrics, **evaluation.mlflow_metrics},
-        )
-        recorder(
-            "evaluation artifacts",
-            mlflow.log_artifacts,
-            str(report_dir),
-            artifact_path=EVALUATION_ARTIFACTS,
-        )
-        recorder("evaluated tag", mlflow.set_tag, EVALUATED_TAG, "true")
-    return None if recorder.lost else target
-
-
-def _unevaluated_run(client, run_id: str | None) -> str | None:
-    """`run_id` if that run exists in this store and holds no evaluation yet."""
-    from mlflow.exceptions import MlflowException
-
-    if not run_id:
-        return None
-    try:
-        found = client.get_run(run_id)
-    except MlflowException:
-        return None
-    return None if EVALUATED_TAG in found.data.tags else run_id
 
 
 def _spread(total: int, count: int) -> np.ndarray:

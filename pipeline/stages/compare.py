@@ -27,9 +27,6 @@ from pipeline.tracking.server import check_tracking_server, tracking_uri
 
 logger = logging.getLogger("pipeline.stages.compare")
 
-COMPARISON_ARTIFACTS = "comparison"
-COMPARED_TAG_PREFIX = "compared_run."
-
 
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
@@ -68,33 +65,19 @@ def main(argv: Sequence[str]) -> None:
         verdict = f"{row.better} is better" if row.significant else "no significant difference"
         logger.info("%s vs %s: p=%.4g, %s", row.model_a, row.model_b, row.p_value, verdict)
 
-    import mlflow
-
-    from pipeline.tracking.runs import (
-        RunRecorder,
-        configure_tracking,
-        create_run,
-        numeric_metrics,
-    )
+    from pipeline.tracking.comparison_runs import comparison_tags, log_comparison
+    from pipeline.tracking.runs import configure_tracking
 
     compared = {strategy.name: str(strategy.record.get("run_id")) for strategy in strategies}
-    tags = {
-        "dataset": config.data.dataset,
-        "pipeline.kind": "comparison",
-        **execution_tags(Path.cwd()),
-        **{f"{COMPARED_TAG_PREFIX}{name}": run_id for name, run_id in compared.items()},
-    }
     experiment_id = configure_tracking(Path.cwd(), config.mlflow.experiment_name)
-    recorder = RunRecorder(create_run(experiment_id, f"{config.data.dataset}-comparison", tags))
-    with recorder.active():
-        numbers = {
-            f"{name}.{key}": value
-            for name, values in metrics.items()
-            for key, value in numeric_metrics(values).items()
-        }
-        recorder("metrics", mlflow.log_metrics, {**numbers, **significance_metrics(significance)})
-        for path in (args.metrics, args.comparison, args.significance):
-            recorder(path.name, mlflow.log_artifact, str(path), COMPARISON_ARTIFACTS)
+    recorder = log_comparison(
+        experiment_id,
+        f"{config.data.dataset}-comparison",
+        comparison_tags(config.data.dataset, compared, execution_tags(Path.cwd())),
+        metrics,
+        significance_metrics(significance),
+        [args.metrics, args.comparison, args.significance],
+    )
     write_json(
         args.run,
         {"run_id": recorder.run_id, "tracked": not recorder.lost, "compared_runs": compared},

@@ -17,11 +17,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.config import STRATEGY_NAMES, load_config
+from pipeline.config import STRATEGY_NAMES, AugmentationConfig, load_config
 from pipeline.entry import run_entry
 from pipeline.errors import ConfigError
-from pipeline.store import RUN_FILE, load_split, read_json, split_paths
+from pipeline.evaluation.layout import EVALUATION_JSON
+from pipeline.store import load_split, split_paths, write_json
 from pipeline.tracking.context import execution_tags
+from pipeline.tracking.record import RunRecord
 
 logger = logging.getLogger("pipeline.stages.evaluate")
 
@@ -47,12 +49,7 @@ def main(argv: Sequence[str]) -> None:
     check_tracking_server(tracking_uri(Path.cwd()))
 
     # Keras and MLflow load only after the server check (see the train stage).
-    from pipeline.evaluation.report import (
-        EvaluationImages,
-        evaluate_strategy,
-        log_evaluation,
-        write_evaluation_record,
-    )
+    from pipeline.evaluation.report import EvaluationImages, evaluate_strategy
     from pipeline.models.backbones import BACKBONES
     from pipeline.tracking.runs import configure_tracking
 
@@ -60,36 +57,51 @@ def main(argv: Sequence[str]) -> None:
     paths = split_paths(args.prepared)
     split = load_split(paths["test"])
     test = EvaluationImages(split.x, split.y, list(split.classes))
-    run = read_json(args.model / RUN_FILE)
+    run = RunRecord.read(args.model)
     # One training image for the augmentation figure: the first, as the course's listing 5.12.
-    train_image = load_split(paths["train"]).x[0] if run.get("augmentation") else None
-    backbone = BACKBONES.get(run.get("params", {}).get("backbone.name", ""))
+    train_image = load_split(paths["train"]).x[0] if run.augmentation else None
+    backbone = BACKBONES.get(run.params.get("backbone.name", ""))
     evaluation = evaluate_strategy(
         strategy,
         args.model,
         args.out,
         test,
-        run,
         config.evaluate,
+        phase_boundary=run.phase_boundaries[0] if run.phase_boundaries else None,
+        augmentation=AugmentationConfig(**run.augmentation) if run.augmentation else None,
+        training_seconds=run.training_seconds,
         train_image=train_image,
         backbone_layers=backbone.pattern_layers if backbone else (),
     )
-    logger.info("%s: %s", strategy, evaluation.metrics)
-    write_evaluation_record(args.out, args.model, run, evaluation)
-    if not run.get("tracked", True):
+    logger.info("%s: %s", strategy, evaluation["metrics"])
+    record_evaluation(
+        run,
+        evaluation,
+        args.out,
+        experiment_id,
+        tags={"dataset": config.data.dataset, **execution_tags(Path.cwd())},
+    )
+
+
+def record_evaluation(
+    run: RunRecord, evaluation: dict, out: Path, experiment_id: str, tags: dict[str, str]
+) -> dict:
+    """Write the evaluation to `out`/evaluation.json and log that same dict and the report
+    folder to MLflow (`pipeline sync-mlflow` logs the file the same way when the training run
+    lost the server). Return the dict written."""
+    from pipeline.tracking.strategy_runs import log_evaluation
+
+    evaluation = {**evaluation, "run_id": run.run_id, "backbone_weights": run.backbone_weights}
+    write_json(out / EVALUATION_JSON, evaluation)
+    if not run.tracked:
         logger.warning(
             "%s: its MLflow run is incomplete (%s); `pipeline sync-mlflow` will log it",
-            strategy,
-            run.get("tracking_error"),
+            evaluation["strategy"],
+            run.tracking_error,
         )
     else:
-        log_evaluation(
-            run,
-            evaluation,
-            args.out,
-            experiment_id=experiment_id,
-            tags={"dataset": config.data.dataset, **execution_tags(Path.cwd())},
-        )
+        log_evaluation(run.run_id, evaluation, out, experiment_id, tags)
+    return evaluation
 
 
 if __name__ == "__main__":

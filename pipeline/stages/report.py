@@ -15,10 +15,9 @@ from pathlib import Path
 from pipeline.config import load_config
 from pipeline.entry import run_entry
 from pipeline.store import load_split, read_json, split_paths
+from pipeline.tracking.record import RunRecord
 
 logger = logging.getLogger("pipeline.stages.report")
-
-REPORT_ARTIFACTS = "report"
 
 
 def main(argv: Sequence[str]) -> None:
@@ -51,18 +50,18 @@ def main(argv: Sequence[str]) -> None:
     uri = tracking_uri(Path.cwd())
     check_tracking_server(uri)
 
-    import mlflow
     import pandas as pd
 
-    from pipeline.reporting.html import (
+    from pipeline.reporting.content import (
         ReportContent,
         StrategySection,
         build_dataset_card,
         collect_strategy_figures,
         read_classification_report,
-        write_report,
     )
-    from pipeline.tracking.runs import RunRecorder, configure_tracking
+    from pipeline.reporting.html import write_report
+    from pipeline.tracking.comparison_runs import log_report
+    from pipeline.tracking.runs import configure_tracking
 
     configure_tracking(Path.cwd())
     splits = {name: load_split(path) for name, path in split_paths(args.prepared).items()}
@@ -71,12 +70,12 @@ def main(argv: Sequence[str]) -> None:
     sections = []
     for report_dir, run_file in args.strategy:
         strategy = report_dir.name
-        run = read_json(run_file)
+        run = RunRecord.read(run_file.parent)
         sections.append(
             StrategySection(
                 name=strategy,
-                run_id=run.get("run_id"),
-                experiment_id=run.get("experiment_id"),
+                run_id=run.run_id,
+                experiment_id=run.experiment_id,
                 metrics=metrics.get(strategy, {}),
                 classification_report=read_classification_report(report_dir),
                 figures=collect_strategy_figures(report_dir),
@@ -98,9 +97,7 @@ def main(argv: Sequence[str]) -> None:
     if not comparison_run.get("tracked", True):
         logger.warning("the comparison's MLflow run is incomplete: the report is not logged")
         return
-    recorder = RunRecorder(comparison_run["run_id"])
-    with recorder.active():
-        recorder("report", mlflow.log_artifact, str(args.out), artifact_path=REPORT_ARTIFACTS)
+    log_report(comparison_run["run_id"], args.out)
 
 
 def _ui_address(uri: str) -> str | None:

@@ -1,8 +1,8 @@
 """Train one strategy (`python -m pipeline.stages.train <strategy> ...`) and track it in MLflow.
 
-Writes the strategy's model folder: model.keras, history.csv (the DVC plot) and run.json (the
-MLflow run id and what is needed to log the run again, for the evaluate stage and
-`pipeline sync-mlflow`).
+Writes the strategy's model folder: model.keras, classes.json, history.csv (the DVC plot) and
+run.json (the typed run record: the MLflow run id and what is needed to log the run again, for
+the evaluate stage and `pipeline sync-mlflow`).
 
 The tracking server is checked first, before Keras loads: a server that is down stops the
 stage in about a second, with its URI, instead of after minutes of MLflow's retries.
@@ -14,13 +14,17 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import STRATEGY_NAMES, load_config
+from pipeline.config import STRATEGY_NAMES, PipelineConfig, load_config
 from pipeline.entry import run_entry
 from pipeline.errors import ConfigError
 from pipeline.store import content_version, load_splits, read_json, split_paths
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.server import check_tracking_server, tracking_uri
+
+if TYPE_CHECKING:
+    from pipeline.training.interface import Strategy
 
 logger = logging.getLogger("pipeline.stages.train")
 
@@ -46,39 +50,48 @@ def main(argv: Sequence[str]) -> None:
     check_tracking_server(tracking_uri(Path.cwd()))
 
     # Keras and MLflow load only now (about 8 s): a closed tracking port fails before that.
-    from pipeline.training.devices import initialize_workers_from_env
+    from pipeline.training.workers import initialize_workers_from_env
 
     # Several processes (PIPELINE_COORDINATOR, ...): join them before any other JAX work.
     initialize_workers_from_env()
     from pipeline.training.strategies import STRATEGIES
+
+    train_strategy(
+        STRATEGIES[args.strategy], config, args.prepared, args.gate, args.features, args.out
+    )
+
+
+def train_strategy(
+    strategy: Strategy,
+    config: PipelineConfig,
+    prepared: Path,
+    gate: Path,
+    features: Path | None,
+    out: Path,
+    root: Path | None = None,
+) -> None:
+    """Train one registered strategy on the prepared data and record its run: what `main`
+    does once the arguments, the config and the tracking server are checked."""
     from pipeline.training.tracked import RunIdentity, run_params, train_and_record
 
-    strategy = STRATEGIES[args.strategy]
-    if strategy.trains_on_features(getattr(config.train, strategy.name)) and args.features is None:
-        raise ConfigError(f"strategy {args.strategy} trains on cached features: pass --features")
-    summary = read_json(args.gate)
+    root = Path.cwd() if root is None else root
+    if strategy.trains_on_features(strategy.block(config)) and features is None:
+        raise ConfigError(f"strategy {strategy.name} trains on cached features: pass --features")
+    summary = read_json(gate)
     identity = RunIdentity(
         experiment_name=config.mlflow.experiment_name,
         run_name=f"{config.data.dataset}-{strategy.name}",
         tags={
             "dataset": config.data.dataset,
             "strategy": strategy.name,
-            **execution_tags(Path.cwd()),
-            "data_version": content_version(split_paths(args.prepared).values()),
+            **execution_tags(root),
+            "data_version": content_version(split_paths(prepared).values()),
             **_validation_tags(summary),
         },
-        params=run_params(strategy.name, config),
+        params=run_params(strategy, config),
         validation_summary=summary,
     )
-    train_and_record(
-        strategy,
-        config,
-        load_splits(args.prepared),
-        identity,
-        args.features,
-        args.out,
-        Path.cwd(),
-    )
+    train_and_record(strategy, config, load_splits(prepared), identity, features, out, root)
 
 
 def _validation_tags(summary: dict) -> dict[str, str]:

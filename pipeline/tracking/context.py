@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from pipeline.config import flatten_params
 from pipeline.tracking.server import git_commit
 
 EXPERIMENT_NAME_VARIABLE = "DVC_EXP_NAME"
@@ -69,3 +69,15 @@ def changed_params(project_root: Path, baseline: str) -> dict[str, object] | Non
         return None
     keys = sorted(set(before) | set(now))
     return {key: now.get(key) for key in keys if before.get(key) != now.get(key)}
+
+
+def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: the form MLflow params and `dvc exp run -S` use."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -27,7 +27,7 @@ class RunRecord(BaseModel):
     experiment_name: str
     run_name: str
     model_uri: str | None = None
-    """`runs:/<id>/model`; None when the model could not be logged."""
+    """The logged model's URI (MLflow 3: `models:/m-...`); None when it could not be logged."""
     backbone_weights: str
     """The weights the backbone really had (`none` for a strategy without one)."""
     tracked: bool

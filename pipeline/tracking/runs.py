@@ -29,9 +29,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-VALIDATION_ARTIFACT = "validation/summary.json"
-"""Where a strategy's run keeps the data gate's summary of the data it trained on."""
-
 
 def configure_tracking(project_root: Path, experiment_name: str | None = None) -> str | None:
     """Point MLflow at the store (and the experiment, when named); return the experiment id."""
@@ -132,23 +129,6 @@ class RunRecorder:
         finally:
             with contextlib.suppress(Exception):
                 mlflow.end_run(status)
-
-
-def log_history(history: dict[str, list[float]]) -> None:
-    """Log a whole training history (column -> value per epoch) at once, step = epoch."""
-    from mlflow.entities import Metric
-
-    run_id = mlflow.active_run().info.run_id
-    metrics = [
-        Metric(key=key, value=float(value), timestamp=0, step=step)
-        for key, values in history.items()
-        if key != "epoch"
-        for step, value in enumerate(values)
-    ]
-    client = mlflow.MlflowClient()
-    # The REST API takes at most 1000 metrics per batch.
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 def log_keras_model(model, example: np.ndarray) -> str:

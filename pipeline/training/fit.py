@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from pipeline.models.outputs import is_single_unit
 from pipeline.training.backup import TrainingBackup
-from pipeline.training.devices import shard_for_this_process
+from pipeline.training.workers import shard_for_this_process
 
 logger = logging.getLogger(__name__)
 
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+"""Per-epoch values kept in history.csv and logged to MLflow, for every strategy alike."""
 
 
 @dataclass
@@ -59,7 +61,7 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
 def compile_classifier(model: keras.Model, optimizer: str, learning_rate: float) -> None:
     """Binary cross-entropy for a one-unit sigmoid output (two classes), else sparse
     categorical cross-entropy; "accuracy" resolves to the matching accuracy either way."""
-    binary = model.output_shape[-1] == 1
+    binary = is_single_unit(model.output_shape)
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),
         loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
@@ -115,6 +117,16 @@ def schedule_callbacks(options: FitOptions) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
+class LearningRateLog(keras.callbacks.Callback):
+    """Puts the learning rate an epoch ran at into its logs, so history.csv and MLflow show it
+    for every strategy and phase (ReduceLROnPlateau alone adds it only where it runs)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            logs["learning_rate"] = float(rate)
+
+
 def fit_model(
     model: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
@@ -131,7 +143,7 @@ def fit_model(
     epoch. When `backup` holds this phase's state from a run that crashed, training resumes
     after its last finished epoch, weights and optimizer state restored. Returns the history
     of this phase's epochs (the resumed ones included)."""
-    callbacks = [*schedule_callbacks(options), *(callbacks or [])]
+    callbacks = [LearningRateLog(), *schedule_callbacks(options), *(callbacks or [])]
     earlier = {key: [] for key in HISTORY_KEYS}
     if backup is not None:
         # Restores only a snapshot of this phase; None leaves the model as built.

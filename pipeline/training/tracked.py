@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline.config import PipelineConfig, flatten_params
+from pipeline.config import PipelineConfig
 from pipeline.datasets.sources import DATASETS
 from pipeline.models.backbones import (
     BACKBONES,
@@ -27,7 +26,6 @@ from pipeline.models.backbones import (
     resolve_unfreeze_from,
     resolve_weights,
 )
-from pipeline.models.builders import resolve_architecture
 from pipeline.store import (
     EXTRACTOR_FILE,
     FEATURES_INFO_FILE,
@@ -35,29 +33,31 @@ from pipeline.store import (
     HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
-    RUN_FILE,
     Split,
     read_json,
-    write_json,
+    write_classes,
     write_manifest,
 )
-from pipeline.tracking.runs import (
-    VALIDATION_ARTIFACT,
-    RunRecorder,
-    configure_tracking,
-    create_run,
-    log_keras_model,
+from pipeline.tracking.context import flatten_params
+from pipeline.tracking.record import RunRecord
+from pipeline.tracking.runs import RunRecorder, configure_tracking, create_run
+from pipeline.tracking.strategy_runs import (
+    log_epoch_metrics,
+    log_training_inputs,
+    log_training_outputs,
 )
+from pipeline.training.accelerators import training_scope
 from pipeline.training.backup import TrainingBackup
-from pipeline.training.devices import (
-    apply_precision,
-    choose_precision,
-    describe_devices,
-    process_grid,
-    training_scope,
+from pipeline.training.fit import HISTORY_KEYS, TrainingResult, set_global_seed
+from pipeline.training.interface import (
+    BackboneSetup,
+    DeviceSetup,
+    Strategy,
+    TrainingContext,
+    TrainingData,
 )
-from pipeline.training.fit import TrainingResult, set_global_seed
-from pipeline.training.strategies import STRATEGIES, Strategy, TrainingContext
+from pipeline.training.precision import apply_precision, choose_precision, describe_devices
+from pipeline.training.workers import process_grid
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +93,16 @@ def train_and_record(
     the same MLflow run.
     """
     set_global_seed(config.train.seed, config.train.deterministic)
-    precision = choose_precision(config.train.precision, describe_devices())
+    devices = describe_devices()
+    precision = choose_precision(config.train.precision, devices)
     apply_precision(precision)
+    process_count, process_index = process_grid()
+    device_setup = DeviceSetup(precision, tuple(devices), process_count, process_index)
     backbone_weights = backbone_weights_of(strategy, config, features_dir)
-    if process_grid()[1] != 0:
+    if process_index != 0:
         # Another process of a multi-process run: it trains the same model; process 0
         # writes the outputs and the MLflow run.
-        context = _context(strategy, config, None, None)
+        context = _context(strategy, config, device_setup, [], None)
         _train(strategy, config, splits, backbone_weights, features_dir, context)
         return None
     tags = {
@@ -121,49 +124,35 @@ def train_and_record(
     backup.meta = {"run_id": run_id}
     with recorder.active():
         if previous is None:
-            recorder("params", mlflow.log_params, identity.params)
-            recorder(
-                "gate summary", mlflow.log_dict, identity.validation_summary, VALIDATION_ARTIFACT
-            )
-        context = _context(strategy, config, recorder, backup)
+            recorder("params", log_training_inputs, identity.params, identity.validation_summary)
         # Seconds spent training, carried over from the run that crashed when resuming.
         clock = TrainingClock(backup, previous.meta.get(CLOCK_KEY, 0.0) if previous else 0.0)
-        context.callbacks.append(clock)
-        with training_scope():
-            result = _train(strategy, config, splits, backbone_weights, features_dir, context)
+        context = _context(
+            strategy, config, device_setup, [EpochMetricsLogger(recorder), clock], backup
+        )
+        result = _train(strategy, config, splits, backbone_weights, features_dir, context)
         training_seconds = clock.elapsed()
-        out.mkdir(parents=True, exist_ok=True)
-        result.model.save(out / MODEL_FILE)
-        if result.first_kernel_before is not None:
-            np.save(out / FIRST_KERNEL_FILE, result.first_kernel_before)
-        history = pd.DataFrame({"epoch": np.arange(len(result.history["loss"])), **result.history})
-        history.to_csv(out / HISTORY_FILE, index=False)
-        # What the model trained on, by content: the promotion gate checks test images against it.
-        write_manifest(out / MANIFEST_FILE, splits["train"].digests())
-        recorder("training manifest", mlflow.log_artifact, str(out / MANIFEST_FILE))
-        model_uri = recorder("model", log_keras_model, result.model, splits["test"].x[:2])
-    write_json(
-        out / RUN_FILE,
-        {
-            "run_id": recorder.run_id,
-            "experiment_id": experiment_id,
-            "model_uri": model_uri,
-            "backbone_weights": tags["backbone_weights"],
-            # False when the server was lost: `pipeline sync-mlflow` logs the run again.
-            "tracked": not recorder.lost,
-            "tracking_error": recorder.error,
-            "experiment_name": identity.experiment_name,
-            "run_name": identity.run_name,
-            "tags": tags,
-            "params": identity.params,
-            "validation_summary": identity.validation_summary,
-            "training_seconds": round(training_seconds, 3),
-            "phase_boundaries": result.phase_boundaries,
-            "augmentation": (
-                context.augmentation.model_dump() if context.augmentation is not None else None
-            ),
-        },
-    )
+        history = write_model_folder(out, result, splits["train"])
+        model_uri = recorder("model", log_training_outputs, out, result.model, splits["test"].x[:2])
+    RunRecord(
+        run_id=recorder.run_id,
+        experiment_id=experiment_id,
+        experiment_name=identity.experiment_name,
+        run_name=identity.run_name,
+        model_uri=model_uri,
+        backbone_weights=tags["backbone_weights"],
+        # False when the server was lost: `pipeline sync-mlflow` logs the run again.
+        tracked=not recorder.lost,
+        tracking_error=recorder.error,
+        tags=tags,
+        params=identity.params,
+        validation_summary=identity.validation_summary,
+        training_seconds=round(training_seconds, 3),
+        phase_boundaries=result.phase_boundaries,
+        augmentation=(
+            context.augmentation.model_dump() if context.augmentation is not None else None
+        ),
+    ).write(out)
     backup.clear()
     logger.info(
         "%s: trained %d epochs, MLflow run %s", strategy.name, len(history), recorder.run_id
@@ -171,16 +160,32 @@ def train_and_record(
     return recorder
 
 
+def write_model_folder(out: Path, result: TrainingResult, train: Split) -> pd.DataFrame:
+    """The model, its class names, its first kernel as initialised (where it has one), its
+    history, and the manifest of what it trained on; return the history."""
+    out.mkdir(parents=True, exist_ok=True)
+    result.model.save(out / MODEL_FILE)
+    write_classes(out, train.classes)
+    if result.first_kernel_before is not None:
+        np.save(out / FIRST_KERNEL_FILE, result.first_kernel_before)
+    history = pd.DataFrame({"epoch": np.arange(len(result.history["loss"])), **result.history})
+    history.to_csv(out / HISTORY_FILE, index=False)
+    # What the model trained on, by content: the promotion gate checks test images against it.
+    write_manifest(out / MANIFEST_FILE, train.digests())
+    return history
+
+
 class EpochMetricsLogger(keras.callbacks.Callback):
-    """Logs `loss`, `accuracy`, `val_loss`, `val_accuracy` with step = epoch, as training runs."""
+    """Logs each epoch's history columns (`loss`, `accuracy`, `val_*`, `learning_rate`) with
+    step = epoch, as training runs: the keys history.csv keeps, so a synced run has them too."""
 
     def __init__(self, recorder: RunRecorder) -> None:
         super().__init__()
         self.recorder = recorder
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = {key: float(value) for key, value in (logs or {}).items() if np.isscalar(value)}
-        self.recorder("epoch metrics", mlflow.log_metrics, metrics, step=epoch)
+        values = {key: value for key, value in (logs or {}).items() if key in HISTORY_KEYS}
+        self.recorder("epoch metrics", log_epoch_metrics, values, epoch)
 
 
 class TrainingClock(keras.callbacks.Callback):
@@ -219,45 +224,41 @@ def training_fingerprint(identity: RunIdentity, tags: dict[str, str]) -> str:
 def _context(
     strategy: Strategy,
     config: PipelineConfig,
-    recorder: RunRecorder | None,
+    devices: DeviceSetup,
+    callbacks: list[keras.callbacks.Callback],
     backup: TrainingBackup | None,
 ) -> TrainingContext:
-    """The callbacks, backup and dataset-dependent choices (`auto`) for this strategy."""
-    block = getattr(config.train, strategy.name)
-    spec = DATASETS[config.data.dataset]
-    augmentation = block.augmentation.resolve(spec.augment_by_default)
-    if strategy.trains_on_features(block):
-        augmentation = None
+    """The callbacks, backup, devices and dataset-dependent choices (`auto`) for this strategy;
+    the backbone is built later, inside the training scope."""
+    block = strategy.block(config)
+    augmentation = block.augmentation.resolve(DATASETS[config.data.dataset].augment_by_default)
     return TrainingContext(
-        callbacks=[EpochMetricsLogger(recorder)] if recorder is not None else [],
+        devices=devices,
+        callbacks=callbacks,
         backup=backup,
-        augmentation=augmentation,
-        architecture=(
-            resolve_architecture(block.architecture, config.data.dataset)
-            if strategy.name == "scratch"
-            else None
-        ),
+        # Features are computed once: nothing to augment.
+        augmentation=None if strategy.trains_on_features(block) else augmentation,
+        architecture=strategy.architecture(block, config.data.dataset),
     )
 
 
-def run_params(strategy_name: str, config: PipelineConfig) -> dict:
+def run_params(strategy: Strategy, config: PipelineConfig) -> dict:
     """The params a strategy used, with its train block under `train.*` so that every
     strategy's runs share column names in the MLflow UI."""
     values = config.model_dump(by_alias=True)
-    train = values["train"]
+    block = strategy.block(config)
     params = {
         "data": values["data"],
         "train": {
-            **train[strategy_name],
-            **{key: train[key] for key in ("seed", "deterministic", "precision")},
+            **block.model_dump(by_alias=True),
+            **{key: values["train"][key] for key in ("seed", "deterministic", "precision")},
         },
     }
-    if STRATEGIES[strategy_name].uses_backbone:
+    if strategy.uses_backbone:
         params["backbone"] = values["backbone"]
-    if strategy_name == "scratch":
-        params["train"]["architecture"] = resolve_architecture(
-            config.train.scratch.architecture, config.data.dataset
-        ).name
+    architecture = strategy.architecture(block, config.data.dataset)
+    if architecture is not None:
+        params["train"]["architecture"] = architecture.name
     return flatten_params(params)
 
 
@@ -267,7 +268,7 @@ def backbone_weights_of(
     """The weights this strategy's backbone really has: recorded by `features`, or resolved."""
     if not strategy.uses_backbone:
         return None
-    if strategy.trains_on_features(getattr(config.train, strategy.name)):
+    if strategy.trains_on_features(strategy.block(config)):
         recorded = read_json(features_dir / FEATURES_INFO_FILE)
         return ResolvedWeights(recorded["weights"], recorded["weights_file"])
     return resolve_weights(config.backbone.weights, BACKBONES[config.backbone.name])
@@ -281,31 +282,33 @@ def _train(
     features_dir: Path | None,
     context: TrainingContext,
 ) -> TrainingResult:
+    """Build what the strategy declared it needs, inside the training scope (so a replicated
+    base is built where it is trained), and train it."""
+    block = strategy.block(config)
+    with training_scope():
+        data = load_training_data(strategy, block, splits, features_dir)
+        if strategy.builds_backbone(block):
+            backbone = BACKBONES[config.backbone.name]
+            context.backbone = BackboneSetup(
+                backbone,
+                backbone.build(config.backbone.image_size, backbone_weights.path),
+                resolve_unfreeze_from(backbone, config.backbone.unfreeze_from),
+            )
+        return strategy.train(data, block, context)
+
+
+def load_training_data(
+    strategy: Strategy, block, splits: dict[str, Split], features_dir: Path | None
+) -> TrainingData:
+    """The images, or the features stage's cached outputs and their extractor."""
     train, val = splits["train"], splits["val"]
-    num_classes = len(train.classes)
-    block = getattr(config.train, strategy.name)
-    if strategy.trains_on_features(block):
-        extractor = keras.saving.load_model(features_dir / EXTRACTOR_FILE)
-        features = {name: np.load(features_dir / f"{name}.npy") for name in ("train", "val")}
-        return strategy.train_on_features(
-            extractor,
-            (features["train"], train.y),
-            (features["val"], val.y),
-            num_classes,
-            block,
-            context,
-        )
-    if strategy.uses_backbone:
-        backbone = BACKBONES[config.backbone.name]
-        base = backbone.build(config.backbone.image_size, backbone_weights.path)
-        return strategy.train(
-            (train.x, train.y),
-            (val.x, val.y),
-            num_classes,
-            backbone,
-            base,
-            resolve_unfreeze_from(backbone, config.backbone.unfreeze_from),
-            block,
-            context,
-        )
-    return strategy.train((train.x, train.y), (val.x, val.y), num_classes, block, context)
+    if not strategy.trains_on_features(block):
+        return TrainingData((train.x, train.y), (val.x, val.y), len(train.classes))
+    features = {name: np.load(features_dir / f"{name}.npy") for name in ("train", "val")}
+    return TrainingData(
+        (features["train"], train.y),
+        (features["val"], val.y),
+        len(train.classes),
+        kind="features",
+        extractor=keras.saving.load_model(features_dir / EXTRACTOR_FILE),
+    )

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import STRATEGY_NAMES, PipelineConfig, TrainConfig, flatten_params, load_config
+from pipeline.config import STRATEGY_NAMES, PipelineConfig, TrainConfig, load_config
 from pipeline.errors import ConfigError
+from pipeline.tracking.context import flatten_params
 from tests.project import PROJECT_ROOT, copy_project_files, stage_command
 
 

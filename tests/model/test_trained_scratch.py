@@ -13,7 +13,8 @@ from pipeline.datasets.split import split_indices
 from pipeline.evaluation.metrics import evaluate_model
 from pipeline.models.builders import ARCHITECTURES
 from pipeline.training.fit import set_global_seed
-from pipeline.training.strategies import TrainingContext, train_scratch
+from pipeline.training.interface import TrainingContext, TrainingData
+from pipeline.training.scratch import train_scratch
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def _train(splits, seed: int, epochs: int, architecture: str = "small_convnet"):
     set_global_seed(seed, deterministic=True)
     config = ScratchConfig(epochs=epochs, batch_size=32, learning_rate=1e-3)
     context = TrainingContext(architecture=ARCHITECTURES[architecture])
-    result = train_scratch(splits["train"], splits["val"], 10, config, context)
+    result = train_scratch(TrainingData(splits["train"], splits["val"], 10), config, context)
     metrics, predictions = evaluate_model(result.model, *splits["test"])
     return result, metrics, predictions
 

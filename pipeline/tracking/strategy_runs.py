@@ -1,0 +1,126 @@
+"""What a strategy's MLflow run holds, logged by one set of functions: live, by the train and
+evaluate stages, and replayed from the DVC outs by `pipeline sync-mlflow`. So a synced run
+is the run it would have been: the same params, metric keys, artifacts and tags.
+
+Each function logs into the active run (`RunRecorder.active` or `mlflow.start_run`), except
+`log_evaluation`, which chooses its run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from pipeline.store import MANIFEST_FILE
+from pipeline.tracking.runs import RunRecorder, create_run, log_keras_model, numeric_metrics
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_ARTIFACT = "validation/summary.json"
+"""Where a strategy's run keeps the data gate's summary of the data it trained on."""
+
+EVALUATION_ARTIFACTS = "evaluation"
+"""The artifact folder of a run that holds a strategy's report folder."""
+EVALUATED_TAG = "pipeline.evaluated"
+"""Set on a run once it holds an evaluation: later executions never write to it again."""
+EVALUATES_RUN_TAG = "pipeline.evaluates_run"
+"""On a re-evaluation's own run: the training run whose model it evaluated."""
+SYNCED_TAG = "pipeline.synced"
+"""On a run that `pipeline sync-mlflow` logged from the DVC outs."""
+ORIGINAL_RUN_TAG = "pipeline.original_run_id"
+"""On a synced run: the partial run the lost server kept, if any."""
+SUPERSEDED_TAG = "pipeline.superseded_by"
+"""On that partial run: the synced run that replaces it."""
+
+
+def log_training_inputs(params: dict, validation_summary: dict | None) -> None:
+    """The run's params and the data gate's summary of the data it trained on."""
+    mlflow.log_params(params)
+    if validation_summary is not None:
+        mlflow.log_dict(validation_summary, VALIDATION_ARTIFACT)
+
+
+def log_epoch_metrics(values: dict[str, float], step: int) -> None:
+    """One epoch's history (the columns of history.csv), step = epoch."""
+    mlflow.log_metrics(numeric_metrics(values), step=step)
+
+
+def log_training_outputs(model_dir: Path, model, example: np.ndarray) -> str:
+    """The training-set manifest and the model (with a signature and `example`); return the
+    model's URI."""
+    manifest = Path(model_dir) / MANIFEST_FILE
+    if manifest.is_file():
+        mlflow.log_artifact(str(manifest))
+    return log_keras_model(model, example)
+
+
+def evaluation_metrics(evaluation: dict) -> dict[str, float]:
+    """What an evaluation (evaluation.json's dict) logs as metrics: the test metrics, the
+    per-class figures and images per second."""
+    return numeric_metrics({**evaluation["metrics"], **evaluation.get("mlflow_metrics", {})})
+
+
+def log_evaluation(
+    run_id: str | None,
+    evaluation: dict,
+    report_dir: Path,
+    experiment_id: str,
+    tags: dict[str, str],
+) -> str | None:
+    """Log an evaluation (evaluation.json's dict) and its report folder once; return the run
+    that holds them, None when the server was lost.
+
+    Into the training run `run_id` when it holds no evaluation yet (the execution that
+    trained it); else into a new run tagged with the one it evaluates, so a finished run is
+    never rewritten. A lost server is a warning (see RunRecorder), never a lost evaluation.
+    """
+    strategy = evaluation["strategy"]
+    target = _unevaluated_run(run_id)
+    if target is None:
+        target = create_run(
+            experiment_id,
+            f"{tags.get('dataset', 'pipeline')}-{strategy}-evaluation",
+            {
+                **tags,
+                "strategy": strategy,
+                "pipeline.kind": "evaluation",
+                EVALUATES_RUN_TAG: str(run_id),
+            },
+        )
+        logger.info(
+            "%s: run %s already holds an evaluation; this one goes to run %s",
+            strategy,
+            run_id,
+            target,
+        )
+    recorder = RunRecorder(target)
+    with recorder.active():
+        recorder("test metrics", mlflow.log_metrics, evaluation_metrics(evaluation))
+        recorder(
+            "evaluation artifacts",
+            mlflow.log_artifacts,
+            str(report_dir),
+            artifact_path=EVALUATION_ARTIFACTS,
+        )
+        recorder("evaluated tag", mlflow.set_tag, EVALUATED_TAG, "true")
+    return None if recorder.lost else target
+
+
+def is_evaluated(run_id: str) -> bool:
+    """Whether the run already holds an evaluation."""
+    return EVALUATED_TAG in mlflow.MlflowClient().get_run(run_id).data.tags
+
+
+def _unevaluated_run(run_id: str | None) -> str | None:
+    """`run_id` if that run exists in this store and holds no evaluation yet."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        return None if is_evaluated(run_id) else run_id
+    except MlflowException:
+        return None

@@ -1,0 +1,76 @@
+"""Strategy `feature_extraction`: a dense head on a frozen pretrained base.
+
+Mode `cached` trains the head on the features stage's conv-base outputs (listing 5.18), fast
+and without augmentation: features are computed once, which is the point of the mode
+(Chollet's "fast feature extraction without data augmentation"). Mode `end_to_end` keeps the
+frozen base inside the model and runs it on every batch, so augmentation applies (listings
+5.20/5.21); much slower.
+"""
+
+from __future__ import annotations
+
+from pipeline.config import FeatureExtractionConfig
+from pipeline.models.heads import (
+    assemble_feature_extraction_model,
+    build_feature_head,
+    build_fine_tune_model,
+    set_trainable_from,
+)
+from pipeline.training.fit import FitOptions, TrainingResult, compile_classifier
+from pipeline.training.interface import DataKind, Strategy, TrainingContext, TrainingData
+
+
+def train_feature_extraction(
+    data: TrainingData, config: FeatureExtractionConfig, context: TrainingContext
+) -> TrainingResult:
+    """A head on cached features, assembled with their extractor; or the frozen base and a
+    head trained end to end on images."""
+    if data.kind == "features":
+        return _train_on_features(data, config, context)
+    return _train_end_to_end(data, config, context)
+
+
+def _train_on_features(
+    data: TrainingData, config: FeatureExtractionConfig, context: TrainingContext
+) -> TrainingResult:
+    if data.extractor is None:
+        raise ValueError("feature_extraction on features needs the extractor that computed them")
+    head = build_feature_head(
+        data.train[0].shape[1:], data.num_classes, config.dense_units, config.dropout_rate
+    )
+    compile_classifier(head, config.optimizer, config.learning_rate)
+    history = context.fit(head, data, FitOptions.of(config))
+    return TrainingResult(assemble_feature_extraction_model(data.extractor, head), history)
+
+
+def _train_end_to_end(
+    data: TrainingData, config: FeatureExtractionConfig, context: TrainingContext
+) -> TrainingResult:
+    backbone = context.require_backbone("feature_extraction")
+    model = build_fine_tune_model(
+        data.train[0].shape[1:],
+        data.num_classes,
+        backbone.descriptor,
+        backbone.base,
+        dense_units=config.dense_units,
+        dropout_rate=config.dropout_rate,
+        augmentation=context.augmentation,
+        name="feature_extraction",
+    )
+    set_trainable_from(backbone.base, None)
+    compile_classifier(model, config.optimizer, config.learning_rate)
+    history = context.fit(model, data, FitOptions.of(config))
+    return TrainingResult(model, history)
+
+
+def data_kind(config: FeatureExtractionConfig) -> DataKind:
+    """Mode `cached` trains on features, mode `end_to_end` on images."""
+    return "features" if config.mode == "cached" else "images"
+
+
+FEATURE_EXTRACTION = Strategy(
+    "feature_extraction",
+    train_feature_extraction,
+    uses_backbone=True,
+    data_kind=data_kind,
+)
