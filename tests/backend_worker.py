@@ -19,8 +19,10 @@ from pipeline.config import FineTuneConfig, ScratchConfig
 from pipeline.evaluation.metrics import evaluate_model
 from pipeline.models.backbones import BACKBONES
 from pipeline.models.builders import ARCHITECTURES
+from pipeline.training.fine_tune import train_fine_tune
 from pipeline.training.fit import set_global_seed
-from pipeline.training.strategies import TrainingContext, train_fine_tune, train_scratch
+from pipeline.training.interface import BackboneSetup, TrainingContext, TrainingData
+from pipeline.training.scratch import train_scratch
 
 
 def main(out: Path) -> None:
@@ -37,9 +39,7 @@ def main(out: Path) -> None:
     )
     set_global_seed(0)
     scratch = train_scratch(
-        train,
-        val,
-        10,
+        TrainingData(train, val, 10),
         ScratchConfig(epochs=3, batch_size=64),
         TrainingContext(architecture=ARCHITECTURES["small_convnet"]),
     )
@@ -60,14 +60,9 @@ def main(out: Path) -> None:
         if layer.weights and not layer.name.startswith("block5")
     }
     tuned = train_fine_tune(
-        (train[0][:256], train[1][:256]),
-        (val[0][:64], val[1][:64]),
-        10,
-        backbone,
-        base,
-        "block5_conv1",
+        TrainingData((train[0][:256], train[1][:256]), (val[0][:64], val[1][:64]), 10),
         FineTuneConfig(epochs=1, head_epochs=1, batch_size=64),
-        TrainingContext(),
+        TrainingContext(backbone=BackboneSetup(backbone, base, "block5_conv1")),
     )
     frozen_same = all(
         all(

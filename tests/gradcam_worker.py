@@ -15,9 +15,12 @@ import keras
 import numpy as np
 from keras import layers
 
+from pipeline.explain.activations import activation_maps
 from pipeline.explain.gradcam import grad_cam, resize_heatmap
+from pipeline.explain.graph import activation_model
+from pipeline.explain.patterns import filter_patterns
 from pipeline.models.backbones import BACKBONES
-from pipeline.models.heads import build_fine_tune_model, output_layer
+from pipeline.models.heads import build_fine_tune_model, model_parts, output_layer
 
 SIZE = 32
 MARGIN = 3  # pixels around a shape where a heatmap's peak still counts as on it
@@ -106,13 +109,24 @@ def shape_localization(shapes: int, seed: int = 0) -> dict:
 
 
 def nested_heatmaps() -> dict:
-    """Grad-CAM through a fine-tune model's nested VGG16 (random weights) at 32x32."""
+    """Grad-CAM, activation maps and a filter pattern through a fine-tune model's VGG16 base
+    (random weights) at 32x32, each reached with the public functional API."""
     keras.utils.set_random_seed(0)
     backbone = BACKBONES["vgg16"]
     model = build_fine_tune_model((SIZE, SIZE, 1), 3, backbone, backbone.build(SIZE, None), 8, 0.1)
     images, _, _ = shape_images(4, 2, seed=2)
     heatmaps = grad_cam(model, images)
-    return {"shape": list(heatmaps.shape), "finite": bool(np.isfinite(heatmaps).all())}
+    maps = activation_maps(model, images[0], max_channels=2)
+    base = model_parts(model).base
+    patterns = filter_patterns(
+        activation_model(base, "block2_conv1", (40, 40, 3), "float32"), [0, 1], steps=2
+    )
+    return {
+        "shape": list(heatmaps.shape),
+        "finite": bool(np.isfinite(heatmaps).all()),
+        "last_activation": list(maps["block5_conv3"].shape),
+        "patterns": list(patterns.shape),
+    }
 
 
 def main() -> None:

@@ -26,7 +26,13 @@ from pipeline.explain.figures import (
 )
 from pipeline.explain.filters import first_conv_kernel
 from pipeline.explain.gradcam import grad_cam
-from pipeline.explain.graph import activation_model, conv_layer_names, find_layer
+from pipeline.explain.graph import (
+    ExplainError,
+    activation_model,
+    conv_layer_names,
+    find_layer,
+    owner_of,
+)
 from pipeline.explain.patterns import filter_patterns
 from pipeline.store import FIRST_KERNEL_FILE
 
@@ -137,7 +143,7 @@ def _patterns(
     patterns = {}
     for name in layers:
         layer = find_layer(model, name)
-        owner = model if own else _owner_of(model, name)
+        owner = model if own else owner_of(model, name)
         channels = 3 if not own else int(model.input_shape[-1])
         try:
             submodel = activation_model(
@@ -146,9 +152,9 @@ def _patterns(
                 input_shape=(settings.size, settings.size, channels),
                 input_dtype="float32",
             )
-        except ValueError:
+        except ExplainError:
             # Not a chain (ResNet's shortcuts): the base's own graph, at its own input size.
-            submodel = keras.Model(owner.inputs, layer.output)
+            submodel = activation_model(owner, name)
         indices = list(range(min(settings.filters, int(layer.output.shape[-1]))))
         patterns[name] = filter_patterns(
             submodel, indices, steps=settings.steps, step_size=settings.step_size
@@ -156,16 +162,3 @@ def _patterns(
     path = output / PATTERNS_PNG
     plot_patterns(patterns, path)
     return [path]
-
-
-def _owner_of(model: keras.Model, layer_name: str) -> keras.Model:
-    """The innermost model (a nested backbone) whose own layers include `layer_name`."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            try:
-                return _owner_of(layer, layer_name)
-            except ValueError:
-                continue
-    if any(layer.name == layer_name for layer in model.layers):
-        return model
-    raise ValueError(f"no layer named {layer_name!r} in {model.name}")

@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # Files only: the pipeline never opens a window.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.datasets.images import as_uint8_images  # noqa: E402
 from pipeline.explain.gradcam import superimpose  # noqa: E402
 
 DPI = 120
@@ -51,13 +52,15 @@ def _normalize(values: np.ndarray) -> np.ndarray:
 
 
 def _as_displayable(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """An image for imshow and its colormap: RGB as is, anything else its first channel gray."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] == 3:
-        return image, None
-    if image.ndim == 3:
-        image = image[..., 0]
-    return image, "gray"
+    """A uint8 image (gray or RGB, with or without a channel axis) for imshow, and its
+    colormap: RGB as is, gray as a 2-D array in gray."""
+    image = as_uint8_images(image, "image", batch=False)
+    return (image, None) if image.shape[-1] == 3 else (image[..., 0], "gray")
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] -> uint8 in [0, 255]."""
+    return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype("uint8")
 
 
 def _blank(axes) -> None:
@@ -135,7 +138,7 @@ def plot_activation_grid(layer_name: str, maps: np.ndarray, path: Path, columns:
 
 def plot_filters(before: np.ndarray, after: np.ndarray, path: Path) -> Path:
     """First-layer filters (kh, kw, in, out) before and after training, side by side: one tile
-    per filter (its RGB kernel when it reads 3 channels, else its first channel), at most 32.
+    per filter (its RGB kernel when it reads 3 channels, gray when it reads 1), at most 32.
 
     Size: (2 * min(out, 8) * 60 + 30) by ceil(min(out, 32) / 8) * 60 + 48 pixels.
     """
@@ -174,8 +177,8 @@ def plot_filters(before: np.ndarray, after: np.ndarray, path: Path) -> Path:
                 )
             )
             _blank(axes)
-            image, cmap = _as_displayable(_normalize(kernel[..., index]))
-            axes.imshow(image, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            image, cmap = _as_displayable(_to_uint8(_normalize(kernel[..., index])))
+            axes.imshow(image, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
     return _save(figure, path)
 
 

@@ -1,5 +1,6 @@
-"""The explain package on tiny models: finding and cutting at layers of nested models,
-activation maps, first-layer filters, filter patterns, Grad-CAM's shapes and the figures."""
+"""The explain package on tiny models: finding layers in models assembled from named parts and
+cutting at them (public functional API), activation maps, first-layer filters, filter patterns,
+Grad-CAM's shapes and the figures."""
 
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ from pipeline.explain.graph import (
     ExplainError,
     activation_model,
     conv_layer_names,
+    cut_at_layer,
     find_layer,
     gradcam_layer_name,
     last_conv_layer_name,
-    layer_chain,
-    split_at_layer,
+    owner_of,
 )
 from pipeline.explain.patterns import filter_patterns, gradient_ascent
 from pipeline.models.backbones import BACKBONES
@@ -38,6 +39,7 @@ from pipeline.models.heads import (
     build_feature_extractor,
     build_feature_head,
     build_fine_tune_model,
+    model_parts,
 )
 
 VGG16_CONVS = [
@@ -110,42 +112,105 @@ def test_a_model_without_conv_layers_says_so() -> None:
         first_conv_kernel(model)
 
 
-def test_layer_chain_expands_nested_models(scratch, feature_extraction) -> None:
-    assert [layer.name for layer in layer_chain(scratch)] == [
-        "rescale",
-        "conv1",
-        "pool1",
-        "conv2",
-        "pool2",
-        "flatten",
-        "dense1",
-        "dropout1",
-        "predictions",
+def test_owner_of_is_the_innermost_model_holding_the_layer(scratch, fine_tune) -> None:
+    assert owner_of(scratch, "conv2") is scratch
+    parts = model_parts(fine_tune)
+    assert owner_of(fine_tune, "block3_conv2") is parts.base
+    assert owner_of(fine_tune, "gray_to_rgb") is parts.preprocessing
+    assert owner_of(fine_tune, "predictions") is parts.head
+    assert owner_of(fine_tune, "head") is fine_tune
+    with pytest.raises(ExplainError, match="'block9_conv1'"):
+        owner_of(fine_tune, "block9_conv1")
+
+
+def test_transfer_models_are_preprocessing_base_head(fine_tune, feature_extraction) -> None:
+    """Both transfer-learning models are the same three named parts, in one order, each
+    part's layers in the order data meets them."""
+    assert [layer.name for layer in fine_tune.layers] == ["image", "preprocessing", "vgg16", "head"]
+    assert [layer.name for layer in feature_extraction.layers] == [
+        "image",
+        "preprocessing",
+        "vgg16",
+        "head",
     ]
-    names = [layer.name for layer in layer_chain(feature_extraction)]
-    assert names[:3] == ["to_float", "resize_to_backbone", "vgg16_preprocess"] or names[:2] == [
+    gray = model_parts(fine_tune)
+    assert [layer.name for layer in gray.preprocessing.layers] == [
+        "image",
+        "to_float",
+        "gray_to_rgb",
+        "vgg16_preprocess",
+    ]
+    rgb = model_parts(feature_extraction)
+    assert [layer.name for layer in rgb.preprocessing.layers] == [
+        "image",
         "to_float",
         "vgg16_preprocess",
     ]
-    assert names[-4:] == ["flatten", "dense", "dropout", "predictions"]
-    assert "block5_conv3" in names
+    assert [layer.name for layer in rgb.head.layers] == [
+        "features",
+        "flatten",
+        "dense",
+        "dropout",
+        "predictions",
+    ]
+    assert [layer.name for layer in rgb.base.layers][1:3] == ["block1_conv1", "block1_conv2"]
 
 
-def test_a_branching_model_is_not_a_chain() -> None:
+def _residual_block(inputs, name: str):
+    """conv, conv, plus the block's input: a shortcut around the two convolutions."""
+    x = keras.layers.Conv2D(3, 3, padding="same", name=f"{name}_conv1")(inputs)
+    x = keras.layers.Conv2D(3, 3, padding="same", name=f"{name}_conv2")(x)
+    return keras.layers.Add(name=f"{name}_add")([x, inputs])
+
+
+def test_a_shortcut_is_no_cut_point_but_the_layer_after_it_is() -> None:
     inputs = keras.Input((8, 8, 1))
-    left = keras.layers.Conv2D(2, 3, padding="same", name="left")(inputs)
-    right = keras.layers.Conv2D(2, 3, padding="same", name="right")(inputs)
-    merged = keras.layers.Add(name="add")([left, right])
-    conv = keras.layers.Conv2D(2, 3, padding="same", name="after")(merged)
-    model = keras.Model(inputs, keras.layers.Add(name="skip")([conv, merged]), name="branchy")
-    with pytest.raises(ExplainError, match="not a chain"):
-        layer_chain(model)
-    with pytest.raises(ExplainError, match="cannot be cut at 'after'"):
-        split_at_layer(model, "after")
-    # A layer every path goes through is a fine cut.
-    features, head = split_at_layer(model, "add")
+    merged = _residual_block(keras.layers.Conv2D(3, 3, padding="same", name="stem")(inputs), "r")
+    x = keras.layers.Conv2D(2, 3, padding="same", name="after")(merged)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x), name="branchy")
+    with pytest.raises(ExplainError, match="cannot be cut at 'r_conv2': 'r_add' takes more"):
+        cut_at_layer(model, "r_conv2")
+    # Every path goes through the sum and what follows it: fine cuts, before them any graph.
     x = np.random.default_rng(0).random((2, 8, 8, 1)).astype("float32")
-    np.testing.assert_allclose(head(features(x)), model(x), atol=1e-5)
+    for layer in ("r_add", "after"):
+        cut = cut_at_layer(model, layer)
+        np.testing.assert_allclose(cut.head()(cut.features(x)), model(x), atol=1e-5)
+    assert gradcam_layer_name(model) == "after"
+
+
+@pytest.fixture(scope="module")
+def residual() -> keras.Model:
+    """A fine-tune model around a tiny base with a shortcut after its last conv (as ResNet's
+    stages end), for Grad-CAM's choice of a layer it can cut at."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(3, 3, strides=4, padding="same", name="stem")(inputs)
+    x = keras.layers.Activation("relu", name="block_out")(_residual_block(x, "block"))
+    base = keras.Model(inputs, x, name="tiny_resnet")
+    return build_fine_tune_model((32, 32, 1), 3, BACKBONES["vgg16"], base, 8, 0.1)
+
+
+def test_grad_cam_steps_past_a_shortcut_in_the_base(residual, tmp_path: Path) -> None:
+    assert last_conv_layer_name(residual) == "block_conv2"
+    assert gradcam_layer_name(residual) == "block_out"
+    with pytest.raises(ExplainError, match="'tiny_resnet' cannot be cut at 'block_conv2'"):
+        grad_cam(residual, _images(1, (32, 32, 1)), layer_name="block_conv2")
+    # A saved model loads with its parts, and explains the same.
+    residual.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert model_parts(loaded) is not None
+    images = _images(3, (32, 32, 1))
+    np.testing.assert_allclose(grad_cam(loaded, images), grad_cam(residual, images), atol=1e-5)
+
+
+def test_a_nested_model_without_named_parts_cannot_be_cut(vgg16_base) -> None:
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Flatten(name="flat")(vgg16_base(inputs))
+    model = keras.Model(inputs, outputs, name="anonymous")
+    assert find_layer(model, "block5_conv3").name == "block5_conv3"
+    with pytest.raises(ExplainError, match="'block5_conv3' sits in a nested model"):
+        cut_at_layer(model, "block5_conv3")
 
 
 @pytest.mark.parametrize(
@@ -154,27 +219,32 @@ def test_a_branching_model_is_not_a_chain() -> None:
         ("scratch", "conv2", (16, 16, 1)),
         ("fine_tune", "block5_conv3", (32, 32, 1)),
         ("fine_tune", "block2_pool", (32, 32, 1)),
+        ("fine_tune", "gray_to_rgb", (32, 32, 1)),
+        ("fine_tune", "dense", (32, 32, 1)),
         ("feature_extraction", "block4_conv1", (32, 32, 3)),
     ],
 )
-def test_split_at_layer_recomposes_the_model(request, which, layer, shape) -> None:
+def test_a_cut_recomposes_the_model(request, which, layer, shape) -> None:
     model = request.getfixturevalue(which)
-    features, head = split_at_layer(model, layer)
+    cut = cut_at_layer(model, layer)
     images = _images(3, shape)
-    activation = features(images)
+    activation = cut.features(images)
     assert activation.shape[1:] == find_layer(model, layer).output.shape[1:]
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(head(activation)),
+        keras.ops.convert_to_numpy(cut.head()(activation)),
         keras.ops.convert_to_numpy(model(images)),
         atol=1e-5,
     )
 
 
-def test_activation_model_takes_a_bigger_float_input(scratch, vgg16_base) -> None:
+def test_activation_model_takes_a_bigger_float_input(scratch, vgg16_base, fine_tune) -> None:
     bigger = activation_model(scratch, "conv2", input_shape=(24, 24, 1), input_dtype="float32")
     assert bigger.output_shape == (None, 12, 12, 8)
     base = activation_model(vgg16_base, "block3_conv1", (48, 48, 3), "float32")
     assert base.output_shape == (None, 12, 12, 256)
+    # Another input size reaches a layer through the model that holds it, not from outside.
+    with pytest.raises(ExplainError, match="owner_of"):
+        activation_model(fine_tune, "block3_conv1", (48, 48, 3), "float32")
 
 
 # --- gradients, activations, filters, patterns -----------------------------------------------

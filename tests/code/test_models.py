@@ -18,6 +18,7 @@ from pipeline.models.heads import (
     build_feature_extractor,
     build_feature_head,
     build_fine_tune_model,
+    model_parts,
     set_trainable_from,
 )
 from tests.project import PROJECT_ROOT
@@ -109,9 +110,9 @@ def test_feature_extractor_resizes_and_converts_gray(base, shape) -> None:
     extractor = build_feature_extractor(shape, VGG16, base)
     features = extractor.predict(_images(shape), verbose=0)
     assert features.shape == (3, 1, 1, 512)
-    layer_names = [layer.name for layer in extractor.layers]
-    assert ("gray_to_rgb" in layer_names) == (shape[-1] == 1)
-    assert "resize_to_backbone" in layer_names
+    layer_names = [layer.name for layer in extractor.get_layer("preprocessing").layers]
+    expected = ["image", "to_float", "gray_to_rgb", "resize_to_backbone", "vgg16_preprocess"]
+    assert layer_names == [name for name in expected if name != "gray_to_rgb" or shape[-1] == 1]
 
 
 def test_assembled_feature_model_equals_head_on_features(base) -> None:
@@ -121,6 +122,14 @@ def test_assembled_feature_model_equals_head_on_features(base) -> None:
     images = _images((8, 8, 1))
     expected = head.predict(extractor.predict(images, verbose=0), verbose=0)
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    # The extractor's own parts, between the image and the head; only the head trains.
+    parts = model_parts(model)
+    assert (parts.preprocessing, parts.base, parts.head) == (
+        extractor.get_layer("preprocessing"),
+        base,
+        head,
+    )
+    assert len(model.trainable_weights) == len(head.trainable_weights) == 4
 
 
 def test_set_trainable_from_freezes_everything_before_the_layer(base) -> None:
@@ -143,3 +152,8 @@ def test_fine_tune_model_saves_and_loads_with_plain_keras(base, tmp_path: Path) 
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5
     )
+    # Its named parts survive saving: augmentation sits in preprocessing, before the base.
+    parts = model_parts(loaded)
+    assert [part.name for part in parts.in_order()] == ["preprocessing", "vgg16", "head"]
+    assert "random_zoom" in [layer.name for layer in parts.preprocessing.layers]
+    assert model_parts(build_small_convnet((8, 8, 1), 3, [8], 8, 0.5)) is None

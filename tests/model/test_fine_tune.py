@@ -10,8 +10,9 @@ import pytest
 
 from pipeline.config import FineTuneConfig
 from pipeline.models.backbones import BACKBONES
+from pipeline.training.fine_tune import train_fine_tune
 from pipeline.training.fit import set_global_seed
-from pipeline.training.strategies import TrainingContext, train_fine_tune
+from pipeline.training.interface import BackboneSetup, TrainingContext, TrainingData
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +45,9 @@ def test_frozen_layers_are_bit_identical_after_fine_tuning(
     base = backbone.build(32, str(hed_vgg16_weights) if name == "vgg16" else None)
     before = _weights(base)
     result = train_fine_tune(
-        _data(96, 1),
-        _data(32, 2),
-        3,
-        backbone,
-        base,
-        unfreeze_from,
+        TrainingData(_data(96, 1), _data(32, 2), 3),
         FineTuneConfig(epochs=1, head_epochs=1, batch_size=32, dense_units=16),
-        TrainingContext(),
+        TrainingContext(backbone=BackboneSetup(backbone, base, unfreeze_from)),
     )
     assert len(result.history["loss"]) == 2  # one epoch per phase, on one axis
     after = _weights(base)

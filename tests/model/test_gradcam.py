@@ -1,6 +1,7 @@
 """Grad-CAM is right where the answer is known: a tiny CNN learns which white bar an image of
-noise holds, and its heatmaps peak on the bar, on TensorFlow and on JAX; through a nested
-VGG16 base, heatmaps have the layer's shape and are finite on both."""
+noise holds, and its heatmaps peak on the bar, on TensorFlow and on JAX; through a fine-tune
+model's VGG16 base, heatmaps, activation maps and filter patterns have the layer's shape and are
+finite on both."""
 
 from __future__ import annotations
 
@@ -65,5 +66,10 @@ def test_gradcam_points_at_the_evidence(backend: str) -> None:
         # -logit) never does.
         assert result["hit_rate"] >= 0.9, (output, result)
         assert result["against_rate"] <= 0.1, (output, result)
-    # VGG16 at 32x32: block5_conv3 is 2x2.
-    assert report["nested"] == {"shape": [4, 2, 2], "finite": True}
+    # VGG16 at 32x32: block5_conv3 is 2x2; its patterns take the size they are given.
+    assert report["nested"] == {
+        "shape": [4, 2, 2],
+        "finite": True,
+        "last_activation": [2, 2, 2],
+        "patterns": [2, 40, 40, 3],
+    }
