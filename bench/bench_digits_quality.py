@@ -34,7 +34,8 @@ def main() -> None:
     from pipeline.models.builders import resolve_architecture
     from pipeline.store import load_splits
     from pipeline.training.fit import set_global_seed
-    from pipeline.training.strategies import TrainingContext, train_scratch
+    from pipeline.training.interface import TrainingContext, TrainingData
+    from pipeline.training.strategies import STRATEGIES
 
     config = load_config(args.params)
     splits = load_splits(args.prepared)
@@ -52,10 +53,8 @@ def main() -> None:
     for seed in args.seeds:
         set_global_seed(seed, config.train.deterministic)
         started = time.perf_counter()
-        result = train_scratch(
-            (train.x, train.y),
-            (val.x, val.y),
-            classes,
+        result = STRATEGIES["scratch"].train(
+            TrainingData((train.x, train.y), (val.x, val.y), classes),
             config.train.scratch,
             TrainingContext(architecture=architecture),
         )

@@ -34,14 +34,15 @@ import keras  # noqa: E402
 
 from pipeline.config import AugmentationConfig, FeatureExtractionConfig  # noqa: E402
 from pipeline.models.backbones import BACKBONES  # noqa: E402
+from pipeline.models.features import write_features  # noqa: E402
 from pipeline.models.heads import build_feature_extractor  # noqa: E402
-from pipeline.stages.features import write_features  # noqa: E402
 from pipeline.training.fit import set_global_seed  # noqa: E402
-from pipeline.training.strategies import (  # noqa: E402
+from pipeline.training.interface import (  # noqa: E402
+    BackboneSetup,
     TrainingContext,
-    train_feature_extraction,
-    train_feature_extraction_end_to_end,
+    TrainingData,
 )
+from pipeline.training.strategies import STRATEGIES  # noqa: E402
 
 GOAL_SPEEDUP = 10.0
 
@@ -184,26 +185,27 @@ def main(argv: list[str] | None = None) -> int:
         features = {name: np.load(Path(directory) / f"{name}.npy") for name in ("train", "val")}
         extraction_s = time.perf_counter() - start
         clocks["cached"] = EpochClock(start)
-        train_feature_extraction(
-            extractor,
+        # Both modes through the strategy's one train function, as the train stage runs it.
+        strategy = STRATEGIES["feature_extraction"]
+        cached = TrainingData(
             (features["train"], train[1]),
             (features["val"], val[1]),
             num_classes,
-            configs["cached"],
-            TrainingContext(callbacks=[clocks["cached"]]),
+            kind="features",
+            extractor=extractor,
         )
+        strategy.train(cached, configs["cached"], TrainingContext(callbacks=[clocks["cached"]]))
 
         set_global_seed(args.seed, deterministic=False)
         clocks["end_to_end"] = EpochClock(time.perf_counter())
-        train_feature_extraction_end_to_end(
-            train,
-            val,
-            num_classes,
-            backbone,
-            base,
-            configs["end_to_end"],
-            TrainingContext(callbacks=[clocks["end_to_end"]], augmentation=None),
+        context = TrainingContext(
+            # Feature extraction keeps the whole base frozen: nothing to unfreeze.
+            backbone=BackboneSetup(backbone, base, unfreeze_from="none"),
+            callbacks=[clocks["end_to_end"]],
+            augmentation=None,
         )
+        images = TrainingData(train, val, num_classes, kind="images")
+        strategy.train(images, configs["end_to_end"], context)
 
     weights = args.weights or "random"
     print(

@@ -1,7 +1,7 @@
 """Images per second of the features stage's writer against a bare `predict` of the conv base.
 
 The features stage runs the extractor (preprocessing + VGG16 base) chunk by chunk and writes
-each chunk into a memory-mapped .npy file (`pipeline.stages.features.write_features`), so that
+each chunk into a memory-mapped .npy file (`pipeline.models.features.write_features`), so that
 features larger than memory never sit in it whole. This measures what that costs: the same
 extractor, the same uint8 arrays and the same batch size, once through `write_features` into a
 temporary .npy and once through `extractor.predict` with the result discarded.
@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.models.backbones import BACKBONES  # noqa: E402
+from pipeline.models.features import CHUNK_IMAGES, write_features  # noqa: E402
 from pipeline.models.heads import build_feature_extractor  # noqa: E402
-from pipeline.stages.features import CHUNK_IMAGES, write_features  # noqa: E402
 from pipeline.training.fit import set_global_seed  # noqa: E402
 
 GOAL_OVERHEAD = 0.05

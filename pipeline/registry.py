@@ -1,16 +1,19 @@
 """The MLflow Model Registry: log a strategy's model as the served classifier, register it as
-the `challenger`, and move the `champion` alias only when the promotion gate passes.
+the `challenger`, and move the `champion` alias only when the promotion gate passes. The gate's
+decision itself is pure (pipeline.evaluation.promotion); this module scores and records it.
 
 Aliases, not the deprecated stages: `models:/<name>@champion` is what a service loads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -20,8 +23,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from pipeline import serving
-from pipeline.evaluation.promotion import Criterion, Decision, GateThresholds, decide_promotion
-from pipeline.tracking.runs import model_requirements
+from pipeline.evaluation.promotion import Decision, ScoredVersion
+from pipeline.models import outputs
+from pipeline.tracking.runs import create_run, model_requirements
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +34,6 @@ CHAMPION = "champion"
 CLASSIFIER_ARTIFACT = "classifier"
 MODEL_SHA_TAG = "model_sha256"
 """On every version: the SHA-256 of its Keras model file. The same model is one version."""
-
-
-@dataclass(frozen=True)
-class ScoredVersion:
-    """A registered version and its predictions on the current test split."""
-
-    version: str
-    classes: list[str]
-    predictions: np.ndarray | None
-    """Label indices into the test split's classes; None when its classes differ."""
-    run_id: str | None
-    training_manifest: set[str] | None = None
-    """The content digests of its training images; None for versions registered without."""
 
 
 def log_classifier(
@@ -67,6 +58,8 @@ def log_classifier(
                 signature=signature,
                 input_example=example,
                 pip_requirements=model_requirements(),
+                # serving.py's one import from this package, so the model loads without it.
+                code_paths=[outputs.__file__],
             )
 
 
@@ -157,6 +150,27 @@ def score_version(name: str, version: ModelVersion, images: np.ndarray, classes:
     return _scored(version.version, frame, classes, version.run_id, manifest)
 
 
+def score_contenders(
+    name: str,
+    model_file: Path,
+    manifest_file: Path,
+    images: np.ndarray,
+    classes: list[str],
+    model_sha256: str | None,
+) -> tuple[ScoredVersion, ScoredVersion | None]:
+    """The challenger (the model file) and the current champion, if any, scored on the same
+    images through the served classifier. With `model_sha256` the challenger carries the
+    version of `name` that already holds that file, if one does."""
+    challenger = score_model_file(model_file, images, classes, manifest_file)
+    if model_sha256 is not None:
+        existing = version_of_model(name, model_sha256)
+        if existing is not None:
+            challenger = replace(challenger, version=existing.version)
+    current = champion_version(name)
+    champion = None if current is None else score_version(name, current, images, classes)
+    return challenger, champion
+
+
 def _scored(
     version: str | None,
     frame,
@@ -170,43 +184,6 @@ def _scored(
         index = {name: position for position, name in enumerate(classes)}
         predictions = np.array([index[label] for label in frame[serving.PREDICTED_CLASS]])
     return ScoredVersion(version, version_classes, predictions, run_id, manifest)
-
-
-def gate_challenger(
-    y_true: np.ndarray,
-    challenger: ScoredVersion,
-    champion: ScoredVersion | None,
-    classes: list[str],
-    thresholds: GateThresholds,
-) -> Decision:
-    """The gate's decision; a champion trained on other classes cannot be compared, and the
-    challenger does not replace it without a person deciding so."""
-    if champion is not None and champion.predictions is None:
-        floors = decide_promotion(y_true, challenger.predictions, None, classes, thresholds)
-        incomparable = Criterion(
-            name="comparable",
-            passed=False,
-            observed=0.0,
-            threshold=1.0,
-            detail=(
-                f"champion version {champion.version} predicts classes {champion.classes}, "
-                f"the test split has {classes}: promote by hand (set the alias) or register "
-                "under another mlflow.registered_model"
-            ),
-        )
-        return Decision(
-            passed=False,
-            criteria=(*floors.criteria, incomparable),
-            challenger_accuracy=floors.challenger_accuracy,
-            champion_accuracy=None,
-        )
-    return decide_promotion(
-        y_true,
-        challenger.predictions,
-        None if champion is None else champion.predictions,
-        classes,
-        thresholds,
-    )
 
 
 def record_decision(name: str, version: str, decision: Decision, champion: str | None) -> None:
@@ -230,3 +207,49 @@ def record_decision(name: str, version: str, decision: Decision, champion: str |
 def set_champion(name: str, version: str) -> None:
     """Point `champion` at `version`: the one change a service sees."""
     mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+
+
+@contextlib.contextmanager
+def decision_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[str]:
+    """The promotion's own MLflow run, active inside the block (so the classifier is logged
+    into it); yields its id. An exception ends it FAILED."""
+    run_id = create_run(experiment_id, run_name, tags)
+    with mlflow.start_run(run_id=run_id):
+        yield run_id
+
+
+def enter_challenger(
+    name: str,
+    challenger: ScoredVersion,
+    model_file: Path,
+    manifest_file: Path,
+    classes: list[str],
+    example: np.ndarray,
+    tags: dict[str, str],
+) -> tuple[str, bool]:
+    """Point `challenger` at the model file's version: the one that already holds it (see
+    score_contenders), else a new one, logged into the active run and registered with `tags`.
+    Return the version and whether it is new."""
+    if challenger.version is not None:
+        name_challenger(name, challenger.version)
+        return challenger.version, False
+    info = log_classifier(model_file, classes, example, manifest_file)
+    return register_challenger(name, info.model_uri, tags).version, True
+
+
+def record_outcome(
+    name: str, version: str | None, decision: Decision, champion: str | None, record: dict
+) -> bool:
+    """Log the decision `record` and its headline numbers into the active run, tag the
+    challenger's `version` (None when nothing was registered) with the verdict and, last of
+    all, move `champion` to it when the gate passed. Return whether the champion moved."""
+    mlflow.log_dict(record, "promotion.json")
+    mlflow.log_metric("promotion_passed", float(decision.passed))
+    mlflow.log_metric("train_test_overlap", float(record["train_test_overlap"]))
+    if version is None:
+        return False
+    record_decision(name, version, decision, champion)
+    if not decision.passed:
+        return False
+    set_champion(name, version)
+    return True

@@ -108,6 +108,13 @@ def module_path(module: str, root: Path) -> Path | None:
 
 def imported_modules(path: Path, module: str, root: Path) -> set[str]:
     """The package modules that `path` (the module `module`) imports, anywhere in its body."""
+    found = imported_names(path, module, root)
+    return {name for name in found if name == PACKAGE or name.startswith(f"{PACKAGE}.")}
+
+
+def imported_names(path: Path, module: str, root: Path) -> set[str]:
+    """Every module that `path` (the module `module`) imports, anywhere in its body, as an
+    absolute dotted name: the package's own and third-party ones (`mlflow.pyfunc`) alike."""
     tree = ast.parse(path.read_text(), filename=str(path))
     is_package = path.name == "__init__.py"
     found: set[str] = set()
@@ -123,7 +130,18 @@ def imported_modules(path: Path, module: str, root: Path) -> set[str]:
                 for alias in node.names
                 if module_path(f"{origin}.{alias.name}", root) is not None
             )
-    return {name for name in found if name == PACKAGE or name.startswith(f"{PACKAGE}.")}
+    return found
+
+
+def modules_under(folder: str, root: Path) -> dict[str, Path]:
+    """Every Python module in `root`/`folder`, by dotted name (a package by its own name)."""
+    modules = {}
+    for path in sorted((root / folder).rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
 
 
 def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:

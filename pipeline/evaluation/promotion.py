@@ -1,19 +1,40 @@
-"""The promotion gate's criteria: pure functions of labels and predictions (no MLflow).
+"""The promotion gate's decisions: pure functions of metrics, labels and predictions (no MLflow).
 
-A challenger replaces the champion only when it passes every criterion on the same, current
-test split: an accuracy floor, a recall floor for every class, a minimum improvement over the
-champion, and McNemar's test in its favour. With no champion, the two floors alone decide.
+Which strategy to promote, and whether it may replace the champion. A challenger replaces the
+champion only when it passes every criterion on the same, current test split: an accuracy
+floor, a recall floor for every class, a minimum improvement over the champion, and McNemar's
+test in its favour. With no champion, the two floors alone decide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import ConfigError, RegistryError
 from pipeline.evaluation.metrics import check_class_indices
 from pipeline.evaluation.significance import McNemarResult, mcnemar_test
+
+
+def choose_strategy(
+    metrics: Mapping[str, Mapping], available: Sequence[str], wanted: str, metrics_file: Path
+) -> str:
+    """`wanted` by name, or with `best` the highest test accuracy (ties: the first listed);
+    `metrics_file` only names where `metrics` came from in the errors."""
+    if wanted != "best":
+        if wanted not in available or wanted not in metrics:
+            raise ConfigError(
+                f"promote.strategy = {wanted!r} has no evaluated model here; "
+                f"evaluated: {', '.join(s for s in available if s in metrics)}"
+            )
+        return wanted
+    scored = [name for name in available if name in metrics]
+    if not scored:
+        raise RegistryError(f"{metrics_file} holds no evaluated strategy: run evaluate first")
+    return max(scored, key=lambda name: (metrics[name]["test_accuracy"], -scored.index(name)))
 
 
 @dataclass(frozen=True)
@@ -273,3 +294,89 @@ def unfair_decision(overlap: TestOverlap, challenger_accuracy: float) -> Decisio
         challenger_accuracy=challenger_accuracy,
         champion_accuracy=None,
     )
+
+
+@dataclass(frozen=True)
+class ScoredVersion:
+    """A model (a registered version, or the challenger's file) and its test predictions."""
+
+    version: str | None
+    """The registry version; None for a model file that is no version (yet)."""
+    classes: list[str]
+    predictions: np.ndarray | None
+    """Label indices into the test split's classes; None when its classes differ."""
+    run_id: str | None
+    training_manifest: set[str] | None = None
+    """The content digests of its training images; None for versions registered without."""
+
+
+def gate_challenger(
+    y_true: np.ndarray,
+    challenger: ScoredVersion,
+    champion: ScoredVersion | None,
+    classes: list[str],
+    thresholds: GateThresholds,
+) -> Decision:
+    """The gate's decision; a champion trained on other classes cannot be compared, and the
+    challenger does not replace it without a person deciding so."""
+    if champion is not None and champion.predictions is None:
+        floors = decide_promotion(y_true, challenger.predictions, None, classes, thresholds)
+        detail = (
+            f"champion version {champion.version} predicts classes {champion.classes}, "
+            f"the test split has {classes}: promote by hand (set the alias) or register "
+            "under another mlflow.registered_model"
+        )
+        incomparable = Criterion("comparable", False, 0.0, 1.0, detail)
+        return replace(floors, passed=False, criteria=(*floors.criteria, incomparable))
+    champion_pred = None if champion is None else champion.predictions
+    return decide_promotion(y_true, challenger.predictions, champion_pred, classes, thresholds)
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """The gate's decision, and which test images it left out to make it."""
+
+    decision: Decision
+    overlap: TestOverlap
+
+
+def judge_challenger(
+    y_true: np.ndarray,
+    test_digests: Sequence[str],
+    challenger: ScoredVersion,
+    champion: ScoredVersion | None,
+    classes: list[str],
+    thresholds: GateThresholds,
+) -> GateOutcome:
+    """The whole gate on one test split: leave out the test images either model trained on,
+    refuse when too few remain, judge the rest, and never re-promote the champion itself."""
+    overlap = find_test_overlap(
+        test_digests,
+        challenger.training_manifest,
+        champion.training_manifest if champion is not None else None,
+    )
+    if overlap.fair:
+        decision = gate_challenger(
+            y_true[overlap.keep],
+            _kept(challenger, overlap.keep),
+            _kept(champion, overlap.keep),
+            classes,
+            thresholds,
+        )
+    else:
+        decision = unfair_decision(overlap, float(np.mean(challenger.predictions == y_true)))
+    # The challenger has a version when its model file is already registered (looked up on
+    # the main line only): the champion itself must not pass as a new challenger.
+    champion_version = champion.version if champion is not None else None
+    if challenger.version is not None and challenger.version == champion_version:
+        detail = f"version {challenger.version} is already the champion: nothing to promote"
+        criterion = Criterion("new_model", False, 0.0, 1.0, detail)
+        decision = replace(decision, passed=False, criteria=(*decision.criteria, criterion))
+    return GateOutcome(decision, overlap)
+
+
+def _kept(scored: ScoredVersion | None, keep: np.ndarray) -> ScoredVersion | None:
+    """`scored` with only the predictions of the test images the gate judges on."""
+    if scored is None or scored.predictions is None:
+        return scored
+    return replace(scored, predictions=scored.predictions[keep])

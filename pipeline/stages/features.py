@@ -11,12 +11,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from pipeline.config import load_config
 from pipeline.entry import run_entry
 from pipeline.models.backbones import BACKBONES, resolve_weights
+from pipeline.models.features import write_features
 from pipeline.models.heads import build_feature_extractor
 from pipeline.store import EXTRACTOR_FILE, FEATURES_INFO_FILE, load_splits, write_json
 from pipeline.training.fit import set_global_seed
@@ -54,31 +52,6 @@ def main(argv: Sequence[str]) -> None:
         },
     )
     logger.info("%s weights: %s", backbone.name, weights.describe())
-
-
-CHUNK_IMAGES = 1024
-"""Images run through the base per chunk: the features of one chunk are all that is held in
-memory (VGG16 features of CIFAR-10 at 224x224 are 6 GB of float32)."""
-
-
-def write_features(
-    extractor, images: np.ndarray, path: Path, batch_size: int, chunk_images: int = CHUNK_IMAGES
-) -> tuple[int, ...]:
-    """Run the conv base over `images` chunk by chunk, writing each chunk's features straight
-    into a memory-mapped .npy file; return the features' shape."""
-    feature_shape = tuple(extractor.output_shape[1:])
-    features = np.lib.format.open_memmap(
-        path, mode="w+", dtype=np.float32, shape=(len(images), *feature_shape)
-    )
-    chunks = range(0, len(images), chunk_images)
-    for start in tqdm(chunks, desc=path.stem, unit="chunk", disable=len(chunks) < 2):
-        stop = min(start + chunk_images, len(images))
-        features[start:stop] = extractor.predict(
-            images[start:stop], batch_size=batch_size, verbose=0
-        )
-    features.flush()
-    del features
-    return (len(images), *feature_shape)
 
 
 if __name__ == "__main__":

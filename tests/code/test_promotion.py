@@ -1,15 +1,25 @@
-"""The promotion gate's decision, on labels and predictions alone: each criterion can stop a
-challenger by itself, the decision names why, and bad thresholds and inputs are refused."""
+"""The promotion gate's decisions, on metrics, labels and predictions alone: which strategy is
+promoted, each criterion can stop a challenger by itself, test images a model trained on are
+left out, the decision names why, and bad thresholds and inputs are refused."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.evaluation.promotion import GateThresholds, decide_promotion
+from pipeline.errors import ConfigError, RegistryError
+from pipeline.evaluation.promotion import (
+    GateThresholds,
+    ScoredVersion,
+    choose_strategy,
+    decide_promotion,
+    gate_challenger,
+    judge_challenger,
+)
 
 THRESHOLDS = GateThresholds(min_accuracy=0.6, min_improvement=0.0, alpha=0.05, min_class_recall=0.3)
 CLASSES = ["cat", "dog"]
@@ -242,3 +252,87 @@ def test_bad_inputs_are_refused(y_true, challenger, champion, classes, message: 
             classes,
             THRESHOLDS,
         )
+
+
+METRICS = {
+    "scratch": {"test_accuracy": 0.8},
+    "feature_extraction": {"test_accuracy": 0.9},
+    "fine_tune": {"test_accuracy": 0.9},
+}
+METRICS_FILE = Path("reports/metrics.json")
+
+
+def test_best_is_the_highest_test_accuracy_and_ties_go_to_the_first_listed() -> None:
+    available = ["scratch", "feature_extraction", "fine_tune"]
+    assert choose_strategy(METRICS, available, "best", METRICS_FILE) == "feature_extraction"
+    assert choose_strategy(METRICS, available[::-1], "best", METRICS_FILE) == "fine_tune"
+    # Only strategies with a model folder compete.
+    assert choose_strategy(METRICS, ["scratch"], "best", METRICS_FILE) == "scratch"
+
+
+def test_a_named_strategy_is_taken_as_named() -> None:
+    assert choose_strategy(METRICS, list(METRICS), "scratch", METRICS_FILE) == "scratch"
+
+
+def test_a_named_strategy_without_an_evaluated_model_is_refused_naming_those_there_are() -> None:
+    with pytest.raises(ConfigError, match="promote.strategy = 'fine_tune'.*evaluated: scratch$"):
+        choose_strategy(METRICS, ["scratch"], "fine_tune", METRICS_FILE)
+
+
+def test_best_without_any_evaluated_strategy_names_the_metrics_file() -> None:
+    with pytest.raises(RegistryError, match="reports/metrics.json holds no evaluated strategy"):
+        choose_strategy({}, ["scratch"], "best", METRICS_FILE)
+
+
+def _scored(predictions, version=None, manifest=None, classes=CLASSES) -> ScoredVersion:
+    return ScoredVersion(version, list(classes), predictions, None, manifest)
+
+
+def test_a_champion_of_other_classes_cannot_be_compared() -> None:
+    """The floors are still judged, but the challenger does not replace a champion that
+    answers another question without a person deciding so."""
+    y = _labels()
+    champion = _scored(None, version="3", classes=["bird", "fish"])
+    decision = gate_challenger(y, _scored(y.copy()), champion, CLASSES, THRESHOLDS)
+    assert not decision.passed and _failed(decision) == ["comparable"]
+    assert "champion version 3 predicts classes ['bird', 'fish']" in decision.reasons()[0]
+    assert decision.champion_accuracy is None and decision.challenger_accuracy == 1.0
+
+
+def _digests(n: int) -> list[str]:
+    return [f"{index:032x}" for index in range(n)]
+
+
+def test_the_gate_judges_only_the_test_images_neither_model_trained_on() -> None:
+    y = _labels(40)
+    digests = _digests(40)
+    # Wrong on the first 10 images only, which the challenger trained on: left out, it is
+    # perfect on the 30 judged.
+    challenger = _scored(_with_errors(y, range(10)), manifest=set(digests[:10]))
+    outcome = judge_challenger(y, digests, challenger, None, CLASSES, THRESHOLDS)
+    assert outcome.overlap.excluded == 10 and outcome.overlap.fair
+    assert outcome.decision.passed and outcome.decision.challenger_accuracy == 1.0
+
+
+def test_the_gate_refuses_when_a_model_trained_on_most_test_images() -> None:
+    y = _labels(40)
+    digests = _digests(40)
+    champion = _scored(y.copy(), version="1", manifest=set(digests[:30]))
+    outcome = judge_challenger(y, digests, _scored(y.copy()), champion, CLASSES, THRESHOLDS)
+    assert not outcome.overlap.fair
+    assert _failed(outcome.decision) == ["fair_test_split"]
+    assert "30 of 40 test images" in outcome.decision.reasons()[0]
+
+
+@pytest.mark.parametrize(
+    ("challenger_version", "refused"), [("2", True), ("4", False), (None, False)]
+)
+def test_the_champion_itself_is_never_promoted_again(challenger_version, refused: bool) -> None:
+    y = _labels()
+    champion = _scored(_with_errors(y, range(0, 80)), version="2")
+    challenger = _scored(_with_errors(y, range(0, 10)), version=challenger_version)
+    outcome = judge_challenger(y, _digests(len(y)), challenger, champion, CLASSES, THRESHOLDS)
+    assert outcome.decision.passed is not refused
+    assert ("new_model" in _failed(outcome.decision)) is refused
+    if refused:
+        assert "version 2 is already the champion" in outcome.decision.reasons()[-1]

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.wiring import check_code_deps, import_closure, is_path_under, load_stages
+from pipeline.wiring import (
+    check_code_deps,
+    import_closure,
+    imported_modules,
+    imported_names,
+    is_path_under,
+    load_stages,
+    modules_under,
+)
 from tests.project import PROJECT_ROOT, copy_project_files
 
 STAGES = load_stages(PROJECT_ROOT)
@@ -87,6 +95,35 @@ def test_closure_follows_lazy_relative_and_submodule_imports(tmp_path: Path) -> 
     }
 
 
+def test_imported_names_include_third_party_modules_and_modules_under_lists_each_once(
+    tmp_path: Path,
+) -> None:
+    """The layer test (test_layers.py) needs every import, MLflow's too, of every module."""
+    _package(
+        tmp_path,
+        {
+            "pipeline/__init__.py": "",
+            "pipeline/a/__init__.py": "",
+            "pipeline/a/sub.py": "import mlflow.pyfunc\nfrom ..b import value\n"
+            "def later():\n    from numpy import ndarray\n",
+            "pipeline/b.py": "",
+        },
+    )
+    path = tmp_path / "pipeline/a/sub.py"
+    assert imported_names(path, "pipeline.a.sub", tmp_path) == {
+        "mlflow.pyfunc",
+        "pipeline.b",
+        "numpy",
+    }
+    assert imported_modules(path, "pipeline.a.sub", tmp_path) == {"pipeline.b"}
+    assert modules_under("pipeline", tmp_path) == {
+        "pipeline": tmp_path / "pipeline/__init__.py",
+        "pipeline.a": tmp_path / "pipeline/a/__init__.py",
+        "pipeline.a.sub": path,
+        "pipeline.b": tmp_path / "pipeline/b.py",
+    }
+
+
 def _project_copy(root: Path) -> Path:
     copy_project_files(root, ("dvc.yaml", "params.yaml", ".dvc/config", "data/images/README.md"))
     shutil.copytree(
@@ -103,14 +140,14 @@ def test_check_names_the_stage_and_file_for_a_missing_or_needless_dep(tmp_path: 
     text = text.replace("      - pipeline/stages/split.py\n", "", 1)
     text = text.replace(
         "        - pipeline/stages/evaluate.py\n",
-        "        - pipeline/stages/evaluate.py\n        - pipeline/datasets/images.py\n",
+        "        - pipeline/stages/evaluate.py\n        - pipeline/datasets/archives.py\n",
     )
     (root / "dvc.yaml").write_text(text)
     reports = {report.stage: report for report in check_code_deps(root)}
     evaluations = [f"evaluate@{name}" for name in ("scratch", "feature_extraction", "fine_tune")]
     assert reports["split"].missing == ("pipeline/stages/split.py",)
     for name in evaluations:
-        assert reports[name].unused == ("pipeline/datasets/images.py",)
+        assert reports[name].unused == ("pipeline/datasets/archives.py",)
     assert not any(
         r.missing or r.unused for name, r in reports.items() if name not in ("split", *evaluations)
     )
@@ -123,7 +160,7 @@ def test_check_names_the_stage_and_file_for_a_missing_or_needless_dep(tmp_path: 
     assert result.returncode == 1
     assert "split: imports pipeline/stages/split.py, which dvc.yaml does not list" in result.stdout
     assert (
-        "evaluate@fine_tune: lists pipeline/datasets/images.py, which it never imports"
+        "evaluate@fine_tune: lists pipeline/datasets/archives.py, which it never imports"
         in result.stdout
     )
 
