@@ -26,7 +26,6 @@ from pipeline.errors import PipelineError
 logger = logging.getLogger("pipeline.cli")
 
 _DEFAULT_PATHS = {
-    "prepared": "data/prepared",
     "models": "models",
     "metrics": "reports/metrics.json",
 }
@@ -59,7 +58,8 @@ def deps(args: argparse.Namespace) -> int:
 
 def retrain(args: argparse.Namespace) -> int:
     """One retraining cycle; 75 when another cycle holds the lock."""
-    from pipeline.retrain import LOCK_HELD_STATUS, RECORD_FILE, LockHeld, run_cycle
+    from pipeline.retraining.cycle import RECORD_FILE, run_cycle
+    from pipeline.retraining.lock import LOCK_HELD_STATUS, LockHeld
 
     root = _project_root(args.root)
     try:
@@ -99,15 +99,17 @@ def sync_mlflow(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     """Classify image files and folders; write one CSV row per file."""
-    from pipeline import predict as prediction
+    from pipeline.prediction import choice, results
+    from pipeline.prediction.files import find_images
 
     # Every path is checked before a model loads: a typo fails in a second, not after Keras.
-    files = prediction.find_images(args.paths)
+    files = find_images(args.paths)
     root = args.root.resolve()
     # Quiet what can be quieted of TensorFlow's C++ start-up lines, as the stages do.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from pipeline.config import load_config
-    from pipeline.store import atomic_write, split_paths
+    from pipeline.prediction.classifier import load_classifier
+    from pipeline.store import atomic_write
     from pipeline.tracking.server import limit_http_retries, tracking_uri
     from pipeline.wiring import project_paths
 
@@ -120,21 +122,20 @@ def predict(args: argparse.Namespace) -> int:
         if config is None:
             return None
         name = config.mlflow.registered_model_name(config.data.dataset)
-        return prediction.find_champion(store, name)
+        return choice.find_champion(store, name)
 
-    choice = prediction.choose_model(
+    chosen = choice.choose_model(
         args.model, champion, root / paths["metrics"], root / paths["models"]
     )
-    if prediction.is_model_uri(choice.source):
-        prediction.use_tracking_store(store, choice.source)
-    test_split = split_paths(root / paths["prepared"])["test"]
-    classifier = prediction.load_classifier(choice.source, test_split)
+    if choice.is_model_uri(chosen.source):
+        choice.use_tracking_store(store, chosen.source)
+    classifier = load_classifier(chosen.source)
     height, width, channels = classifier.image_shape
     logger.info(
         "predicting %d file(s) with %s (%s): %d classes, images %dx%dx%d",
         len(files),
         classifier.source,
-        choice.reason,
+        chosen.reason,
         len(classifier.classes),
         height,
         width,
@@ -150,14 +151,12 @@ def predict(args: argparse.Namespace) -> int:
         disable=len(files) <= args.batch_size,
         file=sys.stderr,
     ) as bar:
-        predictions = prediction.predict_files(
-            classifier, files, resize, args.batch_size, bar.update
-        )
+        predictions = results.predict_files(classifier, files, resize, args.batch_size, bar.update)
     if args.out is None:
-        prediction.write_predictions(predictions, classifier.classes, sys.stdout)
+        results.write_predictions(predictions, classifier.classes, sys.stdout)
     else:
         with atomic_write(args.out) as stream:
-            prediction.write_predictions(predictions, classifier.classes, stream)
+            results.write_predictions(predictions, classifier.classes, stream)
         logger.info("wrote %d row(s) to %s", len(predictions), args.out)
     unreadable = [item for item in predictions if item.error is not None]
     if unreadable:
@@ -194,7 +193,8 @@ _PREDICT_EPILOG = """\
 The model: --model when given; else models:/<registered name>@champion when the tracking store
 (MLFLOW_TRACKING_URI, else mlflow.db in the project) has a champion; else the best strategy's
 models/<strategy>/model.keras by test_accuracy in reports/metrics.json. A log line (stderr)
-names the model used.
+names the model used. A .keras model answers in the class names of the classes.json beside
+it (training writes it); a registered model carries its own.
 
 Each file is decoded as the split stage decodes images (EXIF orientation, data.resize) to the
 size and channels the model takes. The CSV has one row per file: path, predicted_class,

@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     # Both must come before anything starts the backend (importing keras can, on TensorFlow).
     local_devices = split_cpu(args.local_devices, backend) if args.local_devices > 1 else []
 
-    from pipeline.training import devices
+    from pipeline.training import workers
 
     if args.coordinator:
-        devices.initialize_workers(
+        workers.initialize_workers(
             args.coordinator,
             args.num_processes,
             args.process_id,
@@ -117,7 +117,7 @@ def train(
     """Fit a fresh model on the data fed as `mode`; its weights, losses and replica count."""
     import keras
 
-    from pipeline.training import devices
+    from pipeline.training import accelerators, workers
 
     distribution = keras.distribution.distribution()
     if distribution is not None:
@@ -130,11 +130,11 @@ def train(
         fit_data = {"x": tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH_SIZE)}
         local_samples, batch_size = SAMPLES, GLOBAL_BATCH_SIZE
     else:
-        (x_local, y_local), batch_size = devices.shard_for_this_process([x, y], GLOBAL_BATCH_SIZE)
+        (x_local, y_local), batch_size = workers.shard_for_this_process([x, y], GLOBAL_BATCH_SIZE)
         fit_data = {"x": x_local, "y": y_local, "batch_size": batch_size}
         local_samples = len(x_local)
 
-    with devices.training_scope(local_devices):
+    with accelerators.training_scope(local_devices):
         model = build_model()
         if initial_weights:
             with np.load(initial_weights) as saved:

@@ -1,6 +1,11 @@
-"""The HTML report of a pipeline run: the strategies side by side, in one self-contained page."""
+"""The HTML report of a pipeline run: the strategies side by side, in one self-contained page.
 
-from pipeline.reporting.html import (
+content.py holds what the page shows and reads it from a run's outputs; views.py and
+formatting.py turn it into the template's strings, images.py embeds the pictures, and html.py
+renders and writes the page.
+"""
+
+from pipeline.reporting.content import (
     DatasetCard,
     Figure,
     FigureGroup,
@@ -10,9 +15,8 @@ from pipeline.reporting.html import (
     collect_strategy_figures,
     mlflow_run_url,
     read_classification_report,
-    render_report,
-    write_report,
 )
+from pipeline.reporting.html import render_report, write_report
 
 __all__ = [
     "DatasetCard",

@@ -1,6 +1,7 @@
-"""Device handling for training (pipeline/training/devices.py): the mixed-precision choice,
-the worker settings from the environment, and real data-parallel training: two JAX processes
-on 127.0.0.1, and one process over two CPU devices on JAX and on TensorFlow.
+"""Device handling for training (pipeline/training/precision.py, accelerators.py, workers.py):
+the mixed-precision choice, the worker settings from the environment, and real data-parallel
+training: two JAX processes on 127.0.0.1, and one process over two CPU devices on JAX and on
+TensorFlow.
 
 Each distributed mode starts from the same initial weights as a one-process, one-device
 reference (tests/distributed_worker.py) and must end at its final weights: proof that every
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.training import devices
+from pipeline.training import accelerators, precision, workers
 from tests import distributed_worker
 from tests.project import PROJECT_ROOT
 
@@ -52,24 +53,24 @@ WORKER_TIMEOUT_S = 180
     ],
 )
 def test_choose_precision(setting: str, devices_seen: list[str], expected: str) -> None:
-    assert devices.choose_precision(setting, devices_seen) == expected
+    assert precision.choose_precision(setting, devices_seen) == expected
 
 
 def test_choose_precision_rejects_an_unknown_setting_naming_the_choices() -> None:
     with pytest.raises(ConfigError, match="'fp16'.*auto, float32, mixed_bfloat16, mixed_float16"):
-        devices.choose_precision("fp16", ["cpu"])
+        precision.choose_precision("fp16", ["cpu"])
 
 
 @pytest.mark.parametrize("device", ["npu", "gpu:eight", "gpu:8"])
 def test_choose_precision_rejects_a_malformed_device(device: str) -> None:
     with pytest.raises(ValueError, match="device"):
-        devices.choose_precision("auto", [device])
+        precision.choose_precision("auto", [device])
 
 
 def test_the_devices_of_this_machine_resolve_auto() -> None:
-    seen = devices.describe_devices()
+    seen = precision.describe_devices()
     assert seen, "describe_devices lists at least the CPU"
-    assert devices.choose_precision("auto", seen) in devices.POLICIES
+    assert precision.choose_precision("auto", seen) in precision.POLICIES
 
 
 # --- apply_precision -------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def _classifier() -> keras.Model:
 
 @pytest.mark.usefixtures("restore_dtype_policy")
 def test_mixed_float16_gets_loss_scaling_from_compile_and_a_float32_output() -> None:
-    devices.apply_precision("mixed_float16")
+    precision.apply_precision("mixed_float16")
     model = _classifier()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     assert model.layers[1].compute_dtype == "float16"
@@ -105,7 +106,7 @@ def test_mixed_float16_gets_loss_scaling_from_compile_and_a_float32_output() -> 
 
 @pytest.mark.usefixtures("restore_dtype_policy")
 def test_mixed_bfloat16_needs_no_loss_scaling() -> None:
-    devices.apply_precision("mixed_bfloat16")
+    precision.apply_precision("mixed_bfloat16")
     model = _classifier()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     assert model.layers[1].compute_dtype == "bfloat16"
@@ -116,15 +117,15 @@ def test_mixed_bfloat16_needs_no_loss_scaling() -> None:
 @pytest.mark.parametrize("policy", ["auto", "float16", "mixed_float32"])
 def test_apply_precision_rejects_what_is_not_a_policy(policy: str) -> None:
     with pytest.raises(ConfigError, match="float32, mixed_bfloat16, mixed_float16"):
-        devices.apply_precision(policy)
+        precision.apply_precision(policy)
 
 
 # --- training_scope --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("accelerators", [[], ["gpu:0"]])
-def test_training_scope_does_nothing_with_one_device_or_none(accelerators: list[str]) -> None:
-    scope = devices.training_scope(accelerators)
+@pytest.mark.parametrize("names", [[], ["gpu:0"]])
+def test_training_scope_does_nothing_with_one_device_or_none(names: list[str]) -> None:
+    scope = accelerators.training_scope(names)
     with scope:
         pass
     assert type(scope).__name__ == "nullcontext"
@@ -141,7 +142,7 @@ VALID_ENV = {
 
 @pytest.mark.parametrize("environ", [{}, dict.fromkeys(VALID_ENV, ""), {"OTHER": "1"}])
 def test_no_worker_variables_mean_one_process(environ: dict[str, str]) -> None:
-    assert devices.initialize_workers_from_env(environ) is False
+    assert workers.initialize_workers_from_env(environ) is False
 
 
 @pytest.mark.parametrize(
@@ -169,7 +170,7 @@ def test_bad_worker_variables_name_the_variable_and_the_fix(
     environ = {**VALID_ENV, **changes}
     environ = {name: value for name, value in environ.items() if value is not None}
     with pytest.raises(ConfigError, match=message):
-        devices.initialize_workers_from_env(environ)
+        workers.initialize_workers_from_env(environ)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +183,7 @@ def test_bad_worker_variables_name_the_variable_and_the_fix(
 )
 def test_bad_worker_arguments_are_config_errors(arguments: tuple, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        devices.initialize_workers(*arguments)
+        workers.initialize_workers(*arguments)
 
 
 @pytest.mark.skipif(
@@ -190,9 +191,9 @@ def test_bad_worker_arguments_are_config_errors(arguments: tuple, message: str) 
 )
 def test_training_across_processes_asks_for_the_jax_backend() -> None:
     with pytest.raises(ConfigError, match=r"KERAS_BACKEND=jax.*keras-team/keras#20585"):
-        devices.initialize_workers_from_env(VALID_ENV)
+        workers.initialize_workers_from_env(VALID_ENV)
     with pytest.raises(ConfigError, match="KERAS_BACKEND=jax"):
-        devices.initialize_workers("127.0.0.1:4321", 2, 0)
+        workers.initialize_workers("127.0.0.1:4321", 2, 0)
 
 
 # --- shard_for_this_process ------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_training_across_processes_asks_for_the_jax_backend() -> None:
 
 def test_one_process_keeps_all_the_data() -> None:
     x = np.arange(10)
-    (shard,), batch_size = devices.shard_for_this_process([x], 4)
+    (shard,), batch_size = workers.shard_for_this_process([x], 4)
     assert shard is x and batch_size == 4
 
 
@@ -208,8 +209,8 @@ def test_each_process_gets_its_slice_of_every_global_batch(monkeypatch) -> None:
     x, y = np.arange(70).reshape(35, 2), np.arange(35)
     shards = []
     for index in range(2):
-        monkeypatch.setattr(devices, "process_grid", lambda index=index: (2, index))
-        (x_local, y_local), batch_size = devices.shard_for_this_process([x, y], 8)
+        monkeypatch.setattr(workers, "process_grid", lambda index=index: (2, index))
+        (x_local, y_local), batch_size = workers.shard_for_this_process([x, y], 8)
         assert batch_size == 4
         assert len(x_local) == len(y_local) == 16  # 4 whole global batches; 3 samples dropped
         shards.append((x_local, y_local))
@@ -226,9 +227,9 @@ def test_each_process_gets_its_slice_of_every_global_batch(monkeypatch) -> None:
 def test_a_batch_that_does_not_split_is_a_config_error(
     monkeypatch, samples: int, global_batch_size: int, message: str
 ) -> None:
-    monkeypatch.setattr(devices, "process_grid", lambda: (2, 0))
+    monkeypatch.setattr(workers, "process_grid", lambda: (2, 0))
     with pytest.raises(ConfigError, match=message):
-        devices.shard_for_this_process([np.zeros(samples)], global_batch_size)
+        workers.shard_for_this_process([np.zeros(samples)], global_batch_size)
 
 
 # --- real distributed training (subprocesses) ------------------------------------------------
@@ -238,7 +239,7 @@ def _worker_env(backend: str) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if name not in devices.WORKER_VARIABLES and not name.startswith("KERAS_DISTRIBUTION_")
+        if name not in workers.WORKER_VARIABLES and not name.startswith("KERAS_DISTRIBUTION_")
     }
     env.update(
         KERAS_BACKEND=backend,

@@ -22,14 +22,10 @@ from PIL import Image
 from pipeline import cli
 from pipeline.datasets.images import decode_image
 from pipeline.errors import ModelError, PipelineError, TrackingUnavailable
-from pipeline.predict import (
-    ModelChoice,
-    best_local_model,
-    choose_model,
-    find_images,
-    prediction_header,
-)
-from pipeline.store import Split, save_split
+from pipeline.prediction.choice import ModelChoice, best_local_model, choose_model
+from pipeline.prediction.files import find_images, read_images
+from pipeline.prediction.results import prediction_header
+from pipeline.store import Split, save_split, write_classes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "pipeline"
@@ -47,8 +43,9 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> SimpleNamespace:
-    """A project folder with a small trained digits model (model.keras), its test split, and
-    a folder (with a subfolder) of digit PNGs, a corrupt PNG and files predict must skip."""
+    """A project folder with a small trained digits model (model.keras and classes.json, as
+    training writes them), its test split, and a folder (with a subfolder) of digit PNGs, a
+    corrupt PNG and files predict must skip."""
     import keras
     from keras import layers
 
@@ -63,6 +60,7 @@ def digits(tmp_path_factory) -> SimpleNamespace:
     model.fit(x, y, epochs=3, batch_size=64, verbose=0)
     model_file = root / "model.keras"
     model.save(model_file)
+    write_classes(root, DIGIT_CLASSES)
     save_split(root / "data" / "prepared" / "test.npz", Split(x[:20], y[:20], DIGIT_CLASSES))
 
     images = root / "images"
@@ -218,7 +216,10 @@ def test_a_model_that_cannot_be_loaded_is_named(
 
 
 def test_unknown_class_names_are_refused_with_the_fix(digits, tmp_path) -> None:
+    """A model.keras without classes.json beside it: the project's test split is not read."""
     shutil.copy(digits.model_file, tmp_path / "model.keras")
+    test = tmp_path / "data" / "prepared" / "test.npz"
+    save_split(test, Split(np.zeros((1, 8, 8, 1), np.uint8), np.zeros(1, np.int64), DIGIT_CLASSES))
     with pytest.raises(ModelError, match="class names of .* are unknown.*classes.json"):
         cli.main(
             [
@@ -230,6 +231,23 @@ def test_unknown_class_names_are_refused_with_the_fix(digits, tmp_path) -> None:
                 str(tmp_path),
             ]
         )
+
+
+def test_class_names_of_another_model_are_refused(digits, tmp_path) -> None:
+    shutil.copy(digits.model_file, tmp_path / "model.keras")
+    write_classes(tmp_path, ["cat", "dog"])
+    with pytest.raises(ModelError, match="10 output unit.*names 2 classes"):
+        cli.main(["predict", str(digits.images), "--model", str(tmp_path / "model.keras")])
+
+
+def test_a_gray_model_gets_pillows_luminance_of_a_colour_file(tmp_path) -> None:
+    """Pillow's "L" (fixed-point ITU-R 601), as a grayscale PNG stores it: these colours are
+    where a float luminance rounds the other way."""
+    colours = np.array([[[0, 4, 168], [0, 18, 131]], [[0, 22, 49], [255, 255, 255]]], np.uint8)
+    Image.fromarray(colours).save(tmp_path / "colours.png")
+    images, bad = read_images([tmp_path / "colours.png"], (2, 2, 1))
+    assert bad == {}
+    np.testing.assert_array_equal(images[0, ..., 0], [[21, 25], [19, 255]])
 
 
 @pytest.fixture(scope="module")

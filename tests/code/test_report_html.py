@@ -32,7 +32,7 @@ from pipeline.reporting import (  # noqa: E402
     render_report,
     write_report,
 )
-from pipeline.reporting import html as report_html  # noqa: E402
+from pipeline.reporting import content as report_content  # noqa: E402
 from pipeline.store import Split  # noqa: E402
 from tests.project import PROJECT_ROOT  # noqa: E402
 
@@ -113,16 +113,16 @@ def _report_folder(root: Path, strategy: str, classes: list[str]) -> Path:
     classes), no Grad-CAM or filters for feature_extraction, two activation grids."""
     folder = root / strategy
     names = [
-        report_html.CONFUSION_PNG,
-        report_html.CONFUSION_NORMALIZED_PNG,
-        report_html.CURVES_PNG,
-        report_html.MOSAIC_PNG,
-        report_html.MISTAKES_PNG,
+        report_content.CONFUSION_PNG,
+        report_content.CONFUSION_NORMALIZED_PNG,
+        report_content.CURVES_PNG,
+        report_content.MOSAIC_PNG,
+        report_content.MISTAKES_PNG,
     ]
     if strategy != "feature_extraction":
-        names += [report_html.GRADCAM_PNG, report_html.FILTERS_PNG]
+        names += [report_content.GRADCAM_PNG, report_content.FILTERS_PNG]
         for layer in ("02_conv2d_1", "01_conv2d"):
-            _png(folder / report_html.ACTIVATIONS_DIR / f"{layer}.png", layer)
+            _png(folder / report_content.ACTIVATIONS_DIR / f"{layer}.png", layer)
     for name in names:
         _png(folder / name, f"{strategy} {name}")
     rows = [[0.9, 0.8, 0.85, 5] for _ in classes] + [[0.9, 0.8, 0.85, 15]] * 2
@@ -130,7 +130,7 @@ def _report_folder(root: Path, strategy: str, classes: list[str]) -> Path:
         rows,
         index=pd.Index([*classes, "macro avg", "weighted avg"], name="class"),
         columns=["precision", "recall", "f1", "support"],
-    ).to_csv(folder / report_html.CLASSIFICATION_REPORT)
+    ).to_csv(folder / report_content.CLASSIFICATION_REPORT)
     return folder
 
 
@@ -348,7 +348,7 @@ def test_missing_figures_are_omitted(tmp_path: Path) -> None:
     titles = [group.title for group in groups]
     assert titles == ["Confusion matrices", "Training curves", "Predictions and mistakes"]
     # A figure listed but deleted before rendering is left out, without an error.
-    (folder / report_html.MISTAKES_PNG).unlink()
+    (folder / report_content.MISTAKES_PNG).unlink()
     page = render_report(content)
     assert page.count("<figcaption>The most confident mistakes</figcaption>") == 2
     # No figure at all: the section has its tables but no figure groups.
@@ -414,14 +414,29 @@ def test_bad_example_images_name_the_class(content: ReportContent) -> None:
     dataset = replace(content.dataset, examples={"cat": np.zeros((1, 4, 4, 1), dtype=np.float32)})
     with pytest.raises(ValueError, match="examples\\['cat'\\] must be uint8"):
         render_report(replace(content, dataset=dataset))
+    dataset = replace(content.dataset, examples={"cat": np.zeros((1, 4, 4, 2), dtype=np.uint8)})
+    with pytest.raises(ValueError, match="examples\\['cat'\\] must have shape"):
+        render_report(replace(content, dataset=dataset))
+
+
+def test_gray_examples_with_or_without_a_channel_axis_embed_alike(content: ReportContent) -> None:
+    from dataclasses import replace
+
+    def page(examples: dict) -> str:
+        return render_report(replace(content, dataset=replace(content.dataset, examples=examples)))
+
+    gray = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8)
+    assert page({"cat": gray}) == page({"cat": gray[..., None]})
+    assert page({"cat": gray}).count("data:image/png") == page({}).count("data:image/png") + 2
 
 
 def test_the_report_reads_the_evaluate_stage_file_names_without_keras() -> None:
     """Both stages take the folder's file names from pipeline/evaluation/layout.py, which
     imports nothing: the report stays a light process."""
     code = (
-        "import sys, pipeline.reporting.html as h, pipeline.evaluation.layout as l;"
-        "assert h.GRADCAM_PNG is l.GRADCAM_PNG;"
+        "import sys, pipeline.reporting, pipeline.reporting.content as c,"
+        " pipeline.evaluation.layout as l;"
+        "assert c.GRADCAM_PNG is l.GRADCAM_PNG;"
         "print(sorted(m for m in ('keras', 'tensorflow', 'mlflow') if m in sys.modules))"
     )
     result = subprocess.run(

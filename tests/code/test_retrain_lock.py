@@ -1,4 +1,5 @@
-"""The retraining lock: one cycle at a time, and a killed cycle's lock is taken over."""
+"""The retraining lock: one cycle at a time, and a killed cycle's lock is taken over; and the
+one way a cycle runs a command."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.retrain import LockHeld, cycle_lock
+from pipeline.retraining.commands import SHOWN_TAIL_LINES, CommandResult, run_command
+from pipeline.retraining.lock import LockHeld, cycle_lock
 
 HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from pipeline.retrain import cycle_lock
+    from pipeline.retraining.lock import cycle_lock
     with cycle_lock(Path(sys.argv[1])):
         print("held", flush=True)
         time.sleep(120)
@@ -76,3 +78,24 @@ def test_the_lock_is_released_when_the_cycle_fails(tmp_path: Path) -> None:
         raise RuntimeError("a step failed")
     with cycle_lock(lock) as state:
         assert state["took_over"] is None
+
+
+def test_a_captured_command_gives_both_streams_and_its_status(tmp_path: Path) -> None:
+    code = "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"
+    assert run_command([sys.executable, "-c", code], tmp_path) == CommandResult(3, "out\n", "err\n")
+
+
+def test_a_shown_command_streams_its_output_and_keeps_the_tail(tmp_path: Path, capfd) -> None:
+    """DVC's stages run `python` from PATH: this environment's comes first, under cron too."""
+    code = (
+        "import os, sys; print(os.environ['PATH'].split(os.pathsep)[0], os.environ['EXTRA']);"
+        "[print(i, file=sys.stderr if i % 2 else sys.stdout) for i in range(40)]"
+    )
+    # Unbuffered (-u): the two streams' lines arrive in the order they were written.
+    result = run_command([sys.executable, "-u", "-c", code], tmp_path, {"EXTRA": "set"}, show=True)
+    assert result.status == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == SHOWN_TAIL_LINES and lines[-1] == "39"
+    shown = capfd.readouterr().err.splitlines()
+    assert shown[0] == f"{Path(sys.executable).parent} set"
+    assert shown[1:] == [str(i) for i in range(40)]

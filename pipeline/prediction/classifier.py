@@ -1,0 +1,171 @@
+"""A trained model loaded for `pipeline predict`, with the class names it answers in.
+
+A .keras file (or a strategy's folder holding model.keras) takes its class names from the
+classes.json that training writes beside it (`pipeline.store.CLASSES_FILE`). An MLflow model
+(a models:/ or runs:/ URI, or an MLflow model folder) loads through mlflow.pyfunc, as a
+service loads it; the registered classifier names its classes in its answer's columns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ModelError
+from pipeline.models.outputs import class_probabilities, output_units
+from pipeline.prediction.choice import is_model_uri
+from pipeline.store import CLASSES_FILE, MODEL_FILE
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A loaded model, as predict needs it: raw uint8 images in, one probability per class out."""
+
+    source: str
+    classes: list[str]
+    image_shape: tuple[int, int, int]
+    """(height, width, channels) of the images the model takes."""
+    predict_batch: Callable[[np.ndarray], np.ndarray]
+    """uint8 (N, H, W, C) images -> float (N, len(classes)) probabilities."""
+
+
+def load_classifier(source: str) -> Classifier:
+    """Load `source`: a models:/ or runs:/ URI or an MLflow model folder (through
+    mlflow.pyfunc, as a service loads it), or a .keras file (or a strategy's folder holding
+    model.keras). Raises ModelError naming the source when it cannot be loaded."""
+    path = Path(source)
+    if not is_model_uri(source):
+        if not path.exists():
+            raise ModelError(
+                f"model {source} does not exist: pass a .keras file, a models/<strategy> folder "
+                "or a models:/<name>@<alias> URI"
+            )
+        if path.is_dir() and (path / MODEL_FILE).is_file():
+            path = path / MODEL_FILE
+        elif path.is_dir() and not (path / "MLmodel").is_file():
+            raise ModelError(f"model folder {source} holds neither {MODEL_FILE} nor an MLmodel")
+    if is_model_uri(source) or path.is_dir():
+        return _load_pyfunc(source)
+    return _load_keras(path)
+
+
+def read_class_names(folder: Path, model: str) -> list[str]:
+    """The class names in `folder`'s CLASSES_FILE, in label order. Raises ModelError, naming
+    `model` and the fix, when the file is missing or is not a JSON list of names."""
+    names_file = folder / CLASSES_FILE
+    if not names_file.is_file():
+        raise ModelError(
+            f"the class names of {model} are unknown: there is no {names_file}. Training "
+            f"writes {CLASSES_FILE} beside {MODEL_FILE}; for a model trained before that, or "
+            "elsewhere, write it there yourself (a JSON list in label order, e.g. "
+            '["cat", "dog"]), or predict with the registered model (models:/<name>@champion), '
+            "which carries its class names"
+        )
+    try:
+        names = json.loads(names_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{names_file} is not valid JSON ({exc})") from None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ModelError(f"{names_file} must hold a JSON list of class names, in label order")
+    return names
+
+
+def _load_keras(path: Path) -> Classifier:
+    import keras
+
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails anywhere in deserialising
+        raise ModelError(f"cannot load the model {path}: {_first_line(exc)}") from None
+    if len(model.inputs) != 1:
+        raise ModelError(f"the model {path} takes {len(model.inputs)} inputs, not one image")
+    image_shape = _image_shape(model.inputs[0].shape[1:], path)
+    units = int(model.outputs[0].shape[-1])
+    classes = read_class_names(path.parent, str(path))
+    if output_units(len(classes)) != units:
+        raise ModelError(
+            f"the model {path} ends in {units} output unit(s), but {path.parent / CLASSES_FILE} "
+            f"names {len(classes)} classes ({', '.join(classes)}): it belongs to another model; "
+            "write the class names of this one there"
+        )
+
+    def predict_batch(images: np.ndarray) -> np.ndarray:
+        return class_probabilities(model.predict(images, batch_size=len(images), verbose=0))
+
+    return Classifier(str(path), classes, image_shape, predict_batch)
+
+
+def _load_pyfunc(source: str) -> Classifier:
+    import mlflow
+    import pandas as pd
+
+    from pipeline.serving import PREDICTED_CLASS
+
+    try:
+        model = mlflow.pyfunc.load_model(source)
+    except Exception as exc:  # noqa: BLE001 - MLflow, the store and the flavor raise their own
+        raise ModelError(f"cannot load the model {source}: {_first_line(exc)}") from None
+    image_shape = _pyfunc_image_shape(model, source)
+    # One black image: the served classifier names its classes in its answer's columns.
+    probe = model.predict(np.zeros((1, *image_shape), dtype=np.uint8))
+    if isinstance(probe, pd.DataFrame) and PREDICTED_CLASS in probe.columns:
+        columns = [column for column in probe.columns if column != PREDICTED_CLASS]
+
+        def predict_batch(images: np.ndarray) -> np.ndarray:
+            return model.predict(images)[columns].to_numpy(dtype=np.float64)
+
+        return Classifier(source, [str(name) for name in columns], image_shape, predict_batch)
+
+    # A bare Keras flavor (a run's `model` artifact) answers probabilities without names: a
+    # local MLflow model folder can carry them in its CLASSES_FILE.
+    units = class_probabilities(np.asarray(probe)).shape[1]
+    local = Path(source)
+    if is_model_uri(source) or not local.is_dir():
+        raise ModelError(
+            f"the model {source} answers probabilities without class names: predict with the "
+            "registered classifier (models:/<name>@<alias>), which carries them, or with the "
+            f"strategy's folder (models/<strategy>, holding {MODEL_FILE} and {CLASSES_FILE})"
+        )
+    classes = read_class_names(local, source)
+    if len(classes) != units:
+        raise ModelError(
+            f"the model {source} answers {units} classes but its {CLASSES_FILE} names "
+            f"{len(classes)}"
+        )
+
+    def predict_raw(images: np.ndarray) -> np.ndarray:
+        return class_probabilities(np.asarray(model.predict(images)))
+
+    return Classifier(source, classes, image_shape, predict_raw)
+
+
+def _pyfunc_image_shape(model, source: str) -> tuple[int, int, int]:
+    """(H, W, C) from the logged signature (every model the pipeline logs has one)."""
+    schema = model.metadata.get_input_schema()
+    if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1:
+        return _image_shape(schema.inputs[0].shape[1:], source)
+    raise ModelError(
+        f"the model {source} has no tensor input signature, so the image size it takes is "
+        "unknown; log it with a signature (the pipeline's models have one)"
+    )
+
+
+def _image_shape(shape: Sequence[int | None], source: str) -> tuple[int, int, int]:
+    """A model's input shape (without the batch axis) as (H, W, C), or a ModelError."""
+    dims = tuple(shape)
+    if len(dims) != 3 or any(dim is None or dim < 1 for dim in dims):
+        raise ModelError(
+            f"the model {source} takes inputs of shape {dims}, not images of a fixed "
+            "(height, width, channels)"
+        )
+    return (int(dims[0]), int(dims[1]), int(dims[2]))
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's first line: MLflow's and Keras' messages run to pages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

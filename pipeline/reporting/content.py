@@ -1,0 +1,215 @@
+"""What the HTML report shows, and reading it from a run's outputs.
+
+The dataclasses are the report's content: `render_report` (html.py) turns a `ReportContent`
+into a page. `collect_strategy_figures` and `read_classification_report` read one strategy's
+report folder by the file names the evaluate stage writes (pipeline/evaluation/layout.py), so
+the report stage needs neither Keras nor MLflow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from pipeline.evaluation.layout import (
+    ACTIVATIONS_DIR,
+    AUGMENTED_PNG,
+    CLASSIFICATION_REPORT,
+    CONFUSION_NORMALIZED_PNG,
+    CONFUSION_PNG,
+    CURVES_PNG,
+    FILTERS_PNG,
+    GRADCAM_PNG,
+    MISTAKES_PNG,
+    MOSAIC_PNG,
+    PATTERNS_PNG,
+    PR_PNG,
+    ROC_PNG,
+)
+from pipeline.store import Split
+
+# The figure groups of a strategy section, in page order: (group title, ((file, caption), ...)).
+# ACTIVATIONS_DIR stands for every PNG in that folder, in name order.
+FIGURE_GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "Confusion matrices",
+        (
+            (CONFUSION_PNG, "Counts: rows are true classes, columns predicted ones"),
+            (CONFUSION_NORMALIZED_PNG, "Row-normalized: the diagonal is each class's recall"),
+        ),
+    ),
+    ("Training curves", ((CURVES_PNG, "Loss and accuracy per epoch, training and validation"),)),
+    (
+        "Per-class",
+        (
+            (ROC_PNG, "ROC curve on the test split"),
+            (PR_PNG, "Precision-recall curve on the test split"),
+        ),
+    ),
+    (
+        "Grad-CAM",
+        ((GRADCAM_PNG, "Where the network looked for its prediction (mistakes first)"),),
+    ),
+    (
+        "Inside the network",
+        (
+            (FILTERS_PNG, "First-layer filters, before and after training"),
+            (ACTIVATIONS_DIR, "Activations"),
+            (PATTERNS_PNG, "Input patterns that excite chosen filters most"),
+        ),
+    ),
+    (
+        "Predictions and mistakes",
+        (
+            (MOSAIC_PNG, "Test images: true / predicted (confidence)"),
+            (MISTAKES_PNG, "The most confident mistakes"),
+        ),
+    ),
+    ("Augmentation", ((AUGMENTED_PNG, "Augmented versions of one training image"),)),
+)
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    """What the report says about the data: names, counts, examples and the data gate."""
+
+    name: str
+    class_names: Sequence[str]
+    counts: Mapping[str, Mapping[str, int]]
+    """Split ("train", "val", "test") -> class name -> number of images."""
+    examples: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """Class name -> uint8 images (n, H, W, C), C 1 or 3 (or (n, H, W) gray)."""
+    validation: Mapping[str, Any] | None = None
+    """The data gate's summary (reports/validation/summary.json), or None when there is none."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure file of a strategy's report folder, with the caption shown under it."""
+
+    caption: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class FigureGroup:
+    """Figures shown together under one heading of a strategy's section."""
+
+    title: str
+    figures: tuple[Figure, ...]
+
+
+@dataclass(frozen=True)
+class StrategySection:
+    """One strategy's part of the page: its run, its metrics, its per-class table, figures."""
+
+    name: str
+    run_id: str | None = None
+    run_url: str | None = None
+    """A link to the run in the MLflow UI; else built from the report's `mlflow_url` (and
+    `experiment_id`, when given); else the run id is shown as text."""
+    experiment_id: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    classification_report: pd.DataFrame | None = None
+    """Precision, recall, f1 and support per class (index = class), average rows last."""
+    figures: Sequence[FigureGroup] = ()
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """Everything the page shows; `render_report` is a pure function of it."""
+
+    title: str
+    generated: datetime | str
+    """When the report was made; passed in so that the page is a pure function of its content."""
+    dataset: DatasetCard
+    comparison: pd.DataFrame
+    """One row per strategy (index = strategy name), the COMPARISON_COLUMNS."""
+    significance: pd.DataFrame
+    """Pairwise McNemar (pipeline.evaluation.significance.pairwise_mcnemar's columns)."""
+    alpha: float
+    strategies: Sequence[StrategySection]
+    mlflow_url: str | None = None
+    """The MLflow UI's base address, e.g. http://127.0.0.1:5000; None: no links."""
+
+
+# --- reading a run's outputs ------------------------------------------------------------------
+
+
+def collect_strategy_figures(report_dir: Path) -> list[FigureGroup]:
+    """The figures of one strategy's report folder, grouped as FIGURE_GROUPS; files that are
+    not there are left out, and so is a group with none."""
+    report_dir = Path(report_dir)
+    groups = []
+    for title, entries in FIGURE_GROUPS:
+        figures: list[Figure] = []
+        for name, caption in entries:
+            if name == ACTIVATIONS_DIR:
+                folder = report_dir / ACTIVATIONS_DIR
+                paths = sorted(folder.glob("*.png")) if folder.is_dir() else []
+                figures += [Figure(f"{caption}: {_layer_caption(path)}", path) for path in paths]
+            elif (report_dir / name).is_file():
+                figures.append(Figure(caption, report_dir / name))
+        if figures:
+            groups.append(FigureGroup(title, tuple(figures)))
+    return groups
+
+
+def read_classification_report(report_dir: Path) -> pd.DataFrame | None:
+    """classification_report.csv of a strategy's report folder (index = class), or None."""
+    path = Path(report_dir) / CLASSIFICATION_REPORT
+    if not path.is_file():
+        return None
+    # Class names are text even when they look like numbers ("0" .. "9" for digits).
+    return pd.read_csv(path, index_col=0, dtype={0: str}, keep_default_na=False)
+
+
+def build_dataset_card(
+    name: str,
+    splits: Mapping[str, Split],
+    validation: Mapping[str, Any] | None = None,
+    examples_per_class: int = 6,
+    example_split: str = "train",
+) -> DatasetCard:
+    """A DatasetCard from the prepared splits: counts per split and class, and the first
+    `examples_per_class` images of each class of `example_split` (deterministic)."""
+    if not splits:
+        raise ValueError("splits is empty: the dataset card needs the prepared splits")
+    classes = list(next(iter(splits.values())).classes)
+    counts = {
+        split_name: {
+            class_name: int(np.sum(split.y == index)) for index, class_name in enumerate(classes)
+        }
+        for split_name, split in splits.items()
+    }
+    examples: dict[str, np.ndarray] = {}
+    source = splits.get(example_split)
+    if source is not None and examples_per_class > 0:
+        for index, class_name in enumerate(classes):
+            rows = np.flatnonzero(source.y == index)[:examples_per_class]
+            if len(rows):
+                examples[class_name] = source.x[rows]
+    return DatasetCard(name, classes, counts, examples, validation)
+
+
+def mlflow_run_url(base: str, run_id: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI's page of a run: with the experiment id when known, else the UI's
+    direct route, which finds the experiment itself."""
+    base = base.rstrip("/")
+    run = quote(str(run_id), safe="")
+    if experiment_id is not None:
+        return f"{base}/#/experiments/{quote(str(experiment_id), safe='')}/runs/{run}"
+    return f"{base}/#/runs/{run}"
+
+
+def _layer_caption(path: Path) -> str:
+    """ "03_conv2d_1" -> "conv2d_1": the number only orders the files."""
+    return re.sub(r"^\d+_", "", path.stem) or path.stem
