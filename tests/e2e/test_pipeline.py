@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import flatten_params
 from pipeline.store import sha256_of as sha256
+from pipeline.tracking.context import flatten_params
 from tests.browser import Browser, chromium_or_skip
 from tests.project import dvc, make_project_copy
 
@@ -257,7 +257,17 @@ def test_each_run_holds_its_figures_and_the_comparison_has_a_run_of_its_own(proj
         assert not [
             key for key in run.index if key.startswith("metrics.mcnemar") and run[key] == run[key]
         ]
-        assert run["metrics.test_recall_0"] >= 0
+        # Per-class recall and precision, as logged, are the confusion matrix's diagonal over
+        # its rows (true) and over its columns (predicted).
+        counts = pd.read_csv(root / "reports" / strategy / "confusion_matrix.csv").to_numpy()
+        right, true, predicted = np.diag(counts), counts.sum(axis=1), counts.sum(axis=0)
+        for digit in range(10):
+            assert run[f"metrics.test_recall_{digit}"] == pytest.approx(
+                right[digit] / true[digit]
+            ), (strategy, digit)
+            assert run[f"metrics.test_precision_{digit}"] == pytest.approx(
+                right[digit] / predicted[digit] if predicted[digit] else 0.0
+            ), (strategy, digit)
     comparisons = mlflow.search_runs(
         experiment_names=["image-classifiers"], filter_string="tags.`pipeline.kind` = 'comparison'"
     )
@@ -272,7 +282,11 @@ def test_each_run_holds_its_figures_and_the_comparison_has_a_run_of_its_own(proj
     assert {a.path for a in client.list_artifacts(comparison["run_id"], "report")} == {
         "report/index.html"
     }
-    assert 0 <= comparison["metrics.mcnemar_p_scratch_vs_feature_extraction"] <= 1
+    # Each pair's McNemar p-value, as logged, is significance.csv's row for that pair.
+    significance = pd.read_csv(root / "reports" / "significance.csv")
+    for row in significance.itertuples(index=False):
+        logged = comparison[f"metrics.mcnemar_p_{row.model_a}_vs_{row.model_b}"]
+        assert logged == pytest.approx(row.p_value), (row.model_a, row.model_b)
 
 
 def test_the_report_loads_in_a_browser(project, tmp_path) -> None:

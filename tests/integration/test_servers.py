@@ -12,7 +12,7 @@ import pytest
 
 from tests.servers import http_ok, port_in_use
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,8 @@ import pytest
 
 from tests.project import PROJECT_ROOT
 
+pytestmark = pytest.mark.integration
+
 MAKE = shutil.which("make")
 CHECK_SCRIPT = "tools/check_python.sh"
 COPIED = ("Makefile", "pyproject.toml", "constraints.txt", CHECK_SCRIPT, "tools/show_results.py")
