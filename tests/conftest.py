@@ -140,8 +140,9 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def _long_modules_first(items: list) -> None:
-    """Order the modules e2e first, then slow, then the rest, so that no whole-pipeline module
-    is left to start last; within a module, and within each kind, pytest's order is kept."""
+    """Order the modules e2e first, then slow or `long_module`, then the rest, so that no
+    whole-pipeline module is left to start last; within a module, and within each kind,
+    pytest's order is kept."""
     modules: dict[str, list] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
@@ -149,6 +150,7 @@ def _long_modules_first(items: list) -> None:
     def kind(members: list) -> int:
         if any(item.get_closest_marker("e2e") for item in members):
             return 0
-        return 1 if any(item.get_closest_marker("slow") for item in members) else 2
+        long = ("slow", "long_module")
+        return 1 if any(item.get_closest_marker(m) for item in members for m in long) else 2
 
     items[:] = [item for members in sorted(modules.values(), key=kind) for item in members]

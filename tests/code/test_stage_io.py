@@ -17,6 +17,9 @@ import pytest
 from pipeline.wiring import is_path_under, load_stages
 from tests.project import PROJECT_ROOT, make_project_copy
 
+# Its fixture runs every stage (about two minutes): started first under xdist (conftest.py).
+pytestmark = pytest.mark.long_module
+
 # The MLflow store is shared state outside the pipeline's data flow: every training run adds to
 # it, and no stage reads another's entries from it, so it is no stage's DVC out.
 TRACKING_STORE = ("mlflow.db", "mlruns/")
