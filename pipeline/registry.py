@@ -8,7 +8,6 @@ Aliases, not the deprecated stages: `models:/<name>@champion` is what a service 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import tempfile
 import warnings
@@ -25,6 +24,7 @@ from mlflow.models import infer_signature
 from pipeline import serving
 from pipeline.evaluation.promotion import Decision, ScoredVersion
 from pipeline.models import outputs
+from pipeline.store import CLASSES_FILE, write_classes
 from pipeline.tracking.runs import create_run, model_requirements
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def log_classifier(
 def _classifier_artifacts(
     keras_model_file: Path, classes: list[str], scratch: Path, manifest_file: Path | None
 ) -> dict[str, str]:
-    classes_file = scratch / "classes.json"
-    classes_file.write_text(json.dumps(classes))
+    write_classes(scratch, classes)
+    classes_file = scratch / CLASSES_FILE
     artifacts = {
         serving.KERAS_MODEL_ARTIFACT: str(keras_model_file),
         serving.CLASSES_ARTIFACT: str(classes_file),

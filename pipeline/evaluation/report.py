@@ -3,8 +3,8 @@ galleries and explanations, as files in its report folder, and the evaluation as
 the evaluate stage writes to evaluation.json (read by the comparison across strategies) and
 logs to MLflow (pipeline/tracking/strategy_runs.py), so the two can never disagree.
 
-The file names here are the contract with the report stage (pipeline/reporting/html.py finds
-figures by these names) and with `dvc.yaml`'s plots.
+The file names (pipeline/evaluation/layout.py) are the contract with the report stage
+(pipeline/reporting/content.py finds figures by them) and with `dvc.yaml`'s plots.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ service loads it; the registered classifier names its classes in its answer's co
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,36 @@ def _load_keras(path: Path) -> Classifier:
     return Classifier(str(path), classes, image_shape, predict_batch)
 
 
+def _predict_quietly(model, images: np.ndarray):
+    """A pyfunc model's predict, with what it prints (the Keras flavor's progress bar) sent to
+    standard error: standard output is the predictions' CSV."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return model.predict(images)
+
+
+def _training_run_classes(source: str) -> Path | None:
+    """A folder holding the CLASSES_FILE that training logged into the run of a `runs:/<id>/...`
+    or logged-model (`models:/m-<id>`) URI; None for other URIs or when the run has none."""
+    import mlflow
+
+    if source.startswith("runs:/"):
+        run_id = source.removeprefix("runs:/").split("/", 1)[0]
+    elif source.startswith("models:/m-"):
+        try:
+            run_id = mlflow.get_logged_model(
+                source.removeprefix("models:/").split("/")[0]
+            ).source_run_id
+        except Exception:  # noqa: BLE001 - the store's own errors: no names from it, then
+            return None
+    else:
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CLASSES_FILE)
+    except Exception:  # noqa: BLE001 - a run logged before class names were: none to read
+        return None
+    return Path(path).parent
+
+
 def _load_pyfunc(source: str) -> Classifier:
     import mlflow
     import pandas as pd
@@ -111,26 +143,28 @@ def _load_pyfunc(source: str) -> Classifier:
         raise ModelError(f"cannot load the model {source}: {_first_line(exc)}") from None
     image_shape = _pyfunc_image_shape(model, source)
     # One black image: the served classifier names its classes in its answer's columns.
-    probe = model.predict(np.zeros((1, *image_shape), dtype=np.uint8))
+    probe = _predict_quietly(model, np.zeros((1, *image_shape), dtype=np.uint8))
     if isinstance(probe, pd.DataFrame) and PREDICTED_CLASS in probe.columns:
         columns = [column for column in probe.columns if column != PREDICTED_CLASS]
 
         def predict_batch(images: np.ndarray) -> np.ndarray:
-            return model.predict(images)[columns].to_numpy(dtype=np.float64)
+            return _predict_quietly(model, images)[columns].to_numpy(dtype=np.float64)
 
         return Classifier(source, [str(name) for name in columns], image_shape, predict_batch)
 
-    # A bare Keras flavor (a run's `model` artifact) answers probabilities without names: a
-    # local MLflow model folder can carry them in its CLASSES_FILE.
+    # A bare Keras flavor (a run's `model` artifact) answers probabilities without names: its
+    # training run logged them (CLASSES_FILE), and a local MLflow model folder can carry them.
     units = class_probabilities(np.asarray(probe)).shape[1]
     local = Path(source)
-    if is_model_uri(source) or not local.is_dir():
+    folder = _training_run_classes(source) if is_model_uri(source) else local
+    if folder is None or not folder.is_dir():
         raise ModelError(
             f"the model {source} answers probabilities without class names: predict with the "
-            "registered classifier (models:/<name>@<alias>), which carries them, or with the "
-            f"strategy's folder (models/<strategy>, holding {MODEL_FILE} and {CLASSES_FILE})"
+            "registered classifier (models:/<name>@<alias>), which carries them, with a "
+            f"training run's model (runs:/<run id>/model), or with the strategy's folder "
+            f"(models/<strategy>, holding {MODEL_FILE} and {CLASSES_FILE})"
         )
-    classes = read_class_names(local, source)
+    classes = read_class_names(folder, source)
     if len(classes) != units:
         raise ModelError(
             f"the model {source} answers {units} classes but its {CLASSES_FILE} names "
@@ -138,7 +172,7 @@ def _load_pyfunc(source: str) -> Classifier:
         )
 
     def predict_raw(images: np.ndarray) -> np.ndarray:
-        return class_probabilities(np.asarray(model.predict(images)))
+        return class_probabilities(np.asarray(_predict_quietly(model, images)))
 
     return Classifier(source, classes, image_shape, predict_raw)
 

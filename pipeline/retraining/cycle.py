@@ -100,21 +100,18 @@ class Cycle:
 
     def start_run(self) -> None:
         """The cycle's own MLflow run; the strategy runs become its children."""
-        from pipeline.tracking.context import execution_tags
-        from pipeline.tracking.runs import RunRecorder, configure_tracking, create_run
+        from pipeline.tracking.cycle_runs import open_cycle_run
 
         config = self.config
-        experiment_id = configure_tracking(self.root, config.mlflow.experiment_name)
         tags = {
-            **execution_tags(self.root),
             "retrain": "true",
             "pipeline.kind": "retrain",
             "dataset": config.data.dataset,
             "data_change": self.record.data.get("summary", "")[:500],
             "forced": str(self.force).lower(),
         }
-        self.recorder = RunRecorder(
-            create_run(experiment_id, f"{config.data.dataset}-retrain", tags)
+        self.recorder = open_cycle_run(
+            self.root, config.mlflow.experiment_name, f"{config.data.dataset}-retrain", tags
         )
         self.record.mlflow_run_id = self.recorder.run_id
 
@@ -122,12 +119,10 @@ class Cycle:
         """Write reports/retrain.json and close the cycle's MLflow run with it."""
         record = self.record
         write_json(self.root / RECORD_FILE, record.to_dict())
-        recorder = self.recorder
-        if recorder is None:
+        if self.recorder is None:
             return
-        import mlflow
+        from pipeline.tracking.cycle_runs import close_cycle_run
 
-        client = mlflow.MlflowClient()
         tags = {"outcome": record.outcome}
         if record.failed_step:
             tags["failed_step"] = record.failed_step
@@ -137,18 +132,8 @@ class Cycle:
             tags["promotion.passed"] = str(record.decision["passed"]).lower()
             tags["promotion.challenger_version"] = str(record.decision["challenger"]["version"])
             tags["promotion.run_id"] = str(record.decision["challenger"]["run_id"])
-        for key, value in tags.items():
-            recorder(f"tag {key}", client.set_tag, recorder.run_id, key, value)
-        for step in record.steps:
-            recorder(
-                "step metrics",
-                client.log_metric,
-                recorder.run_id,
-                f"seconds_{step.name}",
-                step.seconds,
-            )
-        recorder("cycle record", client.log_dict, recorder.run_id, record.to_dict(), "retrain.json")
-        recorder("end run", client.set_terminated, recorder.run_id, status)
+        seconds = {step.name: step.seconds for step in record.steps}
+        close_cycle_run(self.recorder, record.to_dict(), tags, seconds, status)
 
 
 def run_cycle(root: Path, force: bool = False, dvc: list[str] | None = None) -> CycleRecord:

@@ -70,7 +70,7 @@ def main(argv: Sequence[str]) -> None:
     sections = []
     for report_dir, run_file in args.strategy:
         strategy = report_dir.name
-        run = RunRecord.read(run_file.parent)
+        run = RunRecord.read_file(run_file)
         sections.append(
             StrategySection(
                 name=strategy,

@@ -56,7 +56,12 @@ class RunRecord(BaseModel):
     @classmethod
     def read(cls, model_dir: Path) -> RunRecord:
         """The record in `model_dir/run.json`; a clear error when it is missing or malformed."""
-        path = Path(model_dir) / RUN_FILE
+        return cls.read_file(Path(model_dir) / RUN_FILE)
+
+    @classmethod
+    def read_file(cls, path: Path) -> RunRecord:
+        """The record in the run.json at `path` (a stage given the file itself)."""
+        path = Path(path)
         try:
             values = json.loads(path.read_text())
         except FileNotFoundError:

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from pipeline.store import MANIFEST_FILE
+from pipeline.store import CLASSES_FILE, MANIFEST_FILE
 from pipeline.tracking.runs import RunRecorder, create_run, log_keras_model, numeric_metrics
 
 logger = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ def log_epoch_metrics(values: dict[str, float], step: int) -> None:
 
 
 def log_training_outputs(model_dir: Path, model, example: np.ndarray) -> str:
-    """The training-set manifest and the model (with a signature and `example`); return the
-    model's URI."""
-    manifest = Path(model_dir) / MANIFEST_FILE
-    if manifest.is_file():
-        mlflow.log_artifact(str(manifest))
+    """The training-set manifest, the class names (so `runs:/<id>/model` answers in them) and
+    the model (with a signature and `example`); return the model's URI."""
+    for name in (MANIFEST_FILE, CLASSES_FILE):
+        path = Path(model_dir) / name
+        if path.is_file():
+            mlflow.log_artifact(str(path))
     return log_keras_model(model, example)
 
 

@@ -143,7 +143,7 @@ class TrainingBackup:
             raise ValueError("save needs a compiled model whose optimizer is built")
         target = self.directory / f"backup-{self._next_number():06d}"
         # One staging folder that fsyncs: a snapshot is whole after a power cut, or absent.
-        with atomic_directory(target) as staging:
+        with atomic_directory(target, durable=True) as staging:
             model.save_weights(staging / WEIGHTS_FILE)
             values = [variable.numpy() for variable in model.optimizer.variables]
             np.savez(staging / OPTIMIZER_FILE, *values)

@@ -23,6 +23,7 @@ from pipeline import cli
 from pipeline.datasets.images import decode_image
 from pipeline.errors import ModelError, PipelineError, TrackingUnavailable
 from pipeline.prediction.choice import ModelChoice, best_local_model, choose_model
+from pipeline.prediction.classifier import load_classifier
 from pipeline.prediction.files import find_images, read_images
 from pipeline.prediction.results import prediction_header
 from pipeline.store import Split, save_split, write_classes
@@ -387,3 +388,38 @@ def test_batch_size_must_be_positive(capsys) -> None:
         cli.main(["predict", "x.png", "--batch-size", "0"])
     assert exited.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_a_training_runs_model_answers_in_the_class_names_the_run_logged(
+    digits, tmp_path, monkeypatch, capsys
+) -> None:
+    """`runs:/<id>/model` is a bare Keras model; its run holds classes.json, logged by training
+    with the model (the same function sync-mlflow calls), so predict names the classes."""
+    import keras
+    import mlflow
+
+    from pipeline.tracking.strategy_runs import log_training_outputs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment(
+            "predict", artifact_location=(tmp_path / "artifacts").as_uri()
+        )
+        model = keras.saving.load_model(digits.model_file)
+        example = np.zeros((2, 8, 8, 1), dtype=np.uint8)
+        with mlflow.start_run(experiment_id=experiment) as run:
+            log_training_outputs(digits.root, model, example)
+        source = f"runs:/{run.info.run_id}/model"
+        capsys.readouterr()  # What logging printed; the CSV follows.
+        rows = _run_predict(capsys, str(digits.images), "--model", source, "--root", str(tmp_path))
+        # A run without class names is refused with the ways that do work.
+        with mlflow.start_run(experiment_id=experiment) as bare:
+            log_training_outputs(tmp_path / "empty", model, example)
+        with pytest.raises(ModelError, match="without class names.*runs:/<run id>/model"):
+            load_classifier(f"runs:/{bare.info.run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    _check_digit_rows(rows, digits)
