@@ -83,11 +83,11 @@ def sync_runs(
             write_json(state_file, state)
             actions.append(f"logged the training run {run_id}")
         report_dir = root / paths["reports"] / strategy
-        evaluated = (report_dir / EVALUATION_JSON).is_file()
-        if evaluated and not _evaluated(report_dir, model_dir):
+        evaluation_file = report_dir / EVALUATION_JSON
+        evaluation = read_json(evaluation_file) if evaluation_file.is_file() else None
+        if evaluation is not None and not _evaluates(evaluation, model_dir):
             actions.append("its evaluation is of another model: run `dvc repro`, then sync again")
-        elif evaluated and not is_evaluated(run_id):
-            evaluation = read_json(report_dir / EVALUATION_JSON)
+        elif evaluation is not None and not is_evaluated(run_id):
             tags = {"dataset": record.tags.get("dataset", "pipeline")}
             if log_evaluation(run_id, evaluation, report_dir, experiment_id, tags) is None:
                 actions.append("lost the server while logging its evaluation: sync again")
@@ -120,12 +120,9 @@ def log_training_run(
     return run_id
 
 
-def _evaluated(report_dir: Path, model_dir: Path) -> bool:
-    """Whether the report folder describes the model now in the model folder."""
-    marker = report_dir / EVALUATION_JSON
-    if not marker.is_file():
-        return False
-    return read_json(marker).get("model_sha256") == sha256_of(model_dir / MODEL_FILE)
+def _evaluates(evaluation: dict, model_dir: Path) -> bool:
+    """Whether an evaluation (evaluation.json's dict) is of the model now in the model folder."""
+    return evaluation.get("model_sha256") == sha256_of(model_dir / MODEL_FILE)
 
 
 def _existing_run(client, record: RunRecord, synced: dict | None, fingerprint: str) -> str | None:

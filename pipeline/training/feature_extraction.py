@@ -13,9 +13,9 @@ from pipeline.config import FeatureExtractionConfig
 from pipeline.models.heads import (
     assemble_feature_extraction_model,
     build_feature_head,
-    build_fine_tune_model,
     set_trainable_from,
 )
+from pipeline.training.fine_tune import build_transfer_model
 from pipeline.training.fit import FitOptions, TrainingResult, compile_classifier
 from pipeline.training.interface import DataKind, Strategy, TrainingContext, TrainingData
 
@@ -46,18 +46,8 @@ def _train_on_features(
 def _train_end_to_end(
     data: TrainingData, config: FeatureExtractionConfig, context: TrainingContext
 ) -> TrainingResult:
-    backbone = context.require_backbone("feature_extraction")
-    model = build_fine_tune_model(
-        data.train[0].shape[1:],
-        data.num_classes,
-        backbone.descriptor,
-        backbone.base,
-        dense_units=config.dense_units,
-        dropout_rate=config.dropout_rate,
-        augmentation=context.augmentation,
-        name="feature_extraction",
-    )
-    set_trainable_from(backbone.base, None)
+    model = build_transfer_model(data, config, context, name="feature_extraction")
+    set_trainable_from(context.require_backbone("feature_extraction").base, None)
     compile_classifier(model, config.optimizer, config.learning_rate)
     history = context.fit(model, data, FitOptions.of(config))
     return TrainingResult(model, history)

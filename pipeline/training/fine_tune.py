@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.config import FineTuneConfig
+import keras
+
+from pipeline.config import FeatureExtractionConfig, FineTuneConfig
 from pipeline.models.heads import build_fine_tune_model, set_trainable_from
 from pipeline.training.fit import (
     HISTORY_KEYS,
@@ -21,6 +23,27 @@ from pipeline.training.interface import Strategy, TrainingContext, TrainingData
 logger = logging.getLogger(__name__)
 
 
+def build_transfer_model(
+    data: TrainingData,
+    config: FineTuneConfig | FeatureExtractionConfig,
+    context: TrainingContext,
+    name: str = "fine_tune",
+) -> keras.Model:
+    """The context's base with a new head for `data`, augmentation in front: what fine-tuning
+    trains, and end-to-end feature extraction with the base kept frozen."""
+    backbone = context.require_backbone(name)
+    return build_fine_tune_model(
+        data.train[0].shape[1:],
+        data.num_classes,
+        backbone.descriptor,
+        backbone.base,
+        dense_units=config.dense_units,
+        dropout_rate=config.dropout_rate,
+        augmentation=context.augmentation,
+        name=name,
+    )
+
+
 def train_fine_tune(
     data: TrainingData, config: FineTuneConfig, context: TrainingContext
 ) -> TrainingResult:
@@ -30,15 +53,7 @@ def train_fine_tune(
     After a crash in phase 2, phase 1 is not repeated: its history comes from the backup.
     """
     backbone = context.require_backbone("fine_tune")
-    model = build_fine_tune_model(
-        data.train[0].shape[1:],
-        data.num_classes,
-        backbone.descriptor,
-        backbone.base,
-        dense_units=config.dense_units,
-        dropout_rate=config.dropout_rate,
-        augmentation=context.augmentation,
-    )
+    model = build_transfer_model(data, config, context)
     state = context.backup.load() if context.backup is not None else None
     if state is not None and state.phase == "tune":
         head_history = {

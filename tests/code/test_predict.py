@@ -332,7 +332,27 @@ def test_choice_order_is_model_then_champion_then_best_strategy(tmp_path) -> Non
         choose_model(None, lambda: None, metrics_file, models)
 
 
-def test_the_registry_champion_is_used_by_default(digits, tmp_path, monkeypatch, capsys, caplog):
+@pytest.fixture
+def sqlite_experiment(tmp_path, monkeypatch):
+    """An MLflow SQLite store in `tmp_path` (for this process and the CLI alike) and an
+    experiment in it; the process's tracking URI is restored afterwards."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow.create_experiment(
+            "predict", artifact_location=(tmp_path / "artifacts").as_uri()
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_the_registry_champion_is_used_by_default(
+    digits, tmp_path, sqlite_experiment, capsys, caplog
+):
     """A champion in a SQLite store answers, in the class names it carries."""
     import mlflow
 
@@ -340,24 +360,14 @@ def test_the_registry_champion_is_used_by_default(digits, tmp_path, monkeypatch,
     from pipeline.store import load_split
 
     shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")  # dataset: digits
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        experiment = mlflow.create_experiment(
-            "predict", artifact_location=(tmp_path / "artifacts").as_uri()
-        )
-        test = load_split(digits.root / "data" / "prepared" / "test.npz")
-        with mlflow.start_run(experiment_id=experiment):
-            info = registry.log_classifier(digits.model_file, test.classes, test.x[:2])
-        version = registry.register_challenger("digits-classifier", info.model_uri, {})
-        registry.set_champion("digits-classifier", version.version)
-        caplog.set_level(logging.INFO, logger="pipeline")
-        # No --model, and a project without models/ or metrics: the champion it must be.
-        rows = _run_predict(capsys, str(digits.images), "--root", str(tmp_path))
-    finally:
-        mlflow.set_tracking_uri(previous)
+    test = load_split(digits.root / "data" / "prepared" / "test.npz")
+    with mlflow.start_run(experiment_id=sqlite_experiment):
+        info = registry.log_classifier(digits.model_file, test.classes, test.x[:2])
+    version = registry.register_challenger("digits-classifier", info.model_uri, {})
+    registry.set_champion("digits-classifier", version.version)
+    caplog.set_level(logging.INFO, logger="pipeline")
+    # No --model, and a project without models/ or metrics: the champion it must be.
+    rows = _run_predict(capsys, str(digits.images), "--root", str(tmp_path))
     assert "models:/digits-classifier@champion (the registry's champion)" in caplog.text
     _check_digit_rows(rows, digits)
 
@@ -391,7 +401,7 @@ def test_batch_size_must_be_positive(capsys) -> None:
 
 
 def test_a_training_runs_model_answers_in_the_class_names_the_run_logged(
-    digits, tmp_path, monkeypatch, capsys
+    digits, tmp_path, sqlite_experiment, capsys
 ) -> None:
     """`runs:/<id>/model` is a bare Keras model; its run holds classes.json, logged by training
     with the model (the same function sync-mlflow calls), so predict names the classes."""
@@ -400,26 +410,16 @@ def test_a_training_runs_model_answers_in_the_class_names_the_run_logged(
 
     from pipeline.tracking.strategy_runs import log_training_outputs
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        experiment = mlflow.create_experiment(
-            "predict", artifact_location=(tmp_path / "artifacts").as_uri()
-        )
-        model = keras.saving.load_model(digits.model_file)
-        example = np.zeros((2, 8, 8, 1), dtype=np.uint8)
-        with mlflow.start_run(experiment_id=experiment) as run:
-            log_training_outputs(digits.root, model, example)
-        source = f"runs:/{run.info.run_id}/model"
-        capsys.readouterr()  # What logging printed; the CSV follows.
-        rows = _run_predict(capsys, str(digits.images), "--model", source, "--root", str(tmp_path))
-        # A run without class names is refused with the ways that do work.
-        with mlflow.start_run(experiment_id=experiment) as bare:
-            log_training_outputs(tmp_path / "empty", model, example)
-        with pytest.raises(ModelError, match="without class names.*runs:/<run id>/model"):
-            load_classifier(f"runs:/{bare.info.run_id}/model")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    model = keras.saving.load_model(digits.model_file)
+    example = np.zeros((2, 8, 8, 1), dtype=np.uint8)
+    with mlflow.start_run(experiment_id=sqlite_experiment) as run:
+        log_training_outputs(digits.root, model, example)
+    source = f"runs:/{run.info.run_id}/model"
+    capsys.readouterr()  # What logging printed; the CSV follows.
+    rows = _run_predict(capsys, str(digits.images), "--model", source, "--root", str(tmp_path))
     _check_digit_rows(rows, digits)
+    # A run without class names is refused with the ways that do work.
+    with mlflow.start_run(experiment_id=sqlite_experiment) as bare:
+        log_training_outputs(tmp_path / "empty", model, example)
+    with pytest.raises(ModelError, match="without class names.*runs:/<run id>/model"):
+        load_classifier(f"runs:/{bare.info.run_id}/model")
