@@ -36,6 +36,7 @@ from pipeline.config import AugmentationConfig, FeatureExtractionConfig  # noqa:
 from pipeline.models.backbones import BACKBONES  # noqa: E402
 from pipeline.models.features import write_features  # noqa: E402
 from pipeline.models.heads import build_feature_extractor  # noqa: E402
+from pipeline.store import ArraySplit  # noqa: E402
 from pipeline.training.fit import set_global_seed  # noqa: E402
 from pipeline.training.interface import (  # noqa: E402
     BackboneSetup,
@@ -178,9 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         set_global_seed(args.seed, deterministic=False)
         start = time.perf_counter()
         extractor = build_feature_extractor(train[0].shape[1:], backbone, base)
-        for name, split in (("train", train), ("val", val)):
+        class_names = [str(label) for label in range(num_classes)]
+        for name, (x, y) in (("train", train), ("val", val)):
             write_features(
-                extractor, split[0], Path(directory) / f"{name}.npy", args.features_batch_size
+                extractor,
+                ArraySplit(x, y, class_names, name),
+                Path(directory) / f"{name}.npy",
+                args.features_batch_size,
             )
         features = {name: np.load(Path(directory) / f"{name}.npy") for name in ("train", "val")}
         extraction_s = time.perf_counter() - start

@@ -1,10 +1,12 @@
 """Images per second of the features stage's writer against a bare `predict` of the conv base.
 
-The features stage runs the extractor (preprocessing + VGG16 base) chunk by chunk and writes
-each chunk into a memory-mapped .npy file (`pipeline.models.features.write_features`), so that
-features larger than memory never sit in it whole. This measures what that costs: the same
-extractor, the same uint8 arrays and the same batch size, once through `write_features` into a
-temporary .npy and once through `extractor.predict` with the result discarded.
+The features stage reads a split chunk by chunk, runs the extractor (preprocessing + VGG16
+base) over each chunk and appends its features to a .npy file
+(`pipeline.models.features.write_features`), so that neither the images nor features larger
+than memory ever sit in it whole. This measures what that costs: the same extractor, the same
+uint8 images and the same batch size, once through `write_features` (reading them from an
+in-memory split) into a temporary .npy and once through `extractor.predict` with the result
+discarded.
 
 Both run once to warm up (tracing every batch shape), then alternately `--repeats` times; the
 best run of each counts. Prints both rates, the writer's overhead in percent, and whether it is
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.models.backbones import BACKBONES  # noqa: E402
 from pipeline.models.features import CHUNK_IMAGES, write_features  # noqa: E402
 from pipeline.models.heads import build_feature_extractor  # noqa: E402
+from pipeline.store import ArraySplit  # noqa: E402
 from pipeline.training.fit import set_global_seed  # noqa: E402
 
 GOAL_OVERHEAD = 0.05
@@ -76,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     shape = (args.images, args.image_size, args.image_size, 3)
     images = np.random.default_rng(args.seed).integers(0, 256, size=shape, dtype=np.uint8)
     extractor = build_feature_extractor(images.shape[1:], backbone, base)
+    split = ArraySplit(images, np.zeros(len(images), np.int64), ["images"], "train")
 
     with tempfile.TemporaryDirectory(prefix="bench-features-") as directory:
         path = Path(directory) / "train.npy"
 
         def run_writer() -> None:
-            write_features(extractor, images, path, args.batch_size, args.chunk_images)
+            write_features(extractor, split, path, args.batch_size, args.chunk_images)
 
         def run_predict() -> None:
             extractor.predict(images, batch_size=args.batch_size, verbose=0)

@@ -129,12 +129,13 @@ class ValidateConfig(_Strict):
     @field_validator("reference")
     @classmethod
     def _reference_exists(cls, value: str | None) -> str | None:
-        if value is not None and not all(
-            (Path(value) / f"{name}.npz").is_file() for name in ("train", "val", "test")
-        ):
+        # "store.json" is pipeline.store.STORE_FILE, spelled here so that this module, which
+        # every stage imports, does not import the store.
+        if value is not None and not (Path(value) / "store.json").is_file():
             raise ValueError(
-                f"reference {value!r} must be a prepared-data folder holding train.npz, "
-                "val.npz and test.npz (a copy of an earlier data/prepared)"
+                f"reference {value!r} must be a prepared-data folder holding a split store: "
+                "store.json and its shards/ (a copy of an earlier data/prepared; a folder of "
+                ".npz splits is the old format, which the split stage rewrites)"
             )
         return value
 

@@ -15,7 +15,10 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import registry
+from pipeline.errors import DataError
 from pipeline.evaluation.promotion import (
     Decision,
     GateThresholds,
@@ -23,14 +26,7 @@ from pipeline.evaluation.promotion import (
     TestOverlap,
     judge_challenger,
 )
-from pipeline.store import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    content_version,
-    load_split,
-    sha256_of,
-    split_paths,
-)
+from pipeline.store import MANIFEST_FILE, MODEL_FILE, data_version, open_split, sha256_of
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.runs import configure_tracking
 
@@ -56,17 +52,20 @@ def promote_challenger(
     in (None on the main line), `project_root` the project whose MLflow store is used."""
     model_file = model_dir / MODEL_FILE
     manifest_file = model_dir / MANIFEST_FILE
-    test_paths = split_paths(prepared)
-    test = load_split(test_paths["test"])
+    # Labels and digests are held; the images are read a batch at a time, once per model
+    # (its files close with it, when this returns).
+    test = open_split(prepared, "test")
+    if not len(test):
+        raise DataError(f"{prepared}: the test split is empty; rerun the split stage")
     main_line = dvc_experiment is None
     experiment_id = configure_tracking(project_root, experiment_name)
-    data_version = content_version(test_paths.values())
+    version_of_data = data_version(prepared)
     model_sha256 = sha256_of(model_file)
     tags = {
         "dataset": dataset,
         "strategy": strategy,
         **execution_tags(project_root),
-        "data_version": data_version,
+        "data_version": version_of_data,
         "pipeline.kind": "promotion",
         "source_run_id": str(source_run_id),
         registry.MODEL_SHA_TAG: model_sha256,
@@ -78,7 +77,7 @@ def promote_challenger(
             registered_model,
             model_file,
             manifest_file,
-            test.x,
+            test,
             test.classes,
             model_sha256 if main_line else None,
         )
@@ -96,7 +95,8 @@ def promote_challenger(
                 model_file,
                 manifest_file,
                 test.classes,
-                test.x[:2],
+                # Two test images as the input example, as the train stage logs.
+                test.read(np.arange(min(2, len(test)))),
                 {**tags, "promotion_run_id": run_id},
             )
             if new:
@@ -139,7 +139,7 @@ def promote_challenger(
             "overlap": outcome.overlap.to_dict(),
             **{key: value for key, value in decision.to_dict().items() if key != "passed"},
             "reasons": decision.reasons(),
-            "data_version": data_version,
+            "data_version": version_of_data,
             "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         champion_version = champion.version if champion else None

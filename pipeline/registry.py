@@ -11,20 +11,22 @@ import contextlib
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from pipeline import serving
+from pipeline.evaluation.metrics import predict_batch_size
 from pipeline.evaluation.promotion import Decision, ScoredVersion
 from pipeline.models import outputs
-from pipeline.store import CLASSES_FILE, write_classes
+from pipeline.store import CLASSES_FILE, ImageSplit, write_classes
 from pipeline.tracking.runs import create_run, model_requirements
 
 logger = logging.getLogger(__name__)
@@ -79,18 +81,33 @@ def _classifier_artifacts(
 
 def score_model_file(
     keras_model_file: Path,
-    images: np.ndarray,
+    images: ImageSplit,
     classes: list[str],
     manifest_file: Path | None = None,
 ) -> ScoredVersion:
-    """A model folder's model, scored through the served classifier's own code without
-    registering anything (the challenger, in and out of DVC experiments)."""
+    """A model folder's model, scored on the split `images` through the served classifier's
+    own code without registering anything (the challenger, in and out of DVC experiments)."""
     with tempfile.TemporaryDirectory() as scratch:
         artifacts = _classifier_artifacts(keras_model_file, classes, Path(scratch), manifest_file)
         classifier = serving.ImageClassifier()
         classifier.load_context(_Context(artifacts))
-        frame = classifier.predict(None, images)
-    return _scored(None, frame, classes, None, classifier.training_manifest)
+        answers = _served_answers(lambda batch: classifier.predict(None, batch), images)
+    return _scored(None, answers, classes, None, classifier.training_manifest)
+
+
+def _served_answers(
+    predict: Callable[[np.ndarray], pd.DataFrame], images: ImageSplit
+) -> tuple[list[str], list[str]]:
+    """The served classifier's class columns and each image's predicted class, in row order,
+    for every image of the split `images`: predicted a batch at a time, so each image is
+    predicted once and one batch of images is in memory."""
+    columns: list[str] = []
+    predicted: list[str] = []
+    for _, batch in images.batches(predict_batch_size(images.image_shape)):
+        frame = predict(batch)
+        columns = [column for column in frame.columns if column != serving.PREDICTED_CLASS]
+        predicted.extend(frame[serving.PREDICTED_CLASS])
+    return columns, predicted
 
 
 def version_of_model(name: str, model_sha256: str) -> ModelVersion | None:
@@ -141,26 +158,28 @@ def champion_version(name: str) -> ModelVersion | None:
         raise
 
 
-def score_version(name: str, version: ModelVersion, images: np.ndarray, classes: list[str]):
-    """Load a registered version as served and predict `images`; map its class names onto
-    `classes` (None when the two sets differ: that model answers another question)."""
+def score_version(name: str, version: ModelVersion, images: ImageSplit, classes: list[str]):
+    """Load a registered version as served and predict the split `images`, a batch at a time;
+    map its class names onto `classes` (None when the two sets differ: that model answers
+    another question)."""
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
-    frame = model.predict(images)
+    answers = _served_answers(model.predict, images)
     manifest = getattr(model.unwrap_python_model(), "training_manifest", None)
-    return _scored(version.version, frame, classes, version.run_id, manifest)
+    return _scored(version.version, answers, classes, version.run_id, manifest)
 
 
 def score_contenders(
     name: str,
     model_file: Path,
     manifest_file: Path,
-    images: np.ndarray,
+    images: ImageSplit,
     classes: list[str],
     model_sha256: str | None,
 ) -> tuple[ScoredVersion, ScoredVersion | None]:
     """The challenger (the model file) and the current champion, if any, scored on the same
-    images through the served classifier. With `model_sha256` the challenger carries the
-    version of `name` that already holds that file, if one does."""
+    split through the served classifier, each predicting every image once. With
+    `model_sha256` the challenger carries the version of `name` that already holds that file,
+    if one does."""
     challenger = score_model_file(model_file, images, classes, manifest_file)
     if model_sha256 is not None:
         existing = version_of_model(name, model_sha256)
@@ -173,16 +192,16 @@ def score_contenders(
 
 def _scored(
     version: str | None,
-    frame,
+    answers: tuple[list[str], list[str]],
     classes: list[str],
     run_id: str | None,
     manifest: set[str] | None,
 ) -> ScoredVersion:
-    version_classes = [column for column in frame.columns if column != serving.PREDICTED_CLASS]
+    version_classes, predicted = answers
     predictions = None
     if sorted(version_classes) == sorted(classes):
         index = {name: position for position, name in enumerate(classes)}
-        predictions = np.array([index[label] for label in frame[serving.PREDICTED_CLASS]])
+        predictions = np.array([index[label] for label in predicted])
     return ScoredVersion(version, version_classes, predictions, run_id, manifest)
 
 

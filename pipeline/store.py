@@ -18,8 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -204,98 +203,567 @@ def content_version(paths: Iterable[Path], length: int = 12) -> str:
     return digest.hexdigest()[:length]
 
 
-# --- the split store --------------------------------------------------------------------------
+# --- the sharded split store ------------------------------------------------------------------
+#
+# data/prepared/
+#   store.json                      the index: image shape, classes, each split's shards in order
+#   shards/<shard>.images.npy       uint8 (n, H, W, C): what np.load(..., mmap_mode="r") maps
+#   shards/<shard>.labels.npy       int64 (n,)
+#   shards/<shard>.digests.npy      <U32 (n,): each image's `image_digest`
+#
+# A shard is named by its content (split, digests and labels), holds at most SHARD_BYTES of
+# images and is never rewritten: the split stage links the shards of the previous store whose
+# images all stay in their split and writes only what is new into new shards, so DVC stores and
+# pushes only those. Plain .npy files serve NumPy, TensorFlow and JAX alike, need no reader
+# library, and are read here with pread, never mapped, so a stage's resident memory holds the
+# batch it reads and not the page cache of every shard it has touched.
+
+STORE_FILE = "store.json"
+SHARDS_DIR = "shards"
+STORE_FORMAT = 1
+SHARD_BYTES = 256 << 20
+"""The most image bytes one shard holds."""
 
 
-@dataclass
-class Split:
-    """One split as stored on disk: `x` uint8 (N, H, W, C), `y` int64 (N,), class names and,
-    when the split stage wrote them, each image's content digest (`image_digest`)."""
+@dataclass(frozen=True)
+class Shard:
+    """One shard of a split: its name (the stem of its three files) and its image count."""
 
-    x: np.ndarray
-    y: np.ndarray
+    name: str
+    count: int
+
+    def path(self, root: Path, part: str) -> Path:
+        """The file of `part` ("images", "labels" or "digests") under the store `root`."""
+        return Path(root) / SHARDS_DIR / f"{self.name}.{part}.npy"
+
+
+SHARD_PARTS = ("images", "labels", "digests")
+
+
+@dataclass(frozen=True)
+class StoreIndex:
+    """store.json: what the store holds, read without touching a shard."""
+
+    image_shape: tuple[int, ...]
     classes: list[str]
-    hashes: np.ndarray | None = None
+    splits: dict[str, list[Shard]]
+    shard_bytes: int
+    version: str
+    """A hash of every split's (digest, label) pairs, classes and image shape: the data
+    version runs are tagged with; equal images in equal splits, equal version, whatever the
+    shard layout."""
 
-    def digests(self) -> np.ndarray:
-        """Each image's content digest: stored by the split stage, else computed."""
-        return self.hashes if self.hashes is not None else image_digests(self.x)
-
-
-def save_split(path: Path, split: Split) -> None:
-    """Write a split atomically: a reader never sees a half-written .npz."""
-    write_split(path, split.x, np.arange(len(split.x)), split.y, split.classes, split.hashes)
-
-
-def write_split(
-    path: Path,
-    images: np.ndarray,
-    rows: np.ndarray,
-    labels: np.ndarray,
-    classes: list[str],
-    hashes: np.ndarray | None = None,
-) -> None:
-    """Write `images[rows]` with `labels` as a split .npz, atomically, a few MiB at a time.
-
-    The file is the one np.savez writes (x, y, classes, and h: each image's content digest,
-    computed here when not given; loadable without pickle), but the images are gathered chunk
-    by chunk, so no second copy of the split is ever in memory.
-    """
-    computed: list[np.ndarray] = []
-    shape = (len(rows), *images.shape[1:])
-    row_bytes = max(1, int(np.prod(images.shape[1:])))
-    step = max(1, _CHUNK_BYTES // row_bytes)
-    with (
-        atomic_write(path, "wb") as sink,
-        zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as out,
-    ):
-        with out.open("x.npy", "w", force_zip64=True) as stream:
-            header = {
-                "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-                "fortran_order": False,
-                "shape": shape,
-            }
-            np.lib.format.write_array_header_2_0(stream, header)
-            for start in range(0, len(rows), step):
-                chunk = images[rows[start : start + step]]
-                if hashes is None:
-                    computed.append(image_digests(chunk))
-                stream.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
-        if hashes is None:
-            hashes = np.concatenate(computed) if computed else np.zeros(0, dtype="<U32")
-        for name, value in (
-            ("y", np.asarray(labels, dtype=np.int64)),
-            ("h", np.asarray(hashes, dtype="<U32")),
-            # Class names as a fixed-width unicode array, so loading never needs pickle.
-            ("classes", np.array(classes, dtype=str)),
-        ):
-            with out.open(f"{name}.npy", "w") as stream:
-                np.lib.format.write_array(stream, value, allow_pickle=False)
+    def to_json(self) -> dict:
+        return {
+            "format": STORE_FORMAT,
+            "image_shape": list(self.image_shape),
+            "classes": list(self.classes),
+            "shard_bytes": self.shard_bytes,
+            "version": self.version,
+            "splits": {
+                name: [{"name": shard.name, "count": shard.count} for shard in shards]
+                for name, shards in self.splits.items()
+            },
+        }
 
 
-def load_split(path: Path) -> Split:
-    """Read a split written by `write_split`."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return Split(
-                x=data["x"],
-                y=data["y"],
-                classes=[str(c) for c in data["classes"]],
-                hashes=data["h"] if "h" in data.files else None,
+def read_store_index(root: Path) -> StoreIndex:
+    """The index of the store under `root` (a prepared-data folder), or a DataError saying
+    what to run."""
+    path = Path(root) / STORE_FILE
+    if not path.is_file():
+        if (Path(root) / "train.npz").is_file():
+            raise DataError(
+                f"{root} holds splits in the old .npz format; rerun the split stage "
+                "(dvc repro split) to write the sharded store"
             )
-    except FileNotFoundError:
-        raise DataError(f"{path} not found: run the split stage first (dvc repro)") from None
-    except (KeyError, ValueError, OSError) as exc:
+        raise DataError(f"{path} not found: run the split stage first (dvc repro)")
+    try:
+        payload = json.loads(path.read_text())
+        if payload.get("format") != STORE_FORMAT:
+            raise ValueError(f"format {payload.get('format')!r}, expected {STORE_FORMAT}")
+        return StoreIndex(
+            image_shape=tuple(int(d) for d in payload["image_shape"]),
+            classes=[str(name) for name in payload["classes"]],
+            splits={
+                name: [Shard(str(item["name"]), int(item["count"])) for item in shards]
+                for name, shards in payload["splits"].items()
+            },
+            shard_bytes=int(payload["shard_bytes"]),
+            version=str(payload["version"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
         raise DataError(
-            f"{path} is not a valid split file ({exc}); rerun the split stage"
+            f"{path} is not a valid store index ({exc}); rerun the split stage"
         ) from None
 
 
-def split_paths(directory: Path) -> dict[str, Path]:
-    """Where each split lives under a prepared-data folder."""
-    return {name: Path(directory) / f"{name}.npz" for name in SPLITS}
+def store_version(splits: dict[str, tuple[np.ndarray, np.ndarray]], classes, shape) -> str:
+    """`StoreIndex.version` of splits given as (digests, labels) per split name."""
+    digest = hashlib.sha256(json.dumps([list(classes), list(shape)]).encode())
+    for name in sorted(splits):
+        digests, labels = splits[name]
+        pairs = sorted(zip(map(str, digests), map(int, labels), strict=True))
+        digest.update(f"\n[{name}]\n".encode())
+        for item, label in pairs:
+            digest.update(f"{item} {label}\n".encode())
+    return digest.hexdigest()[:12]
 
 
-def load_splits(directory: Path) -> dict[str, Split]:
-    """All three splits under `directory`."""
-    return {name: load_split(path) for name, path in split_paths(directory).items()}
+class NpyRows:
+    """The rows of one .npy file, read with pread into the caller's array: never memory-mapped
+    (so the page cache is not counted in this process's memory) and safe to share between
+    threads (pread moves no file offset)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as handle:
+                major, _ = np.lib.format.read_magic(handle)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if major == 1
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran_order, dtype = read_header(handle)
+                self.offset = handle.tell()
+        except FileNotFoundError:
+            raise DataError(f"{self.path} not found: rerun the stage that writes it") from None
+        except ValueError as exc:
+            raise DataError(f"{self.path} is not a valid .npy file ({exc})") from None
+        if fortran_order or dtype.hasobject:
+            raise DataError(f"{self.path}: not a C-ordered array of plain values")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = dtype
+        self.row_bytes = int(dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64)))
+        expected = self.offset + self.row_bytes * self.shape[0]
+        if os.path.getsize(self.path) < expected:
+            raise DataError(
+                f"{self.path} is truncated ({os.path.getsize(self.path)} of {expected} bytes); "
+                "rerun the stage that writes it"
+            )
+        self._descriptor = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Fill `out` (C-contiguous, len(out) rows) with rows start..start+len(out)-1."""
+        view = memoryview(out).cast("B")
+        position = self.offset + start * self.row_bytes
+        done = 0
+        while done < len(view):
+            count = os.preadv(self._descriptor, [view[done:]], position + done)
+            if count <= 0:
+                raise DataError(f"{self.path}: unexpected end of file; rerun the stage")
+            done += count
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (any order), contiguous runs read at once."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        for start, stop, positions in _runs(rows):
+            if len(positions) == stop - start and _is_identity(positions):
+                self.read_into(start, out[positions[0] : positions[0] + stop - start])
+            else:
+                block = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
+                self.read_into(start, block)
+                out[positions] = block[rows[positions] - start]
+        return out
+
+    def close(self) -> None:
+        if self._descriptor >= 0:
+            os.close(self._descriptor)
+            self._descriptor = -1
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _is_identity(positions: np.ndarray) -> bool:
+    return bool((np.diff(positions) == 1).all())
+
+
+def _runs(rows: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, last row + 1, positions in `rows`) of each run of consecutive rows, in row
+    order: one read per run."""
+    if not len(rows):
+        return
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    breaks = np.flatnonzero(np.diff(ordered) > 1) + 1
+    for chunk_positions, chunk_rows in zip(
+        np.split(order, breaks), np.split(ordered, breaks), strict=True
+    ):
+        yield int(chunk_rows[0]), int(chunk_rows[-1]) + 1, chunk_positions
+
+
+class SplitReader:
+    """One split of the store. Labels and digests are held (tens of bytes an image); images are
+    read on demand, by row: `read(rows)`, `batches(size)`. Rows are numbered across the split's
+    shards in store order. Safe to read from several threads."""
+
+    def __init__(self, root: Path, name: str, index: StoreIndex) -> None:
+        self.root = Path(root)
+        self.name = name
+        self.classes = list(index.classes)
+        self.image_shape = tuple(index.image_shape)
+        self.shards = list(index.splits.get(name, []))
+        counts = [shard.count for shard in self.shards]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.y = _concat(
+            [_load_small(shard.path(root, "labels")) for shard in self.shards], np.int64
+        )
+        self._digests = _concat(
+            [_load_small(shard.path(root, "digests")) for shard in self.shards], "<U32"
+        )
+        if len(self.y) != self.starts[-1] or len(self._digests) != self.starts[-1]:
+            raise DataError(
+                f"{self.root}: the shards of split '{name}' disagree with {STORE_FILE}; "
+                "rerun the split stage"
+            )
+        self._files: dict[int, NpyRows] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def nbytes(self) -> int:
+        """The uint8 bytes of the split's images."""
+        return len(self) * int(np.prod(self.image_shape))
+
+    def digests(self) -> np.ndarray:
+        """Each image's content digest (`image_digest`), in row order."""
+        return self._digests
+
+    def shard_of(self, rows: np.ndarray) -> np.ndarray:
+        """The index (in `shards`) of the shard each row lies in."""
+        return np.searchsorted(self.starts, np.asarray(rows), side="right") - 1
+
+    def shard_rows(self, shard: int) -> np.ndarray:
+        """The rows of the split's `shard`-th shard."""
+        return np.arange(self.starts[shard], self.starts[shard + 1])
+
+    def read(self, rows) -> np.ndarray:
+        """The images at `rows` (any order, repeats allowed), uint8 (len(rows), H, W, C)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1} of split '{self.name}'")
+        out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)
+        owners = self.shard_of(rows)
+        for shard in np.unique(owners):
+            positions = np.flatnonzero(owners == shard)
+            out[positions] = self._file(int(shard)).read(rows[positions] - self.starts[shard])
+        return out
+
+    def batches(self, batch_size: int, rows=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, images) of consecutive batches of `rows` (all rows, in order, by default)."""
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        for start in range(0, len(rows), max(1, int(batch_size))):
+            chosen = rows[start : start + batch_size]
+            yield chosen, self.read(chosen)
+
+    def _file(self, shard: int) -> NpyRows:
+        reader = self._files.get(shard)
+        if reader is None:
+            reader = NpyRows(self.shards[shard].path(self.root, "images"))
+            expected = (self.shards[shard].count, *self.image_shape)
+            if reader.shape != expected or reader.dtype != np.uint8:
+                raise DataError(
+                    f"{reader.path} holds {reader.dtype} {reader.shape}, expected uint8 "
+                    f"{expected}; rerun the split stage"
+                )
+            # Two threads may open the same shard at once; the first one kept wins.
+            reader = self._files.setdefault(shard, reader)
+        return reader
+
+    def close(self) -> None:
+        for reader in self._files.values():
+            reader.close()
+        self._files.clear()
+
+
+def _load_small(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: rerun the split stage (dvc repro)") from None
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path} is not a valid .npy file ({exc}); rerun the split stage") from None
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+def open_split(root: Path, name: str) -> SplitReader:
+    """Split `name` of the store under `root`: labels and digests now, images on demand."""
+    return SplitReader(root, name, read_store_index(root))
+
+
+def open_splits(root: Path) -> dict[str, SplitReader]:
+    """Every split of the store under `root`."""
+    index = read_store_index(root)
+    return {name: SplitReader(root, name, index) for name in SPLITS}
+
+
+def data_version(root: Path) -> str:
+    """The version of the data under `root` (`StoreIndex.version`)."""
+    return read_store_index(root).version
+
+
+def write_npy_rows(path: Path, shape: tuple[int, ...], dtype, chunks: Iterable[np.ndarray]) -> None:
+    """Write a .npy file of `shape` from `chunks` of rows, holding one chunk at a time."""
+    dtype = np.dtype(dtype)
+    written = 0
+    with open(path, "wb") as stream:
+        header = {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": False,
+            "shape": tuple(int(d) for d in shape),
+        }
+        np.lib.format.write_array_header_1_0(stream, header)
+        for chunk in chunks:
+            chunk = np.ascontiguousarray(chunk, dtype=dtype)
+            stream.write(memoryview(chunk).cast("B"))
+            written += len(chunk)
+    if written != shape[0]:
+        raise DataError(f"{path}: wrote {written} rows of the {shape[0]} declared")
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """What the split stage hands the store for one split: where each image is in its source
+    (`rows`, for `read_rows`), its label and its digest, in the order to store new images."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    digests: np.ndarray
+
+
+def write_store(
+    target: Path,
+    splits: dict[str, SplitRows],
+    read_rows: Callable[[np.ndarray], np.ndarray],
+    image_shape: tuple[int, ...],
+    classes: list[str],
+    previous: Path | None = None,
+    shard_bytes: int = SHARD_BYTES,
+    chunk_bytes: int = _CHUNK_BYTES,
+) -> tuple[StoreIndex, dict[str, int]]:
+    """Write the store into the empty folder `target`; return its index and, per split, how
+    many shards were kept from the `previous` store (linked, byte-identical).
+
+    A previous shard is kept when it has the same image shape, classes and shard size and
+    every one of its (digest, label) pairs is still in the same split; the images not in a
+    kept shard are read with `read_rows` a chunk at a time and written into new shards. When
+    appending would leave a split with more than twice the shards it needs (plus 4), the split
+    is written afresh instead, so small additions cannot splinter it without bound.
+    """
+    target = Path(target)
+    (target / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    image_bytes = max(1, int(np.prod(image_shape)))
+    per_shard = max(1, shard_bytes // image_bytes)
+    old = _reusable_index(previous, image_shape, classes, shard_bytes)
+    layout: dict[str, list[Shard]] = {}
+    kept_counts: dict[str, int] = {}
+    for name, split in splits.items():
+        kept, fresh = _keep_shards(previous, old, name, split) if old else ([], None)
+        if fresh is None:
+            fresh = np.arange(len(split.rows))
+        needed = -(-len(split.rows) // per_shard)
+        if len(kept) + -(-len(fresh) // per_shard) > 2 * needed + 4:
+            kept, fresh = [], np.arange(len(split.rows))
+        for shard in kept:
+            for part in SHARD_PARTS:
+                _link_or_copy(shard.path(previous, part), shard.path(target, part))
+        written = [
+            _write_shard(
+                target,
+                name,
+                split,
+                fresh[start : start + per_shard],
+                read_rows,
+                image_shape,
+                chunk_bytes,
+            )
+            for start in range(0, len(fresh), per_shard)
+        ]
+        # Shards of equal content (duplicate images only) share their files; both are listed.
+        layout[name] = kept + written
+        kept_counts[name] = len(kept)
+    version = store_version(
+        {name: (split.digests, split.labels) for name, split in splits.items()},
+        classes,
+        image_shape,
+    )
+    index = StoreIndex(tuple(image_shape), list(classes), layout, shard_bytes, version)
+    write_json(target / STORE_FILE, index.to_json())
+    return index, kept_counts
+
+
+def _reusable_index(
+    previous: Path | None, image_shape, classes, shard_bytes: int
+) -> StoreIndex | None:
+    """The previous store's index, when its shards can be reused as they are."""
+    if previous is None or not (Path(previous) / STORE_FILE).is_file():
+        return None
+    try:
+        index = read_store_index(previous)
+    except DataError:
+        return None
+    same = (
+        tuple(index.image_shape) == tuple(image_shape)
+        and list(index.classes) == list(classes)
+        and index.shard_bytes == shard_bytes
+    )
+    return index if same else None
+
+
+def _keep_shards(
+    previous: Path, index: StoreIndex, name: str, split: SplitRows
+) -> tuple[list[Shard], np.ndarray]:
+    """The previous shards of split `name` whose images are all still in it, and the positions
+    (in `split`) of the images none of them holds."""
+    unclaimed: dict[tuple[str, int], list[int]] = {}
+    for position, key in enumerate(
+        zip(map(str, split.digests), map(int, split.labels), strict=True)
+    ):
+        unclaimed.setdefault(key, []).append(position)
+    kept: list[Shard] = []
+    for shard in index.splits.get(name, []):
+        try:
+            digests = np.load(shard.path(previous, "digests"), allow_pickle=False)
+            labels = np.load(shard.path(previous, "labels"), allow_pickle=False)
+        except (OSError, ValueError):
+            continue
+        if not shard.path(previous, "images").is_file() or len(digests) != shard.count:
+            continue
+        wanted: dict[tuple[str, int], int] = {}
+        for key in zip(map(str, digests), map(int, labels), strict=True):
+            wanted[key] = wanted.get(key, 0) + 1
+        if all(len(unclaimed.get(key, ())) >= count for key, count in wanted.items()):
+            for key, count in wanted.items():
+                del unclaimed[key][:count]
+            kept.append(shard)
+    fresh = sorted(position for positions in unclaimed.values() for position in positions)
+    return kept, np.array(fresh, dtype=np.int64)
+
+
+def _write_shard(
+    target: Path,
+    split_name: str,
+    split: SplitRows,
+    positions: np.ndarray,
+    read_rows: Callable[[np.ndarray], np.ndarray],
+    image_shape: tuple[int, ...],
+    chunk_bytes: int = _CHUNK_BYTES,
+) -> Shard:
+    """Write the images at `positions` of `split` as one shard, `chunk_bytes` at a time."""
+    labels = np.asarray(split.labels[positions], dtype=np.int64)
+    digests = np.asarray(split.digests[positions], dtype="<U32")
+    identity = hashlib.sha256(split_name.encode())
+    for digest, label in zip(digests.tolist(), labels.tolist(), strict=True):
+        identity.update(f"\n{digest} {label}".encode())
+    shard = Shard(f"{split_name}-{identity.hexdigest()[:16]}", len(positions))
+    step = max(1, chunk_bytes // max(1, int(np.prod(image_shape))))
+    source_rows = np.asarray(split.rows)[positions]
+    chunks = (
+        read_rows(source_rows[start : start + step]) for start in range(0, len(positions), step)
+    )
+    write_npy_rows(shard.path(target, "images"), (len(positions), *image_shape), np.uint8, chunks)
+    np.save(shard.path(target, "labels"), labels, allow_pickle=False)
+    np.save(shard.path(target, "digests"), digests, allow_pickle=False)
+    return shard
+
+
+def _link_or_copy(origin: Path, target: Path) -> None:
+    """A hard link where the file system allows (no copy of a large shard), else a copy."""
+    if target.exists():
+        return
+    try:
+        os.link(origin, target)
+    except OSError:
+        shutil.copy2(origin, target)
+
+
+def write_store_from_arrays(
+    root: Path,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    classes: list[str],
+    shard_bytes: int = SHARD_BYTES,
+) -> StoreIndex:
+    """Write in-memory splits {name: (uint8 images, labels)} as a store under `root`,
+    atomically (small data: tests, benchmarks, a reference copy)."""
+    arrays = {name: np.asarray(images, dtype=np.uint8) for name, (images, _) in splits.items()}
+    shapes = {array.shape[1:] for array in arrays.values() if len(array)}
+    if len(shapes) > 1:
+        raise DataError(f"the splits' images differ in shape: {sorted(shapes)}")
+    shape = next(iter(shapes)) if shapes else next(iter(arrays.values())).shape[1:]
+    offsets: dict[str, int] = {}
+    total = 0
+    for name, array in arrays.items():
+        offsets[name] = total
+        total += len(array)
+    everything = np.concatenate(list(arrays.values())) if total else np.zeros((0, *shape), np.uint8)
+    rows = {
+        name: SplitRows(
+            np.arange(offsets[name], offsets[name] + len(arrays[name])),
+            np.asarray(labels, dtype=np.int64),
+            image_digests(arrays[name]),
+        )
+        for name, (_, labels) in splits.items()
+    }
+    with atomic_directory(root) as staging:
+        index, _ = write_store(
+            staging,
+            rows,
+            lambda chosen: everything[chosen],
+            tuple(shape),
+            classes,
+            shard_bytes=shard_bytes,
+        )
+    return index
+
+
+class ArraySplit:
+    """A split held in memory, with `SplitReader`'s reading interface (`read`, `batches`,
+    `y`, `classes`, `image_shape`, `digests`): for tests, benchmarks and the few images a
+    figure needs, so the functions that read splits take either."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, classes: list[str], name: str = "split"):
+        self.x = np.asarray(x, dtype=np.uint8)
+        self.y = np.asarray(y, dtype=np.int64)
+        self.classes = list(classes)
+        self.name = name
+        self.image_shape = tuple(self.x.shape[1:])
+        self._digests: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.x.nbytes)
+
+    def digests(self) -> np.ndarray:
+        if self._digests is None:
+            self._digests = image_digests(self.x)
+        return self._digests
+
+    def read(self, rows) -> np.ndarray:
+        return self.x[np.asarray(rows, dtype=np.int64).reshape(-1)]
+
+    def batches(self, batch_size: int, rows=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        for start in range(0, len(rows), max(1, int(batch_size))):
+            chosen = rows[start : start + batch_size]
+            yield chosen, self.read(chosen)
+
+    def close(self) -> None:
+        """Nothing to release (`SplitReader` closes its files)."""
+
+
+ImageSplit = SplitReader | ArraySplit
+"""What reads a split: the store's `SplitReader`, or an `ArraySplit` in memory."""

@@ -8,8 +8,13 @@
 - Alone, it trains in one process on one device with the whole data, as the test's
   in-process reference does.
 - With a coordinator (KERAS_BACKEND=jax) it joins a cluster (`initialize_workers`) and feeds
-  either its own share of each global batch (numpy) or the whole data as a tf.data.Dataset
-  that Keras shards (dataset). Several modes train one fresh model each, in one cluster.
+  either its own share of each global batch through the pipeline's feed (feed: arrays in
+  memory, in order) or the whole data as a tf.data.Dataset that Keras shards (dataset).
+  Several modes train one fresh model each, in one cluster.
+- `store` writes the same 64 samples as a sharded store of 8 shards (each process its own
+  copy, as each host checks out the DVC remote) and trains through the pipeline's `fit_model`
+  (shuffled per epoch); it records which shards this process read and how often it read each
+  row (store_shards_read, store_row_reads).
 - Output keys are <mode>_initial_<i>, <mode>_final_<i>, <mode>_loss, <mode>_replicas, ...
 - With `--local-devices N` it splits the CPU into N devices and trains inside
   `training_scope` (DataParallel on JAX, MirroredStrategy on TensorFlow).
@@ -79,8 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--data",
         nargs="+",
-        choices=("numpy", "dataset"),
-        default=["numpy"],
+        choices=("feed", "dataset", "store"),
+        default=["feed"],
         help="one fresh model trained per mode, in this order (one cluster start for all)",
     )
     parser.add_argument("--local-devices", type=int, default=1)
@@ -105,14 +110,36 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, np.ndarray | int] = {}
     for mode in args.data:
-        for name, value in train(mode, args.initial_weights, local_devices, backend).items():
+        trained = train(
+            mode, args.initial_weights, local_devices, backend, os.path.dirname(args.output)
+        )
+        for name, value in trained.items():
             results[f"{mode}_{name}"] = value
     np.savez(args.output, **results, **_jax_counts(backend))
     return 0
 
 
+def _feed_order(process_count: int) -> np.ndarray:
+    """The order to hand the feed the samples in so that, with each process reading its
+    contiguous share, global batch k holds the reference's batch k (rows 16k..16k+15)."""
+    local = GLOBAL_BATCH_SIZE // process_count
+    steps = SAMPLES // GLOBAL_BATCH_SIZE
+    return np.array(
+        [
+            step * GLOBAL_BATCH_SIZE + process * local + offset
+            for process in range(process_count)
+            for step in range(steps)
+            for offset in range(local)
+        ]
+    )
+
+
 def train(
-    mode: str, initial_weights: str | None, local_devices: list[str], backend: str
+    mode: str,
+    initial_weights: str | None,
+    local_devices: list[str],
+    backend: str,
+    output_dir: str = ".",
 ) -> dict[str, np.ndarray | int]:
     """Fit a fresh model on the data fed as `mode`; its weights, losses and replica count."""
     import keras
@@ -123,6 +150,8 @@ def train(
     if distribution is not None:
         distribution.auto_shard_dataset = mode == "dataset"
     x, y = make_data()
+    if mode == "store":
+        return train_from_store(output_dir, local_devices)
     if mode == "dataset":
         import tensorflow as tf
 
@@ -130,9 +159,21 @@ def train(
         fit_data = {"x": tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH_SIZE)}
         local_samples, batch_size = SAMPLES, GLOBAL_BATCH_SIZE
     else:
-        (x_local, y_local), batch_size = workers.shard_for_this_process([x, y], GLOBAL_BATCH_SIZE)
-        fit_data = {"x": x_local, "y": y_local, "batch_size": batch_size}
-        local_samples = len(x_local)
+        from pipeline.training.feed import FeedSource, StreamFeed
+
+        count, index = workers.process_grid()
+        order = _feed_order(count)
+        feed = StreamFeed(
+            FeedSource.of((x[order], y[order])),
+            GLOBAL_BATCH_SIZE,
+            seed=0,
+            shuffle=False,
+            epochs=EPOCHS,
+            process_count=count,
+            process_index=index,
+        )
+        fit_data = {"x": feed, "steps_per_epoch": feed.steps_per_epoch}
+        local_samples, batch_size = len(feed.share.rows), feed.share.batch_size
 
     with accelerators.training_scope(local_devices):
         model = build_model()
@@ -150,6 +191,74 @@ def train(
         "replicas": replicas,
         "local_samples": local_samples,
         "local_batch_size": batch_size,
+    }
+
+
+def train_from_store(output_dir: str, local_devices: list[str]) -> dict[str, np.ndarray | int]:
+    """The 64 samples as uint8 2x2x1 images in a store of 8 shards, two classes, trained
+    through `fit_model` as the train stage does; what this process read."""
+    import keras
+    from keras import layers
+
+    from pipeline.store import open_split, write_store_from_arrays
+    from pipeline.training import accelerators, workers
+    from pipeline.training.feed import FeedSource
+    from pipeline.training.fit import FitOptions, fit_model
+
+    x, y = make_data()
+    images = np.clip(x * 32 + 128, 0, 255).astype(np.uint8).reshape(SAMPLES, 2, 2, 1)
+    labels = (y[:, 0] > np.median(y)).astype(np.int64)
+    count, index = workers.process_grid()
+    root = os.path.join(output_dir, f"store-{index}")
+    write_store_from_arrays(
+        root,
+        {"train": (images, labels), "val": (images[:16], labels[:16]), "test": (images, labels)},
+        ["low", "high"],
+        shard_bytes=8 * 4,
+    )
+    split = open_split(root, "train")
+    # The feeds fit_model builds, kept to read back which rows each epoch read.
+    from pipeline.training import fit as fit_module
+
+    built = []
+    build_feeds = fit_module.feeds_for
+    fit_module.feeds_for = lambda *args, **kwargs: (
+        built.append(build_feeds(*args, **kwargs)) or built[-1]
+    )
+    keras.utils.set_random_seed(1)
+    with accelerators.training_scope(local_devices):
+        inputs = keras.Input(shape=(2, 2, 1))
+        hidden = layers.Dense(8, activation="relu")(
+            layers.Flatten()(layers.Rescaling(1 / 255)(inputs))
+        )
+        model = keras.Model(inputs, layers.Dense(2, activation="softmax", dtype="float32")(hidden))
+        model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=0.1),
+            loss="sparse_categorical_crossentropy",
+        )
+        history = fit_model(
+            model,
+            FeedSource.from_split(split),
+            FeedSource.from_split(open_split(root, "val")),
+            FitOptions(epochs=EPOCHS, batch_size=GLOBAL_BATCH_SIZE),
+            seed=5,
+        )
+    fit_module.feeds_for = build_feeds
+    train_feed = built[0][0]
+    by_epoch = train_feed.rows_read()
+    every_row = np.concatenate(list(by_epoch.values()))
+    return {
+        "shards_read": np.unique(split.shard_of(every_row)),
+        "shards_assigned": np.array(train_feed.shards_assigned),
+        "shard_count": len(split.shards),
+        "epochs_read": np.array(sorted(by_epoch)),
+        # Reads of each row, per epoch: (epochs, rows).
+        "row_reads": np.stack(
+            [np.bincount(by_epoch[epoch], minlength=len(split)) for epoch in sorted(by_epoch)]
+        ),
+        "digests": split.digests(),
+        "loss": np.array(history["loss"]),
+        **{f"final_{i}": weight for i, weight in enumerate(model.get_weights())},
     }
 
 

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import Split
+from pipeline.store import ArraySplit
 
 
 def make_split(
     num_classes: int = 3, per_class: int = 4, shape: tuple[int, int, int] = (8, 8, 1), seed: int = 0
-) -> Split:
+) -> ArraySplit:
     """A small valid split: `per_class` random uint8 images of each class."""
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
     x = rng.integers(0, 256, size=(len(y), *shape), dtype=np.uint8)
-    return Split(x=x, y=y, classes=[f"class_{i}" for i in range(num_classes)])
+    return ArraySplit(x, y, [f"class_{i}" for i in range(num_classes)])
 
 
 def write_legacy_vgg16_notop(path: Path, image_size: int = 32, seed: int = 7) -> list[np.ndarray]:

@@ -34,7 +34,7 @@ from pipeline.explain.graph import (
     owner_of,
 )
 from pipeline.explain.patterns import filter_patterns
-from pipeline.store import FIRST_KERNEL_FILE
+from pipeline.store import FIRST_KERNEL_FILE, ImageSplit
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,15 @@ def write_explanations(
     strategy: str,
     model: keras.Model,
     model_dir: Path,
-    test,
+    test: ImageSplit,
     probabilities: np.ndarray,
     output: Path,
     options: EvaluateConfig,
     backbone_layers: tuple[str, ...] = (),
 ) -> list[Path]:
-    """Write the strategy's explanation figures into `output`; return the files written."""
+    """Write the strategy's explanation figures into `output`; return the files written.
+    `probabilities` are the test split's, predicted once by the caller: only the few images a
+    figure shows are read from `test`."""
     written: list[Path] = []
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
@@ -92,7 +94,7 @@ def _gradcam(model, test, predicted, confidence, output, options) -> list[Path]:
     chosen = np.concatenate([wrong[: count // 2], right])[:count]
     if len(chosen) < count:
         chosen = np.concatenate([chosen, wrong[count // 2 :]])[:count]
-    images = test.x[chosen]
+    images = test.read(chosen)
     heatmaps = grad_cam(model, images, class_indices=predicted[chosen])
     path = output / GRADCAM_PNG
     plot_gradcam_gallery(
@@ -110,7 +112,8 @@ def _activations(model, test, predicted, output, options) -> list[Path]:
     """One grid per conv layer for the first correctly classified test image."""
     right = np.flatnonzero(predicted == test.y)
     index = int(right[0]) if len(right) else 0
-    maps = activation_maps(model, test.x[index], max_channels=options.activation_channels)
+    image = test.read([index])[0]
+    maps = activation_maps(model, image, max_channels=options.activation_channels)
     folder = output / ACTIVATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     written = []

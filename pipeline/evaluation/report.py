@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -37,12 +36,13 @@ from pipeline.evaluation.layout import (
 from pipeline.evaluation.metrics import (
     binary_curves,
     binary_metrics,
-    class_probabilities,
     classification_report_frame,
     compute_confusion,
     most_confident_mistakes,
     normalize_confusion,
     per_class_metrics,
+    predict_batch_size,
+    predict_probabilities,
     probability_metrics,
     top_k_metrics,
 )
@@ -57,27 +57,27 @@ from pipeline.evaluation.plots import (
     plot_precision_recall_curve,
     plot_roc_curve,
 )
-from pipeline.store import FIRST_KERNEL_FILE, HISTORY_FILE, MODEL_FILE, sha256_of, write_json
+from pipeline.store import (
+    FIRST_KERNEL_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    ImageSplit,
+    sha256_of,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
 # Fewer images than this make an images-per-second figure mostly start-up time: the timed
-# pass repeats the test set until it has seen this many.
+# pass predicts at least this many.
 MIN_TIMED_IMAGES = 512
-
-
-@dataclass(frozen=True)
-class EvaluationImages:
-    x: np.ndarray
-    y: np.ndarray
-    classes: list[str]
 
 
 def evaluate_strategy(
     strategy: str,
     model_dir: Path,
     output: Path,
-    test: EvaluationImages,
+    test: ImageSplit,
     options: EvaluateConfig,
     *,
     phase_boundary: int | None = None,
@@ -85,19 +85,23 @@ def evaluate_strategy(
     training_seconds: float | None = None,
     train_image: np.ndarray | None = None,
     backbone_layers: tuple[str, ...] = (),
+    batch_size: int | None = None,
 ) -> dict:
     """Score one strategy's model on the test split, write its report folder `output`
     (metrics, confusion matrices, per-class figures, curves, galleries, explanations) and
     return the evaluation: `metrics` (metrics.json's), `mlflow_metrics` (per-class figures,
     images per second), the model's sha256 and size, and `training_seconds` as given.
 
-    `phase_boundary` marks where fine-tuning unfroze on the curves; `augmentation` and
-    `train_image` draw the augmented versions of one training image."""
+    The test images are predicted once, a batch at a time (`batch_size`, by default sized by
+    memory: `predict_batch_size`); every metric and figure works from those probabilities and
+    reads only the images it shows. `phase_boundary` marks where fine-tuning unfroze on the
+    curves; `augmentation` and `train_image` draw the augmented versions of one training image."""
     model = keras.saving.load_model(model_dir / MODEL_FILE)
     output.mkdir(parents=True, exist_ok=True)
-    probabilities = class_probabilities(model.predict(test.x, batch_size=256, verbose=0))
+    batch_size = batch_size or predict_batch_size(test.image_shape)
+    probabilities = predict_probabilities(model, test, batch_size)
     predictions = probabilities.argmax(axis=1)
-    images_per_second = measure_images_per_second(model, test.x)
+    images_per_second = measure_images_per_second(model, test.image_shape, batch_size)
 
     metrics = probability_metrics(test.y, probabilities)
     metrics.update(top_k_metrics(test.y, probabilities))
@@ -156,14 +160,22 @@ def evaluate_strategy(
     }
 
 
-def measure_images_per_second(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> float:
-    """Inference throughput on raw test images, after a warm-up pass has compiled `predict`."""
-    repeats = max(1, -(-MIN_TIMED_IMAGES // max(len(x), 1)))
-    timed = np.concatenate([x] * repeats) if repeats > 1 else x
-    model.predict(timed[:batch_size], batch_size=batch_size, verbose=0)
+def measure_images_per_second(
+    model: keras.Model, image_shape: tuple[int, ...], batch_size: int
+) -> float:
+    """Inference throughput on raw uint8 images of `image_shape`, `batch_size` at a time (as
+    the scoring pass predicts them), after a warm-up batch: MIN_TIMED_IMAGES or more are timed.
+
+    The timed images are black, not test images: a convnet does the same work whatever the
+    pixels, so the test images are predicted once (by the scoring pass) and the timing costs
+    the same whatever the test split's size."""
+    batch = np.zeros((batch_size, *image_shape), dtype=np.uint8)
+    model.predict_on_batch(batch)
+    repeats = -(-MIN_TIMED_IMAGES // batch_size)
     start = time.perf_counter()
-    model.predict(timed, batch_size=batch_size, verbose=0)
-    return float(len(timed) / max(time.perf_counter() - start, 1e-9))
+    for _ in range(repeats):
+        model.predict_on_batch(batch)
+    return float(repeats * batch_size / max(time.perf_counter() - start, 1e-9))
 
 
 def write_confusion(
@@ -199,14 +211,14 @@ def write_predictions(
 
 
 def write_galleries(
-    test: EvaluationImages,
+    test: ImageSplit,
     probabilities: np.ndarray,
     output: Path,
     options: EvaluateConfig,
     strategy: str,
 ) -> None:
     """A mosaic of test images and the most confident mistakes, with the true class, the
-    predicted class and the confidence."""
+    predicted class and the confidence; only the images shown are read."""
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
 
@@ -216,7 +228,7 @@ def write_galleries(
     if options.gallery_images > 0:
         shown = _spread(len(test.y), options.gallery_images)
         plot_image_mosaic(
-            test.x[shown],
+            test.read(shown),
             names(test.y[shown]),
             names(predicted[shown]),
             confidence[shown],
@@ -226,7 +238,7 @@ def write_galleries(
     if options.mistakes > 0:
         wrong = most_confident_mistakes(test.y, probabilities, options.mistakes)
         plot_image_mosaic(
-            test.x[wrong],
+            test.read(wrong),
             names(test.y[wrong]),
             names(predicted[wrong]),
             confidence[wrong],

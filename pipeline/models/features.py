@@ -10,26 +10,38 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.store import ImageSplit, write_npy_rows
+
 CHUNK_IMAGES = 1024
 """Images run through the base per chunk: the features of one chunk are all that is held in
 memory (VGG16 features of CIFAR-10 at 224x224 are 6 GB of float32)."""
+CHUNK_BYTES = 256 << 20
+"""The most bytes of uint8 images one chunk reads, whatever CHUNK_IMAGES says."""
 
 
 def write_features(
-    extractor, images: np.ndarray, path: Path, batch_size: int, chunk_images: int = CHUNK_IMAGES
+    extractor,
+    images: ImageSplit,
+    path: Path,
+    batch_size: int,
+    chunk_images: int = CHUNK_IMAGES,
 ) -> tuple[int, ...]:
-    """Run the conv base over `images` chunk by chunk, writing each chunk's features straight
-    into a memory-mapped .npy file; return the features' shape."""
-    feature_shape = tuple(extractor.output_shape[1:])
-    features = np.lib.format.open_memmap(
-        path, mode="w+", dtype=np.float32, shape=(len(images), *feature_shape)
-    )
-    chunks = range(0, len(images), chunk_images)
-    for start in tqdm(chunks, desc=path.stem, unit="chunk", disable=len(chunks) < 2):
-        stop = min(start + chunk_images, len(images))
-        features[start:stop] = extractor.predict(
-            images[start:stop], batch_size=batch_size, verbose=0
-        )
-    features.flush()
-    del features
-    return (len(images), *feature_shape)
+    """Run the conv base over the split `images` chunk by chunk, reading each chunk's images
+    from the split and appending its float32 features to the .npy file `path` with plain
+    writes (no memory map, whose dirty pages would count in this process's memory); return
+    the features' shape."""
+    feature_shape = tuple(int(dim) for dim in extractor.output_shape[1:])
+    shape = (len(images), *feature_shape)
+    image_bytes = max(1, int(np.prod(images.image_shape, dtype=np.int64)))
+    # CHUNK_BYTES may shorten a chunk of large images, but not below one predict batch.
+    step = max(1, min(int(chunk_images), max(int(batch_size), CHUNK_BYTES // image_bytes)))
+    chunks = -(-len(images) // step)
+
+    def features():
+        for _, batch in tqdm(
+            images.batches(step), total=chunks, desc=path.stem, unit="chunk", disable=chunks < 2
+        ):
+            yield extractor.predict(batch, batch_size=batch_size, verbose=0)
+
+    write_npy_rows(path, shape, np.float32, features())
+    return shape

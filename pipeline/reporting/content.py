@@ -34,7 +34,7 @@ from pipeline.evaluation.layout import (
     PR_PNG,
     ROC_PNG,
 )
-from pipeline.store import Split
+from pipeline.store import ImageSplit
 
 # The figure groups of a strategy section, in page order: (group title, ((file, caption), ...)).
 # ACTIVATIONS_DIR stands for every PNG in that folder, in name order.
@@ -174,13 +174,14 @@ def read_classification_report(report_dir: Path) -> pd.DataFrame | None:
 
 def build_dataset_card(
     name: str,
-    splits: Mapping[str, Split],
+    splits: Mapping[str, ImageSplit],
     validation: Mapping[str, Any] | None = None,
     examples_per_class: int = 6,
     example_split: str = "train",
 ) -> DatasetCard:
-    """A DatasetCard from the prepared splits: counts per split and class, and the first
-    `examples_per_class` images of each class of `example_split` (deterministic)."""
+    """A DatasetCard from the prepared splits: counts per split and class (from the labels
+    alone), and the first `examples_per_class` images of each class of `example_split`
+    (deterministic), the only images read."""
     if not splits:
         raise ValueError("splits is empty: the dataset card needs the prepared splits")
     classes = list(next(iter(splits.values())).classes)
@@ -193,10 +194,19 @@ def build_dataset_card(
     examples: dict[str, np.ndarray] = {}
     source = splits.get(example_split)
     if source is not None and examples_per_class > 0:
-        for index, class_name in enumerate(classes):
-            rows = np.flatnonzero(source.y == index)[:examples_per_class]
-            if len(rows):
-                examples[class_name] = source.x[rows]
+        chosen = {
+            class_name: np.flatnonzero(source.y == index)[:examples_per_class]
+            for index, class_name in enumerate(classes)
+        }
+        chosen = {class_name: rows for class_name, rows in chosen.items() if len(rows)}
+        if chosen:
+            # One read of a few dozen rows, not one per class.
+            rows = np.concatenate(list(chosen.values()))
+            images = source.read(rows)
+            start = 0
+            for class_name, class_rows in chosen.items():
+                examples[class_name] = images[start : start + len(class_rows)]
+                start += len(class_rows)
     return DatasetCard(name, classes, counts, examples, validation)
 
 

@@ -21,7 +21,7 @@ from pipeline.evaluation.comparison import (
     read_evaluated_strategy,
     significance_metrics,
 )
-from pipeline.store import load_split, split_paths, write_json
+from pipeline.store import open_split, write_json
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.server import check_tracking_server, tracking_uri
 
@@ -53,7 +53,8 @@ def main(argv: Sequence[str]) -> None:
     config = load_config()
     check_tracking_server(tracking_uri(Path.cwd()))
 
-    test = load_split(split_paths(args.prepared)["test"])
+    # The test split's labels and class names only: no image is read.
+    test = open_split(args.prepared, "test")
     strategies = [read_evaluated_strategy(folder, list(test.classes)) for folder in args.evaluation]
     comparison, significance = compare_strategies(strategies, test.y, config.evaluate.alpha)
     args.comparison.parent.mkdir(parents=True, exist_ok=True)

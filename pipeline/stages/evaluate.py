@@ -17,11 +17,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import STRATEGY_NAMES, AugmentationConfig, load_config
 from pipeline.entry import run_entry
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.layout import EVALUATION_JSON
-from pipeline.store import load_split, split_paths, write_json
+from pipeline.store import open_split, write_json
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.record import RunRecord
 
@@ -49,30 +51,36 @@ def main(argv: Sequence[str]) -> None:
     check_tracking_server(tracking_uri(Path.cwd()))
 
     # Keras and MLflow load only after the server check (see the train stage).
-    from pipeline.evaluation.report import EvaluationImages, evaluate_strategy
+    from pipeline.evaluation.report import evaluate_strategy
     from pipeline.models.backbones import BACKBONES
     from pipeline.tracking.runs import configure_tracking
 
     experiment_id = configure_tracking(Path.cwd(), config.mlflow.experiment_name)
-    paths = split_paths(args.prepared)
-    split = load_split(paths["test"])
-    test = EvaluationImages(split.x, split.y, list(split.classes))
+    # The test images are read a batch at a time (labels and digests are held): the split
+    # is never in memory whole.
+    test = open_split(args.prepared, "test")
+    if not len(test):
+        raise DataError(f"{args.prepared}: the test split is empty; rerun the split stage")
     run = RunRecord.read(args.model)
-    # One training image for the augmentation figure: the first, as the course's listing 5.12.
-    train_image = load_split(paths["train"]).x[0] if run.augmentation else None
+    train_image = None
+    if run.augmentation and config.evaluate.augmented_versions > 0:
+        train_image = read_first_image(args.prepared, "train")
     backbone = BACKBONES.get(run.params.get("backbone.name", ""))
-    evaluation = evaluate_strategy(
-        strategy,
-        args.model,
-        args.out,
-        test,
-        config.evaluate,
-        phase_boundary=run.phase_boundaries[0] if run.phase_boundaries else None,
-        augmentation=AugmentationConfig(**run.augmentation) if run.augmentation else None,
-        training_seconds=run.training_seconds,
-        train_image=train_image,
-        backbone_layers=backbone.pattern_layers if backbone else (),
-    )
+    try:
+        evaluation = evaluate_strategy(
+            strategy,
+            args.model,
+            args.out,
+            test,
+            config.evaluate,
+            phase_boundary=run.phase_boundaries[0] if run.phase_boundaries else None,
+            augmentation=AugmentationConfig(**run.augmentation) if run.augmentation else None,
+            training_seconds=run.training_seconds,
+            train_image=train_image,
+            backbone_layers=backbone.pattern_layers if backbone else (),
+        )
+    finally:
+        test.close()
     logger.info("%s: %s", strategy, evaluation["metrics"])
     record_evaluation(
         run,
@@ -81,6 +89,16 @@ def main(argv: Sequence[str]) -> None:
         experiment_id,
         tags={"dataset": config.data.dataset, **execution_tags(Path.cwd())},
     )
+
+
+def read_first_image(prepared: Path, split_name: str) -> np.ndarray | None:
+    """The first image of a split (the augmentation figure's, as the course's listing 5.12),
+    read alone; None when the split is empty."""
+    split = open_split(prepared, split_name)
+    try:
+        return split.read([0])[0] if len(split) else None
+    finally:
+        split.close()
 
 
 def record_evaluation(

@@ -16,7 +16,7 @@ from pipeline.entry import run_entry
 from pipeline.models.backbones import BACKBONES, resolve_weights
 from pipeline.models.features import write_features
 from pipeline.models.heads import build_feature_extractor
-from pipeline.store import EXTRACTOR_FILE, FEATURES_INFO_FILE, load_splits, write_json
+from pipeline.store import EXTRACTOR_FILE, FEATURES_INFO_FILE, open_splits, write_json
 from pipeline.training.fit import set_global_seed
 
 logger = logging.getLogger("pipeline.stages.features")
@@ -28,18 +28,20 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the features folder")
     args = parser.parse_args(argv)
     config = load_config()
-    splits = load_splits(args.prepared)
+    # Each split's images are read a chunk at a time (write_features): never whole.
+    splits = open_splits(args.prepared)
     backbone = BACKBONES[config.backbone.name]
     weights = resolve_weights(config.backbone.weights, backbone)
     # Random weights must be the same on every run with the same seed.
     set_global_seed(config.train.seed, config.train.deterministic)
     base = backbone.build(config.backbone.image_size, weights.path)
-    extractor = build_feature_extractor(splits["train"].x.shape[1:], backbone, base)
+    extractor = build_feature_extractor(splits["train"].image_shape, backbone, base)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         shape = write_features(
-            extractor, split.x, args.out / f"{name}.npy", config.backbone.batch_size
+            extractor, split, args.out / f"{name}.npy", config.backbone.batch_size
         )
+        split.close()
         logger.info("%s: features %s", name, shape)
     extractor.save(args.out / EXTRACTOR_FILE)
     write_json(

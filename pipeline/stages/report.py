@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.config import load_config
 from pipeline.entry import run_entry
-from pipeline.store import load_split, read_json, split_paths
+from pipeline.store import open_splits, read_json
 from pipeline.tracking.record import RunRecord
 
 logger = logging.getLogger("pipeline.stages.report")
@@ -64,8 +64,14 @@ def main(argv: Sequence[str]) -> None:
     from pipeline.tracking.runs import configure_tracking
 
     configure_tracking(Path.cwd())
-    splits = {name: load_split(path) for name, path in split_paths(args.prepared).items()}
+    # Labels for the counts; a few train images for the examples, read by row.
+    splits = open_splits(args.prepared)
     validation = read_json(args.validation) if args.validation.exists() else None
+    try:
+        dataset = build_dataset_card(config.data.dataset, splits, validation)
+    finally:
+        for split in splits.values():
+            split.close()
     metrics = read_json(args.metrics)
     sections = []
     for report_dir, run_file in args.strategy:
@@ -84,7 +90,7 @@ def main(argv: Sequence[str]) -> None:
     content = ReportContent(
         title=f"{config.data.dataset}: three ways to train a convnet",
         generated=datetime.now(UTC),
-        dataset=build_dataset_card(config.data.dataset, splits, validation),
+        dataset=dataset,
         comparison=pd.read_csv(args.comparison, index_col=0),
         significance=pd.read_csv(args.significance),
         alpha=config.evaluate.alpha,

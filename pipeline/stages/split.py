@@ -1,10 +1,14 @@
-"""Read the raw dataset and write train/val/test splits as uint8 .npz, in bounded memory.
+"""Read the raw dataset and write the train/val/test splits as a sharded store, in memory that
+does not grow with the dataset.
 
 Each image's split is a keyed hash of its content and `data.seed` (pipeline.datasets.split), so
-adding images never moves another; the digests go into the splits and split.json.
+adding images never moves another; the digests go into the shards and split.json.
 
-Only the images kept (after `data.max_images`) are decoded, straight into one preallocated
-array, and each split is written from it in chunks. Images that cannot be decoded are listed in
+Only the images kept (after `data.max_images`) are decoded, a chunk at a time, into a spool
+file beside the output (each image is hashed as it is decoded), and the store is written from
+the spool shard by shard (pipeline.store.write_store). Shards of the previous store whose
+images all stay in their split are kept byte-identical (dvc.yaml persists data/prepared for
+this), so adding images writes new shards only. Images that cannot be decoded are listed in
 reports/data/skipped.csv and left out, unless `data.on_bad_image: fail`.
 """
 
@@ -14,10 +18,13 @@ import argparse
 import csv
 import io
 import logging
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.config import DataConfig, load_config
 from pipeline.datasets.readers import ReadOptions, SourceIndex, open_dataset
@@ -27,27 +34,61 @@ from pipeline.entry import run_entry
 from pipeline.errors import DataError
 from pipeline.store import (
     PLAN_FILE,
+    SHARD_BYTES,
     SPLITS,
+    NpyRows,
+    SplitRows,
+    atomic_directory,
     image_digest,
     members_digest,
-    split_paths,
     write_json,
-    write_split,
+    write_npy_rows,
+    write_store,
     write_text,
 )
 
 logger = logging.getLogger("pipeline.stages.split")
 
+DECODE_CHUNK_BYTES = 64 << 20
+"""The most decoded image bytes the split stage holds at once."""
+
 
 def prepare_splits(
-    config: DataConfig, raw_dir: Path, prepared_dir: Path, skipped_file: Path
+    config: DataConfig,
+    raw_dir: Path,
+    prepared_dir: Path,
+    skipped_file: Path,
+    *,
+    chunk_bytes: int = DECODE_CHUNK_BYTES,
+    shard_bytes: int = SHARD_BYTES,
 ) -> dict:
-    """Decode, split and write the dataset; return the plan written beside the splits."""
+    """Decode, split and write the dataset; return the plan written beside the splits.
+
+    At most `chunk_bytes` of decoded images are held at once; `shard_bytes` caps a shard."""
+    prepared_dir = Path(prepared_dir)
+    prepared_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(
+        dir=prepared_dir.parent, prefix=f".{prepared_dir.name}.spool-"
+    ) as spool_dir:
+        spool_file = Path(spool_dir) / "images.npy"
+        return _prepare_from_spool(
+            config, raw_dir, prepared_dir, skipped_file, spool_file, chunk_bytes, shard_bytes
+        )
+
+
+def _prepare_from_spool(
+    config: DataConfig,
+    raw_dir: Path,
+    prepared_dir: Path,
+    skipped_file: Path,
+    spool_file: Path,
+    chunk_bytes: int,
+    shard_bytes: int,
+) -> dict:
     spec = DATASETS[config.dataset]
     index = open_dataset(config.dataset, raw_dir, ReadOptions(config.image_size, config.resize))
     chosen = stratified_subset(index.labels, index.pools, config.max_images, config.seed)
-    images = np.empty((len(chosen), *index.image_shape), dtype=np.uint8)
-    bad = index.load(chosen, images)
+    bad, all_digests = decode_to_spool(index, chosen, spool_file, chunk_bytes)
     skipped = [(index.describe(int(chosen[row])), reason) for row, reason in bad.items()]
     _write_skipped(skipped_file, skipped)
     if skipped:
@@ -65,9 +106,9 @@ def prepare_splits(
     labels = index.labels[chosen][keep]
     _check_no_empty_class(index, labels, bad, skipped_file)
     pools = index.pools[chosen][keep] if index.pools is not None else None
-    # Each kept image is hashed once, from its decoded pixels: the digest decides its split and
+    # Each kept image was hashed once, from its decoded pixels: the digest decides its split and
     # is stored with it, for the data gate's leak check and the training manifests.
-    digests = np.array([image_digest(images[row]) for row in keep], dtype="<U32")
+    digests = all_digests[keep]
     test_fraction = spec.test_fraction or config.test_fraction
     split = plan_split(
         labels, pools, config.val_fraction, test_fraction, config.seed, digests=digests
@@ -77,19 +118,81 @@ def prepare_splits(
             "%d image(s) of small classes moved so that every class reaches every split",
             split.reassigned,
         )
-    for name, path in split_paths(prepared_dir).items():
-        in_split = split.indices[name]
-        rows = keep[in_split]
-        write_split(
-            path,
-            images,
-            rows,
-            labels[in_split],
-            index.class_names,
-            hashes=digests[in_split],
+    spool = NpyRows(spool_file)
+    try:
+        with atomic_directory(prepared_dir) as staging:
+            store, kept = write_store(
+                staging,
+                {
+                    name: SplitRows(
+                        keep[split.indices[name]],
+                        labels[split.indices[name]],
+                        digests[split.indices[name]],
+                    )
+                    for name in SPLITS
+                },
+                spool.read,
+                tuple(index.image_shape),
+                list(index.class_names),
+                previous=prepared_dir if prepared_dir.is_dir() else None,
+                shard_bytes=shard_bytes,
+                chunk_bytes=chunk_bytes,
+            )
+            plan = _plan(config, spec, index, labels, bad, split, digests, store, kept)
+            write_json(staging / PLAN_FILE, plan)
+    finally:
+        spool.close()
+    for name in SPLITS:
+        logger.info(
+            "%s: %d images of shape %s in %d shard(s), %d kept from the previous store",
+            name,
+            len(split.indices[name]),
+            tuple(index.image_shape),
+            len(store.splits[name]),
+            kept[name],
         )
-        logger.info("%s: %d images of shape %s", name, len(rows), images.shape[1:])
-    plan = {
+    return plan
+
+
+def decode_to_spool(
+    index: SourceIndex, chosen: np.ndarray, spool_file: Path, chunk_bytes: int
+) -> tuple[dict[int, str], np.ndarray]:
+    """Decode the images at `chosen` a chunk of at most `chunk_bytes` at a time into the .npy
+    `spool_file` (row i: image chosen[i]; an undecodable one stays black); return {row: reason}
+    of those that failed and every row's digest (empty for failed rows)."""
+    shape = tuple(index.image_shape)
+    step = max(1, chunk_bytes // max(1, int(np.prod(shape))))
+    bad: dict[int, str] = {}
+    digests = np.zeros(len(chosen), dtype="<U32")
+
+    def chunks():
+        # disable=None: a bar on a terminal only, not in DVC's or CI's logs.
+        with tqdm(
+            total=len(chosen), desc="decoding", unit="img", file=sys.stderr, disable=None
+        ) as bar:
+            for start in range(0, len(chosen), step):
+                yield decode_chunk(start)
+                bar.update(min(step, len(chosen) - start))
+
+    def decode_chunk(start: int) -> np.ndarray:
+        rows = chosen[start : start + step]
+        buffer = np.zeros((len(rows), *shape), dtype=np.uint8)
+        failed = index.load(rows, buffer)
+        for row, reason in failed.items():
+            bad[start + int(row)] = reason
+            buffer[int(row)] = 0
+        for offset in range(len(rows)):
+            if offset not in failed:
+                digests[start + offset] = image_digest(buffer[offset])
+        return buffer
+
+    write_npy_rows(spool_file, (len(chosen), *shape), np.uint8, chunks())
+    return dict(sorted(bad.items())), digests
+
+
+def _plan(config, spec, index, labels, bad, split, digests, store, kept) -> dict:
+    """split.json: how the images were split, and into which shards."""
+    return {
         "dataset": config.dataset,
         # The source's own split, a test share fixed by the course, or the params' fractions.
         "scheme": "source"
@@ -109,9 +212,10 @@ def prepare_splits(
         "classes": list(index.class_names),
         # One hash per split of its images' digests: equal members, equal hash.
         "members": {name: members_digest(digests[split.indices[name]]) for name in SPLITS},
+        "data_version": store.version,
+        "shards": {name: len(store.splits[name]) for name in SPLITS},
+        "shards_kept": kept,
     }
-    write_json(prepared_dir / PLAN_FILE, plan)
-    return plan
 
 
 def _check_no_empty_class(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pipeline.config import STRATEGY_NAMES, PipelineConfig, load_config
 from pipeline.entry import run_entry
 from pipeline.errors import ConfigError
-from pipeline.store import content_version, load_splits, read_json, split_paths
+from pipeline.store import data_version, open_splits, read_json
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.server import check_tracking_server, tracking_uri
 
@@ -85,13 +85,13 @@ def train_strategy(
             "dataset": config.data.dataset,
             "strategy": strategy.name,
             **execution_tags(root),
-            "data_version": content_version(split_paths(prepared).values()),
+            "data_version": data_version(prepared),
             **_validation_tags(summary),
         },
         params=run_params(strategy, config),
         validation_summary=summary,
     )
-    train_and_record(strategy, config, load_splits(prepared), identity, features, out, root)
+    train_and_record(strategy, config, open_splits(prepared), identity, features, out, root)
 
 
 def _validation_tags(summary: dict) -> dict[str, str]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.config import PipelineConfig, load_config
 from pipeline.datasets.sources import DATASETS
 from pipeline.entry import run_entry
 from pipeline.errors import ValidationFailed
-from pipeline.store import PLAN_FILE, Split, load_splits, read_json, write_json
+from pipeline.store import PLAN_FILE, ImageSplit, open_splits, read_json, write_json
 from pipeline.validation.gate import run_gate
 from pipeline.validation.suites import GateSettings
 
@@ -29,7 +29,9 @@ logger = logging.getLogger("pipeline.stages.validate")
 HASHED_SCHEMES = ("stratified", "fixed_test")
 
 
-def gate_settings(config: PipelineConfig, splits: dict[str, Split], plan: dict) -> GateSettings:
+def gate_settings(
+    config: PipelineConfig, splits: Mapping[str, ImageSplit], plan: dict
+) -> GateSettings:
     """The gate's expectations: the dataset's declared image shape (variable-size sources are
     decoded to RGB at `data.image_size`), the split's plan (split.json: fractions, scheme,
     images moved) and `validate.*`."""
@@ -61,21 +63,30 @@ def validate_prepared(
 ) -> dict:
     """Run the gate on `prepared_dir`, testing drift against `reference_dir` (else
     `validate.reference`) only when it holds the same dataset and classes (else a warning and
-    the reason in the summary's `drift`); write the summary and Data Docs; raise on failure."""
-    splits = load_splits(prepared_dir)
-    plan = read_json(prepared_dir / PLAN_FILE)
-    if reference_dir is None and config.validation.reference:
-        reference_dir = Path(config.validation.reference)
-    dataset = plan.get("dataset", config.data.dataset)
-    reference, drift_note = None, None
-    if reference_dir:
-        drift_note = _dataset_mismatch(dataset, Path(reference_dir))
-        if drift_note is None:
-            # Same dataset: run_gate still checks the class names before comparing.
-            reference = load_splits(reference_dir)
-            drift_note = f"the reference holds the same dataset ('{dataset}') and classes"
-    shutil.rmtree(docs_dir, ignore_errors=True)
-    result = run_gate(splits, gate_settings(config, splits, plan), docs_dir, reference, drift_note)
+    the reason in the summary's `drift`); write the summary and Data Docs; raise on failure.
+
+    Both stores are opened, not loaded: the gate reads their images a batch at a time."""
+    splits = open_splits(prepared_dir)
+    reference = None
+    try:
+        plan = read_json(prepared_dir / PLAN_FILE)
+        if reference_dir is None and config.validation.reference:
+            reference_dir = Path(config.validation.reference)
+        dataset = plan.get("dataset", config.data.dataset)
+        drift_note = None
+        if reference_dir:
+            drift_note = _dataset_mismatch(dataset, Path(reference_dir))
+            if drift_note is None:
+                # Same dataset: run_gate still checks the class names before comparing.
+                reference = open_splits(Path(reference_dir))
+                drift_note = f"the reference holds the same dataset ('{dataset}') and classes"
+        shutil.rmtree(docs_dir, ignore_errors=True)
+        settings = gate_settings(config, splits, plan)
+        result = run_gate(splits, settings, docs_dir, reference, drift_note)
+    finally:
+        # The readers hold a file descriptor per shard they read.
+        for split in [*splits.values(), *(reference or {}).values()]:
+            split.close()
     write_json(summary_file, result.summary)
     for name, count in result.warnings.items():
         if count:

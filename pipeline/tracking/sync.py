@@ -27,10 +27,10 @@ from pipeline.store import (
     HISTORY_FILE,
     MODEL_FILE,
     RUN_FILE,
-    load_split,
+    STORE_FILE,
+    open_split,
     read_json,
     sha256_of,
-    split_paths,
     write_json,
 )
 from pipeline.tracking.record import RunRecord
@@ -142,9 +142,15 @@ def _existing_run(client, record: RunRecord, synced: dict | None, fingerprint: s
 
 
 def _input_example(root: Path, paths: dict, model_dir: Path) -> np.ndarray:
-    """Two test images, as the train stage logs; zeros of the model's input shape without them."""
-    test_file = split_paths(root / paths["prepared"])["test"]
-    if test_file.is_file():
-        return load_split(test_file).x[:2]
+    """Two test images (fewer in a smaller split), as the train stage logs, read alone; zeros
+    of the model's input shape without any."""
+    prepared = root / paths["prepared"]
+    if (prepared / STORE_FILE).is_file():
+        test = open_split(prepared, "test")
+        try:
+            if len(test):
+                return test.read(np.arange(min(2, len(test))))
+        finally:
+            test.close()
     model = keras.saving.load_model(model_dir / MODEL_FILE)
     return np.zeros((2, *model.input_shape[1:]), dtype=np.uint8)

@@ -36,7 +36,7 @@ def _train_on_features(
     if data.extractor is None:
         raise ValueError("feature_extraction on features needs the extractor that computed them")
     head = build_feature_head(
-        data.train[0].shape[1:], data.num_classes, config.dense_units, config.dropout_rate
+        data.input_shape, data.num_classes, config.dense_units, config.dropout_rate
     )
     compile_classifier(head, config.optimizer, config.learning_rate)
     history = context.fit(head, data, FitOptions.of(config))

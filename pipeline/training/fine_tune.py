@@ -33,7 +33,7 @@ def build_transfer_model(
     trains, and end-to-end feature extraction with the base kept frozen."""
     backbone = context.require_backbone(name)
     return build_fine_tune_model(
-        data.train[0].shape[1:],
+        data.input_shape,
         data.num_classes,
         backbone.descriptor,
         backbone.base,

@@ -1,5 +1,6 @@
 """Fitting: seeds, optimizers, early stopping and the per-epoch history, shared by every
-strategy. Functions here take arrays and plain values, never params.yaml or paths."""
+strategy. Functions here take feed sources (`training.feed`) or arrays and plain values,
+never params.yaml or paths."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from pipeline.models.outputs import is_single_unit
 from pipeline.training.backup import TrainingBackup
-from pipeline.training.workers import shard_for_this_process
+from pipeline.training.feed import FeedSource, feeds_for
+from pipeline.training.workers import process_grid
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +131,11 @@ class LearningRateLog(keras.callbacks.Callback):
 
 def fit_model(
     model: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: FeedSource | tuple[np.ndarray, np.ndarray],
+    val: FeedSource | tuple[np.ndarray, np.ndarray],
     options: FitOptions,
     *,
+    seed: int = 0,
     callbacks: list[keras.callbacks.Callback] | None = None,
     initial_epoch: int = 0,
     backup: TrainingBackup | None = None,
@@ -141,8 +144,10 @@ def fit_model(
 ) -> dict[str, list[float]]:
     """`model.fit` with validation data, the schedules in `options`, and a backup after every
     epoch. When `backup` holds this phase's state from a run that crashed, training resumes
-    after its last finished epoch, weights and optimizer state restored. Returns the history
-    of this phase's epochs (the resumed ones included)."""
+    after its last finished epoch, weights and optimizer state restored, and the feed visits
+    that epoch's images in the order it would have (`training.feed`: the order is a function
+    of `seed` and the epoch). Returns the history of this phase's epochs (the resumed ones
+    included)."""
     callbacks = [LearningRateLog(), *schedule_callbacks(options), *(callbacks or [])]
     earlier = {key: [] for key in HISTORY_KEYS}
     if backup is not None:
@@ -164,21 +169,34 @@ def fit_model(
             so_far[key] += earlier[key]
         callbacks.append(backup.callback(phase, history_so_far=so_far))
     end_epoch = initial_epoch + options.epochs - len(earlier["loss"])
-    # Across processes (initialize_workers), each feeds its share of every global batch.
-    (x, y), batch_size = shard_for_this_process(train, options.batch_size)
-    val_arrays, _ = shard_for_this_process(val, options.batch_size)
-    history = model.fit(
-        x,
-        y,
-        validation_data=tuple(val_arrays),
-        epochs=end_epoch,
-        initial_epoch=initial_epoch,
-        batch_size=batch_size,
-        callbacks=callbacks,
-        shuffle=True,
-        # One line per epoch when logged to a file (DVC, CI); Keras' bar on a terminal.
-        verbose=1 if sys.stdout.isatty() else 2,
+    # Across processes (initialize_workers), each reads its own shards and feeds its share of
+    # every global batch.
+    train_feed, val_feed = feeds_for(
+        FeedSource.of(train),
+        FeedSource.of(val),
+        options.batch_size,
+        seed=seed,
+        first_epoch=initial_epoch,
+        epochs=end_epoch - initial_epoch,
+        process_grid=process_grid(),
     )
+    try:
+        history = model.fit(
+            train_feed,
+            steps_per_epoch=train_feed.steps_per_epoch,
+            # The feed shuffles (per epoch, seeded); Keras' own shuffle would reorder its
+            # batches across epochs.
+            shuffle=False,
+            validation_data=val_feed,
+            epochs=end_epoch,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            # One line per epoch when logged to a file (DVC, CI); Keras' bar on a terminal.
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    finally:
+        train_feed.close()
+        val_feed.close()
     return {
         key: earlier[key] + [float(v) for v in history.history.get(key, [])] for key in HISTORY_KEYS
     }

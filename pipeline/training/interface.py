@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import keras
-import numpy as np
 from pydantic import BaseModel
 
 from pipeline.config import AugmentationConfig, PipelineConfig
 from pipeline.models.backbones import Backbone
 from pipeline.models.builders import Architecture
 from pipeline.training.backup import TrainingBackup
+from pipeline.training.feed import FeedSource
 from pipeline.training.fit import FitOptions, TrainingResult, fit_model
 
 DataKind = Literal["images", "features"]
@@ -27,14 +27,26 @@ DataKind = Literal["images", "features"]
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What a strategy fits on: (inputs, labels) for training and validation, as it declared."""
+    """What a strategy fits on, as it declared: training and validation rows, streamed from
+    the store (`FeedSource`); (inputs, labels) arrays are accepted too (tests, small data)."""
 
-    train: tuple[np.ndarray, np.ndarray]
-    val: tuple[np.ndarray, np.ndarray]
+    train: FeedSource
+    val: FeedSource
     num_classes: int
     kind: DataKind = "images"
     extractor: keras.Model | None = None
     """With features: the model that computed them, to put in front of the trained head."""
+    seed: int = 0
+    """Seeds the feed's per-epoch order (`train.seed`)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train", FeedSource.of(self.train))
+        object.__setattr__(self, "val", FeedSource.of(self.val))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input's shape: an image's (H, W, C), or a feature map's."""
+        return self.train.input_shape
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,7 @@ class TrainingContext:
             data.train,
             data.val,
             options,
+            seed=data.seed,
             callbacks=self.callbacks,
             backup=self.backup,
             **fit_options,

@@ -22,7 +22,7 @@ def train_scratch(
         raise ValueError("scratch builds context.architecture: resolve it for the dataset first")
     model = build_architecture(
         context.architecture,
-        data.train[0].shape[1:],
+        data.input_shape,
         data.num_classes,
         context.augmentation,
         conv_filters=config.conv_filters,

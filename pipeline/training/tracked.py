@@ -33,7 +33,7 @@ from pipeline.store import (
     HISTORY_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
-    Split,
+    ImageSplit,
     read_json,
     write_classes,
     write_manifest,
@@ -48,6 +48,7 @@ from pipeline.tracking.strategy_runs import (
 )
 from pipeline.training.accelerators import training_scope
 from pipeline.training.backup import TrainingBackup
+from pipeline.training.feed import FeedSource
 from pipeline.training.fit import HISTORY_KEYS, TrainingResult, set_global_seed
 from pipeline.training.interface import (
     BackboneSetup,
@@ -80,7 +81,7 @@ class RunIdentity:
 def train_and_record(
     strategy: Strategy,
     config: PipelineConfig,
-    splits: dict[str, Split],
+    splits: dict[str, ImageSplit],
     identity: RunIdentity,
     features_dir: Path | None,
     out: Path,
@@ -133,7 +134,9 @@ def train_and_record(
         result = _train(strategy, config, splits, backbone_weights, features_dir, context)
         training_seconds = clock.elapsed()
         history = write_model_folder(out, result, splits["train"])
-        model_uri = recorder("model", log_training_outputs, out, result.model, splits["test"].x[:2])
+        model_uri = recorder(
+            "model", log_training_outputs, out, result.model, input_example(splits["test"])
+        )
     RunRecord(
         run_id=recorder.run_id,
         experiment_id=experiment_id,
@@ -160,7 +163,7 @@ def train_and_record(
     return recorder
 
 
-def write_model_folder(out: Path, result: TrainingResult, train: Split) -> pd.DataFrame:
+def write_model_folder(out: Path, result: TrainingResult, train: ImageSplit) -> pd.DataFrame:
     """The model, its class names, its first kernel as initialised (where it has one), its
     history, and the manifest of what it trained on; return the history."""
     out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +176,11 @@ def write_model_folder(out: Path, result: TrainingResult, train: Split) -> pd.Da
     # What the model trained on, by content: the promotion gate checks test images against it.
     write_manifest(out / MANIFEST_FILE, train.digests())
     return history
+
+
+def input_example(split: ImageSplit) -> np.ndarray:
+    """The two images a logged model shows as its input example: the split's first two."""
+    return split.read(np.arange(min(2, len(split))))
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
@@ -277,7 +285,7 @@ def backbone_weights_of(
 def _train(
     strategy: Strategy,
     config: PipelineConfig,
-    splits: dict[str, Split],
+    splits: dict[str, ImageSplit],
     backbone_weights: ResolvedWeights | None,
     features_dir: Path | None,
     context: TrainingContext,
@@ -286,7 +294,7 @@ def _train(
     base is built where it is trained), and train it."""
     block = strategy.block(config)
     with training_scope():
-        data = load_training_data(strategy, block, splits, features_dir)
+        data = load_training_data(strategy, block, splits, features_dir, config.train.seed)
         if strategy.builds_backbone(block):
             backbone = BACKBONES[config.backbone.name]
             context.backbone = BackboneSetup(
@@ -298,17 +306,24 @@ def _train(
 
 
 def load_training_data(
-    strategy: Strategy, block, splits: dict[str, Split], features_dir: Path | None
+    strategy: Strategy,
+    block,
+    splits: dict[str, ImageSplit],
+    features_dir: Path | None,
+    seed: int = 0,
 ) -> TrainingData:
-    """The images, or the features stage's cached outputs and their extractor."""
+    """The images, or the features stage's cached outputs and their extractor, streamed
+    from disk batch by batch (`training.feed`)."""
     train, val = splits["train"], splits["val"]
     if not strategy.trains_on_features(block):
-        return TrainingData((train.x, train.y), (val.x, val.y), len(train.classes))
-    features = {name: np.load(features_dir / f"{name}.npy") for name in ("train", "val")}
+        return TrainingData(
+            FeedSource.from_split(train), FeedSource.from_split(val), len(train.classes), seed=seed
+        )
     return TrainingData(
-        (features["train"], train.y),
-        (features["val"], val.y),
+        FeedSource.from_features(features_dir / "train.npy", train),
+        FeedSource.from_features(features_dir / "val.npy", val),
         len(train.classes),
         kind="features",
         extractor=keras.saving.load_model(features_dir / EXTRACTOR_FILE),
+        seed=seed,
     )

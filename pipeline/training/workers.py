@@ -1,18 +1,18 @@
 """Several hosts (processes) training one model, on JAX only.
 
 `initialize_workers` (or `initialize_workers_from_env`) once at start-up, before any other JAX
-work; then each process fits on its own share of every global batch (`shard_for_this_process`),
-and only process 0 (`process_grid`) writes outputs. JAX is imported lazily.
+work; then each process reads its own run of the store's shards and feeds its share of every
+global batch (`training.feed`), and only process 0 (`process_grid`) writes outputs. JAX is
+imported lazily.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import keras
-import numpy as np
 
 from pipeline.errors import ConfigError
 
@@ -37,8 +37,8 @@ def initialize_workers(
     process then builds the same model and fits it. JAX only: TensorFlow's
     MultiWorkerMirroredStrategy does not work with Keras 3 (keras-team/keras#20585).
 
-    What each process passes to `fit`: by default its own share of every global batch, as
-    NumPy arrays (`shard_for_this_process`), which is how the pipeline feeds data. With
+    What each process passes to `fit`: by default its own share of every global batch, read
+    from its own shards (`training.feed.StreamFeed`), which is how the pipeline feeds data. With
     `auto_shard_dataset`, Keras shards instead, and then accepts only a `tf.data.Dataset`,
     the same one on every process, batched at the global batch size."""
     _check_coordinator(coordinator, "coordinator")
@@ -138,39 +138,6 @@ def _enable_jax_cpu_collectives() -> None:
     option = "jax_cpu_collectives_implementation"
     if option in jax.config.values and jax.config.values[option] in (None, "none"):
         jax.config.update(option, "gloo")
-
-
-def shard_for_this_process(
-    arrays: Sequence[np.ndarray], global_batch_size: int
-) -> tuple[list[np.ndarray], int]:
-    """This process's share of `arrays` and its batch size, for `model.fit` on NumPy arrays
-    across processes: Keras' JAX trainer takes each process's batch as its slice of the
-    global batch (`jax.make_array_from_process_local_data`), so process p gets rows
-    p*L..(p+1)*L-1 of every global batch of `global_batch_size` (L = global / processes).
-    Samples past the last whole global batch are dropped, since every process must run the
-    same number of steps. In a single process the arrays are returned unchanged."""
-    num_processes, process_index = process_grid()
-    if num_processes == 1:
-        return list(arrays), global_batch_size
-    if global_batch_size % num_processes:
-        raise ConfigError(
-            f"batch size {global_batch_size} does not split over {num_processes} processes: "
-            f"use a multiple of {num_processes}"
-        )
-    local_batch_size = global_batch_size // num_processes
-    shards = []
-    for array in arrays:
-        steps = len(array) // global_batch_size
-        if steps == 0:
-            raise ConfigError(
-                f"{len(array)} samples make no whole global batch of {global_batch_size}: "
-                "use a smaller batch size"
-            )
-        blocks = array[: steps * global_batch_size].reshape(
-            steps, num_processes, local_batch_size, *array.shape[1:]
-        )
-        shards.append(blocks[:, process_index].reshape(-1, *array.shape[1:]))
-    return shards, local_batch_size
 
 
 def process_grid() -> tuple[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.store import Split
+from pipeline.store import ImageSplit
 from pipeline.validation.profile import (
     build_image_table,
     class_table,
@@ -73,14 +74,15 @@ def class_mismatch(classes: list[str], reference_classes: list[str]) -> str | No
 
 
 def run_gate(
-    splits: dict[str, Split],
+    splits: Mapping[str, ImageSplit],
     settings: GateSettings,
     docs_dir: Path | None = None,
-    reference: dict[str, Split] | None = None,
+    reference: Mapping[str, ImageSplit] | None = None,
     drift_note: str | None = None,
 ) -> GateResult:
     """Build the tables, run every suite in one Checkpoint (Data Docs to `docs_dir`), and
-    turn each failed expectation into a FailedExpectation.
+    turn each failed expectation into a FailedExpectation. The splits' images (and the
+    reference's) are read a batch at a time (`build_image_table`), never a split at once.
 
     Drift is tested only against a `reference` with the same classes. `drift_note` says why
     (with a reference) or why not (without one, when the caller found it not comparable).

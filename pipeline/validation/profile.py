@@ -1,13 +1,18 @@
 """The per-image table the gate validates: one row per prepared image (split, index, label,
 class name, shape, dtype, pixel stats, difference hash, content hash), and the class-balance,
-near-duplicate and drift tables derived from it."""
+near-duplicate and drift tables derived from it.
+
+Images are read a batch of a few MiB at a time (`split.batches`), so the table of a split of
+any size costs its rows (tens of bytes an image), never the split's pixels."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
-from pipeline.store import Split, image_digests
+from pipeline.store import ImageSplit
 
 TABLE_COLUMNS = [
     "split",
@@ -27,6 +32,8 @@ TABLE_COLUMNS = [
     "in_train",
 ]
 HASH_SIZE = 8  # an 8x8 difference hash: 64 bits
+BATCH_BYTES = 4 << 20
+"""The image bytes (uint8) the profile reads from a split at once."""
 
 
 def difference_hashes(images: np.ndarray) -> np.ndarray:
@@ -49,39 +56,38 @@ def _area_resize_matrix(size: int, output: int) -> np.ndarray:
     return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def content_hashes(images: np.ndarray) -> list[str]:
-    """A digest of each image's bytes: equal digests are exact duplicates (the one content
-    hash of the pipeline, `pipeline.store.image_digest`)."""
-    return [str(digest) for digest in image_digests(images)]
-
-
-def build_image_table(splits: dict[str, Split]) -> pd.DataFrame:
-    """One row per image of every split; `in_train` marks val/test images identical to one in
-    train."""
+def build_image_table(
+    splits: Mapping[str, ImageSplit], batch_bytes: int = BATCH_BYTES
+) -> pd.DataFrame:
+    """One row per image of every split, its pixels read `batch_bytes` at a time; `in_train`
+    marks val/test images identical to one in train."""
     frames = []
     for name, split in splits.items():
-        x = split.x if split.x.ndim == 4 else split.x.reshape(*split.x.shape, 1)
-        count = len(x)
+        shape = tuple(split.image_shape)
+        # Gray images stored without a channel axis count as one channel, as they are read.
+        height, width, channels = shape if len(shape) == 3 else (*shape, 1)
+        count = len(split)
         labels = np.asarray(split.y)
         known = (labels >= 0) & (labels < len(split.classes))
         class_names = np.where(
             known, np.array(split.classes + [""])[np.where(known, labels, -1)], ""
         )
-        stats = _pixel_stats(x)
+        stats, dtype = _split_stats(split, batch_bytes)
         frame = pd.DataFrame(
             {
                 "split": name,
                 "index": np.arange(count),
                 "label": labels,
                 "class_name": class_names,
-                "height": x.shape[1],
-                "width": x.shape[2],
-                "channels": x.shape[3],
-                "dtype": str(x.dtype),
+                "height": height,
+                "width": width,
+                "channels": channels,
+                "dtype": dtype,
                 **{key: stats[key] for key in ("min", "max", "mean", "std")},
             }
         )
         frame["dhash"] = [format(int(value), "016x") for value in stats["dhash"]]
+        # The store's own digests: the images' bytes are not hashed a second time.
         frame["content_hash"] = [str(digest) for digest in split.digests()]
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
@@ -90,9 +96,33 @@ def build_image_table(splits: dict[str, Split]) -> pd.DataFrame:
     return table[TABLE_COLUMNS]
 
 
-def _pixel_stats(x: np.ndarray, chunk_bytes: int = 64 << 20) -> dict[str, np.ndarray]:
-    """Per-image min/max/mean/std and dHash, a chunk of images at a time: float64 copies of a
-    whole split (cats-vs-dogs at 150x150 is 1 GB of them) never exist at once."""
+def batch_size_of(split: ImageSplit, batch_bytes: int = BATCH_BYTES) -> int:
+    """How many of the split's images make `batch_bytes` of uint8 pixels (at least one)."""
+    return max(1, int(batch_bytes) // max(1, int(np.prod(split.image_shape))))
+
+
+def _split_stats(split: ImageSplit, batch_bytes: int) -> tuple[dict[str, np.ndarray], str]:
+    """`_pixel_stats` of every image of a split, a batch at a time, in row order, and the
+    dtype the images were read as (uint8 from the store; anything else fails the gate)."""
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("min", "max", "mean", "std", "dhash")}
+    dtype = "uint8"
+    for position, (_, block) in enumerate(split.batches(batch_size_of(split, batch_bytes))):
+        block = block if block.ndim == 4 else block.reshape(*block.shape, 1)
+        if position == 0:
+            dtype = str(block.dtype)
+        for key, values in _pixel_stats(block).items():
+            parts[key].append(values)
+    empty = {"dhash": np.zeros(0, np.uint64)}
+    stats = {
+        key: np.concatenate(values) if values else empty.get(key, np.zeros(0))
+        for key, values in parts.items()
+    }
+    return stats, dtype
+
+
+def _pixel_stats(x: np.ndarray, chunk_bytes: int = 8 << 20) -> dict[str, np.ndarray]:
+    """Per-image min/max/mean/std and dHash of a batch, a chunk of images at a time: its
+    float64 copy (8 bytes a pixel) stays at about `chunk_bytes`."""
     count = len(x)
     pixels = max(1, int(np.prod(x.shape[1:])))
     step = max(1, chunk_bytes // (pixels * 8))

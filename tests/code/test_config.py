@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from pipeline.config import STRATEGY_NAMES, PipelineConfig, TrainConfig, load_config
 from pipeline.errors import ConfigError
+from pipeline.store import write_store_from_arrays
 from pipeline.tracking.context import flatten_params
 from tests.project import PROJECT_ROOT, copy_project_files, stage_command
 
@@ -192,11 +194,20 @@ def test_check_params_stage_accepts_valid_params(tmp_path: Path, params: dict) -
 
 def test_drift_reference_must_be_a_prepared_folder(tmp_path: Path, params: dict) -> None:
     params["validate"]["reference"] = str(tmp_path / "old_prepared")
-    with pytest.raises(ConfigError, match="validate.reference.*train.npz, val.npz and test.npz"):
+    with pytest.raises(ConfigError, match="validate.reference.*store.json and its shards/"):
         load_config(_write(tmp_path, params))
+    # A folder of the old .npz splits is not a store: refused, naming the format.
     (tmp_path / "old_prepared").mkdir()
     for name in ("train", "val", "test"):
         (tmp_path / "old_prepared" / f"{name}.npz").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"validate.reference.*\.npz splits is the old format"):
+        load_config(_write(tmp_path, params))
+    rng = np.random.default_rng(0)
+    arrays = {
+        name: (rng.integers(0, 256, (2, 4, 4, 1), dtype=np.uint8), np.array([0, 1]))
+        for name in ("train", "val", "test")
+    }
+    write_store_from_arrays(tmp_path / "old_prepared", arrays, ["a", "b"])
     assert load_config(_write(tmp_path, params)).validation.reference == str(
         tmp_path / "old_prepared"
     )

@@ -196,42 +196,6 @@ def test_training_across_processes_asks_for_the_jax_backend() -> None:
         workers.initialize_workers("127.0.0.1:4321", 2, 0)
 
 
-# --- shard_for_this_process ------------------------------------------------------------------
-
-
-def test_one_process_keeps_all_the_data() -> None:
-    x = np.arange(10)
-    (shard,), batch_size = workers.shard_for_this_process([x], 4)
-    assert shard is x and batch_size == 4
-
-
-def test_each_process_gets_its_slice_of_every_global_batch(monkeypatch) -> None:
-    x, y = np.arange(70).reshape(35, 2), np.arange(35)
-    shards = []
-    for index in range(2):
-        monkeypatch.setattr(workers, "process_grid", lambda index=index: (2, index))
-        (x_local, y_local), batch_size = workers.shard_for_this_process([x, y], 8)
-        assert batch_size == 4
-        assert len(x_local) == len(y_local) == 16  # 4 whole global batches; 3 samples dropped
-        shards.append((x_local, y_local))
-    for step in range(4):
-        both = np.concatenate([shard[1][step * 4 : (step + 1) * 4] for shard in shards])
-        np.testing.assert_array_equal(both, y[step * 8 : (step + 1) * 8])
-    np.testing.assert_array_equal(shards[1][0][:4], x[4:8])
-
-
-@pytest.mark.parametrize(
-    ("samples", "global_batch_size", "message"),
-    [(32, 7, "batch size 7 does not split over 2 processes"), (5, 8, "no whole global batch")],
-)
-def test_a_batch_that_does_not_split_is_a_config_error(
-    monkeypatch, samples: int, global_batch_size: int, message: str
-) -> None:
-    monkeypatch.setattr(workers, "process_grid", lambda: (2, 0))
-    with pytest.raises(ConfigError, match=message):
-        workers.shard_for_this_process([np.zeros(samples)], global_batch_size)
-
-
 # --- real distributed training (subprocesses) ------------------------------------------------
 
 
@@ -331,8 +295,10 @@ def reference(tmp_path_factory) -> Path:
 @needs_jax
 def test_two_processes_train_one_model_like_one_process(reference: Path, tmp_path: Path) -> None:
     """Two JAX processes on 127.0.0.1 (gloo collectives on CPU), each with one CPU device,
-    fit twice: `dataset` gives both the whole tf.data.Dataset and lets Keras shard it
-    (auto_shard_dataset); `numpy` feeds each process its half of every global batch."""
+    fit three times: `dataset` gives both the whole tf.data.Dataset and lets Keras shard it
+    (auto_shard_dataset); `feed` feeds each process its half of every global batch through
+    the pipeline's feed; `store` trains through `fit_model` on a sharded store, each process
+    reading only its own shards, together every image once per epoch."""
     coordinator = f"127.0.0.1:{_free_port()}"
     outputs = [tmp_path / f"process{index}.npz" for index in range(2)]
     _run_workers(
@@ -341,7 +307,7 @@ def test_two_processes_train_one_model_like_one_process(reference: Path, tmp_pat
                 output,
                 *("--initial-weights", str(reference), "--coordinator", coordinator),
                 *("--num-processes", "2", "--process-id", str(index)),
-                *("--data", "dataset", "numpy"),
+                *("--data", "dataset", "feed", "store"),
             )
             for index, output in enumerate(outputs)
         ],
@@ -353,11 +319,11 @@ def test_two_processes_train_one_model_like_one_process(reference: Path, tmp_pat
         assert int(saved["process_index"]) == index
         assert int(saved["global_device_count"]) == 2
         assert int(saved["local_device_count"]) == 1
-        for mode in ("dataset", "numpy"):
+        for mode in ("dataset", "feed"):
             assert int(saved[f"{mode}_replicas"]) == 2, f"{mode}: DataParallel spans one process"
-        assert int(saved["numpy_local_samples"]) == 32
-        assert int(saved["numpy_local_batch_size"]) == 8
-    for mode in ("dataset", "numpy"):
+        assert int(saved["feed_local_samples"]) == 32
+        assert int(saved["feed_local_batch_size"]) == 8
+    for mode in ("dataset", "feed"):
         pairs = zip(
             _weights(first, f"{mode}_final_"), _weights(second, f"{mode}_final_"), strict=True
         )
@@ -365,6 +331,27 @@ def test_two_processes_train_one_model_like_one_process(reference: Path, tmp_pat
             np.testing.assert_array_equal(a, b, err_msg=f"{mode}: the processes disagree")
         np.testing.assert_array_equal(first[f"{mode}_loss"], second[f"{mode}_loss"])
         _assert_trained_like_reference(first, mode, np.load(reference))
+    _assert_each_process_read_its_own_shards(first, second)
+
+
+def _assert_each_process_read_its_own_shards(first, second) -> None:
+    """The store mode: each process read the shards assigned to it and no other, the two
+    sets are disjoint and cover the store, and every image was read once per epoch."""
+    shard_count = int(first["store_shard_count"])
+    assert shard_count == 8
+    read = [set(saved["store_shards_read"].tolist()) for saved in (first, second)]
+    assert read == [set(saved["store_shards_assigned"].tolist()) for saved in (first, second)]
+    assert read[0].isdisjoint(read[1]) and read[0] | read[1] == set(range(shard_count))
+    # Each process wrote its own copy of the store (as each host checks one out): the same
+    # images in the same rows, so row counts add up across processes.
+    np.testing.assert_array_equal(first["store_digests"], second["store_digests"])
+    epochs = distributed_worker.EPOCHS
+    assert first["store_epochs_read"].tolist() == list(range(epochs))
+    reads = first["store_row_reads"] + second["store_row_reads"]  # (epochs, rows)
+    assert reads.tolist() == [[1] * distributed_worker.SAMPLES] * epochs
+    np.testing.assert_array_equal(first["store_loss"], second["store_loss"])
+    for a, b in zip(_weights(first, "store_final_"), _weights(second, "store_final_"), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg="store: the processes disagree")
 
 
 @pytest.mark.slow
@@ -383,5 +370,5 @@ def test_training_scope_replicates_over_the_devices_of_one_host(
         backend,
     )
     saved = np.load(output)
-    assert int(saved["numpy_replicas"]) == 2
-    _assert_trained_like_reference(saved, "numpy", np.load(reference))
+    assert int(saved["feed_replicas"]) == 2
+    _assert_trained_like_reference(saved, "feed", np.load(reference))

@@ -1,14 +1,18 @@
 """Evaluation returns one metrics dict; confusion matrices have rows true, columns predicted;
-per-class, top-k and binary metrics match values computed by hand. (The figures drawn from them
-are tested in test_figures.py and test_mosaics.py.)"""
+per-class, top-k and binary metrics match values computed by hand; the evaluate path predicts
+each test image once, a batch at a time, reading from the store only the images it shows.
+(The figures drawn from them are tested in test_figures.py and test_mosaics.py.)"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline.evaluation.metrics import (
+    MAX_PREDICT_BATCH,
     TOP_K_MIN_CLASSES,
     binary_curves,
     binary_metrics,
@@ -19,19 +23,23 @@ from pipeline.evaluation.metrics import (
     most_confident_mistakes,
     normalize_confusion,
     per_class_metrics,
+    predict_batch_size,
+    predict_probabilities,
     probability_metrics,
     top_k_accuracy,
     top_k_metrics,
 )
+from pipeline.models.outputs import class_probabilities
+from pipeline.store import ArraySplit, image_digests, open_split, write_store_from_arrays
 
 
 class _FixedModel:
-    """A stand-in with Keras' predict signature that returns fixed probabilities."""
+    """A stand-in with Keras' predict_on_batch that returns fixed probabilities."""
 
     def __init__(self, probabilities: np.ndarray) -> None:
         self.probabilities = probabilities
 
-    def predict(self, x, batch_size=None, verbose=0):
+    def predict_on_batch(self, x):
         return self.probabilities[: len(x)]
 
 
@@ -270,3 +278,163 @@ def test_most_confident_mistakes_come_first() -> None:
 def test_most_confident_mistakes_refuses_bad_n(n, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         most_confident_mistakes(np.array([0, 1]), np.eye(2), n)
+
+
+# --- the evaluate path on the sharded store -------------------------------------------------
+
+_CLASSES = [f"class_{label}" for label in range(6)]
+
+
+def _conv_model(seed: int = 0):
+    """A small untrained convnet on raw uint8 8x8x1 images, as the pipeline's models take them."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(8, 8, 1), dtype="uint8")
+    hidden = layers.Conv2D(4, 3, activation="relu")(layers.Rescaling(1.0 / 255)(inputs))
+    outputs = layers.Dense(len(_CLASSES), activation="softmax")(
+        layers.GlobalAveragePooling2D()(hidden)
+    )
+    return keras.Model(inputs, outputs)
+
+
+def _random_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct random images (none all black) and labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, 256, size=(count, 8, 8, 1), dtype=np.uint8)
+    return x, np.arange(count, dtype=np.int64) % len(_CLASSES)
+
+
+def _store(root: Path, test: tuple[np.ndarray, np.ndarray], shard_bytes: int) -> Path:
+    prepared = root / "data" / "prepared"
+    write_store_from_arrays(
+        prepared,
+        {"train": _random_images(12, 1), "val": _random_images(6, 2), "test": test},
+        _CLASSES,
+        shard_bytes=shard_bytes,
+    )
+    return prepared
+
+
+class _CountingSplit:
+    """A split that records every read's rows, around the store's reader."""
+
+    def __init__(self, split) -> None:
+        self.split = split
+        self.reads: list[np.ndarray] = []
+        self.y, self.classes, self.image_shape = split.y, split.classes, split.image_shape
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def read(self, rows) -> np.ndarray:
+        self.reads.append(np.asarray(rows).reshape(-1))
+        return self.split.read(rows)
+
+    def batches(self, batch_size: int, rows=None):
+        for chosen, images in self.split.batches(batch_size, rows):
+            self.reads.append(chosen)
+            yield chosen, images
+
+
+def _recording(predict, predicted: list[np.ndarray]):
+    """`predict`, recording a copy of the images of every call in `predicted`."""
+
+    def recorded(images, *args, **kwargs):
+        predicted.append(np.asarray(images).copy())
+        return predict(images, *args, **kwargs)
+
+    return recorded
+
+
+def test_the_evaluate_path_predicts_each_test_image_once_in_batches(tmp_path, monkeypatch) -> None:
+    """Over a store of several shards: one prediction per batch (never more than the batch
+    size), every test image predicted exactly once, and, beyond the batches, only the few
+    images the figures show read again; the metrics are those of predicting all at once."""
+    import keras
+
+    from pipeline.config import EvaluateConfig, PatternsConfig
+    from pipeline.evaluation.report import evaluate_strategy
+    from pipeline.store import HISTORY_FILE, MODEL_FILE
+
+    x, y = _random_images(40, 3)
+    # 8 images a shard: the test split spans 5 shards, and batches of 16 straddle them.
+    prepared = _store(tmp_path, (x, y), shard_bytes=8 * 64)
+    model_dir = tmp_path / "models" / "scratch"
+    model_dir.mkdir(parents=True)
+    model = _conv_model()
+    model.save(model_dir / MODEL_FILE)
+    pd.DataFrame({"epoch": [0, 1], "loss": [2.0, 1.5], "val_loss": [2.1, 1.7]}).to_csv(
+        model_dir / HISTORY_FILE, index=False
+    )
+    predicted: list[np.ndarray] = []
+    load_model = keras.saving.load_model
+
+    def load_counted(path, *args, **kwargs):
+        loaded = load_model(path, *args, **kwargs)
+        # Both ways of predicting are counted: a second pass by either would show.
+        for name in ("predict", "predict_on_batch"):
+            setattr(loaded, name, _recording(getattr(loaded, name), predicted))
+        return loaded
+
+    monkeypatch.setattr(keras.saving, "load_model", load_counted)
+    test = _CountingSplit(open_split(prepared, "test"))
+    assert len(test.split.shards) == 5
+    options = EvaluateConfig(
+        gradcam_images=4, gallery_images=8, mistakes=4, patterns=PatternsConfig(filters=0)
+    )
+    evaluation = evaluate_strategy(
+        "scratch", model_dir, tmp_path / "reports", test, options, batch_size=16
+    )
+
+    digests = list(image_digests(x))
+    seen = [digest for batch in predicted for digest in image_digests(batch)]
+    # The timing pass predicts black images only: no test image twice.
+    assert sorted(digest for digest in seen if digest in digests) == sorted(digests)
+    assert max(len(batch) for batch in predicted) <= 16
+    assert max(len(rows) for rows in test.reads) <= 16
+    shown = 8 + 4 + 4 + 1  # the gallery, the mistakes, Grad-CAM and one activation image
+    assert sum(len(rows) for rows in test.reads) <= len(x) + shown
+    expected = class_probabilities(model.predict(x, batch_size=256, verbose=0))
+    metrics = evaluation["metrics"]
+    assert set(metrics) == {
+        "test_loss",
+        "test_accuracy",
+        "test_macro_f1",
+        "test_images",
+        "test_top_3_accuracy",
+        "test_top_5_accuracy",
+    }
+    assert metrics == pytest.approx(
+        {**probability_metrics(y, expected), **top_k_metrics(y, expected)}, rel=1e-6
+    )
+    assert evaluation["images_per_second"] > 0
+
+
+def test_batched_predictions_are_those_of_one_predict_to_the_last_bit(tmp_path) -> None:
+    """Batches sized by memory are the 256 images evaluation always predicted at once, so the
+    metrics read from a store equal those of predicting the whole array as before."""
+    x, y = _random_images(300, 4)
+    prepared = _store(tmp_path, (x, y), shard_bytes=100 * 64)
+    model = _conv_model()
+    before = model.predict(x, batch_size=256, verbose=0)
+    test = open_split(prepared, "test")
+    metrics, predictions = evaluate_model(model, test, test.y)
+    probabilities = class_probabilities(before)
+    assert metrics == probability_metrics(y, probabilities)
+    assert np.array_equal(predictions, probabilities.argmax(axis=1))
+    assert np.array_equal(predict_probabilities(model, ArraySplit(x, y, _CLASSES)), probabilities)
+
+
+def test_predict_batches_are_sized_by_memory() -> None:
+    assert predict_batch_size((8, 8, 1)) == MAX_PREDICT_BATCH
+    assert predict_batch_size((224, 224, 3)) == MAX_PREDICT_BATCH  # 147 KiB an image
+    assert predict_batch_size((1024, 1024, 3)) == 21  # 3 MiB an image: 64 MiB a batch
+    assert predict_batch_size((8192, 8192, 3)) == 1  # larger than the limit: one at a time
+    assert predict_batch_size((8, 8, 1), limit_bytes=640) == 10
+
+
+def test_predicting_no_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="no images to predict"):
+        predict_probabilities(_FixedModel(np.eye(2)), np.zeros((0, 2, 2, 1), np.uint8))

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +27,7 @@ from pipeline.prediction.choice import ModelChoice, best_local_model, choose_mod
 from pipeline.prediction.classifier import load_classifier
 from pipeline.prediction.files import find_images, read_images
 from pipeline.prediction.results import prediction_header
-from pipeline.store import Split, save_split, write_classes
+from pipeline.store import write_classes, write_store_from_arrays
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "pipeline"
@@ -62,7 +63,11 @@ def digits(tmp_path_factory) -> SimpleNamespace:
     model_file = root / "model.keras"
     model.save(model_file)
     write_classes(root, DIGIT_CLASSES)
-    save_split(root / "data" / "prepared" / "test.npz", Split(x[:20], y[:20], DIGIT_CLASSES))
+    write_store_from_arrays(
+        root / "data" / "prepared",
+        {"train": (x[40:], y[40:]), "val": (x[20:40], y[20:40]), "test": (x[:20], y[:20])},
+        DIGIT_CLASSES,
+    )
 
     images = root / "images"
     files: dict[str, int] = {}
@@ -142,6 +147,35 @@ def test_predictions_equal_model_predict_on_the_split_arrays(digits, capsys) -> 
     _check_digit_rows(rows, digits)
 
 
+def test_files_are_decoded_and_predicted_a_batch_at_a_time(digits, monkeypatch) -> None:
+    """Many files are never decoded at once: each batch of files is decoded, predicted and let
+    go before the next, and every readable file is predicted once."""
+    from pipeline.prediction import results
+
+    decoded: list[int] = []
+    predicted: list[int] = []
+    read_images = results.read_images
+
+    def read_counted(paths, *args, **kwargs):
+        decoded.append(len(paths))
+        return read_images(paths, *args, **kwargs)
+
+    monkeypatch.setattr(results, "read_images", read_counted)
+    classifier = load_classifier(str(digits.model_file))
+    predict = classifier.predict_batch
+
+    def predict_counted(images: np.ndarray) -> np.ndarray:
+        predicted.append(len(images))
+        return predict(images)
+
+    counted = replace(classifier, predict_batch=predict_counted)
+    files = find_images([digits.images])
+    predictions = results.predict_files(counted, files, batch_size=4)
+    assert decoded == [4] * 7 + [3]  # 31 files
+    assert max(predicted) <= 4 and sum(predicted) == 30  # the broken file is not predicted
+    assert [item.path for item in predictions] == files
+
+
 def test_console_script_writes_the_csv_and_names_the_model(digits) -> None:
     out = digits.root / "predictions.csv"
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
@@ -219,8 +253,10 @@ def test_a_model_that_cannot_be_loaded_is_named(
 def test_unknown_class_names_are_refused_with_the_fix(digits, tmp_path) -> None:
     """A model.keras without classes.json beside it: the project's test split is not read."""
     shutil.copy(digits.model_file, tmp_path / "model.keras")
-    test = tmp_path / "data" / "prepared" / "test.npz"
-    save_split(test, Split(np.zeros((1, 8, 8, 1), np.uint8), np.zeros(1, np.int64), DIGIT_CLASSES))
+    one = (np.zeros((1, 8, 8, 1), np.uint8), np.zeros(1, np.int64))
+    write_store_from_arrays(
+        tmp_path / "data" / "prepared", {"train": one, "val": one, "test": one}, DIGIT_CLASSES
+    )
     with pytest.raises(ModelError, match="class names of .* are unknown.*classes.json"):
         cli.main(
             [
@@ -357,12 +393,12 @@ def test_the_registry_champion_is_used_by_default(
     import mlflow
 
     from pipeline import registry
-    from pipeline.store import load_split
+    from pipeline.store import open_split
 
     shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")  # dataset: digits
-    test = load_split(digits.root / "data" / "prepared" / "test.npz")
+    test = open_split(digits.root / "data" / "prepared", "test")
     with mlflow.start_run(experiment_id=sqlite_experiment):
-        info = registry.log_classifier(digits.model_file, test.classes, test.x[:2])
+        info = registry.log_classifier(digits.model_file, test.classes, test.read([0, 1]))
     version = registry.register_challenger("digits-classifier", info.model_uri, {})
     registry.set_champion("digits-classifier", version.version)
     caplog.set_level(logging.INFO, logger="pipeline")

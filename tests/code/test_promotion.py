@@ -1,6 +1,7 @@
 """The promotion gate's decisions, on metrics, labels and predictions alone: which strategy is
 promoted, each criterion can stop a challenger by itself, test images a model trained on are
-left out, the decision names why, and bad thresholds and inputs are refused."""
+left out, the decision names why, and bad thresholds and inputs are refused. And the scoring
+that feeds it: the test split read from the store a batch at a time, each image once."""
 
 from __future__ import annotations
 
@@ -336,3 +337,46 @@ def test_the_champion_itself_is_never_promoted_again(challenger_version, refused
     assert ("new_model" in _failed(outcome.decision)) is refused
     if refused:
         assert "version 2 is already the champion" in outcome.decision.reasons()[-1]
+
+
+def test_the_challenger_is_scored_on_the_store_a_batch_at_a_time(tmp_path, monkeypatch) -> None:
+    """The registry scores a model file through the served classifier on the test split read
+    from the store in batches: every image read and predicted once, the answers
+    model.predict gives."""
+    import keras
+
+    from pipeline import registry
+    from pipeline.store import image_digests, open_split, write_store_from_arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(23, 4, 4, 1), dtype=np.uint8)
+    y = np.arange(23) % 2
+    write_store_from_arrays(
+        tmp_path / "prepared",
+        {"train": (x[:2], y[:2]), "val": (x[2:4], y[2:4]), "test": (x, y)},
+        CLASSES,
+        shard_bytes=5 * 16,
+    )
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(4, 4, 1), dtype="uint8")
+    hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    model.save(tmp_path / "model.keras")
+    test = open_split(tmp_path / "prepared", "test")
+    batches: list[np.ndarray] = []
+    read_batches = test.batches
+
+    def recorded(batch_size, rows=None):
+        for chosen, images in read_batches(batch_size, rows):
+            batches.append(images)
+            yield chosen, images
+
+    monkeypatch.setattr(test, "batches", recorded)
+    monkeypatch.setattr(registry, "predict_batch_size", lambda shape: 7)
+    scored = registry.score_model_file(tmp_path / "model.keras", test, CLASSES)
+
+    assert [len(batch) for batch in batches] == [7, 7, 7, 2]
+    assert sorted(image_digests(np.concatenate(batches))) == sorted(image_digests(x))
+    expected = (model.predict(x, verbose=0)[:, 0] > 0.5).astype(int)
+    np.testing.assert_array_equal(scored.predictions, expected)
+    assert scored.classes == CLASSES and scored.version is None

@@ -33,7 +33,7 @@ from pipeline.reporting import (  # noqa: E402
     write_report,
 )
 from pipeline.reporting import content as report_content  # noqa: E402
-from pipeline.store import Split  # noqa: E402
+from pipeline.store import open_splits, write_store_from_arrays  # noqa: E402
 from tests.project import PROJECT_ROOT  # noqa: E402
 
 HOSTILE = '<script>alert("x")</script>'
@@ -391,21 +391,39 @@ def test_write_report_is_atomic(content: ReportContent, tmp_path: Path) -> None:
     assert [path.name for path in target.parent.iterdir()] == ["index.html"]
 
 
-def test_build_dataset_card_counts_and_examples() -> None:
+def test_build_dataset_card_counts_from_labels_and_reads_only_the_example_rows(
+    tmp_path: Path,
+) -> None:
     classes = ["a", "b"]
-    x = np.zeros((5, 8, 8, 1), dtype=np.uint8)
-    splits = {
-        "train": Split(x, np.array([0, 0, 1, 0, 1]), classes),
-        "val": Split(x[:2], np.array([1, 1]), classes),
-        "test": Split(x[:1], np.array([0]), classes),
+    # Image i is filled with the value i, so each example names the row it was read from.
+    x = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 1), np.uint8)
+    arrays = {
+        "train": (x, np.array([0, 0, 1, 0, 1])),
+        "val": (x[:2], np.array([1, 1])),
+        "test": (x[:1], np.array([0])),
     }
+    write_store_from_arrays(tmp_path / "prepared", arrays, classes)
+    splits = open_splits(tmp_path / "prepared")
+    reads: list[tuple[str, list[int]]] = []
+    for name, split in splits.items():
+
+        def recorded(rows, name=name, read=split.read):
+            reads.append((name, sorted(np.asarray(rows).tolist())))
+            return read(rows)
+
+        split.read = recorded
     card = build_dataset_card("tiny", splits, examples_per_class=2)
     assert card.counts == {
         "train": {"a": 3, "b": 2},
         "val": {"a": 0, "b": 2},
         "test": {"a": 1, "b": 0},
     }
-    assert {name: len(images) for name, images in card.examples.items()} == {"a": 2, "b": 2}
+    assert {name: images[:, 0, 0, 0].tolist() for name, images in card.examples.items()} == {
+        "a": [0, 1],
+        "b": [2, 4],
+    }
+    # The counts come from the labels: the only images read are the train examples.
+    assert reads == [("train", [0, 1, 2, 4])]
 
 
 def test_bad_example_images_name_the_class(content: ReportContent) -> None:

@@ -139,3 +139,34 @@ def test_the_run_record_rejects_a_loose_dict(project) -> None:
     write_json(project / "run.json", {"run_id": "abc", "tracked": True})
     with pytest.raises(PipelineError, match="not a run record"):
         RunRecord.read(project)
+
+
+def test_the_input_example_is_read_from_the_store_two_test_images_at_most(tmp_path) -> None:
+    """sync-mlflow logs two test images as the input example, as training does, reading those
+    alone; fewer when the test split is smaller, zeros of the model's input without a store."""
+    import keras
+    import numpy as np
+
+    from pipeline.store import write_store_from_arrays
+    from pipeline.tracking.sync import _input_example
+
+    paths = {"prepared": "data/prepared"}
+    x = np.arange(5 * 4 * 4 * 1, dtype=np.uint8).reshape(5, 4, 4, 1)
+    labels = np.array([0, 1, 0, 1, 0])
+    splits = {"train": (x[:2], labels[:2]), "val": (x[2:3], labels[2:3]), "test": (x, labels)}
+    # One image a shard: the two images come from two shards.
+    write_store_from_arrays(tmp_path / "data" / "prepared", splits, ["a", "b"], shard_bytes=16)
+    np.testing.assert_array_equal(_input_example(tmp_path, paths, tmp_path / "none"), x[:2])
+
+    small = tmp_path / "small"
+    write_store_from_arrays(
+        small / "data" / "prepared", {**splits, "test": (x[4:], labels[4:])}, ["a", "b"]
+    )
+    np.testing.assert_array_equal(_input_example(small, paths, tmp_path / "none"), x[4:])
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    inputs = keras.Input(shape=(4, 4, 1), dtype="uint8")
+    keras.Model(inputs, keras.layers.Flatten()(inputs)).save(model_dir / MODEL_FILE)
+    example = _input_example(tmp_path / "no-project", paths, model_dir)
+    assert example.shape == (2, 4, 4, 1) and example.dtype == np.uint8 and not example.any()

@@ -1,5 +1,5 @@
 """Splitting: content-keyed (an image's split depends on its pixels and the seed alone), seeded,
-disjoint, every class everywhere; stored as uint8 without pickle, with each image's digest."""
+disjoint, every class everywhere, with each image's digest (the store: tests/code/test_store.py)."""
 
 from __future__ import annotations
 
@@ -24,17 +24,8 @@ from pipeline.datasets.split import (
 )
 from pipeline.errors import DataError
 from pipeline.stages.split import prepare_splits
-from pipeline.store import (
-    SPLITS,
-    image_digests,
-    load_split,
-    load_splits,
-    members_digest,
-    save_split,
-    write_split,
-)
+from pipeline.store import SPLITS, image_digests, members_digest, open_splits
 from tests import fakes
-from tests.fixtures import make_split
 
 FRACTIONS = {"val_fraction": 0.15, "test_fraction": 0.2}
 
@@ -286,12 +277,13 @@ def test_prepare_splits_writes_digests_members_and_counts(digits, tmp_path: Path
     assert plan["assignment"] == "content_hash" and plan["seed"] == 42
     assert plan["scheme"] == "stratified" and plan["reassigned"] == 0
     assert plan["classes"] == [str(digit) for digit in range(10)]
-    splits = load_splits(tmp_path / "prepared")
+    splits = open_splits(tmp_path / "prepared")
     assert sum(plan["counts"].values()) == plan["images"] == 1797
     for name, split in splits.items():
-        assert plan["counts"][name] == len(split.x)
-        assert np.array_equal(split.hashes, image_digests(split.x))
-        assert plan["members"][name] == members_digest(split.hashes)
+        assert plan["counts"][name] == len(split)
+        images = split.read(np.arange(len(split)))
+        assert np.array_equal(split.digests(), image_digests(images))
+        assert plan["members"][name] == members_digest(split.digests())
     # The stage plans exactly what plan_split plans from the decoded images.
     images = digits.load_all()
     expected = plan_split(digits.labels, None, seed=42, digests=image_digests(images), **FRACTIONS)
@@ -318,7 +310,7 @@ def test_images_added_to_a_folder_leave_every_other_image_in_its_split(tmp_path:
         raw = tmp_path / name / "raw"
         snapshot_image_folder(folder, raw)
         plan = prepare_splits(config, raw, tmp_path / name / "prepared", tmp_path / "skip.csv")
-        splits = load_splits(tmp_path / name / "prepared")
+        splits = open_splits(tmp_path / name / "prepared")
         return plan, {str(h): n for n, split in splits.items() for h in split.digests()}
 
     before_plan, before = split_folder("before")
@@ -333,26 +325,6 @@ def test_images_added_to_a_folder_leave_every_other_image_in_its_split(tmp_path:
     assert before_plan["reassigned"] == after_plan["reassigned"] == 0
     assert after_plan["images"] == before_plan["images"] + 15 == len(after)
     assert all(after[digest] == split for digest, split in before.items())
-
-
-def test_saved_split_round_trips_without_pickle(tmp_path: Path) -> None:
-    split = make_split()
-    path = tmp_path / "train.npz"
-    save_split(path, split)
-    with np.load(path, allow_pickle=False) as data:
-        assert data["x"].dtype == np.uint8 and data["y"].dtype == np.int64
-    loaded = load_split(path)
-    assert np.array_equal(loaded.x, split.x) and loaded.classes == split.classes
-    assert [p.name for p in tmp_path.iterdir()] == ["train.npz"]  # no temporary left behind
-
-
-def test_missing_or_corrupt_split_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="run the split stage"):
-        load_split(tmp_path / "absent.npz")
-    corrupt = tmp_path / "bad.npz"
-    corrupt.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="not a valid split file"):
-        load_split(corrupt)
 
 
 def test_allocate_is_proportional_exact_and_bounded() -> None:
@@ -370,10 +342,3 @@ def test_subset_is_stratified_per_class_and_per_source_split() -> None:
     assert (pools[chosen] == "test").sum() == 10
     assert np.bincount(labels[chosen]).tolist() == [20, 20]
     assert len(stratified_subset(labels, None, 10_000, seed=1)) == 200
-
-
-def test_write_split_gathers_rows_without_changing_them(tmp_path: Path) -> None:
-    images = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
-    write_split(tmp_path / "s.npz", images, np.array([1, 4]), np.array([0, 1]), ["a", "b"])
-    loaded = load_split(tmp_path / "s.npz")
-    assert np.array_equal(loaded.x, images[[1, 4]]) and loaded.classes == ["a", "b"]

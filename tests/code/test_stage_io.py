@@ -75,7 +75,8 @@ def test_the_trace_sees_what_each_stage_really_reads_and_writes(traced) -> None:
     assert "params.yaml" in trace["check_params"]["reads"]
     assert "reports/params_check.json" in trace["check_params"]["writes"]
     assert "data/raw/digits/digits.csv.gz" in trace["split"]["reads"]
-    assert "data/prepared/train.npz" in trace["train_scratch"]["reads"]
+    assert "data/prepared/store.json" in trace["train_scratch"]["reads"]
+    assert any(_shard_images(path, "train") for path in trace["train_scratch"]["reads"])
     assert "data/features/train.npy" in trace["train_feature_extraction"]["reads"]
     assert "models/fine_tune/model.keras" in trace["evaluate@fine_tune"]["reads"]
     assert "models/scratch/model.keras" not in trace["evaluate@fine_tune"]["reads"]
@@ -84,6 +85,24 @@ def test_the_trace_sees_what_each_stage_really_reads_and_writes(traced) -> None:
     # One process: the store is opened once, by the first stage that tracks.
     assert "mlflow.db" in trace["train_scratch"]["writes"]
     assert any(path.startswith("mlruns/") for path in trace["evaluate@scratch"]["writes"])
+
+
+def _shard_images(path: str, split: str) -> bool:
+    return path.startswith(f"data/prepared/shards/{split}-") and path.endswith(".images.npy")
+
+
+def test_no_stage_reads_the_images_of_a_split_it_does_not_use(traced) -> None:
+    """Evaluation reads test images only (digits train without augmentation, so no train image
+    for its figure); compare and promote read labels and digests, never pixels of train or
+    val; training reads no validation pixels beyond its own validation."""
+    _, trace = traced
+    for stage in ("evaluate@scratch", "evaluate@feature_extraction", "evaluate@fine_tune"):
+        reads = trace[stage]["reads"]
+        assert any(_shard_images(path, "test") for path in reads), stage
+        assert not any(_shard_images(path, "train") or _shard_images(path, "val") for path in reads)
+    for stage in ("compare", "promote", "report"):
+        reads = trace[stage]["reads"]
+        assert not any(_shard_images(path, "val") for path in reads), stage
 
 
 def test_stages_write_only_their_declared_outs(traced) -> None:

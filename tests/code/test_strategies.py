@@ -23,11 +23,9 @@ from pipeline.store import (
     HISTORY_FILE,
     MODEL_FILE,
     RUN_FILE,
-    Split,
     read_json,
-    save_split,
-    split_paths,
     write_json,
+    write_store_from_arrays,
 )
 from pipeline.tracking.record import RunRecord
 from pipeline.training.fit import (
@@ -57,7 +55,7 @@ class ToyConfig(BaseModel):
 
 def train_toy(data: TrainingData, config: ToyConfig, context: TrainingContext) -> TrainingResult:
     """A Dense softmax on the rescaled, flattened images."""
-    inputs = keras.Input(shape=data.train[0].shape[1:])
+    inputs = keras.Input(shape=data.input_shape)
     x = layers.Rescaling(1 / 255)(inputs)
     x = layers.Flatten()(x)
     outputs = layers.Dense(data.num_classes, activation="softmax")(x)
@@ -73,12 +71,13 @@ TOY = Strategy("toy", train_toy, uses_backbone=False, config_block=lambda config
 def write_prepared(root: Path, images: int = 12) -> Path:
     """Three tiny splits of 8x8 gray images, as the split stage stores them."""
     prepared = root / "data" / "prepared"
-    prepared.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for path in split_paths(prepared).values():
-        labels = np.arange(images) % len(CLASSES)
-        x = rng.integers(0, 256, size=(images, 8, 8, 1), dtype=np.uint8)
-        save_split(path, Split(x, labels.astype(np.int64), CLASSES))
+    labels = (np.arange(images) % len(CLASSES)).astype(np.int64)
+    splits = {
+        name: (rng.integers(0, 256, size=(images, 8, 8, 1), dtype=np.uint8), labels)
+        for name in ("train", "val", "test")
+    }
+    write_store_from_arrays(prepared, splits, CLASSES)
     return prepared
 
 

@@ -20,7 +20,7 @@ from pipeline.datasets.readers.arrays import CIFAR10_CLASSES
 from pipeline.datasets.split import allowed_deviation
 from pipeline.errors import DataError
 from pipeline.stages.split import prepare_splits
-from pipeline.store import load_splits
+from pipeline.store import SplitReader, open_splits
 from tests import fakes
 from tests.datasets_local import PET_NUMBERS, generate_source_files, local_spec
 
@@ -33,7 +33,12 @@ def _download_and_split(name, tmp_path, http_server, **data):
     fetch_dataset(local_spec(name, base, served / name), raw, cache_dir=tmp_path / "cache")
     config = DataConfig(dataset=name, **data)
     plan = prepare_splits(config, raw, tmp_path / "prepared", tmp_path / "skipped.csv")
-    return generated, raw, plan, load_splits(tmp_path / "prepared")
+    return generated, raw, plan, open_splits(tmp_path / "prepared")
+
+
+def _images(split: SplitReader) -> np.ndarray:
+    """Every image of a split, read from its shards (tiny test data only)."""
+    return split.read(np.arange(len(split)))
 
 
 def _skipped(tmp_path: Path) -> list[dict]:
@@ -50,14 +55,15 @@ def test_mnist_formats_keep_the_source_test_set_and_carve_val_from_train(
     y_test = generated["y_test"] if name == "mnist" else generated["t10k-labels-idx1-ubyte.gz"]
     # The source's test set, untouched and in order; val (20% of 60 images, so each train image
     # with a keyed position under 0.2 * 60 / 40) from train only, within the hash's bound.
-    assert np.array_equal(splits["test"].x[..., 0], x_test)
+    assert np.array_equal(_images(splits["test"])[..., 0], x_test)
     assert np.array_equal(splits["test"].y, y_test)
     counts = plan["counts"]
     assert counts["test"] == 20 and counts["train"] + counts["val"] == 40
     assert abs(counts["val"] - 12) <= allowed_deviation(40, 0.3, plan["reassigned"])
-    assert splits["train"].x.shape[1:] == (28, 28, 1) and splits["train"].x.dtype == np.uint8
+    assert splits["train"].image_shape == (28, 28, 1)
+    assert _images(splits["train"]).shape[1:] == (28, 28, 1)
     x_train = generated["x_train"] if name == "mnist" else generated["train-images-idx3-ubyte.gz"]
-    together = np.concatenate([splits["train"].x, splits["val"].x])[..., 0]
+    together = np.concatenate([_images(splits["train"]), _images(splits["val"])])[..., 0]
     assert sorted(map(bytes, together)) == sorted(map(bytes, x_train))
     assert plan["expected_fractions"]["test"] == pytest.approx(20 / 60)
     if name == "fashion_mnist":
@@ -67,7 +73,7 @@ def test_mnist_formats_keep_the_source_test_set_and_carve_val_from_train(
 def test_cifar10_binary_records_become_hwc_images(tmp_path, http_server) -> None:
     batches, raw, plan, splits = _download_and_split("cifar10", tmp_path, http_server)
     test_images, test_labels = batches["test_batch"]
-    assert np.array_equal(splits["test"].x, test_images)  # planar CHW bytes read back as HWC
+    assert np.array_equal(_images(splits["test"]), test_images)  # planar CHW bytes read back as HWC
     assert np.array_equal(splits["test"].y, test_labels)
     assert splits["train"].classes == CIFAR10_CLASSES
     assert plan["counts"]["train"] + plan["counts"]["val"] == 50
@@ -86,7 +92,7 @@ def test_mini_cifar_h5_floats_become_uint8_with_a_hashed_quarter_for_test(
     bound = allowed_deviation(60, 0.25, plan["reassigned"])
     assert abs(plan["counts"]["test"] - 15) <= bound
     assert sorted(set(splits["test"].y.tolist())) == [0, 1, 2]
-    every = np.concatenate([s.x for s in splits.values()])
+    every = np.concatenate([_images(s) for s in splits.values()])
     assert sorted(map(bytes, every)) == sorted(map(bytes, generated["x"]))
 
 
@@ -102,7 +108,7 @@ def test_cats_vs_dogs_uses_the_course_ranges_and_skips_the_corrupt_jpeg(
     assert plan["counts"] == {"train": 23, "val": 12, "test": 12}
     assert splits["train"].classes == ["cat", "dog"]
     assert np.bincount(splits["train"].y).tolist() == [11, 12]
-    assert splits["val"].x.shape == (12, 40, 40, 3)
+    assert _images(splits["val"]).shape == (12, 40, 40, 3)
     assert [row["path"] for row in _skipped(tmp_path)] == ["PetImages/Cat/3.jpg"]
 
 
@@ -114,7 +120,7 @@ def test_malaria_subset_is_stratified_and_resized(tmp_path, http_server) -> None
     everything = np.concatenate([s.y for s in splits.values()])
     assert np.bincount(everything).tolist() == [8, 8]
     assert splits["train"].classes == ["Parasitized", "Uninfected"]
-    assert splits["train"].x.shape[1:] == (32, 32, 3)
+    assert _images(splits["train"]).shape[1:] == (32, 32, 3)
 
 
 def test_the_split_plan_is_written_beside_the_splits(tmp_path, http_server) -> None:

@@ -6,17 +6,23 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.config import PipelineConfig, load_config
-from pipeline.errors import ValidationFailed
+from pipeline.errors import DataError, ValidationFailed
 from pipeline.stages.validate import validate_prepared
-from pipeline.store import Split, save_split
+from pipeline.store import ArraySplit, image_digests, open_splits, write_store_from_arrays
 from pipeline.validation.gate import run_gate
-from pipeline.validation.profile import build_image_table, count_near_duplicates, difference_hashes
+from pipeline.validation.profile import (
+    build_image_table,
+    count_near_duplicates,
+    difference_hashes,
+)
 from pipeline.validation.suites import GateSettings, split_count_range
 from tests.project import PROJECT_ROOT, run_stage_alone
 
@@ -26,13 +32,13 @@ CLASSES = ["cat", "dog", "fox"]
 
 def clean_splits(
     seed: int = 0, shape=(8, 8, 1), brightness: int = 0, scale: int = 1
-) -> dict[str, Split]:
+) -> dict[str, ArraySplit]:
     rng = np.random.default_rng(seed)
     splits = {}
     for name, per_class in COUNTS.items():
         y = np.repeat(np.arange(len(CLASSES), dtype=np.int64), per_class * scale)
         x = rng.integers(brightness, 256, size=(len(y), *shape), dtype=np.uint8)
-        splits[name] = Split(x, y, list(CLASSES))
+        splits[name] = ArraySplit(x, y, list(CLASSES), name)
     return splits
 
 
@@ -71,9 +77,23 @@ def test_class_missing_from_test_is_named() -> None:
     splits = clean_splits()
     test = splits["test"]
     keep = test.y != 1
-    splits["test"] = Split(test.x[keep], test.y[keep], test.classes)
+    splits["test"] = ArraySplit(test.x[keep], test.y[keep], test.classes)
     result = run_gate(splits, settings())
     assert ("test", "label", "expect_column_distinct_values_to_contain_set") in failed(result)
+
+
+class FloatSplit(ArraySplit):
+    """An in-memory split that hands the gate float pixels: what a reader that skipped the
+    store's uint8 check would read (the store refuses such a shard itself: see
+    test_a_float_shard_in_the_store_is_refused_naming_the_file)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+        super().__init__(np.zeros(x.shape, dtype=np.uint8), y, classes)
+        self.x = x
+
+    def digests(self) -> np.ndarray:
+        # The float bytes themselves: casting NaN and 300.0 to uint8 has no meaning.
+        return image_digests(self.x.view(np.uint8))
 
 
 def test_float_array_with_nan_and_out_of_range_pixels_is_named() -> None:
@@ -81,11 +101,20 @@ def test_float_array_with_nan_and_out_of_range_pixels_is_named() -> None:
     pixels = splits["val"].x.astype(np.float32)
     pixels[0, 0, 0, 0] = np.nan
     pixels[4, 1, 1, 0] = 300.0
-    splits["val"] = Split(pixels, splits["val"].y, list(CLASSES))
+    splits["val"] = FloatSplit(pixels, splits["val"].y, list(CLASSES))
     found = failed(run_gate(splits, settings()))
     assert ("val", "dtype", "expect_column_values_to_be_in_set") in found
     assert ("val", "mean", "expect_column_values_to_not_be_null") in found
     assert ("val", "max", "expect_column_values_to_be_between") in found
+
+
+def test_a_float_shard_in_the_store_is_refused_naming_the_file(tmp_path: Path) -> None:
+    prepared = _write_prepared(tmp_path / "prepared", clean_splits())
+    shard = open_splits(prepared)["val"].shards[0].path(prepared, "images")
+    np.save(shard, np.load(shard).astype(np.float32))
+    config = _digits_config()
+    with pytest.raises(DataError, match=rf"{re.escape(shard.name)} holds float32 .*expected uint8"):
+        validate_prepared(config, prepared, tmp_path / "docs", tmp_path / "summary.json")
 
 
 def test_wrong_shape_is_named() -> None:
@@ -110,7 +139,7 @@ def test_heavy_imbalance_is_named_with_the_class() -> None:
     splits = clean_splits()
     train = splits["train"]
     keep = np.concatenate([np.flatnonzero(train.y != 2), np.flatnonzero(train.y == 2)[:1]])
-    splits["train"] = Split(train.x[keep], train.y[keep], train.classes)
+    splits["train"] = ArraySplit(train.x[keep], train.y[keep], train.classes)
     result = run_gate(splits, settings(split_tolerance=0.5))
     assert ("class_balance: train", "imbalance_ratio", "expect_column_values_to_be_between") in (
         failed(result)
@@ -184,9 +213,14 @@ def test_drifted_reference_fails_and_same_distribution_passes() -> None:
     assert drifted.summary["drift_max_ks"] > 0.9
 
 
-def _write_prepared(folder: Path, splits: dict[str, Split], **plan) -> Path:
-    for name, split in splits.items():
-        save_split(folder / f"{name}.npz", split)
+def _write_prepared(
+    folder: Path, splits: dict[str, ArraySplit], shard_bytes: int | None = None, **plan
+) -> Path:
+    """A prepared-data folder as the split stage writes it: the store and split.json."""
+    classes = next(iter(splits.values())).classes
+    arrays = {name: (split.x, split.y) for name, split in splits.items()}
+    options = {} if shard_bytes is None else {"shard_bytes": shard_bytes}
+    write_store_from_arrays(folder, arrays, classes, **options)
     plan = {
         "dataset": "digits",
         "scheme": "stratified",
@@ -196,10 +230,10 @@ def _write_prepared(folder: Path, splits: dict[str, Split], **plan) -> Path:
     return folder
 
 
-def _validate(tmp_path: Path, reference: Path) -> dict:
-    """The validate stage's core, in process: the summary it wrote, passed or not."""
+def _digits_config() -> PipelineConfig:
+    """The project's params on digits, with no reference of their own and max_drift 0.3."""
     config: PipelineConfig = load_config(PROJECT_ROOT / "params.yaml")
-    config = config.model_copy(
+    return config.model_copy(
         update={
             "data": config.data.model_copy(update={"dataset": "digits"}),
             "validation": config.validation.model_copy(
@@ -207,6 +241,11 @@ def _validate(tmp_path: Path, reference: Path) -> dict:
             ),
         }
     )
+
+
+def _validate(tmp_path: Path, reference: Path) -> dict:
+    """The validate stage's core, in process: the summary it wrote, passed or not."""
+    config = _digits_config()
     prepared = _write_prepared(tmp_path / "prepared", clean_splits(seed=0, scale=10))
     summary_file = tmp_path / "summary.json"
     with contextlib.suppress(ValidationFailed):
@@ -226,7 +265,7 @@ def test_drift_against_unlike_data_is_skipped_with_the_reason(
 ) -> None:
     # Brighter pixels: compared with the data, this reference would fail the drift check.
     brighter = clean_splits(seed=1, brightness=120, scale=10)
-    brighter = {name: Split(s.x, s.y, list(classes)) for name, s in brighter.items()}
+    brighter = {name: ArraySplit(s.x, s.y, list(classes)) for name, s in brighter.items()}
     reference = _write_prepared(tmp_path / "reference", brighter, **plan)
     with caplog.at_level(logging.WARNING, logger="pipeline.validation.gate"):
         summary = _validate(tmp_path, reference)
@@ -252,6 +291,39 @@ def test_without_a_reference_the_summary_says_drift_was_not_compared(tmp_path: P
     assert result.summary["drift"] == {"compared": False, "reason": "no reference given"}
 
 
+def test_the_profile_reads_a_sharded_store_in_batches_and_matches_the_images_in_memory(
+    tmp_path: Path,
+) -> None:
+    # 600 images of 64 bytes in shards of 50 and batches of 16: batches cross shard ends.
+    splits = clean_splits(scale=10)
+    splits["test"].x[5] = splits["train"].x[11]  # a leak, so in_train is not all False
+    splits["val"].x[:3] = 0  # blank images: std 0, one dHash
+    prepared = _write_prepared(tmp_path / "prepared", splits, shard_bytes=50 * 64)
+    stored = open_splits(prepared)
+    assert all(len(split.shards) > 1 for split in stored.values())
+    reads: dict[str, list[int]] = {name: [] for name in stored}
+    for name, split in stored.items():
+
+        def recorded(rows, name=name, read=split.read):
+            reads[name].append(len(rows))
+            return read(rows)
+
+        split.read = recorded
+    table = build_image_table(stored, batch_bytes=16 * 64)
+    assert {name: max(sizes) for name, sizes in reads.items()} == dict.fromkeys(stored, 16)
+    assert {name: sum(sizes) for name, sizes in reads.items()} == {
+        name: len(split) for name, split in splits.items()
+    }
+    in_memory = build_image_table(splits)
+    pd.testing.assert_frame_equal(table, in_memory)
+    assert table["in_train"].sum() == 1 and (table["std"] == 0).sum() == 3
+    # The gate's verdict and messages are the same whichever way the images are held.
+    from_store = run_gate(stored, settings(), reference=stored)
+    from_memory = run_gate(splits, settings(), reference=splits)
+    assert [str(f) for f in from_store.failures] == [str(f) for f in from_memory.failures]
+    assert from_store.summary == from_memory.summary and not from_store.passed
+
+
 def test_difference_hash_is_stable_under_brightness_and_detects_near_duplicates() -> None:
     images = clean_splits()["train"].x
     brighter = np.clip(images.astype(np.int16) + 10, 0, 255).astype(np.uint8)
@@ -267,10 +339,10 @@ def test_validate_stage_fails_listing_each_expectation_and_keeps_no_traceback(
 ) -> None:
     splits = clean_splits()
     splits["test"].x[0] = splits["train"].x[0]
-    for name, split in splits.items():
-        save_split(tmp_path / "data" / "prepared" / f"{name}.npz", split)
+    prepared = tmp_path / "data" / "prepared"
+    write_store_from_arrays(prepared, {n: (s.x, s.y) for n, s in splits.items()}, CLASSES)
     plan = {"expected_fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}
-    (tmp_path / "data" / "prepared" / "split.json").write_text(json.dumps(plan))
+    (prepared / "split.json").write_text(json.dumps(plan))
     result = run_stage_alone(tmp_path, "validate", {"val_fraction": 0.15, "test_fraction": 0.15})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

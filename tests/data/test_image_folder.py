@@ -14,7 +14,7 @@ from pipeline.config import DataConfig
 from pipeline.datasets.folders import scan_image_folder, snapshot_image_folder
 from pipeline.errors import DataError
 from pipeline.stages.split import prepare_splits
-from pipeline.store import load_splits
+from pipeline.store import open_splits
 from tests import fakes
 from tests.project import run_stage_alone
 
@@ -34,19 +34,20 @@ def _split(folder: Path, tmp_path: Path, **data):
     snapshot_image_folder(folder, raw)
     config = DataConfig(dataset="image_folder", image_folder=str(folder), **data)
     plan = prepare_splits(config, raw, tmp_path / "prepared", tmp_path / "skipped.csv")
-    return plan, load_splits(tmp_path / "prepared")
+    return plan, open_splits(tmp_path / "prepared")
 
 
 def test_folder_is_snapshot_split_and_resized(folder, tmp_path) -> None:
     plan, splits = _split(folder, tmp_path, image_size=16, val_fraction=0.25, test_fraction=0.25)
     assert splits["train"].classes == ["apple", "banana", "cherry"]
     assert plan["images"] == 37  # 36 + the nested GIF; notes.txt is not an image
-    assert splits["train"].x.shape[1:] == (16, 16, 3)
+    train = splits["train"].read(np.arange(len(splits["train"])))
+    assert train.shape[1:] == (16, 16, 3)
     raw = tmp_path / "raw" / "image_folder"
     assert (raw / "banana" / "nested" / "deep.GIF").is_file()
     assert not (raw / "apple" / "notes.txt").exists()
     # Colour ramps by class in the generated folder: labels follow the folders.
-    means = [splits["train"].x[splits["train"].y == k].mean() for k in range(3)]
+    means = [train[splits["train"].y == k].mean() for k in range(3)]
     assert means[0] < means[1] < means[2]
 
 
@@ -135,5 +136,5 @@ def test_exif_rotated_photos_in_a_folder_are_stored_upright(tmp_path) -> None:
     _, splits = _split(
         root, tmp_path, image_size=40, resize="pad", val_fraction=0.25, test_fraction=0.25
     )
-    image = splits["train"].x[0]
+    image = splits["train"].read([0])[0]
     assert image[:, :5].max() < 30 and np.median(image[:, 15:25]) > 225

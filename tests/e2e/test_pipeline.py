@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.store import open_split
 from pipeline.store import sha256_of as sha256
 from pipeline.tracking.context import flatten_params
 from tests.browser import Browser, chromium_or_skip
@@ -136,8 +137,7 @@ def test_validation_gate_wrote_its_summary_and_data_docs(project) -> None:
 
 def test_confusion_matrices_hold_raw_counts_with_class_names(project) -> None:
     root, _ = project
-    with np.load(root / "data" / "prepared" / "test.npz") as test:
-        labels = test["y"]
+    labels = open_split(root / "data" / "prepared", "test").y
     for strategy in STRATEGIES:
         folder = root / "reports" / strategy
         counts = pd.read_csv(folder / "confusion_matrix.csv")
@@ -220,8 +220,7 @@ def test_reports_compare_the_strategies_and_explain_each_one(project) -> None:
     )
     significance = pd.read_csv(reports / "significance.csv")
     assert len(significance) == 3 and significance["p_value"].between(0, 1).all()
-    with np.load(root / "data" / "prepared" / "test.npz") as test:
-        labels = test["y"]
+    labels = open_split(root / "data" / "prepared", "test").y
     for strategy in STRATEGIES:
         folder = reports / strategy
         # DVC's confusion plot data: one record per test image, by class name.
@@ -313,8 +312,7 @@ def test_the_report_loads_in_a_browser(project, tmp_path) -> None:
 
 def test_logged_models_predict_on_raw_uint8_through_pyfunc(project) -> None:
     root, _ = project
-    with np.load(root / "data" / "prepared" / "test.npz") as test:
-        images = test["x"][:5]
+    images = open_split(root / "data" / "prepared", "test").read(np.arange(5))
     for strategy in STRATEGIES:
         run = json.loads((root / "models" / strategy / "run.json").read_text())
         model = mlflow.pyfunc.load_model(run["model_uri"])
@@ -494,8 +492,8 @@ def test_sweeps_and_queued_experiments_leave_the_baseline_and_the_registry_alone
     run = json.loads((root / "models" / "scratch" / "run.json").read_text())
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(run["model_uri"])
-    with np.load(root / "data" / "prepared" / "test.npz") as test:
-        assert np.asarray(model.predict(test["x"][:3])).shape == (3, 10)
+    test = open_split(root / "data" / "prepared", "test")
+    assert np.asarray(model.predict(test.read(np.arange(3)))).shape == (3, 10)
     # And back to the baseline.
     subprocess.run(["git", "checkout", "params.yaml", "dvc.lock"], cwd=root, env=env, check=True)
     assert dvc(root, env, "checkout").returncode == 0

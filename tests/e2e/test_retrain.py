@@ -34,7 +34,7 @@ import yaml
 from PIL import Image
 
 from pipeline.config import STRATEGY_NAMES
-from pipeline.store import SPLITS, load_split
+from pipeline.store import SPLITS, open_split, sha256_of
 from tests import fakes
 from tests.conftest import _start_tracking_server
 from tests.project import dvc, make_project_copy, tiny_params
@@ -208,6 +208,11 @@ def test_a_cycle_with_no_new_data_does_nothing_quickly(project: Project) -> None
     assert project.versions() == versions
 
 
+def _shard_bytes(prepared) -> dict[str, str]:
+    """Each shard file of the store, by name: the SHA-256 of its bytes."""
+    return {path.name: sha256_of(path) for path in (prepared / "shards").iterdir()}
+
+
 @pytest.mark.sqlite_only
 def test_new_images_retrain_and_a_worse_challenger_is_rejected(project: Project) -> None:
     """New images are found and trained on; the challenger, made deliberately worse through
@@ -215,7 +220,8 @@ def test_new_images_retrain_and_a_worse_challenger_is_rejected(project: Project)
     champion re-scored on the new test split, and the champion alias stays where it was."""
     champion = project.champion()
     prepared = project.root / "data" / "prepared"
-    before = {name: set(load_split(prepared / f"{name}.npz").digests()) for name in SPLITS}
+    before = {name: set(open_split(prepared, name).digests()) for name in SPLITS}
+    shards_before = _shard_bytes(prepared)
     rng = np.random.default_rng(7)
     for index, (name, level) in enumerate((("dark", 40), ("mid", 100), ("light", 160)) * 2):
         pixels = np.clip(level + rng.integers(0, 40, (16, 22, 3)), 0, 255).astype(np.uint8)
@@ -253,10 +259,15 @@ def test_new_images_retrain_and_a_worse_challenger_is_rejected(project: Project)
     )
     # The split stayed put: every earlier image is where it was, so the gate's test split
     # holds no image that either model trained on, by proof of their manifests.
-    after = {name: set(load_split(prepared / f"{name}.npz").digests()) for name in SPLITS}
+    after = {name: set(open_split(prepared, name).digests()) for name in SPLITS}
     for name in SPLITS:
         assert before[name] <= after[name], name
     assert sum(len(after[name]) - len(before[name]) for name in SPLITS) == 6
+    # Through DVC (data/prepared persists while split runs): the earlier shards are the same
+    # files, byte for byte; the new images went into new shards.
+    shards_after = _shard_bytes(prepared)
+    assert {name: shards_after.get(name) for name in shards_before} == shards_before
+    assert len(shards_after) > len(shards_before)
     challenger_manifest = set(
         (project.root / "models" / decision["strategy"] / "training_manifest.txt")
         .read_text()

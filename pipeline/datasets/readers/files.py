@@ -31,11 +31,9 @@ def _files_index(
         return str(paths[index].relative_to(root))
 
     def load(indices: np.ndarray, out: np.ndarray) -> dict[int, str]:
-        from tqdm.auto import tqdm
-
+        # The split stage calls this a chunk at a time and shows one progress bar for all.
         chosen = [paths[i] for i in indices]
-        with tqdm(total=len(chosen), unit="img", desc="decoding", leave=False) as bar:
-            return decode_many(chosen, out, options.image_size, options.resize, bar.update)
+        return decode_many(chosen, out, options.image_size, options.resize, lambda count: None)
 
     return SourceIndex(
         labels,

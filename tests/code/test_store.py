@@ -1,0 +1,186 @@
+"""The sharded split store (pipeline/store.py) and the split stage that writes it: shards are
+read in any order without holding a split, adding images writes new shards and leaves the
+others byte-identical, and the split stage holds one chunk of decoded images at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import DataConfig
+from pipeline.datasets.folders import snapshot_image_folder
+from pipeline.errors import DataError
+from pipeline.stages.split import prepare_splits
+from pipeline.store import (
+    SHARDS_DIR,
+    STORE_FILE,
+    NpyRows,
+    image_digests,
+    open_split,
+    open_splits,
+    read_store_index,
+    write_store_from_arrays,
+)
+
+CLASSES = ["a", "b", "c"]
+SIDE = 40
+
+
+def _arrays(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(count, 5, 5, 3), dtype=np.uint8)
+    return x, np.arange(count, dtype=np.int64) % 3
+
+
+def _add_images(folder: Path, count: int, seed: int, prefix: str) -> None:
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        pixels = rng.integers(0, 256, size=(SIDE, SIDE, 3), dtype=np.uint8)
+        name = CLASSES[index % 3]
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / name / f"{prefix}{index:04d}.png")
+
+
+def _split_folder(folder: Path, project: Path, snapshot: bool = True, **options) -> dict:
+    """What the split stage does in `project`: snapshot, then split into data/prepared."""
+    config = DataConfig(
+        dataset="image_folder",
+        image_folder=str(folder),
+        image_size=SIDE,
+        val_fraction=0.2,
+        test_fraction=0.2,
+    )
+    raw = project / "raw"
+    if snapshot:
+        snapshot_image_folder(folder, raw)
+    return prepare_splits(config, raw, project / "prepared", project / "skipped.csv", **options)
+
+
+def _shard_files(prepared: Path) -> dict[str, str]:
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((prepared / SHARDS_DIR).iterdir())
+    }
+
+
+def test_a_store_reads_rows_in_any_order_across_shards(tmp_path):
+    x, y = _arrays(40)
+    index = write_store_from_arrays(
+        tmp_path,
+        {"train": (x, y), "val": (x[:4], y[:4]), "test": (x[4:8], y[4:8])},
+        CLASSES,
+        shard_bytes=7 * x[0].nbytes,
+    )
+    assert [shard.count for shard in index.splits["train"]] == [7, 7, 7, 7, 7, 5]
+    split = open_split(tmp_path, "train")
+    rows = np.array([39, 0, 8, 7, 7, 20, 13, 14])
+    assert np.array_equal(split.read(rows), x[rows])
+    assert np.array_equal(split.y, y) and split.classes == CLASSES
+    assert np.array_equal(split.digests(), image_digests(x))
+    batches = list(split.batches(16))
+    assert [len(rows) for rows, _ in batches] == [16, 16, 8]
+    assert np.array_equal(np.concatenate([images for _, images in batches]), x)
+    # Every shard's images are a plain .npy that NumPy maps.
+    first = index.splits["train"][0]
+    mapped = np.load(first.path(tmp_path, "images"), mmap_mode="r")
+    assert np.array_equal(mapped, x[:7])
+    with pytest.raises(IndexError):
+        split.read([40])
+
+
+def test_adding_images_writes_new_shards_and_keeps_the_others_byte_identical(tmp_path):
+    folder = tmp_path / "images"
+    _add_images(folder, 120, seed=1, prefix="old")
+    project = tmp_path / "project"
+    shard_bytes = 10 * SIDE * SIDE * 3
+    first = _split_folder(folder, project, shard_bytes=shard_bytes)
+    before = _shard_files(project / "prepared")
+    assert first["shards"]["train"] >= 6
+    _add_images(folder, 25, seed=2, prefix="new")
+    second = _split_folder(folder, project, shard_bytes=shard_bytes)
+    after = _shard_files(project / "prepared")
+    # Every earlier shard file is still there, with the same bytes; only new files appeared.
+    assert {name: after[name] for name in before} == before
+    assert len(after) > len(before)
+    assert second["shards_kept"] == first["shards"]
+    assert second["images"] == first["images"] + 25
+    # The store holds each image once, the old ones where they were.
+    splits = open_splits(project / "prepared")
+    assert sum(len(split) for split in splits.values()) == second["images"]
+    # The data version follows the images, not the layout: written afresh, the same version.
+    fresh = _split_folder(folder, tmp_path / "fresh", shard_bytes=shard_bytes)
+    assert fresh["shards_kept"] == {"train": 0, "val": 0, "test": 0}
+    assert fresh["data_version"] == second["data_version"] != first["data_version"]
+
+
+def test_removing_an_image_rewrites_only_the_shard_that_held_it(tmp_path):
+    folder = tmp_path / "images"
+    _add_images(folder, 90, seed=3, prefix="img")
+    project = tmp_path / "project"
+    shard_bytes = 10 * SIDE * SIDE * 3
+    first = _split_folder(folder, project, shard_bytes=shard_bytes)
+    before = set(_shard_files(project / "prepared"))
+    next(iter(sorted((folder / "a").iterdir()))).unlink()
+    second = _split_folder(folder, project, shard_bytes=shard_bytes)
+    after = set(_shard_files(project / "prepared"))
+    assert second["images"] == first["images"] - 1
+    assert len(before - after) == 3  # one shard's three files went
+    assert sum(second["shards_kept"].values()) == sum(first["shards"].values()) - 1
+
+
+def test_the_split_stage_holds_one_chunk_of_images_at_a_time(tmp_path):
+    folder = tmp_path / "images"
+    _add_images(folder, 300, seed=4, prefix="img")
+    image_bytes = SIDE * SIDE * 3
+    chunk_bytes = 20 * image_bytes
+    total = 300 * image_bytes
+    snapshot_image_folder(folder, tmp_path / "project" / "raw")
+    # Once untraced, so what the first run imports is not counted.
+    _split_folder(folder, tmp_path / "warm", chunk_bytes=chunk_bytes)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        plan = _split_folder(folder, tmp_path / "project", snapshot=False, chunk_bytes=chunk_bytes)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert plan["images"] == 300
+    # The images decoded at once are one chunk (96 KB): far below the whole split (1.4 MB),
+    # with room for the per-image digests, labels and the index.
+    assert peak < total / 2, (peak, total)
+    split = open_split(tmp_path / "project" / "prepared", "train")
+    assert split.read([0]).shape == (1, SIDE, SIDE, 3)
+
+
+def test_a_missing_old_or_damaged_store_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="run the split stage"):
+        open_splits(tmp_path / "absent")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "train.npz").write_bytes(b"")
+    with pytest.raises(DataError, match="old .npz format.*dvc repro split"):
+        read_store_index(old)
+    x, y = _arrays(12)
+    root = tmp_path / "store"
+    index = write_store_from_arrays(root, {n: (x, y) for n in ("train", "val", "test")}, CLASSES)
+    shard = index.splits["train"][0].path(root, "images")
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        open_split(root, "train").read([0])
+    (root / STORE_FILE).write_text("{not json")
+    with pytest.raises(DataError, match="not a valid store index"):
+        open_splits(root)
+
+
+def test_npy_rows_reads_any_rows_without_mapping_the_file(tmp_path):
+    values = np.arange(60, dtype=np.float32).reshape(20, 3)
+    np.save(tmp_path / "f.npy", values)
+    rows = NpyRows(tmp_path / "f.npy")
+    assert len(rows) == 20 and rows.shape == (20, 3)
+    assert np.array_equal(rows.read([3, 4, 5, 19, 0]), values[[3, 4, 5, 19, 0]])
+    rows.close()
