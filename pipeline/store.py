@@ -280,8 +280,13 @@ def read_store_index(root: Path) -> StoreIndex:
         raise DataError(f"{path} not found: run the split stage first (dvc repro)")
     try:
         payload = json.loads(path.read_text())
+        if not isinstance(payload, dict) or not isinstance(payload.get("splits"), dict):
+            raise ValueError("expected an object with a 'splits' object")
         if payload.get("format") != STORE_FORMAT:
             raise ValueError(f"format {payload.get('format')!r}, expected {STORE_FORMAT}")
+        missing = [name for name in SPLITS if name not in payload["splits"]]
+        if missing:
+            raise ValueError(f"no split {', '.join(missing)}")
         return StoreIndex(
             image_shape=tuple(int(d) for d in payload["image_shape"]),
             classes=[str(name) for name in payload["classes"]],
@@ -292,7 +297,7 @@ def read_store_index(root: Path) -> StoreIndex:
             shard_bytes=int(payload["shard_bytes"]),
             version=str(payload["version"]),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         raise DataError(
             f"{path} is not a valid store index ({exc}); rerun the split stage"
         ) from None
@@ -329,8 +334,10 @@ class NpyRows:
                 self.offset = handle.tell()
         except FileNotFoundError:
             raise DataError(f"{self.path} not found: rerun the stage that writes it") from None
-        except ValueError as exc:
-            raise DataError(f"{self.path} is not a valid .npy file ({exc})") from None
+        except (ValueError, OSError) as exc:
+            raise DataError(
+                f"{self.path} is not a readable .npy file ({exc}); rerun the stage that writes it"
+            ) from None
         if fortran_order or dtype.hasobject:
             raise DataError(f"{self.path}: not a C-ordered array of plain values")
         self.shape: tuple[int, ...] = tuple(shape)
@@ -475,7 +482,10 @@ class SplitReader:
                     f"{expected}; rerun the split stage"
                 )
             # Two threads may open the same shard at once; the first one kept wins.
-            reader = self._files.setdefault(shard, reader)
+            kept = self._files.setdefault(shard, reader)
+            if kept is not reader:
+                reader.close()
+            reader = kept
         return reader
 
     def close(self) -> None:
@@ -633,15 +643,11 @@ def _keep_shards(
         unclaimed.setdefault(key, []).append(position)
     kept: list[Shard] = []
     for shard in index.splits.get(name, []):
-        try:
-            digests = np.load(shard.path(previous, "digests"), allow_pickle=False)
-            labels = np.load(shard.path(previous, "labels"), allow_pickle=False)
-        except (OSError, ValueError):
-            continue
-        if not shard.path(previous, "images").is_file() or len(digests) != shard.count:
+        pairs = _shard_pairs(previous, shard, index.image_shape)
+        if pairs is None:
             continue
         wanted: dict[tuple[str, int], int] = {}
-        for key in zip(map(str, digests), map(int, labels), strict=True):
+        for key in pairs:
             wanted[key] = wanted.get(key, 0) + 1
         if all(len(unclaimed.get(key, ())) >= count for key, count in wanted.items()):
             for key, count in wanted.items():
@@ -649,6 +655,31 @@ def _keep_shards(
             kept.append(shard)
     fresh = sorted(position for positions in unclaimed.values() for position in positions)
     return kept, np.array(fresh, dtype=np.int64)
+
+
+def _shard_pairs(
+    root: Path, shard: Shard, image_shape: tuple[int, ...]
+) -> list[tuple[str, int]] | None:
+    """A previous shard's (digest, label) pairs, or None when any of its files is missing,
+    damaged or of another size than the index says: such a shard is written again, never
+    reused, so rerunning the split stage repairs it."""
+    try:
+        digests = np.load(shard.path(root, "digests"), allow_pickle=False)
+        labels = np.load(shard.path(root, "labels"), allow_pickle=False)
+        images = NpyRows(shard.path(root, "images"))
+        images.close()
+        if (
+            images.shape != (shard.count, *image_shape)
+            or images.dtype != np.uint8
+            or digests.shape != (shard.count,)
+            or labels.shape != (shard.count,)
+            or labels.dtype.kind not in "iu"
+            or digests.dtype.kind != "U"
+        ):
+            return None
+        return list(zip(map(str, digests), map(int, labels), strict=True))
+    except (OSError, ValueError, TypeError, DataError):
+        return None
 
 
 def _write_shard(
@@ -667,6 +698,10 @@ def _write_shard(
     for digest, label in zip(digests.tolist(), labels.tolist(), strict=True):
         identity.update(f"\n{digest} {label}".encode())
     shard = Shard(f"{split_name}-{identity.hexdigest()[:16]}", len(positions))
+    if all(shard.path(target, part).exists() for part in SHARD_PARTS):
+        # The same content under the same name is already there (a shard kept from the
+        # previous store, hard-linked: writing it again would write into the old store).
+        return shard
     step = max(1, chunk_bytes // max(1, int(np.prod(image_shape))))
     source_rows = np.asarray(split.rows)[positions]
     chunks = (

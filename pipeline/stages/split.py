@@ -18,6 +18,7 @@ import argparse
 import csv
 import io
 import logging
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -67,6 +68,9 @@ def prepare_splits(
     At most `chunk_bytes` of decoded images are held at once; `shard_bytes` caps a shard."""
     prepared_dir = Path(prepared_dir)
     prepared_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed outright (out of memory, SIGKILL) leaves its spool behind: a whole copy.
+    for stale in prepared_dir.parent.glob(f".{prepared_dir.name}.spool-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(
         dir=prepared_dir.parent, prefix=f".{prepared_dir.name}.spool-"
     ) as spool_dir:

@@ -157,6 +157,52 @@ def test_the_split_stage_holds_one_chunk_of_images_at_a_time(tmp_path):
     assert split.read([0]).shape == (1, SIDE, SIDE, 3)
 
 
+def test_a_damaged_shard_is_written_again_not_kept(tmp_path):
+    folder = tmp_path / "images"
+    _add_images(folder, 60, seed=5, prefix="img")
+    project = tmp_path / "project"
+    shard_bytes = 10 * SIDE * SIDE * 3
+    first = _split_folder(folder, project, shard_bytes=shard_bytes)
+    index = read_store_index(project / "prepared")
+    damaged = index.splits["train"][0].path(project / "prepared", "images")
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    second = _split_folder(folder, project, shard_bytes=shard_bytes)
+    assert second["shards_kept"]["train"] == first["shards"]["train"] - 1
+    train = open_split(project / "prepared", "train")
+    assert train.read(np.arange(len(train))).shape[0] == len(train)  # readable again
+
+
+def test_a_store_of_duplicates_keeps_the_previous_files_untouched(tmp_path):
+    x, y = _arrays(1)
+    root = tmp_path / "store"
+    write_store_from_arrays(
+        root, {n: (x, y) for n in ("train", "val", "test")}, CLASSES, shard_bytes=x[0].nbytes
+    )
+    before = _shard_files(root)
+    twice = (np.concatenate([x, x]), np.concatenate([y, y]))
+    write_store_from_arrays(
+        root, {n: twice for n in ("train", "val", "test")}, CLASSES, shard_bytes=x[0].nbytes
+    )
+    split = open_split(root, "train")
+    assert len(split) == 2 and np.array_equal(split.read([0, 1]), twice[0])
+    assert {name: _shard_files(root)[name] for name in before} == before
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "[]",
+        '"x"',
+        '{"format": 1, "splits": []}',
+        '{"format": 1, "splits": {"train": [], "test": []}}',
+    ],
+)
+def test_a_store_index_of_the_wrong_shape_is_a_clear_error(tmp_path, payload):
+    (tmp_path / STORE_FILE).write_text(payload)
+    with pytest.raises(DataError, match="not a valid store index"):
+        open_splits(tmp_path)
+
+
 def test_a_missing_old_or_damaged_store_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="run the split stage"):
         open_splits(tmp_path / "absent")
