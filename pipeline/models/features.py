@@ -15,8 +15,9 @@ from pipeline.store import ImageSplit, write_npy_rows
 CHUNK_IMAGES = 1024
 """Images run through the base per chunk: the features of one chunk are all that is held in
 memory (VGG16 features of CIFAR-10 at 224x224 are 6 GB of float32)."""
-CHUNK_BYTES = 256 << 20
-"""The most bytes of uint8 images one chunk reads, whatever CHUNK_IMAGES says."""
+CHUNK_BYTES = 64 << 20
+"""The most bytes of uint8 images one chunk reads, whatever CHUNK_IMAGES says (the model's
+float copy of a chunk is four times that, and more once resized to the backbone's input)."""
 
 
 def write_features(

@@ -593,7 +593,8 @@ def test_a_model_too_deep_for_the_images_stops_before_any_output_is_deleted(work
 def test_outputs_deleted_by_a_failing_stage_come_back_with_dvc_checkout(workspace) -> None:
     """A failure only a stage can find (here: too few images to give every class a place in
     every split) comes after DVC deleted that stage's outputs; the README's recovery brings
-    them back from DVC's cache."""
+    them back from DVC's cache. The split store itself persists (DVC leaves it in place for
+    split to reuse its shards), and a failed split leaves it byte-identical."""
     root, env = workspace
     kept = outputs(root)
     good_params = (root / "params.yaml").read_text()
@@ -604,7 +605,12 @@ def test_outputs_deleted_by_a_failing_stage_come_back_with_dvc_checkout(workspac
     result = dvc(root, env, "repro")
     assert result.returncode != 0
     assert "would have no image in" in result.stderr and "Traceback" not in result.stderr
-    assert not (root / "data" / "prepared").exists()
+    assert not (root / "reports" / "data" / "skipped.csv").exists()
+    prepared = {
+        path: digest for path, digest in kept.items() if path.parts[:2] == ("data", "prepared")
+    }
+    assert prepared and {path: outputs(root).get(path) for path in prepared} == prepared
+    assert not list((root / "data").glob(".prepared.*"))  # no spool or staging folder left
 
     # The README: put back the params that worked, `dvc checkout`, then `dvc repro`, which
     # re-checks params.yaml and finds every other stage up to date.
