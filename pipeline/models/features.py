@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 from tqdm import tqdm
 
@@ -39,10 +40,19 @@ def write_features(
     chunks = -(-len(images) // step)
 
     def features():
-        for _, batch in tqdm(
+        for _, chunk in tqdm(
             images.batches(step), total=chunks, desc=path.stem, unit="chunk", disable=chunks < 2
         ):
-            yield extractor.predict(batch, batch_size=batch_size, verbose=0)
+            # predict_on_batch, batch by batch: `predict` builds a data pipeline at every call,
+            # whose memory TensorFlow keeps, so the stage's peak grew with the number of chunks.
+            yield np.concatenate(
+                [
+                    keras.ops.convert_to_numpy(
+                        extractor.predict_on_batch(chunk[start : start + batch_size])
+                    )
+                    for start in range(0, len(chunk), batch_size)
+                ]
+            )
 
     write_npy_rows(path, shape, np.float32, features())
     return shape

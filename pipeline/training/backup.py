@@ -9,7 +9,7 @@ history of the epochs before the crash; and it cannot tell a backup of another t
 
 A backup folder holds complete snapshots only:
 
-    <directory>/backup-000007/   model.weights.h5, optimizer.npz, state.json
+    <directory>/backup-000007/   model.weights.h5, optimizer.npz, random_state.npz, state.json
     <directory>/.staging-*/      a snapshot being written (left over by a kill: ignored)
 
 Each snapshot is written into a staging folder, flushed to disk, and then renamed to a new
@@ -60,8 +60,13 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
+RANDOM_FILE = "random_state.npz"
+"""The model's seed-generator states (dropout's, augmentation's), which save_weights leaves
+out: restored, a resumed epoch draws the random masks the uninterrupted one would."""
 STATE_FILE = "state.json"
-_FORMAT = 1
+_FORMAT = 2
+"""2: snapshots hold the random-number states too (1: older snapshots are not resumed)."""
+_SNAPSHOT_FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, RANDOM_FILE)
 _SNAPSHOT = re.compile(r"^backup-(\d{6,})$")
 _STAGING_PREFIX = ".backup-"
 """What `store.atomic_directory` names a snapshot's staging folder (a leftover after a kill)."""
@@ -147,14 +152,13 @@ class TrainingBackup:
             model.save_weights(staging / WEIGHTS_FILE)
             values = [variable.numpy() for variable in model.optimizer.variables]
             np.savez(staging / OPTIMIZER_FILE, *values)
+            np.savez(staging / RANDOM_FILE, *[state.numpy() for state in _random_states(model)])
             payload = {
                 "format": _FORMAT,
                 "fingerprint": self.fingerprint,
                 **asdict(state),
                 # Checked by `load`, so a damaged file is found before anything is restored.
-                "sha256": {
-                    name: sha256_of(staging / name) for name in (WEIGHTS_FILE, OPTIMIZER_FILE)
-                },
+                "sha256": {name: sha256_of(staging / name) for name in _SNAPSHOT_FILES},
                 # For a person reading the file; matching is by position and shape, since
                 # auto-generated layer names differ between processes.
                 "optimizer_variables": [variable.path for variable in model.optimizer.variables],
@@ -287,6 +291,24 @@ def _restore_snapshot(model: keras.Model, snapshot: Path) -> None:
     # is the copy whose order and shapes were checked.
     for variable, value in zip(variables, values, strict=True):
         variable.assign(value)
+    states = _random_states(model)
+    with np.load(snapshot / RANDOM_FILE) as archive:
+        saved = [archive[f"arr_{index}"] for index in range(len(archive.files))]
+    if [tuple(value.shape) for value in saved] != [tuple(state.shape) for state in states]:
+        raise PipelineError(
+            f"the training backup {snapshot} holds {len(saved)} random-number states, this "
+            f"model has {len(states)}: a backup of another model. {fix}"
+        )
+    for state, value in zip(states, saved, strict=True):
+        state.assign(value)
+
+
+def _random_states(model: keras.Model) -> list:
+    """The state variables of the model's seed generators (one per dropout or random
+    augmentation layer), in the model's own order."""
+    return [
+        variable for variable in model.variables if variable.path.endswith("seed_generator_state")
+    ]
 
 
 def _read_state(snapshot: Path) -> tuple[str, BackupState] | None:
@@ -296,7 +318,7 @@ def _read_state(snapshot: Path) -> tuple[str, BackupState] | None:
         payload = json.loads((snapshot / STATE_FILE).read_text())
         if payload.get("format") != _FORMAT:
             return None
-        for name in (WEIGHTS_FILE, OPTIMIZER_FILE):
+        for name in _SNAPSHOT_FILES:
             if sha256_of(snapshot / name) != payload["sha256"][name]:
                 return None
         state = BackupState(

@@ -95,6 +95,39 @@ def test_restore_gives_the_saved_weights_and_optimizer_state(
     assert any(np.abs(value).sum() > 0 for value in _values(fresh.optimizer.variables[2:]))
 
 
+def test_a_resumed_fit_draws_the_dropout_masks_an_uninterrupted_one_draws(tmp_path: Path) -> None:
+    """The seed generators' states (dropout's) are in the snapshot: two epochs, then a resume
+    for the third, end at the weights of three epochs straight, to the bit."""
+
+    def dropout_model() -> keras.Model:
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input(shape=(5,))
+        hidden = layers.Dropout(0.5)(layers.Dense(8, activation="relu")(inputs))
+        model = keras.Model(inputs, layers.Dense(3, activation="softmax")(hidden))
+        model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+        return model
+
+    x, y = _data()
+    straight = dropout_model()
+    straight.fit(x, y, batch_size=BATCH_SIZE, epochs=3, shuffle=False, verbose=0)
+
+    backup = TrainingBackup(tmp_path / "backup", "fingerprint-a")
+    first = dropout_model()
+    first.fit(
+        x,
+        y,
+        batch_size=BATCH_SIZE,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[backup.callback("train")],
+    )
+    resumed = dropout_model()
+    assert backup.restore(resumed).epoch == 2
+    resumed.fit(x, y, batch_size=BATCH_SIZE, epochs=3, initial_epoch=2, shuffle=False, verbose=0)
+    _assert_same(_values(resumed.weights), _values(straight.weights))
+
+
 def test_optimizer_variables_keep_one_order_between_builds() -> None:
     """The .npz is matched by position: two builds of one model give the same layout
     (iteration, learning rate, then each trainable variable's slots), names aside."""

@@ -1,6 +1,7 @@
 """A training process killed in the middle of an epoch resumes where it stopped: `dvc repro`
 after a SIGKILL starts at the last finished epoch, optimizer state included, ends with the
-full epoch count, and continues the same MLflow run instead of starting a second one."""
+full epoch count, continues the same MLflow run instead of starting a second one, and ends
+with the history an uninterrupted training has."""
 
 from __future__ import annotations
 
@@ -103,3 +104,15 @@ def test_a_killed_training_resumes_from_its_last_epoch_in_the_same_run(tmp_path:
     assert scratch_runs[0].info.status == "FINISHED"
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")]
     assert sorted(steps) == list(range(EPOCHS))
+
+    # The same training never interrupted: the resumed one saw each epoch's images in the
+    # same order (the feed's order is a function of the seed and the epoch), from the same
+    # weights and optimizer state, so its history is the same, number for number.
+    other = tmp_path / "uninterrupted"
+    other.mkdir()
+    other_env = make_project_copy(other, _six_scratch_epochs)
+    whole = dvc(other, other_env, "repro", "train_scratch")
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    uninterrupted = pd.read_csv(other / "models" / "scratch" / "history.csv")
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history[column].tolist() == uninterrupted[column].tolist(), column
