@@ -35,8 +35,12 @@ def write_features(
     feature_shape = tuple(int(dim) for dim in extractor.output_shape[1:])
     shape = (len(images), *feature_shape)
     image_bytes = max(1, int(np.prod(images.image_shape, dtype=np.int64)))
-    # CHUNK_BYTES may shorten a chunk of large images, but not below one predict batch.
-    step = max(1, min(int(chunk_images), max(int(batch_size), CHUNK_BYTES // image_bytes)))
+    # CHUNK_BYTES may shorten a chunk of large images, but not below one predict batch; a
+    # chunk is whole batches, so only a split's last batch has another shape (each new shape
+    # is one more traced function kept in memory).
+    batch_size = max(1, int(batch_size))
+    wanted = max(batch_size, min(int(chunk_images), CHUNK_BYTES // image_bytes))
+    step = wanted // batch_size * batch_size
     chunks = -(-len(images) // step)
 
     def features():

@@ -157,3 +157,27 @@ def test_fine_tune_model_saves_and_loads_with_plain_keras(base, tmp_path: Path) 
     assert [part.name for part in parts.in_order()] == ["preprocessing", "vgg16", "head"]
     assert "random_zoom" in [layer.name for layer in parts.preprocessing.layers]
     assert model_parts(build_small_convnet((8, 8, 1), 3, [8], 8, 0.5)) is None
+
+
+def test_write_features_reads_the_store_in_chunks_and_matches_one_predict(tmp_path) -> None:
+    """The features file holds, row for row, what one `predict` over every image gives, though
+    the images were read a chunk of whole batches at a time from a store of several shards."""
+    from pipeline.models.features import write_features
+    from pipeline.store import open_split, write_store_from_arrays
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(1).integers(0, 256, (70, 8, 8, 1), dtype=np.uint8)
+    y = np.arange(70) % 2
+    write_store_from_arrays(
+        tmp_path / "prepared",
+        {n: (x, y) for n in ("train", "val", "test")},
+        ["a", "b"],
+        shard_bytes=16 * x[0].nbytes,
+    )
+    split = open_split(tmp_path / "prepared", "train")
+    backbone = BACKBONES["vgg16"]
+    extractor = build_feature_extractor((8, 8, 1), backbone, backbone.build(32, None))
+    shape = write_features(extractor, split, tmp_path / "train.npy", 8, chunk_images=20)
+    written = np.load(tmp_path / "train.npy")
+    assert shape == written.shape == (70, 1, 1, 512)
+    np.testing.assert_array_equal(written, extractor.predict(x, batch_size=8, verbose=0))

@@ -502,8 +502,9 @@ def test_sweeps_and_queued_experiments_leave_the_baseline_and_the_registry_alone
 
 
 def test_a_fresh_clone_pulls_the_run_and_reruns_nothing(workspace, tmp_path) -> None:
-    """A teammate's clone gets every output from the DVC remote: `dvc status` is clean,
-    `dvc repro` runs no stage, and no registry is touched."""
+    """A teammate's clone gets every output from the DVC remote: `dvc status` is clean, the
+    split store reads as it did where it was written, `dvc repro` runs no stage, and no
+    registry is touched."""
     root, env = workspace
     remote = tmp_path / "remote"
     assert dvc(root, env, "remote", "add", "-d", "shared", str(remote)).returncode == 0
@@ -516,6 +517,14 @@ def test_a_fresh_clone_pulls_the_run_and_reruns_nothing(workspace, tmp_path) -> 
     pulled = dvc(clone, clone_env, "pull")
     assert pulled.returncode == 0, pulled.stderr
     assert json.loads(dvc(clone, clone_env, "status", "--json").stdout) == {}
+    # The store pulled from the remote reads as the one it was pushed from, shard for shard.
+    for name in ("train", "val", "test"):
+        here = open_split(root / "data" / "prepared", name)
+        there = open_split(clone / "data" / "prepared", name)
+        assert [shard.name for shard in there.shards] == [shard.name for shard in here.shards]
+        assert np.array_equal(there.digests(), here.digests())
+        rows = np.arange(len(here))[::7]
+        assert np.array_equal(there.read(rows), here.read(rows))
     again = dvc(clone, clone_env, "repro")
     assert again.returncode == 0, again.stderr
     assert stages_run(again) == set()
