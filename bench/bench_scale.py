@@ -10,7 +10,7 @@ Prints, per stage, seconds per 1,000 images and peak RSS at both sizes; the RSS 
 the peak's growth divided by the growth of the uint8 split bytes; and from the slope the
 largest 224x224 RGB dataset the stage would handle in `--memory-gib` GiB. Never asserts.
 
-    python bench/bench_scale.py [--images 1000] [--image-size 224] [--json out.json]
+    python bench/bench_scale.py [--images 1000] [--image-size 224] [--until STAGE] [--json F]
 
 Run it from another checkout (`git worktree add /tmp/old <commit>`, then
 `python bench/bench_scale.py --code /tmp/old`) to measure that commit's code with this bench.
@@ -118,7 +118,13 @@ def run_size(code: Path, count: int, args: argparse.Namespace, workdir: Path) ->
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     results: dict[str, dict] = {}
-    for stage, command in data_stages(project, code).items():
+    stages = data_stages(project, code)
+    if args.until:
+        if args.until not in stages:
+            raise SystemExit(f"--until {args.until}: not one of {', '.join(stages)}")
+        names = list(stages)
+        stages = {name: stages[name] for name in names[: names.index(args.until) + 1]}
+    for stage, command in stages.items():
         peak_file = workdir / "peak.json"
         peak_file.unlink(missing_ok=True)
         start = time.perf_counter()
@@ -206,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         "--code", type=Path, default=ROOT, help="the checkout whose pipeline/ is measured"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--until", help="stop after this stage (e.g. features: download, split, validate, features)"
+    )
     args = parser.parse_args(argv)
     code = args.code.resolve()
     print(f"measuring {code} (git {_commit(code)})")
