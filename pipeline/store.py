@@ -457,9 +457,13 @@ class SplitReader:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows outside 0..{len(self) - 1} of split '{self.name}'")
-        out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)
         owners = self.shard_of(rows)
-        for shard in np.unique(owners):
+        shards = np.unique(owners)
+        if len(shards) == 1:
+            # All in one shard (most batches): its reader's array is the answer, no copy.
+            return self._file(int(shards[0])).read(rows - self.starts[shards[0]])
+        out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)
+        for shard in shards:
             positions = np.flatnonzero(owners == shard)
             out[positions] = self._file(int(shard)).read(rows[positions] - self.starts[shard])
         return out
