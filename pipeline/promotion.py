@@ -15,8 +15,6 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import registry
 from pipeline.errors import DataError
 from pipeline.evaluation.promotion import (
@@ -29,6 +27,7 @@ from pipeline.evaluation.promotion import (
 from pipeline.store import MANIFEST_FILE, MODEL_FILE, data_version, open_split, sha256_of
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.runs import configure_tracking
+from pipeline.tracking.strategy_runs import input_example
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +94,7 @@ def promote_challenger(
                 model_file,
                 manifest_file,
                 test.classes,
-                # Two test images as the input example, as the train stage logs.
-                test.read(np.arange(min(2, len(test)))),
+                input_example(test),
                 {**tags, "promotion_run_id": run_id},
             )
             if new:

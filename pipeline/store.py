@@ -190,19 +190,6 @@ def write_manifest(path: Path, digests: Iterable[str]) -> None:
     write_text(path, "".join(f"{digest}\n" for digest in sorted(set(map(str, digests)))))
 
 
-def content_version(paths: Iterable[Path], length: int = 12) -> str:
-    """A short hash of several files' contents, in path order: equal data, equal version.
-
-    It is the SHA-256 of the files' bytes one after another (each file feeds the same digest),
-    so the version of data/prepared stays what earlier runs recorded.
-    """
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        with open(path, "rb") as handle:
-            hashlib.file_digest(handle, lambda: digest)
-    return digest.hexdigest()[:length]
-
-
 # --- the sharded split store ------------------------------------------------------------------
 #
 # data/prepared/
@@ -447,10 +434,6 @@ class SplitReader:
     def shard_of(self, rows: np.ndarray) -> np.ndarray:
         """The index (in `shards`) of the shard each row lies in."""
         return np.searchsorted(self.starts, np.asarray(rows), side="right") - 1
-
-    def shard_rows(self, shard: int) -> np.ndarray:
-        """The rows of the split's `shard`-th shard."""
-        return np.arange(self.starts[shard], self.starts[shard + 1])
 
     def read(self, rows) -> np.ndarray:
         """The images at `rows` (any order, repeats allowed), uint8 (len(rows), H, W, C)."""

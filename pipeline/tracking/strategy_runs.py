@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from pipeline.store import CLASSES_FILE, MANIFEST_FILE
+from pipeline.store import CLASSES_FILE, MANIFEST_FILE, ImageSplit
 from pipeline.tracking.runs import RunRecorder, create_run, log_keras_model, numeric_metrics
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,13 @@ ORIGINAL_RUN_TAG = "pipeline.original_run_id"
 """On a synced run: the partial run the lost server kept, if any."""
 SUPERSEDED_TAG = "pipeline.superseded_by"
 """On that partial run: the synced run that replaces it."""
+
+
+def input_example(split: ImageSplit) -> np.ndarray:
+    """The images a logged or registered model shows as its input example: the split's first
+    two (fewer in a smaller split), read alone. The train stage, the registry and
+    `pipeline sync-mlflow` all log these, so a synced run is the run it would have been."""
+    return split.read(np.arange(min(2, len(split))))
 
 
 def log_training_inputs(params: dict, validation_summary: dict | None) -> None:

@@ -39,6 +39,7 @@ from pipeline.tracking.strategy_runs import (
     ORIGINAL_RUN_TAG,
     SUPERSEDED_TAG,
     SYNCED_TAG,
+    input_example,
     is_evaluated,
     log_epoch_metrics,
     log_evaluation,
@@ -149,7 +150,7 @@ def _input_example(root: Path, paths: dict, model_dir: Path) -> np.ndarray:
         test = open_split(prepared, "test")
         try:
             if len(test):
-                return test.read(np.arange(min(2, len(test))))
+                return input_example(test)
         finally:
             test.close()
     model = keras.saving.load_model(model_dir / MODEL_FILE)

@@ -42,6 +42,7 @@ from pipeline.tracking.context import flatten_params
 from pipeline.tracking.record import RunRecord
 from pipeline.tracking.runs import RunRecorder, configure_tracking, create_run
 from pipeline.tracking.strategy_runs import (
+    input_example,
     log_epoch_metrics,
     log_training_inputs,
     log_training_outputs,
@@ -176,11 +177,6 @@ def write_model_folder(out: Path, result: TrainingResult, train: ImageSplit) -> 
     # What the model trained on, by content: the promotion gate checks test images against it.
     write_manifest(out / MANIFEST_FILE, train.digests())
     return history
-
-
-def input_example(split: ImageSplit) -> np.ndarray:
-    """The two images a logged model shows as its input example: the split's first two."""
-    return split.read(np.arange(min(2, len(split))))
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
