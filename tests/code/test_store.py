@@ -1,4 +1,4 @@
-"""The sharded split store (pipeline/store.py) and the split stage that writes it: shards are
+"""The sharded split store (pipeline/store/) and the split stage that writes it: shards are
 read in any order without holding a split, adding images writes new shards and leaves the
 others byte-identical, and the split stage holds one chunk of decoded images at a time."""
 
