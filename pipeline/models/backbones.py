@@ -4,24 +4,25 @@ Adding a backbone is one `Backbone` entry and its builder. Importing this module
 (no Keras): `check_params` reads layer names and input limits from it before any stage runs.
 Keras is imported by the builders, when a model is really built.
 
-`backbone.weights` takes `imagenet`, `random`, a path to a notop `.h5` file, or `auto`: ImageNet
-weights when they are cached or can be downloaded, otherwise random weights with a loud warning.
-The resolved kind is recorded so runs and metrics say which weights they really used.
+`backbone.weights` (`auto`, `imagenet`, `hed`, `random` or a file) is resolved by
+pipeline/models/weights.py, re-exported here; HED's VGG16 weights come from pipeline/models/hed.py.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ModelError, PipelineError
+from pipeline.errors import ModelError
 
-logger = logging.getLogger(__name__)
+# Re-exported: the stages and training import weights resolution from the backbone registry.
+from pipeline.models.weights import (  # noqa: F401
+    ResolvedWeights,
+    keras_cache_dir,
+    resolve_weights,
+)
 
 _HASH_LENGTHS = {"md5": 32, "sha256": 64}
 
@@ -301,86 +302,3 @@ def check_backbone_layer(backbone: Backbone, layer: str) -> None:
             f"{layer!r} is not a layer of {backbone.name} with weights to fine-tune; choose one "
             f"of {', '.join(backbone.trainable_from)}"
         )
-
-
-@dataclass(frozen=True)
-class ResolvedWeights:
-    """`kind` is what a run reports as `backbone_weights`: imagenet, random or file."""
-
-    kind: str
-    path: str | None
-
-    def describe(self) -> str:
-        return self.kind if self.path is None else f"{self.kind} ({self.path})"
-
-
-def keras_cache_dir() -> Path:
-    """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
-    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    return Path(home) / "models"
-
-
-def resolve_weights(
-    spec: str,
-    backbone: Backbone = VGG16,
-    cache_dir: Path | None = None,
-    url: str | None = None,
-    known_hash: str | None = None,
-    timeout: float = 30.0,
-) -> ResolvedWeights:
-    """Turn a weights spec (`backbone.weights`) into a weights file, or none for random init.
-
-    `url` and `known_hash` default to the backbone's real ImageNet file; a mirror can be given.
-    With no hash at all (mobilenet_v2: Keras pins none), the file is downloaded unverified.
-    """
-    if spec == "random":
-        return ResolvedWeights("random", None)
-    if spec not in ("imagenet", "auto"):
-        return ResolvedWeights("file", spec)
-    source = backbone.imagenet
-    url = url or source.url
-    known_hash = known_hash or source.known_hash
-    cache_dir = cache_dir or keras_cache_dir()
-    target = cache_dir / source.filename
-    try:
-        return ResolvedWeights("imagenet", str(_fetch_imagenet(target, url, known_hash, timeout)))
-    except Exception as exc:  # noqa: BLE001 - any failure to get the file has the same remedy
-        reason = f"{type(exc).__name__}: {exc}"
-        if spec == "imagenet":
-            raise PipelineError(
-                f"backbone.weights=imagenet, but the ImageNet weights are not cached and could not "
-                f"be downloaded ({reason}). Download {url} and put it at {target}, or set "
-                f"backbone.weights to the path of a notop {backbone.name} .h5 file, or to 'random'."
-            ) from None
-    banner = "!" * 78
-    logger.warning(
-        "\n%s\nbackbone.weights=auto: ImageNet weights for %s are NOT available (%s).\n"
-        "Falling back to RANDOM weights: feature extraction and fine-tuning will not transfer\n"
-        "anything learnt on ImageNet. Put %s at %s to use them.\n%s",
-        banner,
-        backbone.name,
-        reason,
-        source.filename,
-        target,
-        banner,
-    )
-    return ResolvedWeights("random", None)
-
-
-def _fetch_imagenet(target: Path, url: str, known_hash: str | None, timeout: float) -> Path:
-    """The cached weights file, downloaded and checksum-verified on first use.
-
-    pooch downloads to a temporary file and moves it into place only once verified; with no
-    `known_hash` it verifies nothing and logs the file's SHA-256.
-    """
-    import pooch
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    path = pooch.retrieve(
-        url,
-        known_hash=known_hash,
-        fname=target.name,
-        path=target.parent,
-        downloader=pooch.HTTPDownloader(timeout=timeout, progressbar=True),
-    )
-    return Path(path)

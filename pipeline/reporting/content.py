@@ -121,6 +121,9 @@ class StrategySection:
     classification_report: pd.DataFrame | None = None
     """Precision, recall, f1 and support per class (index = class), average rows last."""
     figures: Sequence[FigureGroup] = ()
+    backbone_weights: str | None = None
+    """The weights its backbone had, as its run records them (imagenet, hed, random, file;
+    None or "none" for a strategy without a backbone)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ class ReportContent:
     strategies: Sequence[StrategySection]
     mlflow_url: str | None = None
     """The MLflow UI's base address, e.g. http://127.0.0.1:5000; None: no links."""
+    backbone: str | None = None
+    """The backbone of the strategies that use one (`backbone.name`), for the headline."""
 
 
 # --- reading a run's outputs ------------------------------------------------------------------

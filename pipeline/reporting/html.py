@@ -19,6 +19,7 @@ import jinja2
 
 from pipeline.reporting import formatting, views
 from pipeline.reporting.content import ReportContent
+from pipeline.reporting.weights import weights_by_strategy, weights_headline
 from pipeline.store import atomic_write
 
 REPORT_FILE = "index.html"
@@ -31,7 +32,8 @@ TEMPLATE = DATA_FILES[0]
 def render_report(content: ReportContent) -> str:
     """The report as one self-contained HTML page (a pure function of `content`)."""
     strategies = views.strategy_views(content)
-    footnotes, markers = views.significance_footnotes(content.significance, content.alpha)
+    weights = weights_by_strategy(content.strategies)
+    footnotes, markers = views.significance_footnotes(content.significance, content.alpha, weights)
     comparison = views.comparison_view(content.comparison, markers)
     anchors = {strategy["name"]: strategy["anchor"] for strategy in strategies}
     for row in comparison["rows"]:
@@ -42,10 +44,11 @@ def render_report(content: ReportContent) -> str:
         "dataset": views.dataset_view(content.dataset),
         "comparison": comparison,
         "footnotes": footnotes,
-        "significance": views.significance_view(content.significance, content.alpha),
+        "significance": views.significance_view(content.significance, content.alpha, weights),
         "alpha": formatting.format_alpha(content.alpha),
         "strategies": strategies,
         "highlights": views.highlights(content),
+        "weights": weights_headline(content.strategies, content.backbone),
     }
     return _environment().get_template(TEMPLATE).render(**page)
 

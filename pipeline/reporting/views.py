@@ -11,6 +11,7 @@ import pandas as pd
 from pipeline.reporting import formatting
 from pipeline.reporting.content import DatasetCard, ReportContent, mlflow_run_url
 from pipeline.reporting.images import embed_examples, embed_figure
+from pipeline.reporting.weights import random_caveat, strategy_weights_line
 
 # Groups whose figures are wide mosaics or 2 x 2 panels: one per row, so their small titles
 # stay readable; the others (confusion matrices, curves, activation grids) share rows.
@@ -139,10 +140,12 @@ def comparison_view(frame: pd.DataFrame, markers: Mapping[str, list[int]]) -> di
 
 
 def significance_footnotes(
-    frame: pd.DataFrame, alpha: float
+    frame: pd.DataFrame, alpha: float, weights: Mapping[str, str | None] | None = None
 ) -> tuple[list[dict], dict[str, list[int]]]:
     """One footnote per significant pair ("A is significantly better than B (McNemar p=..)"),
-    and the footnote numbers to mark on each better strategy's accuracy."""
+    and the footnote numbers to mark on each better strategy's accuracy. `weights` (strategy
+    -> backbone_weights) adds a caveat to pairs with a random-weight backbone."""
+    weights = weights or {}
     footnotes: list[dict] = []
     markers: dict[str, list[int]] = {}
     for row in _significance_rows(frame):
@@ -157,14 +160,19 @@ def significance_footnotes(
                 "worse": worse,
                 "p": formatting.p_equation(row["p_value"]),
                 "alpha": formatting.format_alpha(alpha),
+                "caveat": random_caveat((row["better"], worse), weights),
             }
         )
         markers.setdefault(row["better"], []).append(number)
     return footnotes, markers
 
 
-def significance_view(frame: pd.DataFrame, alpha: float) -> list[dict]:
-    """The pairwise McNemar table's rows, formatted."""
+def significance_view(
+    frame: pd.DataFrame, alpha: float, weights: Mapping[str, str | None] | None = None
+) -> list[dict]:
+    """The pairwise McNemar table's rows, formatted; a pair with a random-weight backbone
+    says that its verdict is not about transfer."""
+    weights = weights or {}
     rows = []
     for row in _significance_rows(frame):
         rows.append(
@@ -178,6 +186,7 @@ def significance_view(frame: pd.DataFrame, alpha: float) -> list[dict]:
                 "test": "exact" if row["exact"] else "chi-square",
                 "significant": row["significant"],
                 "better": row["better"],
+                "caveat": random_caveat((row["model_a"], row["model_b"]), weights),
             }
         )
     return rows
@@ -240,6 +249,7 @@ def strategy_views(content: ReportContent) -> list[dict]:
                     for key, value in section.metrics.items()
                 ],
                 "report": _report_view(section.classification_report),
+                "weights": strategy_weights_line(section.backbone_weights, content.backbone),
                 "groups": groups,
             }
         )

@@ -29,6 +29,7 @@ from pipeline.models.builders import (
     check_pooling_blocks,
     resolve_architecture,
 )
+from pipeline.models.weights import check_weights
 from pipeline.store import write_json
 
 logger = logging.getLogger("pipeline.stages.check_params")
@@ -75,6 +76,11 @@ def check_models(config: PipelineConfig) -> None:
             "backbone.image_size",
             config.backbone.image_size,
             lambda: check_backbone_input(backbone, config.backbone.image_size),
+        ),
+        (
+            "backbone.weights",
+            config.backbone.weights,
+            lambda: check_weights(config.backbone.weights, backbone),
         ),
         (
             "backbone.unfreeze_from",

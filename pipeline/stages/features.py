@@ -16,6 +16,7 @@ from pipeline.entry import run_entry
 from pipeline.models.backbones import BACKBONES, resolve_weights
 from pipeline.models.features import write_features
 from pipeline.models.heads import build_feature_extractor
+from pipeline.models.weight_kinds import describe_weights
 from pipeline.store import EXTRACTOR_FILE, FEATURES_INFO_FILE, open_splits, write_json
 from pipeline.training.fit import set_global_seed
 
@@ -31,6 +32,7 @@ def main(argv: Sequence[str]) -> None:
     # Each split's images are read a chunk at a time (write_features): never whole.
     splits = open_splits(args.prepared)
     backbone = BACKBONES[config.backbone.name]
+    # Logs which weights these are (`hed` and `random` in words): the features inherit them.
     weights = resolve_weights(config.backbone.weights, backbone)
     # Random weights must be the same on every run with the same seed.
     set_global_seed(config.train.seed, config.train.deterministic)
@@ -49,11 +51,14 @@ def main(argv: Sequence[str]) -> None:
         {
             "backbone": backbone.name,
             "weights": weights.kind,
+            "weights_label": describe_weights(weights.kind),
             "weights_file": weights.path,
             "image_size": config.backbone.image_size,
         },
     )
-    logger.info("%s weights: %s", backbone.name, weights.describe())
+    logger.info(
+        "features of %s with weights %s written to %s", backbone.name, weights.kind, args.out
+    )
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ def main(argv: Sequence[str]) -> None:
                 metrics=metrics.get(strategy, {}),
                 classification_report=read_classification_report(report_dir),
                 figures=collect_strategy_figures(report_dir),
+                # What the run trained with, as its run.json records it (metrics.json and the
+                # evaluation carry the same value on).
+                backbone_weights=run.backbone_weights,
             )
         )
     content = ReportContent(
@@ -96,6 +99,7 @@ def main(argv: Sequence[str]) -> None:
         alpha=config.evaluate.alpha,
         strategies=sections,
         mlflow_url=config.evaluate.mlflow_ui or _ui_address(uri),
+        backbone=config.backbone.name,
     )
     write_report(content, args.out)
     logger.info("report written to %s", args.out)

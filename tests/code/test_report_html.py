@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipeline.evaluation.significance import PAIRWISE_COLUMNS
 from pipeline.reporting import (  # noqa: E402
     DatasetCard,
     ReportContent,
@@ -156,17 +157,7 @@ def _significance() -> pd.DataFrame:
             ["scratch", "fine_tune", 1, 15, 1.0, 0.003, True, True, "fine_tune"],
             ["feature_extraction", "fine_tune", 3, 8, 3.0, 0.227, True, False, ""],
         ],
-        columns=[
-            "model_a",
-            "model_b",
-            "a_only_correct",
-            "b_only_correct",
-            "statistic",
-            "p_value",
-            "exact",
-            "significant",
-            "better",
-        ],
+        columns=PAIRWISE_COLUMNS,
     )
 
 
