@@ -24,6 +24,9 @@ class Conv:
     padding: str = "valid"
     batch_norm: bool = False
     """Conv (no bias), BatchNormalization, then ReLU, instead of Conv with ReLU."""
+    batch_norm_momentum: float = 0.99
+    """Keras' default; 0.9 (PyTorch's) settles the moving statistics that inference uses in
+    tens of steps instead of hundreds, which a small training set (max_images) needs."""
 
 
 @dataclass(frozen=True)
@@ -177,19 +180,41 @@ ARCHITECTURES: dict[str, Architecture] = {
                 Dropout(0.3),
             ),
         ),
+        Architecture(
+            "mnist_bn_convnet",
+            "for 28x28 digits and clothes (MNIST, Fashion-MNIST): digits_convnet's mild jitter "
+            "and batch-normalised 3x3 same convs, one more stage for the larger image: conv "
+            "32-32 / 64-64 / 128-128, two max-pools, global average pooling, dropout 0.4; batch "
+            "norm momentum 0.9",
+            _fixed(
+                Jitter(),
+                Conv(32, 3, "same", True, 0.9),
+                Conv(32, 3, "same", True, 0.9),
+                Pool(),
+                Conv(64, 3, "same", True, 0.9),
+                Conv(64, 3, "same", True, 0.9),
+                Pool(),
+                Conv(128, 3, "same", True, 0.9),
+                Conv(128, 3, "same", True, 0.9),
+                GlobalPool(),
+                Dropout(0.4),
+            ),
+        ),
     )
 }
 DEFAULT_ARCHITECTURE = "small_convnet"
 
 AUTO_ARCHITECTURES: dict[str, str] = {
     "digits": "digits_convnet",
-    "mnist": "mnist_convnet",
-    "fashion_mnist": "mnist_convnet",
+    # Regularised, batch-normalised: the course's mnist_convnet (by name) tops out near 0.99.
+    "mnist": "mnist_bn_convnet",
+    "fashion_mnist": "mnist_bn_convnet",
     "mini_cifar": "course_b",
     "cats_vs_dogs": "catsdogs_convnet",
     "malaria": "malaria_convnet",
 }
-"""`train.scratch.architecture: auto`: the course's network for each dataset."""
+"""`train.scratch.architecture: auto`: the course's network for each dataset, or ours where the
+course's falls short of it (digits, MNIST, Fashion-MNIST)."""
 
 
 def resolve_architecture(name: str, dataset: str) -> Architecture:
@@ -292,7 +317,9 @@ def build_architecture(
                 use_bias=False,
                 name=name("conv"),
             )(x)
-            x = layers.BatchNormalization(name=name("batch_norm"))(x)
+            x = layers.BatchNormalization(
+                momentum=spec.batch_norm_momentum, name=name("batch_norm")
+            )(x)
             x = layers.Activation("relu", name=name("relu"))(x)
         elif isinstance(spec, Conv):
             x = layers.Conv2D(

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.models.outputs import is_single_unit
 from pipeline.training.backup import TrainingBackup
 from pipeline.training.feed import FeedSource, feeds_for
+from pipeline.training.schedules import EpochLine, schedule_callbacks
 from pipeline.training.workers import process_grid
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class FitOptions:
     epochs: int
     batch_size: int
     early_stopping_patience: int = 0
+    early_stopping_monitor: str = "val_loss"
     reduce_lr_patience: int = 0
     reduce_lr_factor: float = 0.2
     min_learning_rate: float = 1e-6
@@ -90,33 +92,11 @@ class FitOptions:
             epochs=epochs or block.epochs,
             batch_size=block.batch_size,
             early_stopping_patience=block.early_stopping_patience if schedules else 0,
+            early_stopping_monitor=block.early_stopping_monitor,
             reduce_lr_patience=block.reduce_lr.patience if schedules else 0,
             reduce_lr_factor=block.reduce_lr.factor,
             min_learning_rate=block.reduce_lr.min_learning_rate,
         )
-
-
-def schedule_callbacks(options: FitOptions) -> list[keras.callbacks.Callback]:
-    """Early stopping (best weights restored) and ReduceLROnPlateau, each when asked for."""
-    callbacks: list[keras.callbacks.Callback] = []
-    if options.early_stopping_patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=options.early_stopping_patience,
-                restore_best_weights=True,
-            )
-        )
-    if options.reduce_lr_patience > 0:
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss",
-                factor=options.reduce_lr_factor,
-                patience=options.reduce_lr_patience,
-                min_lr=options.min_learning_rate,
-            )
-        )
-    return callbacks
 
 
 class LearningRateLog(keras.callbacks.Callback):
@@ -148,11 +128,19 @@ def fit_model(
     that epoch's images in the order it would have (`training.feed`: the order is a function
     of `seed` and the epoch). Returns the history of this phase's epochs (the resumed ones
     included)."""
-    callbacks = [LearningRateLog(), *schedule_callbacks(options), *(callbacks or [])]
+    schedules = schedule_callbacks(options)
+    # A terminal gets Keras' bar; a log (DVC, CI) one plain line per epoch, no escape codes.
+    interactive = sys.stdout.isatty()
+    callbacks = [
+        LearningRateLog(),
+        *schedules,
+        *([] if interactive else [EpochLine()]),
+        *(callbacks or []),
+    ]
     earlier = {key: [] for key in HISTORY_KEYS}
     if backup is not None:
         # Restores only a snapshot of this phase; None leaves the model as built.
-        state = backup.restore(model, phase=phase)
+        state = backup.restore(model, phase=phase, resumables=schedules)
         if state is not None:
             before = len((history_before or {}).get("loss", []))
             earlier = {key: list(state.history.get(key, []))[before:] for key in HISTORY_KEYS}
@@ -167,7 +155,8 @@ def fit_model(
         so_far = {key: list((history_before or {}).get(key, [])) for key in HISTORY_KEYS}
         for key in HISTORY_KEYS:
             so_far[key] += earlier[key]
-        callbacks.append(backup.callback(phase, history_so_far=so_far))
+        # Last, so that the snapshot holds every other callback's view of the epoch.
+        callbacks.append(backup.callback(phase, history_so_far=so_far, resumables=schedules))
     end_epoch = initial_epoch + options.epochs - len(earlier["loss"])
     # Across processes (initialize_workers), each reads its own shards and feeds its share of
     # every global batch.
@@ -191,8 +180,7 @@ def fit_model(
             epochs=end_epoch,
             initial_epoch=initial_epoch,
             callbacks=callbacks,
-            # One line per epoch when logged to a file (DVC, CI); Keras' bar on a terminal.
-            verbose=1 if sys.stdout.isatty() else 2,
+            verbose=1 if interactive else 0,
         )
     finally:
         train_feed.close()

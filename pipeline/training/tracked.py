@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
 
@@ -59,6 +60,7 @@ from pipeline.training.interface import (
     TrainingData,
 )
 from pipeline.training.precision import apply_precision, choose_precision, describe_devices
+from pipeline.training.tensorboard import tensorboard_callback, tensorboard_directory
 from pipeline.training.workers import process_grid
 
 logger = logging.getLogger(__name__)
@@ -129,15 +131,23 @@ def train_and_record(
             recorder("params", log_training_inputs, identity.params, identity.validation_summary)
         # Seconds spent training, carried over from the run that crashed when resuming.
         clock = TrainingClock(backup, previous.meta.get(CLOCK_KEY, 0.0) if previous else 0.0)
-        context = _context(
-            strategy, config, device_setup, [EpochMetricsLogger(recorder), clock], backup
-        )
+        callbacks: list[keras.callbacks.Callback] = [EpochMetricsLogger(recorder), clock]
+        # One directory per run (a resumed run continues its own), both fine-tuning phases in
+        # it on one epoch axis.
+        board_dir = tensorboard_directory(project_root, strategy.name, run_id)
+        board = tensorboard_callback(board_dir) if config.train.tensorboard else None
+        if board is not None:
+            callbacks.append(board)
+        context = _context(strategy, config, device_setup, callbacks, backup)
         result = _train(strategy, config, splits, backbone_weights, features_dir, context)
         training_seconds = clock.elapsed()
         history = write_model_folder(out, result, splits["train"])
         model_uri = recorder(
             "model", log_training_outputs, out, result.model, input_example(splits["test"])
         )
+        if board is not None and board_dir.is_dir():
+            recorder("tensorboard logs", mlflow.log_artifacts, str(board_dir), "tensorboard")
+            logger.info("TensorBoard logs in %s (make tensorboard)", board_dir)
     RunRecord(
         run_id=recorder.run_id,
         experiment_id=experiment_id,

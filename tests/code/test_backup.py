@@ -295,3 +295,44 @@ def test_a_process_killed_mid_epoch_resumes_at_the_last_finished_epoch(tmp_path:
     assert len(report["history"]["loss"]) == backup_worker.EPOCHS
     assert report["history"]["loss"][:2] == left.history["loss"]
     assert not backup_dir.exists()
+
+
+class _Best:
+    """A resumable callback: arrays that change only when `version` does."""
+
+    resume_key = "best"
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.restored: tuple | None = None
+
+    def get_resume_state(self) -> dict:
+        return {"arrays_version": self.version, "wait": 3}
+
+    def get_resume_arrays(self) -> list[np.ndarray]:
+        return [np.full((2, 2), self.version, np.float32)]
+
+    def set_resume_state(self, state: dict, arrays) -> None:
+        self.restored = (state, arrays)
+
+
+def test_callback_arrays_are_linked_while_unchanged_and_restored(tmp_path: Path) -> None:
+    """Early stopping's best weights change rarely: a snapshot links the previous file rather
+    than writing it again, and a restore hands state and arrays back to the callback."""
+    backup = TrainingBackup(tmp_path / "backup", "fingerprint-a")
+    model = _model()
+    _fit(model, 1, [])
+    best = _Best()
+    first = backup.save(model, BackupState(1, "train"), [best])
+    inode = (first / "callback-best.npz").stat().st_ino
+    second = backup.save(model, BackupState(2, "train"), [best])
+    assert (second / "callback-best.npz").stat().st_ino == inode
+    best.version = 1
+    third = backup.save(model, BackupState(3, "train"), [best])
+    assert (third / "callback-best.npz").stat().st_ino != inode
+
+    other = _Best()
+    state = backup.restore(_model(), phase="train", resumables=[other])
+    assert state.callbacks == {"best": {"arrays_version": 1, "wait": 3}}
+    assert other.restored[0] == {"arrays_version": 1, "wait": 3}
+    np.testing.assert_array_equal(other.restored[1][0], np.ones((2, 2), np.float32))

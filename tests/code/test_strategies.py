@@ -49,6 +49,7 @@ class ToyConfig(BaseModel):
     learning_rate: float = 1e-2
     optimizer: str = "adam"
     early_stopping_patience: int = 0
+    early_stopping_monitor: str = "val_accuracy"
     reduce_lr: ReduceLrConfig = ReduceLrConfig()
     augmentation: AugmentationConfig = AugmentationConfig(enabled=False)
 
