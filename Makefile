@@ -8,11 +8,13 @@
 #   PYTHON       the interpreter .venv is made with (default python3; remove .venv to change it)
 #   PYTEST_ARGS  extra arguments for pytest: make test PYTEST_ARGS='-m "not slow"'
 #   PORT         the MLflow UI's port on 127.0.0.1 (default 5000; command line only)
+#   TB_PORT      TensorBoard's port on 127.0.0.1 (default 6006; command line only)
 #   UV           the uv to set up with; found on PATH, `make repro UV=` uses pip instead
 
 PYTHON ?= python3
 PYTEST_ARGS ?=
 PORT = 5000
+TB_PORT = 6006
 ifeq ($(origin UV),undefined)
 UV := $(if $(shell command -v uv 2>/dev/null),uv)
 endif
@@ -48,12 +50,12 @@ endif
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
-.PHONY: help setup repro test ui
+.PHONY: help setup repro test ui tensorboard plots
 
 repro: $(STAMP) ## run the pipeline on the default dataset and print each strategy's metrics
 	$(IN_VENV) $(BIN)/dvc repro
 	@echo
-	@echo "Test metrics of each strategy (reports/comparison.csv; all of them: $(BIN)/dvc metrics show):"
+	@echo "Test metrics of each strategy (reports/comparison.csv; all of them: $(BIN)/dvc metrics show reports/metrics.json):"
 	@$(BIN)/python tools/show_results.py reports/comparison.csv reports/metrics.json
 	@echo
 	@echo "The report:  reports/index.html (open it in a browser)"
@@ -70,11 +72,18 @@ ui: $(STAMP) ## start the MLflow UI on 127.0.0.1 (make ui PORT=5001), Ctrl-C sto
 	echo "MLflow UI on $$uri: http://127.0.0.1:$(PORT) (Ctrl-C stops it)"; \
 	exec $(BIN)/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port $(PORT)
 
+plots: $(STAMP) ## draw the training curves and confusion matrices, offline: dvc_plots/index.html
+	$(IN_VENV) $(BIN)/dvc plots show --html-template tools/dvc_plots/template.html
+
+tensorboard: $(STAMP) ## serve the trainings' TensorBoard logs (logs/) on 127.0.0.1 (TB_PORT=6006)
+	@echo "TensorBoard on http://127.0.0.1:$(TB_PORT) (logs/<strategy>/<run>; Ctrl-C stops it)"
+	exec $(BIN)/tensorboard --logdir logs --host 127.0.0.1 --port $(TB_PORT)
+
 setup: $(STAMP) ## make .venv with the pinned packages, if missing or older than the pins
 
 help: ## list the targets
 	@echo "make <target>, from the project root:"
-	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-6s %s\n", $$1, $$2 }' \
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-11s %s\n", $$1, $$2 }' \
 		$(firstword $(MAKEFILE_LIST))
 	@echo "variables: PYTHON=$(PYTHON) PYTEST_ARGS=... PORT=$(PORT) (see the top of the Makefile)"
 

@@ -1,35 +1,302 @@
-"""What every entry point shares, the DVC stages and the `pipeline` command alike: logging
-set-up and the one error boundary, which turns a PipelineError into one message and exit 2."""
+"""What every entry point shares, the DVC stages and the `pipeline` command alike: a quiet log,
+progress, a stage's start and result lines, and the one error boundary, which turns a
+PipelineError into one message and exit 2.
+
+The known chatter of TensorFlow, Great Expectations, MLflow, absl and Keras is dropped here and
+nowhere else; a warning that asks something of the user still shows. `-v` (on any entry point)
+or PIPELINE_LOG=debug brings everything back. Importing this module sets the environment that
+TensorFlow and MLflow read as they load and filters TensorFlow's native start-up banner, so
+entry points import it before them (pipeline.stages does, first).
+"""
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
 
-# Third-party INFO chatter (MLflow's migrations, alembic) drowns the pipeline's own lines.
-_NOISY_LOGGERS = ("alembic", "mlflow", "absl", "h5py", "matplotlib", "urllib3", "tensorflow")
+VERBOSE_FLAGS = ("-v", "--verbose")
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("PIPELINE_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+def debug_requested(argv: Sequence[str] | None = None) -> bool:
+    """Whether this process shows everything: `-v`, PIPELINE_LOG=debug, or the older
+    PIPELINE_LOG_LEVEL=DEBUG."""
+    argv = sys.argv[1:] if argv is None else argv
+    return (
+        os.environ.get("PIPELINE_LOG", "").strip().lower() == "debug"
+        or os.environ.get("PIPELINE_LOG_LEVEL", "").strip().upper() == "DEBUG"
+        or any(flag in argv for flag in VERBOSE_FLAGS)
     )
-    for noisy in _NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_level() -> str:
+    """PIPELINE_LOG (debug, info, warning, error), else PIPELINE_LOG_LEVEL, else INFO."""
+    level = os.environ.get("PIPELINE_LOG") or os.environ.get("PIPELINE_LOG_LEVEL") or "INFO"
+    level = level.strip().upper()
+    return level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO"
+
+
+# Third-party log records that are known chatter: (logger prefix, the highest level dropped,
+# a pattern the message must match, or None for any message). Warnings from Python's
+# `warnings` module arrive as records of `py.warnings` (logging.captureWarnings).
+_CHATTER_RECORDS: tuple[tuple[str, int, re.Pattern | None], ...] = (
+    # "Skipping registering function ... because it is a closure", "Multiple declarations of
+    # metric ...", "Created temporary directory ...": GE explaining itself at INFO.
+    ("great_expectations", logging.INFO, None),
+    # "Creating initial MLflow database tables...", alembic's migrations.
+    ("mlflow", logging.INFO, None),
+    ("alembic", logging.INFO, None),
+    ("absl", logging.INFO, None),
+    ("tensorflow", logging.INFO, None),
+    ("h5py", logging.INFO, None),
+    ("matplotlib", logging.INFO, None),
+    ("urllib3", logging.INFO, None),
+    ("py.warnings", logging.WARNING, re.compile(r"Add type hints to the `predict` method")),
+)
+
+# Python warnings that are chatter (message regex, category): they name the library's
+# internals, not anything the user set. Dropped where they are raised, at import time too.
+_CHATTER_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # MLflow's, once per logged pyfunc model (coloured: the message starts with an escape).
+    (r"(\x1b\[[0-9;]*m)?Add type hints to the `predict` method", UserWarning),
+    # Keras/absl on reloading a compiled model whose metrics are built lazily.
+    (r"Compiled the loaded model, but the compiled metrics have yet to be built", UserWarning),
+    # Keras' optimizer restore when variables of a saved optimizer are not all matched.
+    (r"Skipping variable loading for optimizer", UserWarning),
+)
+
+# TensorFlow's native start-up lines, written straight to file descriptor 2 before absl's
+# logging is initialised (TF_CPP_MIN_LOG_LEVEL does not reach them): once per shared library.
+_NATIVE_CHATTER = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl INFO lines (oneDNN, no CUDA driver)
+    r"|To enable the following instructions: .* with the appropriate compiler flags\."
+    r"|[EW]\d{4} .*(Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|computation placer already registered|TF-TRT Warning: Could not find TensorRT))"
+)
+
+_QUIET_IMPORTS = ("tensorflow",)
+
+
+def is_chatter_record(record: logging.LogRecord) -> bool:
+    """Whether `record` is known third-party chatter (never an error, never the pipeline's)."""
+    for prefix, highest, pattern in _CHATTER_RECORDS:
+        named = record.name == prefix or record.name.startswith(f"{prefix}.")
+        if (
+            named
+            and record.levelno <= highest
+            and (pattern is None or pattern.search(record.getMessage()))
+        ):
+            return True
+    return False
+
+
+def is_native_chatter(line: str) -> bool:
+    """Whether one line TensorFlow's C++ code wrote to stderr is its known start-up banner."""
+    return bool(_NATIVE_CHATTER.match(line))
+
+
+class ChatterFilter(logging.Filter):
+    """Drops known third-party chatter; in debug mode, drops nothing."""
+
+    def __init__(self, debug: bool = False) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.debug or not is_chatter_record(record)
+
+
+class QuietFormatter(logging.Formatter):
+    """The pipeline's own INFO lines as they are; anything else with its level and source."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno == logging.INFO and record.name.startswith("pipeline"):
+            return message
+        return f"{record.levelname} {record.name}: {message}"
+
+
+DEBUG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(debug: bool | None = None) -> None:
+    """One stderr handler on the root logger, filtered (unless debug) and formatted; Python
+    warnings go through it too. Does nothing to a root logger that has handlers already."""
+    debug = debug_requested() if debug is None else debug
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ChatterFilter(debug))
+    handler.setFormatter(logging.Formatter(DEBUG_FORMAT) if debug else QuietFormatter())
+    root.addHandler(handler)
+    root.setLevel("DEBUG" if debug else log_level())
+    logging.captureWarnings(True)
+
+
+def quiet_environment(debug: bool) -> None:
+    """What third-party libraries read as they load: TensorFlow's native log threshold,
+    MLflow's own logging set-up (off, so its records reach the filter) and progress bars,
+    Great Expectations' analytics."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    if not debug:
+        os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+        # Its "Downloading artifacts" bars: one per local file of a model it registers.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        for message, category in _CHATTER_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+
+
+@contextmanager
+def filtered_native_stderr(keep: Callable[[str], bool]) -> Iterator[None]:
+    """Pass what native code writes to file descriptor 2 through `keep`, line by line, as it
+    comes (a crash still shows what was written before it)."""
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+
+    def relay() -> None:
+        with os.fdopen(read_end, "rb") as source:
+            for line in source:
+                if keep(line.decode(errors="replace").rstrip("\n")):
+                    os.write(original, line)
+
+    thread = threading.Thread(target=relay, name="native-stderr", daemon=True)
+    thread.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # The pipe's last writer closes: the relay reads to its end.
+        thread.join(timeout=5)
+        os.close(original)
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Loads a module as its own loader would, with its native stderr filtered."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        # Introspection (importlib.resources, TensorFlow's lazy loaders) sees the real loader.
+        module.__loader__ = module.__spec__.loader = self.loader
+        with filtered_native_stderr(lambda line: not is_native_chatter(line)):
+            self.loader.exec_module(module)
+
+
+class _QuietImportFinder(importlib.abc.MetaPathFinder):
+    """Finds _QUIET_IMPORTS as the other finders do, and loads them through _QuietLoader."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in _QUIET_IMPORTS:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+def install_quiet_imports() -> None:
+    """Filter the native start-up banner of the modules in _QUIET_IMPORTS, once each."""
+    if not any(isinstance(finder, _QuietImportFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImportFinder())
+
+
+@dataclass
+class _Run:
+    label: str
+    started: float
+
+
+_run = _Run("pipeline", time.monotonic())
+
+
+def log_start(message: str) -> None:
+    """The stage's start line: `<stage>: <message>`."""
+    logging.getLogger(f"pipeline.{_run.label}").info("%s: %s", _run.label, message)
+
+
+def log_result(message: str) -> None:
+    """The stage's one result line: `<stage>: <message> (<seconds> s)`."""
+    elapsed = time.monotonic() - _run.started
+    logging.getLogger(f"pipeline.{_run.label}").info(
+        "%s: %s (%.1f s)", _run.label, message, elapsed
+    )
+
+
+class Progress:
+    """A bar on a terminal; elsewhere (DVC's log, CI) a plain line at every 10%."""
+
+    def __init__(self, total: int, what: str, unit: str = "images") -> None:
+        self.total, self.what, self.unit = max(0, int(total)), what, unit
+        self.done, self.reported = 0, 0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=what, unit=unit, file=sys.stderr, leave=False)
+
+    def update(self, count: int) -> None:
+        self.done = min(self.total, self.done + count)
+        if self.bar is not None:
+            self.bar.update(count)
+            return
+        tenths = self.done * 10 // self.total if self.total else 10
+        if tenths > self.reported:
+            self.reported = tenths
+            logging.getLogger(f"pipeline.{_run.label}").info(
+                "%s: %s %d%% (%d/%d %s)",
+                _run.label, self.what, tenths * 10, self.done, self.total, self.unit,
+            )  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stage_label(name: str) -> str:
+    """ "stage 'split'" -> "split"; any other name as it is."""
+    match = re.fullmatch(r"stage '([^']+)'", name)
+    return match.group(1) if match else name
 
 
 def run_entry(
     main: Callable[[Sequence[str]], int | None], name: str, argv: Sequence[str] | None = None
 ) -> None:
-    """Run `main(argv)` and exit with its status; a PipelineError exits 2 with its message."""
-    configure_logging()
+    """Run `main(argv)` (without -v) and exit with its status; a PipelineError exits 2 with
+    its message."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    configure_logging(debug)
+    _run.label, _run.started = stage_label(name), time.monotonic()
     try:
-        status = main(sys.argv[1:] if argv is None else argv)
+        status = main([arg for arg in argv if arg not in VERBOSE_FLAGS])
     except PipelineError as error:
         print(f"error in {name}: {error}", file=sys.stderr)
         sys.exit(2)
@@ -38,3 +305,10 @@ def run_entry(
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
     sys.exit(status or 0)
+
+
+# Before any entry point imports TensorFlow or MLflow: they read this as they load.
+_DEBUG = debug_requested()
+quiet_environment(_DEBUG)
+if not _DEBUG:
+    install_quiet_imports()

@@ -2,8 +2,8 @@
 compare stage's reports/comparison.csv, with the backbone weights each one used from
 reports/metrics.json (random weights mean the transfer strategies transferred nothing).
 
-Standard library only, so it costs nothing next to `dvc metrics show`, whose table has a
-column per class and metric.
+Standard library only, so it costs nothing next to `dvc metrics show` (DVC's own row per
+strategy, from reports/metrics/<strategy>.json), and adds the model sizes and speeds.
 
     python tools/show_results.py [reports/comparison.csv [reports/metrics.json]]
 """

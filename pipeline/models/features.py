@@ -9,8 +9,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from tqdm import tqdm
 
+from pipeline.entry import Progress
 from pipeline.store import ImageSplit, write_npy_rows
 
 CHUNK_IMAGES = 1024
@@ -44,9 +44,11 @@ def write_features(
     chunks = -(-len(images) // step)
 
     def features():
-        for _, chunk in tqdm(
-            images.batches(step), total=chunks, desc=path.stem, unit="chunk", disable=chunks < 2
-        ):
+        # A bar on a terminal, a line per 10% in DVC's log; none for a split of one chunk.
+        progress = Progress(len(images), path.stem) if chunks > 1 else None
+        for _, chunk in images.batches(step):
+            if progress is not None:
+                progress.update(len(chunk))
             # predict_on_batch, batch by batch: `predict` builds a data pipeline at every call,
             # whose memory TensorFlow keeps, so the stage's peak grew with the number of chunks.
             yield np.concatenate(
@@ -57,6 +59,8 @@ def write_features(
                     for start in range(0, len(chunk), batch_size)
                 ]
             )
+        if progress is not None:
+            progress.close()
 
     write_npy_rows(path, shape, np.float32, features())
     return shape

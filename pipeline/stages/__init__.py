@@ -1,9 +1,7 @@
 """DVC entry points, one module per stage: `python -m pipeline.stages.<stage>`.
 
-TensorFlow's C++ start-up chatter is silenced here, before any stage imports Keras; real
-failures still surface as Python exceptions.
+pipeline.entry is imported first, before any stage imports Keras or MLflow: it sets what they
+read as they load and filters TensorFlow's native start-up banner (see pipeline.entry).
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import pipeline.entry  # noqa: F401

@@ -1,8 +1,9 @@
-"""Compare the strategies (`dvc.yaml`'s `compare`): reports/metrics.json (DVC metrics),
-comparison.csv and significance.csv (pairwise McNemar tests), from each strategy's report
-folder; and one MLflow run of its own for this execution, tagged with the strategy runs it
-compared. The strategy runs themselves are never written to: they belong to the execution
-that trained them.
+"""Compare the strategies (`dvc.yaml`'s `compare`): reports/metrics.json (every test metric of
+every strategy), one small file per strategy with its main metrics (DVC's metrics: `dvc metrics
+show` prints a row per strategy), comparison.csv and significance.csv (pairwise McNemar
+tests), from each strategy's report folder; and one MLflow run of its own for this execution,
+tagged with the strategy runs it compared. The strategy runs themselves are never written to:
+they belong to the execution that trained them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import STRATEGY_NAMES, load_config
-from pipeline.entry import run_entry
+from pipeline.entry import log_result, log_start, run_entry
 from pipeline.errors import ConfigError
 from pipeline.evaluation.comparison import (
     compare_strategies,
@@ -21,11 +22,34 @@ from pipeline.evaluation.comparison import (
     read_evaluated_strategy,
     significance_metrics,
 )
-from pipeline.store import open_split, write_json
+from pipeline.store import atomic_directory, open_split, write_json
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.server import check_tracking_server, tracking_uri
 
 logger = logging.getLogger("pipeline.stages.compare")
+
+MAIN_METRICS = ("test_accuracy", "test_macro_f1", "test_loss")
+"""Each strategy's row in `dvc metrics show` (its backbone's weights too, where it has one):
+within 120 columns. reports/metrics.json keeps every metric, per class included."""
+
+
+def main_metrics(metrics: dict) -> dict[str, dict]:
+    """{strategy: its MAIN_METRICS and backbone_weights} from reports/metrics.json's content."""
+    rows = {}
+    for strategy, values in metrics.items():
+        row = {key: values[key] for key in MAIN_METRICS if key in values}
+        if values.get("backbone_weights") is not None:
+            row["backbone_weights"] = values["backbone_weights"]
+        rows[strategy] = row
+    return rows
+
+
+def write_strategy_metrics(folder: Path, metrics: dict) -> None:
+    """One `<strategy>.json` per strategy in `folder`, replacing the folder as a whole (a
+    strategy no longer compared leaves no stale row)."""
+    with atomic_directory(folder) as staging:
+        for strategy, row in main_metrics(metrics).items():
+            write_json(staging / f"{strategy}.json", row)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -39,6 +63,12 @@ def main(argv: Sequence[str]) -> None:
         help="a strategy's report folder (named after the strategy); repeat for each",
     )
     parser.add_argument("--metrics", type=Path, required=True, help="the metrics JSON to write")
+    parser.add_argument(
+        "--strategy-metrics",
+        type=Path,
+        required=True,
+        help="the folder of per-strategy main metrics to write (DVC metrics)",
+    )
     parser.add_argument("--comparison", type=Path, required=True, help="comparison.csv to write")
     parser.add_argument(
         "--significance", type=Path, required=True, help="significance.csv to write"
@@ -51,6 +81,7 @@ def main(argv: Sequence[str]) -> None:
     if unknown:
         raise ConfigError(f"--evaluation {unknown[0]}: its folder must be named after a strategy")
     config = load_config()
+    log_start(f"{len(args.evaluation)} strategies on the test split of {args.prepared}")
     check_tracking_server(tracking_uri(Path.cwd()))
 
     # The test split's labels and class names only: no image is read.
@@ -62,9 +93,10 @@ def main(argv: Sequence[str]) -> None:
     significance.to_csv(args.significance, index=False)
     metrics = metrics_by_strategy(strategies)
     write_json(args.metrics, metrics)
+    write_strategy_metrics(args.strategy_metrics, metrics)
     for row in significance.itertuples(index=False):
         verdict = f"{row.better} is better" if row.significant else "no significant difference"
-        logger.info("%s vs %s: p=%.4g, %s", row.model_a, row.model_b, row.p_value, verdict)
+        logger.debug("%s vs %s: p=%.4g, %s", row.model_a, row.model_b, row.p_value, verdict)
 
     from pipeline.tracking.comparison_runs import comparison_tags, log_comparison
     from pipeline.tracking.runs import configure_tracking
@@ -83,7 +115,14 @@ def main(argv: Sequence[str]) -> None:
         args.run,
         {"run_id": recorder.run_id, "tracked": not recorder.lost, "compared_runs": compared},
     )
-    logger.info("compared %s in MLflow run %s", ", ".join(compared), recorder.run_id)
+    accuracies = ", ".join(
+        f"{name} {values['test_accuracy']:.4f}" for name, values in metrics.items()
+    )
+    significant = int(significance["significant"].sum()) if len(significance) else 0
+    log_result(
+        f"test accuracy {accuracies}; {significant} of {len(significance)} pair(s) "
+        f"significantly different; MLflow run {recorder.run_id}"
+    )
 
 
 if __name__ == "__main__":

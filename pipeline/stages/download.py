@@ -16,7 +16,7 @@ from pipeline.config import load_config
 from pipeline.datasets.fetch import fetch_dataset, source_overrides
 from pipeline.datasets.folders import snapshot_image_folder
 from pipeline.datasets.sources import DATASETS
-from pipeline.entry import run_entry
+from pipeline.entry import log_result, log_start, run_entry
 
 logger = logging.getLogger("pipeline.stages.download")
 
@@ -26,19 +26,20 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the dataset's raw folder")
     args = parser.parse_args(argv)
     config = load_config().data
+    log_start(f"{config.dataset} into {args.out}")
     if config.dataset == "image_folder":
         scan = snapshot_image_folder(Path(config.image_folder), args.out)
         counts = ", ".join(f"{name}: {len(files)}" for name, files in scan.files.items())
-        logger.info("image folder %s copied to %s (%s)", config.image_folder, args.out, counts)
         if scan.ignored:
             logger.warning(
                 "%d non-image file(s) in %s were left out", scan.ignored, config.image_folder
             )
+        log_result(f"image folder {config.image_folder} copied ({counts})")
         return
     spec = DATASETS[config.dataset]
     overrides = source_overrides(config.sources)
     paths = fetch_dataset(spec, args.out, mirror=config.mirror, overrides=overrides)
-    logger.info("%s: %d file(s) verified under %s", spec.name, len(paths), args.out)
+    log_result(f"{spec.name}: {len(paths)} file(s) verified")
 
 
 if __name__ == "__main__":

@@ -19,19 +19,17 @@ import csv
 import io
 import logging
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.config import DataConfig, load_config
 from pipeline.datasets.readers import ReadOptions, SourceIndex, open_dataset
 from pipeline.datasets.sources import DATASETS
 from pipeline.datasets.split import plan_split, stratified_subset
-from pipeline.entry import run_entry
+from pipeline.entry import Progress, log_result, log_start, run_entry
 from pipeline.errors import DataError
 from pipeline.store import (
     PLAN_FILE,
@@ -147,7 +145,7 @@ def _prepare_from_spool(
     finally:
         spool.close()
     for name in SPLITS:
-        logger.info(
+        logger.debug(
             "%s: %d images of shape %s in %d shard(s), %d kept from the previous store",
             name,
             len(split.indices[name]),
@@ -170,13 +168,11 @@ def decode_to_spool(
     digests = np.zeros(len(chosen), dtype="<U32")
 
     def chunks():
-        # disable=None: a bar on a terminal only, not in DVC's or CI's logs.
-        with tqdm(
-            total=len(chosen), desc="decoding", unit="img", file=sys.stderr, disable=None
-        ) as bar:
+        # A bar on a terminal; in DVC's or CI's log, a line at every 10%.
+        with Progress(len(chosen), "decoding") as progress:
             for start in range(0, len(chosen), step):
                 yield decode_chunk(start)
-                bar.update(min(step, len(chosen) - start))
+                progress.update(min(step, len(chosen) - start))
 
     def decode_chunk(start: int) -> np.ndarray:
         rows = chosen[start : start + step]
@@ -251,8 +247,22 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--skipped", type=Path, required=True, help="the unreadable-images CSV")
     args = parser.parse_args(argv)
     config = load_config().data
+    log_start(f"{config.dataset} from {args.raw}")
     plan = prepare_splits(config, args.raw, args.out, args.skipped)
-    logger.info("%s: %d images split %s", plan["dataset"], plan["images"], plan["counts"])
+    log_result(split_summary(plan))
+
+
+def split_summary(plan: dict) -> str:
+    """The stage's result line: "1797 images -> train 1166, val 264, test 367", and what
+    was skipped or kept from the previous store."""
+    counts = ", ".join(f"{name} {count}" for name, count in plan["counts"].items())
+    notes = []
+    if plan["skipped"]:
+        notes.append(f"{plan['skipped']} unreadable skipped")
+    kept = sum(plan.get("shards_kept", {}).values())
+    if kept:
+        notes.append(f"{kept} of {sum(plan['shards'].values())} shard(s) kept")
+    return f"{plan['images']} images -> {counts}" + (f"; {', '.join(notes)}" if notes else "")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig, load_config
 from pipeline.datasets.sources import DATASETS
-from pipeline.entry import run_entry
+from pipeline.entry import log_result, log_start, run_entry
 from pipeline.errors import ValidationFailed
 from pipeline.store import PLAN_FILE, ImageSplit, open_splits, read_json, write_json
 from pipeline.validation.gate import run_gate
@@ -130,10 +130,14 @@ def main(argv: Sequence[str]) -> None:
         raise ValidationFailed(
             f"--reference {args.reference} is not a prepared-data folder (no {PLAN_FILE})"
         )
+    log_start(f"Great Expectations suites on {args.prepared}")
     summary = validate_prepared(
         load_config(), args.prepared, args.docs, args.summary, args.reference
     )
-    logger.info("data gate passed: %d images, %d warning(s)", summary["rows"], summary["warnings"])
+    log_result(
+        f"data gate passed: {summary['rows']} images, {summary['warnings']} warning(s), "
+        f"drift {'tested' if summary['drift']['compared'] else 'not tested'}"
+    )
 
 
 if __name__ == "__main__":

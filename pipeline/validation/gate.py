@@ -120,6 +120,10 @@ def run_gate(
         batches["drift"] = (drift, drift_expectations(settings), ["label"])
 
     context = gx.get_context(mode="ephemeral")
+    # GE's "Calculating Metrics" bars, one per suite, write escape codes into DVC's log.
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     if docs_dir is not None:
         context.add_data_docs_site(
             site_name="validation",

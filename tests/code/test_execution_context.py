@@ -167,3 +167,64 @@ def test_the_gate_refuses_when_too_few_test_images_remain() -> None:
     decision = unfair_decision(overlap, 0.9)
     assert not decision.passed
     assert "11 of 20 test images" in decision.reasons()[0]
+
+
+def _metrics_json(classes: int = 10) -> dict:
+    """reports/metrics.json as compare writes it: every test metric, per class too."""
+    per_class = {
+        f"test_{measure}_{index}": 0.912345
+        for index in range(classes)
+        for measure in ("precision", "recall", "f1")
+    }
+    return {
+        name: {
+            "test_loss": 0.123456789,
+            "test_accuracy": 0.987654321,
+            "test_macro_f1": 0.98765,
+            "test_images": 367,
+            **per_class,
+            "backbone_weights": weights,
+        }
+        for name, weights in (
+            ("scratch", None),
+            ("feature_extraction", "random"),
+            ("fine_tune", "random"),
+        )
+    }
+
+
+def test_dvc_metrics_show_is_a_row_per_strategy_within_120_columns(tmp_path, capsys) -> None:
+    """`dvc metrics show` renders compare's per-strategy files (DVC's metrics) one row each;
+    reports/metrics.json, left out of DVC's metrics, would have been one row of 100+ columns."""
+    from dvc.compare import show_metrics
+
+    from pipeline.stages.compare import write_strategy_metrics
+
+    metrics = _metrics_json()
+    folder = tmp_path / "reports" / "metrics"
+    (folder / "stale.json").parent.mkdir(parents=True)
+    (folder / "stale.json").write_text("{}")
+    write_strategy_metrics(folder, metrics)
+    written = {path.name: json.loads(path.read_text()) for path in sorted(folder.iterdir())}
+    assert set(written) == {"scratch.json", "feature_extraction.json", "fine_tune.json"}
+    assert written["scratch.json"] == {
+        "test_accuracy": 0.987654321,
+        "test_macro_f1": 0.98765,
+        "test_loss": 0.123456789,
+    }
+    assert written["fine_tune.json"]["backbone_weights"] == "random"
+
+    def shown(files: dict[str, dict]) -> list[str]:
+        data = {path: {"data": values} for path, values in files.items()}
+        show_metrics({"workspace": {"data": data}}, precision=5, round_digits=True)
+        return capsys.readouterr().out.splitlines()
+
+    lines = shown({f"reports/metrics/{name}": values for name, values in written.items()})
+    # 120 columns with room for the Revision column of `dvc metrics show -a`.
+    assert len(lines) == 4 and max(len(line) for line in lines) <= 105, "\n".join(lines)
+    assert lines[0].split() == [
+        "Path", "backbone_weights", "test_accuracy", "test_loss", "test_macro_f1",
+    ]  # fmt: skip
+    assert any(line.startswith("reports/metrics/feature_extraction.json") for line in lines)
+    # What it replaces: metrics.json as DVC's metrics file, one row far past 120 columns.
+    assert max(len(line) for line in shown({"reports/metrics.json": metrics})) > 1000

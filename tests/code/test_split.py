@@ -23,7 +23,7 @@ from pipeline.datasets.split import (
     stratified_subset,
 )
 from pipeline.errors import DataError
-from pipeline.stages.split import prepare_splits
+from pipeline.stages.split import prepare_splits, split_summary
 from pipeline.store import SPLITS, image_digests, members_digest, open_splits
 from tests import fakes
 
@@ -291,6 +291,24 @@ def test_prepare_splits_writes_digests_members_and_counts(digits, tmp_path: Path
     # Again from the same raw data: the same members, so the same files.
     again = prepare_splits(config, raw, tmp_path / "again", tmp_path / "skipped.csv")
     assert again["members"] == plan["members"]
+    # The stage's one result line says what it made of the data.
+    counts = plan["counts"]
+    assert split_summary(plan) == (
+        f"1797 images -> train {counts['train']}, val {counts['val']}, test {counts['test']}"
+    )
+
+
+def test_the_result_line_names_skipped_images_and_kept_shards() -> None:
+    plan = {
+        "images": 10,
+        "skipped": 2,
+        "counts": {"train": 6, "val": 2, "test": 2},
+        "shards": {"train": 2, "val": 1, "test": 1},
+        "shards_kept": {"train": 1, "val": 1, "test": 0},
+    }
+    assert split_summary(plan) == (
+        "10 images -> train 6, val 2, test 2; 2 unreadable skipped, 2 of 4 shard(s) kept"
+    )
 
 
 def test_images_added_to_a_folder_leave_every_other_image_in_its_split(tmp_path: Path) -> None:

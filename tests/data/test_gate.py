@@ -63,6 +63,15 @@ def test_clean_dataset_passes_with_docs(tmp_path: Path) -> None:
     assert (tmp_path / "docs" / "index.html").is_file()
 
 
+def test_the_gate_draws_no_progress_bars(tmp_path: Path, capfd) -> None:
+    """Great Expectations' "Calculating Metrics" bars (one per suite) would leave escape codes
+    and carriage returns in DVC's log."""
+    assert run_gate(clean_splits(), settings(), docs_dir=tmp_path / "docs").passed
+    captured = capfd.readouterr()
+    assert "Calculating Metrics" not in captured.err + captured.out
+    assert "\r" not in captured.err
+
+
 def test_label_out_of_range_is_named_with_indices() -> None:
     splits = clean_splits()
     splits["train"].y[[2, 9]] = 7

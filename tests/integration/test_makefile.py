@@ -1,5 +1,6 @@
-"""The Makefile's commands for a newcomer (`make repro`, `make test`, `make ui`), run in a
-temporary folder against fake interpreters, pip, uv, dvc and mlflow: never a real install.
+"""The Makefile's commands for a newcomer (`make repro`, `make test`, `make ui`,
+`make tensorboard`), run in a temporary folder against fake interpreters, pip, uv, dvc, mlflow
+and tensorboard: never a real install (one test starts the real TensorBoard).
 
 What they check: an interpreter that cannot make .venv stops the set-up with one line saying
 what to install; uv is used when it is on PATH and pip otherwise, with the pins either way; the
@@ -29,7 +30,7 @@ COPIED = ("Makefile", "pyproject.toml", "constraints.txt", CHECK_SCRIPT, "tools/
 # The only commands the Makefile, its check and these fakes run from PATH; uv is not one of
 # them, so a real uv on this machine never leaks in.
 SYSTEM_COMMANDS = ("make", "sh", "awk", "rm", "touch", "mkdir", "cp", "dirname", "echo")
-TARGETS = ("repro", "test", "ui", "setup", "help")
+TARGETS = ("repro", "test", "ui", "plots", "tensorboard", "setup", "help")
 
 
 def _require_make() -> None:
@@ -524,3 +525,93 @@ def test_ui_points_at_a_tracking_server_instead_of_starting_one(project: Project
     assert result.returncode == 0, result.stderr
     assert "https://mlflow.example.org" in result.stdout
     assert not project.calls()
+
+
+def test_plots_draws_dvcs_plots_with_the_offline_template(project: Project) -> None:
+    bin_folder = project.installed_venv()
+    project.write_fake("dvc", f'#!/bin/sh\necho "$*" >> "{project.log}"\n', bin_folder)
+
+    result = project.make("plots")
+
+    assert result.returncode == 0, result.stderr
+    assert project.calls() == ["plots show --html-template tools/dvc_plots/template.html"]
+
+
+# --- tensorboard -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [((), "--logdir logs --host 127.0.0.1 --port 6006"), (("TB_PORT=6123",), "--port 6123")],
+)
+def test_tensorboard_serves_the_logs_folder_on_localhost(
+    project: Project, args: tuple[str, ...], expected: str
+) -> None:
+    bin_folder = project.installed_venv()
+    project.write_fake("tensorboard", f'#!/bin/sh\necho "$*" >> "{project.log}"\n', bin_folder)
+
+    result = project.make("tensorboard", *args)
+
+    assert result.returncode == 0, result.stderr
+    assert len(project.calls()) == 1 and expected in project.calls()[0]
+
+
+@pytest.mark.slow
+def test_make_tensorboard_serves_a_trainings_scalars(project: Project) -> None:
+    """The real TensorBoard, started by `make tensorboard`, lists a run under logs/ and serves
+    its `loss` scalars on 127.0.0.1; stopping make stops it."""
+    import json
+    import signal
+    import urllib.request
+
+    import tensorflow as tf
+
+    from tests.servers import free_port
+
+    real = Path(sys.executable).parent / "tensorboard"
+    if not real.exists():
+        pytest.fail(f"tensorboard is not installed beside {sys.executable}: pip install -e .")
+    bin_folder = project.installed_venv()
+    (bin_folder / "tensorboard").symlink_to(real)
+    with tf.summary.create_file_writer(
+        str(project.root / "logs" / "scratch" / "run1")
+    ).as_default():
+        for epoch, loss in enumerate((0.9, 0.5, 0.3)):
+            tf.summary.scalar("loss", loss, step=epoch)
+    port = free_port()
+    environment = {
+        "PATH": f"{project.fakes}{os.pathsep}{project.system}",
+        "HOME": str(project.root),
+    }
+    server = subprocess.Popen(
+        [MAKE, "--no-print-directory", "tensorboard", f"TB_PORT={port}"],
+        cwd=project.root,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        runs = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/data/runs", timeout=5) as response:
+                    runs = json.loads(response.read())
+                if runs:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert runs == ["scratch/run1"], (runs, server.poll())
+        query = f"{base}/data/plugin/scalars/scalars?run=scratch/run1&tag=loss"
+        with urllib.request.urlopen(query, timeout=10) as response:
+            points = json.loads(response.read())
+        assert [point[1] for point in points] == [0, 1, 2]
+        assert [round(point[2], 3) for point in points] == [0.9, 0.5, 0.3]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        output = server.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}" in output
