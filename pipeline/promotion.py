@@ -44,11 +44,13 @@ def promote_challenger(
     thresholds: GateThresholds,
     project_root: Path,
     dvc_experiment: str | None,
+    resize: str = "stretch",
 ) -> dict:
     """Run the gate on `strategy`'s model (`model_dir`, trained in run `source_run_id`) against
     the champion of `registered_model`, on the test split in `prepared`; return the decision
     record that reports/promotion.json holds. `dvc_experiment` is the DVC experiment this runs
-    in (None on the main line), `project_root` the project whose MLflow store is used."""
+    in (None on the main line), `project_root` the project whose MLflow store is used, and
+    `resize` the split's `data.resize`, with which the registered model decodes image files."""
     model_file = model_dir / MODEL_FILE
     manifest_file = model_dir / MANIFEST_FILE
     # Labels and digests are held; the images are read a batch at a time, once per model
@@ -96,6 +98,7 @@ def promote_challenger(
                 test.classes,
                 input_example(test),
                 {**tags, "promotion_run_id": run_id},
+                resize=resize,
             )
             if new:
                 logger.info(

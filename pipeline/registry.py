@@ -8,6 +8,7 @@ Aliases, not the deprecated stages: `models:/<name>@champion` is what a service 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import tempfile
 import warnings
@@ -20,9 +21,11 @@ import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 
 from pipeline import serving
+from pipeline.datasets import images as image_decoding
+from pipeline.datasets.images import ResizeMode
 from pipeline.evaluation.metrics import predict_batch_size
 from pipeline.evaluation.promotion import Decision, ScoredVersion
 from pipeline.models import outputs
@@ -43,13 +46,21 @@ def log_classifier(
     classes: list[str],
     example: np.ndarray,
     manifest_file: Path | None = None,
+    resize: ResizeMode = "stretch",
 ):
-    """Log the served classifier (see pipeline.serving) into the active run; return its info."""
+    """Log the served classifier (see pipeline.serving) into the active run; return its info.
+
+    `resize` is the split's `data.resize`: the served model decodes image files with it, so a
+    file gets the answer it gets in the test split. The input example is `example`'s first
+    image as a PNG file, as a client sends it.
+    """
+    config = {serving.RESIZE_CONFIG: resize, serving.MAX_BATCH_CONFIG: serving.DEFAULT_MAX_BATCH}
     with tempfile.TemporaryDirectory() as scratch:
         artifacts = _classifier_artifacts(keras_model_file, classes, Path(scratch), manifest_file)
         classifier = serving.ImageClassifier()
-        classifier.load_context(_Context(artifacts))
-        signature = infer_signature(example, classifier.predict(None, example))
+        classifier.load_context(_Context(artifacts, config))
+        request = pd.DataFrame({serving.IMAGE_COLUMN: [encode_png(example[0])]})
+        signature = classifier_signature(classifier.classes)
         with warnings.catch_warnings():
             # MLflow suggests type hints on predict(); the explicit signature above is ours.
             warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
@@ -58,11 +69,58 @@ def log_classifier(
                 python_model=serving.__file__,
                 artifacts=artifacts,
                 signature=signature,
-                input_example=example,
+                input_example=request,
                 pip_requirements=model_requirements(),
-                # serving.py's one import from this package, so the model loads without it.
-                code_paths=[outputs.__file__],
+                model_config=config,
+                metadata={"image_shape": list(classifier.image_shape)},
+                # serving.py's imports from this package, so the model loads without it.
+                code_paths=[outputs.__file__, image_decoding.__file__],
             )
+
+
+def classifier_signature(classes: list[str]) -> ModelSignature:
+    """The served classifier's signature (pipeline.serving), which MLflow validates and its UI
+    shows: one of two optional inputs, `image` (encoded files: binary, base64 in JSON) or
+    `pixels` (uint8 arrays), the answer's columns, and the params `row_errors` and `top_k`.
+
+    `pixels` is typed Any: MLflow checks a nested Array type element by element in Python
+    (about 3 minutes for 1,000 32x32 RGB images), so the model checks its shape and dtype.
+    """
+    from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec("binary", serving.IMAGE_COLUMN, required=False),
+            ColSpec(AnyType(), serving.PIXELS_COLUMN, required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec("string", serving.PREDICTED_CLASS),
+            ColSpec("double", serving.PROBABILITY),
+            ColSpec(Array("string"), serving.TOP_CLASSES),
+            ColSpec(Array("double"), serving.TOP_PROBABILITIES),
+            *[ColSpec("double", name) for name in classes],
+            *[ColSpec("string", name, required=False) for name in serving.TRAILING_COLUMNS],
+        ]
+    )
+    params = ParamSchema(
+        [
+            ParamSpec(serving.ROW_ERRORS_PARAM, "boolean", False),
+            ParamSpec(serving.TOP_K_PARAM, "long", serving.DEFAULT_TOP_K),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """One uint8 image, (H, W, 1) or (H, W, 3), as a PNG file's bytes."""
+    from PIL import Image
+
+    pixels = image[..., 0] if image.shape[-1] == 1 else image
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _classifier_artifacts(
@@ -103,9 +161,10 @@ def _served_answers(
     predicted once and one batch of images is in memory."""
     columns: list[str] = []
     predicted: list[str] = []
-    for _, batch in images.batches(predict_batch_size(images.image_shape)):
+    size = min(predict_batch_size(images.image_shape), serving.DEFAULT_MAX_BATCH)
+    for _, batch in images.batches(size):
         frame = predict(batch)
-        columns = [column for column in frame.columns if column != serving.PREDICTED_CLASS]
+        columns = serving.class_columns(frame.columns)
         predicted.extend(frame[serving.PREDICTED_CLASS])
     return columns, predicted
 
@@ -129,10 +188,11 @@ def _quoted(value: str) -> str:
 
 
 class _Context:
-    """The one attribute of mlflow.pyfunc.PythonModelContext that ImageClassifier reads."""
+    """The attributes of mlflow.pyfunc.PythonModelContext that ImageClassifier reads."""
 
-    def __init__(self, artifacts: dict[str, str]) -> None:
+    def __init__(self, artifacts: dict[str, str], model_config: dict | None = None) -> None:
         self.artifacts = artifacts
+        self.model_config = model_config or {}
 
 
 def register_challenger(name: str, model_uri: str, tags: dict[str, str]) -> ModelVersion:
@@ -163,7 +223,10 @@ def score_version(name: str, version: ModelVersion, images: ImageSplit, classes:
     map its class names onto `classes` (None when the two sets differ: that model answers
     another question)."""
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
-    answers = _served_answers(model.predict, images)
+    schema = model.metadata.get_input_schema()
+    answers = _served_answers(
+        lambda batch: model.predict(serving.served_input(schema, batch)), images
+    )
     manifest = getattr(model.unwrap_python_model(), "training_manifest", None)
     return _scored(version.version, answers, classes, version.run_id, manifest)
 
@@ -245,6 +308,7 @@ def enter_challenger(
     classes: list[str],
     example: np.ndarray,
     tags: dict[str, str],
+    resize: ResizeMode = "stretch",
 ) -> tuple[str, bool]:
     """Point `challenger` at the model file's version: the one that already holds it (see
     score_contenders), else a new one, logged into the active run and registered with `tags`.
@@ -252,7 +316,7 @@ def enter_challenger(
     if challenger.version is not None:
         name_challenger(name, challenger.version)
         return challenger.version, False
-    info = log_classifier(model_file, classes, example, manifest_file)
+    info = log_classifier(model_file, classes, example, manifest_file, resize)
     return register_challenger(name, info.model_uri, tags).version, True
 
 

@@ -1,32 +1,93 @@
-"""The served model: raw uint8 images in, class names and per-class probabilities out.
+"""The served model: image files or raw uint8 pixels in, class names and probabilities out.
 
 MLflow logs this file as the model's code ("models from code"), so a registered version loads
-anywhere MLflow, Keras and pandas are installed, without this package. Its artifacts are the
-Keras model (preprocessing included), the class names, in label order, and the training
+anywhere MLflow, Keras, pandas and Pillow are installed, without this package. Its artifacts are
+the Keras model (preprocessing included), the class names, in label order, and the training
 manifest: the content digests of the images the model trained on, which the promotion gate
 checks every later test split against.
+
+Each request holds one column: `image` (encoded files: base64 in JSON, bytes in pandas), decoded
+and resized exactly as the split stage decodes a file (pipeline.datasets.images.decode_image),
+or `pixels` (uint8 arrays of the model's input size). A bad payload raises an MlflowException
+with INVALID_PARAMETER_VALUE, which MLflow's scoring server answers with HTTP 400 and the message,
+naming the image's index; the params flag `row_errors` fails only the bad image's row instead.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
+import os
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 try:
+    from pipeline.datasets.images import BadImage, decode_image
     from pipeline.models.outputs import class_probabilities
 except ImportError:
     # Loaded where this package is not installed: MLflow put the model's code (logged with
     # `code_paths`, see registry.log_classifier) on sys.path.
+    from images import BadImage, decode_image
     from outputs import class_probabilities
 
+IMAGE_COLUMN = "image"
+PIXELS_COLUMN = "pixels"
 PREDICTED_CLASS = "predicted_class"
+PROBABILITY = "probability"
+TOP_CLASSES = "top_classes"
+TOP_PROBABILITIES = "top_probabilities"
+MODEL_NAME = "model_name"
+MODEL_VERSION = "model_version"
+MODEL_ALIAS = "model_alias"
+ERROR = "error"
+LEADING_COLUMNS = (PREDICTED_CLASS, PROBABILITY, TOP_CLASSES, TOP_PROBABILITIES)
+TRAILING_COLUMNS = (MODEL_NAME, MODEL_VERSION, MODEL_ALIAS, ERROR)
+ANSWER_COLUMNS = (*LEADING_COLUMNS, *TRAILING_COLUMNS)
+"""Every column of an answer that is not a class's probability."""
+
+ROW_ERRORS_PARAM = "row_errors"
+TOP_K_PARAM = "top_k"
+DEFAULT_TOP_K = 3
+RESIZE_CONFIG = "resize"
+MAX_BATCH_CONFIG = "max_batch"
+DEFAULT_MAX_BATCH = 256
+"""Images per request: a bound on the memory one request can take (decoded, every image of a
+150x150 RGB model is 67 KB; a 12-megapixel photo is 36 MB while it is decoded)."""
+
 KERAS_MODEL_ARTIFACT = "keras_model"
 CLASSES_ARTIFACT = "classes"
 MANIFEST_ARTIFACT = "training_manifest"
+SCORING_SERVER_MODEL_PATH = "__pyfunc_model_path__"
+"""Set by `mlflow models serve` in the processes that serve the model."""
+REGISTERED_MODEL_META = "registered_model_meta"
+"""What MLflow writes beside MLmodel when it downloads models:/<name>@<alias> (or /<version>)."""
+
+
+class BadPayload(MlflowException):
+    """A request the model cannot answer; MLflow's scoring server answers it with HTTP 400."""
+
+    def __init__(self, message: str) -> None:
+        self._own_message = message
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._own_message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        # The scoring server rewrites the message to "Failed to predict data '<the request>'
+        # ...": megabytes for a batch of pixels, and the client's data echoed into logs. The
+        # answer keeps the model's own message, which names the image and the problem.
+        pass
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -36,26 +97,262 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         import keras
 
         self.model = keras.saving.load_model(context.artifacts[KERAS_MODEL_ARTIFACT])
+        shape = tuple(self.model.inputs[0].shape[1:])
+        self.image_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
         with open(context.artifacts[CLASSES_ARTIFACT]) as stream:
-            self.classes = json.load(stream)
+            self.classes = [str(name) for name in json.load(stream)]
+        clashing = sorted(set(self.classes) & set(ANSWER_COLUMNS))
+        if clashing:
+            raise MlflowException(f"class names {clashing} clash with the answer's own columns")
+        config = getattr(context, "model_config", None) or {}
+        self.resize = config.get(RESIZE_CONFIG, "stretch")
+        self.max_batch = int(config.get(MAX_BATCH_CONFIG, DEFAULT_MAX_BATCH))
         # Versions registered before manifests existed have none: None, not an empty set.
         self.training_manifest = None
         manifest = context.artifacts.get(MANIFEST_ARTIFACT)
         if manifest:
             with open(manifest) as stream:
                 self.training_manifest = {line.strip() for line in stream if line.strip()}
+        self.identity = registry_identity(Path(context.artifacts[KERAS_MODEL_ARTIFACT]))
+        if os.environ.get(SCORING_SERVER_MODEL_PATH):
+            keep_nagle_off()
+        # Trace the compiled predict function now, for one image and for a batch (after two
+        # shapes it takes any batch size), so no request pays for tracing (about a second).
+        for size in (1, 2):
+            self._call_model(np.zeros((size, *self.image_shape), dtype=np.uint8))
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        """One row per image: `predicted_class`, then one probability column per class name."""
-        images = np.asarray(model_input)
-        if images.dtype != np.uint8:
-            if images.min() < 0 or images.max() > 255:
-                raise ValueError("images must hold raw pixel values in 0..255 (uint8)")
-            images = images.astype(np.uint8)
-        probabilities = class_probabilities(self.model.predict(images, verbose=0))
-        frame = pd.DataFrame(probabilities, columns=self.classes)
-        frame.insert(0, PREDICTED_CLASS, [self.classes[i] for i in probabilities.argmax(axis=1)])
+        """One row per image: the predicted class and its probability, the top-k classes, one
+        probability column per class name, the registry's name, version and aliases, and the
+        error (None unless `row_errors` is set and the image could not be read)."""
+        params = params or {}
+        row_errors = bool(params.get(ROW_ERRORS_PARAM, False))
+        top_k = int(params.get(TOP_K_PARAM, DEFAULT_TOP_K))
+        if top_k < 1:
+            raise BadPayload(f"params.{TOP_K_PARAM} must be at least 1, got {top_k}")
+        items = _input_items(model_input)
+        if len(items) == 0:
+            raise BadPayload(
+                f"empty batch: send at least one image in the `{IMAGE_COLUMN}` column (encoded "
+                f"files, base64 in JSON) or the `{PIXELS_COLUMN}` column (uint8 arrays)"
+            )
+        if len(items) > self.max_batch:
+            raise BadPayload(
+                f"batch of {len(items)} images is over the limit of {self.max_batch} per "
+                f"request: send at most {self.max_batch} images per request"
+            )
+        images, errors = self._read_items(items, row_errors)
+        good = [index for index in range(len(items)) if index not in errors]
+        probabilities = np.full((len(items), len(self.classes)), np.nan)
+        if good:
+            batch = images if len(good) == len(items) else images[good]
+            probabilities[good] = class_probabilities(self._call_model(batch))
+        return self._answer(probabilities, errors, top_k)
+
+    def _read_items(self, items: list, row_errors: bool) -> tuple[np.ndarray, dict[int, str]]:
+        """The items as one uint8 batch of the model's shape, and {index: reason} for those
+        that could not be read (raised as BadPayload at the first one, unless `row_errors`)."""
+        if isinstance(items, np.ndarray):
+            if items.shape[1:] == self.image_shape:
+                return items, {}
+            items = list(items)
+        images = np.zeros((len(items), *self.image_shape), dtype=np.uint8)
+        errors: dict[int, str] = {}
+        for index, item in enumerate(items):
+            try:
+                images[index] = self._read_item(item)
+            except ValueError as problem:
+                reason = f"image {index}: {problem}"
+                if not row_errors:
+                    raise BadPayload(
+                        f"{reason}. Nothing was predicted; set params.{ROW_ERRORS_PARAM}=true "
+                        "to get answers for the other images"
+                    ) from None
+                errors[index] = reason
+        return images, errors
+
+    def _read_item(self, item) -> np.ndarray:
+        """One image of the request as a (H, W, C) uint8 array of the model's shape."""
+        height, _, channels = self.image_shape
+        if isinstance(item, np.bytes_):
+            # MLflow parses `{"inputs": {"image": [...]}}` into numpy bytes of the base64 text
+            # (the dataframe formats arrive decoded, as Python bytes).
+            item = item.decode("ascii", errors="replace")
+        if isinstance(item, str):
+            try:
+                item = base64.b64decode(item, validate=False)
+            except (binascii.Error, ValueError) as error:
+                raise ValueError(f"not base64 ({error})") from None
+        if isinstance(item, bytes | bytearray | memoryview):
+            try:
+                return decode_image(bytes(item), height, self.resize, channels)
+            except BadImage as error:
+                raise ValueError(str(error)) from None
+        if item is None:
+            raise ValueError("no image (null)")
+        return check_pixels(item, self.image_shape)
+
+    def _call_model(self, images: np.ndarray) -> np.ndarray:
+        """The Keras model's output on one batch. predict_on_batch runs the compiled predict
+        function on the batch as it is: model.predict's data adapter and callbacks cost about
+        30 ms a call, and an eager call runs layer by layer (25 ms at batch 1 on 2 cores)."""
+        return np.asarray(self.model.predict_on_batch(images))
+
+    def _answer(
+        self, probabilities: np.ndarray, errors: dict[int, str], top_k: int
+    ) -> pd.DataFrame:
+        classes = np.asarray(self.classes, dtype=object)
+        k = min(top_k, len(self.classes))
+        order = np.argsort(-np.nan_to_num(probabilities, nan=0.0), axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(probabilities, order, axis=1)
+        columns: dict[str, object] = {
+            PREDICTED_CLASS: classes[order[:, 0]],
+            PROBABILITY: top[:, 0],
+            TOP_CLASSES: classes[order].tolist(),
+            TOP_PROBABILITIES: top.tolist(),
+        }
+        columns.update(zip(self.classes, probabilities.T, strict=True))
+        name, version, aliases = self.identity
+        columns.update({MODEL_NAME: name, MODEL_VERSION: version, MODEL_ALIAS: aliases})
+        columns[ERROR] = None
+        frame = pd.DataFrame(columns)
+        if errors:
+            # None, not NaN, in the failed rows: NaN is not JSON, and clients choke on it.
+            frame = frame.astype({column: object for column in frame.columns})
+            rows = list(errors)
+            frame.loc[rows, [PREDICTED_CLASS, PROBABILITY, *self.classes]] = None
+            for row in rows:
+                frame.at[row, TOP_CLASSES] = []
+                frame.at[row, TOP_PROBABILITIES] = []
+                frame.at[row, ERROR] = errors[row]
         return frame
+
+
+def check_pixels(values, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """`values` (one image: (H, W), (H, W, 1) or (H, W, 3) integers in 0..255) as uint8 of
+    `image_shape`, gray or RGB converted as Pillow converts them; ValueError naming the problem.
+    """
+    array = np.asarray(values)
+    if array.dtype == object:
+        raise ValueError("pixels must be a (height, width, channels) array of numbers")
+    if array.dtype.kind == "f" and np.array_equal(array, np.round(array)):
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "ui":
+        raise ValueError(f"pixels must be integers 0..255 (uint8), got dtype {array.dtype}")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(f"pixels must be in 0..255 (uint8), got {array.min()}..{array.max()}")
+    height, width, channels = image_shape
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[:2] != (height, width) or array.shape[2] not in (1, 3):
+        raise ValueError(
+            f"pixels of shape {np.shape(values)}; the model takes ({height}, {width}, {channels})"
+            f" (or ({height}, {width}), ({height}, {width}, {4 - channels})). Send the encoded "
+            f"file in the `{IMAGE_COLUMN}` column to have it resized as the split stage does"
+        )
+    array = array.astype(np.uint8)
+    if array.shape[2] == channels:
+        return array
+    if channels == 3:
+        return np.repeat(array, 3, axis=2)
+    # Pillow's own fixed-point ITU-R 601 luma, so a gray image is what `convert("L")` gives.
+    rgb = array.astype(np.uint32)
+    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return luma[..., None].astype(np.uint8)
+
+
+def keep_nagle_off() -> None:
+    """Set TCP_NODELAY on every connection this process's asyncio servers accept.
+
+    `mlflow models serve --workers N` (N > 1) runs uvicorn's supervisor, which hands each worker
+    a listening socket whose `proto` is 0; asyncio sets TCP_NODELAY only where `proto` is TCP,
+    so Nagle's algorithm stays on and every keep-alive answer waits for the client's delayed
+    ACK: 40 ms or more a request, even for /ping (Kludex/uvicorn#3149, open in uvicorn 0.54).
+    """
+    import asyncio.base_events
+    import socket
+
+    def set_nodelay(sock: socket.socket) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    asyncio.base_events._set_nodelay = set_nodelay
+
+
+def _input_items(model_input) -> list | np.ndarray:
+    """The request's images in order: encoded files (bytes, or base64 str) or pixel arrays.
+
+    A uint8 batch of arrays (a direct call, as the promotion gate makes) stays one array.
+    MLflow turns `{"inputs": {"image": [...]}}` into one row per image, and a dict of arrays
+    into rows too; a cell holding a list of several images is unpacked in place.
+    """
+    if isinstance(model_input, np.ndarray) and model_input.dtype == np.uint8:
+        return model_input if model_input.ndim == 4 else model_input[None]
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame(
+            {key: list(np.asarray(value)) for key, value in model_input.items()}
+        )
+    if not isinstance(model_input, pd.DataFrame):
+        raise BadPayload(
+            f"send a table with an `{IMAGE_COLUMN}` column (encoded files) or a "
+            f"`{PIXELS_COLUMN}` column (uint8 arrays), got {type(model_input).__name__}"
+        )
+    present = [name for name in (IMAGE_COLUMN, PIXELS_COLUMN) if name in model_input.columns]
+    if len(present) != 1:
+        raise BadPayload(
+            f"send exactly one of the columns `{IMAGE_COLUMN}` (encoded files, base64 in JSON) "
+            f"and `{PIXELS_COLUMN}` (uint8 arrays); got columns {list(model_input.columns)}"
+        )
+    items: list = []
+    for cell in model_input[present[0]]:
+        if present[0] == IMAGE_COLUMN and isinstance(cell, list | tuple | np.ndarray):
+            items.extend(cell)
+        elif present[0] == PIXELS_COLUMN and np.ndim(cell) == 4:
+            items.extend(list(np.asarray(cell)))
+        else:
+            items.append(cell)
+    return items
+
+
+def registry_identity(artifact: Path) -> tuple[str | None, str | None, str | None]:
+    """(registered name, version, its aliases joined by ",") of the model holding `artifact`,
+    from the file MLflow writes when it downloads a models:/ URI and from the registry, at load
+    time; Nones for a model loaded from a run or a folder."""
+    meta = next(
+        (
+            folder / REGISTERED_MODEL_META
+            for folder in artifact.parents
+            if (folder / "MLmodel").is_file()
+        ),
+        None,
+    )
+    if meta is None or not meta.is_file():
+        return None, None, None
+    from mlflow.utils.yaml_utils import read_yaml
+
+    registered = read_yaml(str(meta.parent), REGISTERED_MODEL_META)
+    name, version = registered.get("model_name"), registered.get("model_version")
+    if not name or version is None:
+        return None, None, None
+    try:
+        aliases = mlflow.MlflowClient().get_model_version(name, str(version)).aliases
+    except Exception:  # noqa: BLE001 - no registry here: the name and version are still known
+        aliases = []
+    return str(name), str(version), ",".join(sorted(aliases)) or None
+
+
+def served_input(input_schema, images: np.ndarray):
+    """What a loaded version's predict takes for a uint8 batch: the batch itself for a version
+    logged with a tensor signature (before encoded images), else a `pixels` column."""
+    if input_schema is None or input_schema.is_tensor_spec():
+        return images
+    return pd.DataFrame({PIXELS_COLUMN: list(images)})
+
+
+def class_columns(columns) -> list[str]:
+    """The class-probability columns of an answer, in order (any version's answer)."""
+    return [str(column) for column in columns if column not in ANSWER_COLUMNS]
 
 
 set_model(ImageClassifier())

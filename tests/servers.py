@@ -349,7 +349,9 @@ class ModelServer(_GroupProcess):
         *,
         port: int | None = None,
         startup_timeout: float = 240.0,
+        workers: int = 1,
     ) -> None:
+        self.workers = workers
         self._own_dir = None if workdir else Path(tempfile.mkdtemp(prefix="model-server-"))
         log_dir = Path(workdir) if workdir else self._own_dir
         super().__init__(
@@ -372,7 +374,7 @@ class ModelServer(_GroupProcess):
             "--port",
             str(self.port),
             "--workers",
-            "1",
+            str(self.workers),
         ]
 
     def _environment(self) -> dict[str, str]:

@@ -19,13 +19,20 @@ class BadImage(Exception):
     """An image file that cannot be decoded; the message is the reason, for skipped.csv."""
 
 
-def decode_image(source: Path | bytes, size: int, resize: ResizeMode = "stretch") -> np.ndarray:
-    """Decode one image file to a (size, size, 3) uint8 RGB array.
+def decode_image(
+    source: Path | bytes, size: int, resize: ResizeMode = "stretch", channels: int = 3
+) -> np.ndarray:
+    """Decode one image file (a path, or its bytes) to a (size, size, channels) uint8 array.
 
-    Grayscale, palette, RGBA, CMYK and 16-bit images all become 8-bit RGB; the EXIF orientation
-    tag is applied, so a photo taken sideways is stored upright. `stretch` resizes to a square
-    ignoring the aspect ratio; `pad` keeps it and fills the rest with black.
+    The one decoding of the project: the split stage, `pipeline predict` and the served model
+    all call it, so a file gets the same pixels everywhere. Grayscale, palette, RGBA, CMYK and
+    16-bit images all become 8-bit RGB; the EXIF orientation tag is applied, so a photo taken
+    sideways is stored upright. `stretch` resizes to a square ignoring the aspect ratio; `pad`
+    keeps it and fills the rest with black. `channels=1` then takes Pillow's luminance of the
+    RGB image, which gives back exactly the gray values a grayscale file holds.
     """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
     if isinstance(source, Path) and source.stat().st_size == 0:
         raise BadImage("empty file (0 bytes)")
     try:
@@ -46,6 +53,8 @@ def decode_image(source: Path | bytes, size: int, resize: ResizeMode = "stretch"
         image = ImageOps.pad(image, (size, size), method=Image.Resampling.BILINEAR, color=0)
     elif image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
+    if channels == 1:
+        return np.asarray(image.convert("L"), dtype=np.uint8)[..., None]
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -75,16 +84,18 @@ def decode_many(
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
 ) -> dict[int, str]:
-    """Decode `paths[i]` into `out[i]`; return {i: reason} for the files that could not be.
+    """Decode `paths[i]` into `out[i]` (N, size, size, 1 or 3); return {i: reason} for the files
+    that could not be.
 
     Pillow releases the GIL while decoding and resizing, so threads use every core without
     copying images between processes.
     """
     bad: dict[int, str] = {}
+    channels = out.shape[-1]
 
     def work(position: int) -> None:
         try:
-            out[position] = decode_image(paths[position], size, resize)
+            out[position] = decode_image(paths[position], size, resize, channels)
         except BadImage as reason:
             out[position] = 0
             bad[position] = str(reason)

@@ -135,20 +135,29 @@ def _load_pyfunc(source: str) -> Classifier:
     import mlflow
     import pandas as pd
 
-    from pipeline.serving import PREDICTED_CLASS
+    from pipeline.serving import DEFAULT_MAX_BATCH, PREDICTED_CLASS, class_columns, served_input
 
     try:
         model = mlflow.pyfunc.load_model(source)
     except Exception as exc:  # noqa: BLE001 - MLflow, the store and the flavor raise their own
         raise ModelError(f"cannot load the model {source}: {_first_line(exc)}") from None
     image_shape = _pyfunc_image_shape(model, source)
+    schema = model.metadata.get_input_schema()
     # One black image: the served classifier names its classes in its answer's columns.
-    probe = _predict_quietly(model, np.zeros((1, *image_shape), dtype=np.uint8))
+    probe = _predict_quietly(
+        model, served_input(schema, np.zeros((1, *image_shape), dtype=np.uint8))
+    )
     if isinstance(probe, pd.DataFrame) and PREDICTED_CLASS in probe.columns:
-        columns = [column for column in probe.columns if column != PREDICTED_CLASS]
+        columns = class_columns(probe.columns)
+        step = DEFAULT_MAX_BATCH
 
         def predict_batch(images: np.ndarray) -> np.ndarray:
-            return _predict_quietly(model, images)[columns].to_numpy(dtype=np.float64)
+            # At most DEFAULT_MAX_BATCH images a call: the served model refuses more.
+            answers = [
+                _predict_quietly(model, served_input(schema, images[start : start + step]))
+                for start in range(0, len(images), step)
+            ]
+            return pd.concat(answers)[columns].to_numpy(dtype=np.float64)
 
         return Classifier(source, [str(name) for name in columns], image_shape, predict_batch)
 
@@ -178,13 +187,17 @@ def _load_pyfunc(source: str) -> Classifier:
 
 
 def _pyfunc_image_shape(model, source: str) -> tuple[int, int, int]:
-    """(H, W, C) from the logged signature (every model the pipeline logs has one)."""
+    """(H, W, C) from the logged signature, or (the served classifier, which takes encoded
+    files too) from its metadata's `image_shape`."""
     schema = model.metadata.get_input_schema()
     if schema is not None and schema.is_tensor_spec() and len(schema.inputs) == 1:
         return _image_shape(schema.inputs[0].shape[1:], source)
+    shape = (model.metadata.metadata or {}).get("image_shape")
+    if shape is not None:
+        return _image_shape(shape, source)
     raise ModelError(
-        f"the model {source} has no tensor input signature, so the image size it takes is "
-        "unknown; log it with a signature (the pipeline's models have one)"
+        f"the model {source} has neither a tensor input signature nor an image_shape in its "
+        "metadata, so the image size it takes is unknown (the pipeline's models have one)"
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.images import ResizeMode, as_uint8_images, decode_many
+from pipeline.datasets.images import ResizeMode, decode_many
 from pipeline.datasets.sources import IMAGE_EXTENSIONS
 from pipeline.errors import ModelError, PipelineError
 
@@ -71,8 +71,6 @@ def read_images(
             f"the model takes images of shape {image_shape}; predict decodes files to square "
             "images of 1 (gray) or 3 (RGB) channels, as the split stage does"
         )
-    rgb = np.empty((len(paths), height, width, 3), dtype=np.uint8)
-    bad = decode_many(paths, rgb, height, resize)
-    if channels == 3:
-        return rgb, bad
-    return as_uint8_images(rgb, "images", channels=1), bad
+    images = np.empty((len(paths), height, width, channels), dtype=np.uint8)
+    bad = decode_many(paths, images, height, resize)
+    return images, bad

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import STRATEGY_NAMES, load_config
-from pipeline.entry import run_entry
+from pipeline.entry import log_result, log_start, run_entry
 from pipeline.errors import ConfigError
 from pipeline.evaluation.promotion import GateThresholds, choose_strategy
 from pipeline.store import read_json, write_json
@@ -59,6 +59,7 @@ def main(argv: Sequence[str]) -> None:
     strategy = choose_strategy(
         read_json(args.metrics), list(by_name), config.promote.strategy, args.metrics
     )
+    log_start(f"{strategy} (promote.strategy: {config.promote.strategy}) through the gate")
     # MLflow and Keras load only after the server check (see the train stage).
     from pipeline.promotion import promote_challenger
 
@@ -70,6 +71,7 @@ def main(argv: Sequence[str]) -> None:
         model_dir=by_name[strategy],
         source_run_id=RunRecord.read(by_name[strategy]).run_id,
         prepared=args.prepared,
+        resize=config.data.resize,
         thresholds=GateThresholds(
             min_accuracy=config.promote.min_accuracy,
             min_improvement=config.promote.min_improvement,
@@ -81,6 +83,22 @@ def main(argv: Sequence[str]) -> None:
     )
     write_json(args.out, record)
     write_json(args.summary, gate_summary(record))
+    log_result(decision_line(record))
+
+
+def decision_line(record: dict) -> str:
+    """The stage's result line: the challenger, the verdict and where `champion` points."""
+    accuracy = record["challenger"].get("test_accuracy")
+    who = record["strategy"] + (f" (test accuracy {accuracy:.4f})" if accuracy is not None else "")
+    verdict = "passed" if record["passed"] else "failed"
+    if not record["registered"]:
+        return (
+            f"{who}: gate {verdict}; nothing registered (DVC experiment {record['dvc_experiment']})"
+        )
+    champion = record.get("champion_after")
+    return f"{who} is version {record['challenger']['version']}: gate {verdict}; champion is " + (
+        f"version {champion}" if champion is not None else "not set"
+    )
 
 
 def gate_summary(record: dict) -> dict:

@@ -134,7 +134,7 @@ class RunRecorder:
 def log_keras_model(model, example: np.ndarray) -> str:
     """Log `model` with a signature and input example of raw uint8 images; return its URI."""
     signature = infer_signature(example, model.predict(example, verbose=0))
-    with _keras_flavor_creates_model_dir():
+    with _keras_flavor_creates_model_dir(), _no_keras_progress_bars():
         info = mlflow.keras.log_model(
             model,
             name="model",
@@ -144,6 +144,21 @@ def log_keras_model(model, example: np.ndarray) -> str:
             pip_requirements=model_requirements(),
         )
     return info.model_uri
+
+
+@contextlib.contextmanager
+def _no_keras_progress_bars() -> Iterator[None]:
+    """MLflow checks the input example with the Keras flavor's `predict`, which draws a progress
+    bar (escape codes in DVC's log); Keras' non-interactive mode sends it to absl's log."""
+    import keras
+
+    was_interactive = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if was_interactive:
+            keras.config.enable_interactive_logging()
 
 
 @contextlib.contextmanager
@@ -173,7 +188,7 @@ def model_requirements() -> list[str]:
     requirements = []
     import keras
 
-    for package in ("mlflow", "keras", keras.backend.backend(), "numpy", "pandas"):
+    for package in ("mlflow", "keras", keras.backend.backend(), "numpy", "pandas", "pillow"):
         try:
             requirements.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

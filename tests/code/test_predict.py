@@ -387,14 +387,16 @@ def sqlite_experiment(tmp_path, monkeypatch):
 
 
 def test_the_registry_champion_is_used_by_default(
-    digits, tmp_path, sqlite_experiment, capsys, caplog
+    digits, tmp_path, sqlite_experiment, capsys, caplog, monkeypatch
 ):
-    """A champion in a SQLite store answers, in the class names it carries."""
+    """A champion in a SQLite store answers, in the class names it carries; predict sends it
+    no more images a call than it takes (its batch limit, 7 here, for 30 files)."""
     import mlflow
 
     from pipeline import registry
     from pipeline.store import open_split
 
+    monkeypatch.setattr("pipeline.serving.DEFAULT_MAX_BATCH", 7)
     shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")  # dataset: digits
     test = open_split(digits.root / "data" / "prepared", "test")
     with mlflow.start_run(experiment_id=sqlite_experiment):

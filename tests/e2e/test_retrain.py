@@ -28,6 +28,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 import yaml
@@ -148,7 +149,7 @@ def test_the_first_cycle_trains_and_promotes(project: Project) -> None:
     assert project.champion() == version
     alias = project.client.get_model_version_by_alias(MODEL, "challenger")
     assert alias.version == version and alias.tags["gate.passed"] == "true"
-    shown = dvc(project.root, project.env, "metrics", "show").stdout
+    shown = dvc(project.root, project.env, "metrics", "show", "reports/gate.json").stdout
     assert "reports/gate.json" in shown and "gate_passed" in shown
 
 
@@ -284,24 +285,31 @@ def test_new_images_retrain_and_a_worse_challenger_is_rejected(project: Project)
 
 @pytest.mark.sqlite_only
 def test_the_champion_answers_in_class_names(project: Project) -> None:
-    # One raw uint8 image per class, as a client would send them.
+    # One raw uint8 image per class, as a client would send them: pixels, in their column.
     images = np.stack([np.full((16, 16, 3), level, np.uint8) for level in (50, 110, 170)])
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(project.server.uri)
     try:
-        frame = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(images)
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+        frame = model.predict(pd.DataFrame({"pixels": list(images)}))
     finally:
         mlflow.set_tracking_uri(previous)
-    assert list(frame.columns) == ["predicted_class", "dark", "light", "mid"]
+    columns = ["predicted_class", "probability", "top_classes", "top_probabilities"]
+    columns += [*sorted(CLASSES), "model_name", "model_version", "model_alias", "error"]
+    assert list(frame.columns) == columns
     assert set(frame["predicted_class"]) <= set(CLASSES)
-    np.testing.assert_allclose(frame[["dark", "light", "mid"]].sum(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(frame[list(CLASSES)].sum(axis=1), 1.0, rtol=1e-4)
     with model_server(f"models:/{MODEL}@champion", project.env) as url:
-        payload = {"inputs": images.tolist()}
+        payload = {"inputs": {"pixels": images.tolist()}}
         response = requests.post(f"{url}/invocations", json=payload, timeout=60)
     assert response.status_code == 200, response.text
     rows = response.json()["predictions"]
     assert [row["predicted_class"] for row in rows] == list(frame["predicted_class"])
-    assert set(rows[0]) == {"predicted_class", "dark", "mid", "light"}
+    assert list(rows[0]) == columns
+    # The answer says what answered it: the registered model, its version and its aliases.
+    assert rows[0]["model_name"] == MODEL
+    assert rows[0]["model_version"] == project.champion()
+    assert "champion" in rows[0]["model_alias"].split(",")
 
 
 @pytest.mark.sqlite_only

@@ -1,0 +1,198 @@
+"""The served classifier under load: `mlflow models serve` on 127.0.0.1, base64 PNGs over HTTP.
+
+Builds a small model of the project's own architecture for `--model` (digits: 8x8 gray;
+folder32 and folder150: 32x32 and 150x150 RGB image folders), logs and registers it with the
+project's code into a temporary SQLite store (or serves `--model-uri` from
+MLFLOW_TRACKING_URI), then, for each `--workers` value, starts `mlflow models serve
+--env-manager local --workers W` and sends `--requests` requests from each scenario's
+concurrent clients: batches of 1 and 32 PNG files of mixed sizes (half to four times the
+model's side, RGB and gray), as `{"dataframe_split": {"columns": ["image"], ...}}`.
+
+Prints, per scenario: p50, p95 and p99 latency, requests/s and images/s, the error count,
+and the server's peak RSS (the sum of VmHWM over its processes: the uvicorn parent and each
+worker). Every loop is bounded (requests, timeouts), and the server is stopped on any exit.
+
+    python bench/bench_serving.py --model folder32 --workers 1 2 4
+    python bench/bench_serving.py --model digits --requests 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import HOST, ModelServer  # noqa: E402
+
+MODELS: dict[str, tuple[str, tuple[int, int, int], list[str]]] = {
+    "digits": ("digits", (8, 8, 1), [str(digit) for digit in range(10)]),
+    "folder32": ("image_folder", (32, 32, 3), ["cat", "dog", "bird"]),
+    "folder150": ("image_folder", (150, 150, 3), ["cat", "dog", "bird"]),
+}
+SCENARIOS = ((1, 1), (32, 1), (1, 8), (32, 4))
+"""(images per request, concurrent clients)."""
+REQUEST_TIMEOUT = 120.0
+
+
+def make_pngs(image_shape: tuple[int, int, int], count: int, seed: int = 0) -> list[str]:
+    """`count` base64 PNG files of mixed sizes (half to four times the model's side) and
+    modes (RGB and gray), smooth enough to compress as photos do."""
+    rng = np.random.default_rng(seed)
+    side = image_shape[0]
+    files = []
+    for index in range(count):
+        width, height = (max(4, int(side * rng.uniform(0.5, 4.0))) for _ in range(2))
+        coarse = rng.integers(0, 256, size=(max(2, height // 8), max(2, width // 8), 3))
+        picture = Image.fromarray(coarse.astype(np.uint8)).resize((width, height))
+        if index % 3 == 2:
+            picture = picture.convert("L")
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        files.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return files
+
+
+def request_body(files: list[str]) -> bytes:
+    return json.dumps(
+        {"dataframe_split": {"columns": ["image"], "data": [[name] for name in files]}}
+    ).encode()
+
+
+def run_clients(port: int, bodies: list[bytes], clients: int) -> tuple[list[float], int, float]:
+    """Send every body once, from `clients` threads each with its own connection; return the
+    latencies (s), the number of failed requests, and the wall time."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    queue = list(enumerate(bodies))
+
+    def connect() -> http.client.HTTPConnection:
+        # TCP_NODELAY, as requests (urllib3) sets it: Nagle would hold a request back.
+        connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
+        connection.connect()
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+    def client() -> None:
+        connection = connect()
+        headers = {"Content-Type": "application/json"}
+        while True:
+            with lock:
+                if not queue:
+                    break
+                _, body = queue.pop()
+            start = time.perf_counter()
+            try:
+                connection.request("POST", "/invocations", body, headers)
+                response = connection.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                connection.close()
+                connection = connect()
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+                errors[0] += not ok
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(REQUEST_TIMEOUT * len(bodies))
+    return latencies, errors[0], time.perf_counter() - began
+
+
+def group_peak_rss_mb(pgid: int) -> float:
+    """Sum of VmHWM (peak resident set) over the processes of process group `pgid`."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != pgid:
+                continue
+            with open(f"/proc/{entry}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total / 1024
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def bench_workers(uri: str, env: dict, workers: int, shape, args, workdir: Path) -> None:
+    files = make_pngs(shape, 256)
+    with ModelServer(uri, env, workdir, startup_timeout=300.0, workers=workers) as server:
+        server.start()
+        # Warm-up: every worker loads the model and traces its first calls.
+        warm = [request_body(files[i : i + 32]) for i in range(0, 64 * workers, 32)]
+        run_clients(server.port, [request_body(files[:1])] * 8 * workers + warm, 2 * workers)
+        for batch, clients in SCENARIOS:
+            bodies = [
+                request_body([files[(i * batch + j) % len(files)] for j in range(batch)])
+                for i in range(args.requests if batch == 1 else max(8, args.requests // 4))
+            ]
+            latencies, errors, wall = run_clients(server.port, bodies, clients)
+            ms = [value * 1000 for value in latencies]
+            print(
+                f"workers={workers} batch={batch:>2} clients={clients} "
+                f"requests={len(bodies)}: p50 {percentile(ms, 0.5):6.1f} ms  "
+                f"p95 {percentile(ms, 0.95):6.1f} ms  p99 {percentile(ms, 0.99):6.1f} ms  "
+                f"{len(bodies) / wall:7.1f} req/s  {len(bodies) * batch / wall:7.1f} img/s  "
+                f"errors {errors}  mean {statistics.fmean(ms):6.1f} ms",
+                flush=True,
+            )
+        print(f"workers={workers} server peak RSS {group_peak_rss_mb(server.pid):.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="folder32")
+    parser.add_argument("--model-uri", help="serve this models:/ URI (MLFLOW_TRACKING_URI)")
+    parser.add_argument("--requests", type=int, default=200, help="batch-1 requests/scenario")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    args = parser.parse_args()
+    dataset, shape, classes = MODELS[args.model]
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
+        workdir = Path(scratch)
+        if args.model_uri:
+            uri, env = args.model_uri, {}
+        else:
+            from tests.serving_models import register_champion
+
+            name = f"bench-{args.model}"
+            store = register_champion(workdir / "store", name, dataset, shape, classes)
+            uri, env = f"models:/{name}@champion", {"MLFLOW_TRACKING_URI": store}
+        print(f"serving {uri} ({args.model}, {shape}); load average {os.getloadavg()}")
+        for workers in args.workers:
+            bench_workers(uri, env, workers, shape, args, workdir)
+        print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
