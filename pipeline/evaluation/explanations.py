@@ -17,7 +17,10 @@ import numpy as np
 
 from pipeline.config import EvaluateConfig
 from pipeline.evaluation.layout import ACTIVATIONS_DIR, FILTERS_PNG, GRADCAM_PNG, PATTERNS_PNG
+from pipeline.explain import gradients as gradients_module
+from pipeline.explain import patterns as patterns_module
 from pipeline.explain.activations import activation_maps
+from pipeline.explain.cache import ExplanationCache
 from pipeline.explain.figures import (
     plot_activation_grid,
     plot_filters,
@@ -54,10 +57,12 @@ def write_explanations(
     output: Path,
     options: EvaluateConfig,
     backbone_layers: tuple[str, ...] = (),
+    cache: ExplanationCache | None = None,
 ) -> list[Path]:
     """Write the strategy's explanation figures into `output`; return the files written.
     `probabilities` are the test split's, predicted once by the caller: only the few images a
-    figure shows are read from `test`."""
+    figure shows are read from `test`. Filter patterns come from `cache` when it holds them for
+    the same weights and params (None: always computed)."""
     written: list[Path] = []
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
@@ -71,7 +76,10 @@ def write_explanations(
     if mode is not None and options.patterns.filters > 0:
         own = mode == "own"
         layers = conv_layer_names(model) if own else list(backbone_layers)
-        steps.append(("filter patterns", lambda: _patterns(model, layers, output, options, own)))
+        cache = cache or ExplanationCache(None)
+        steps.append(
+            ("filter patterns", lambda: _patterns(model, layers, output, options, own, cache))
+        )
     for what, step in steps:
         if what == "Grad-CAM" and (
             strategy not in GRADCAM_STRATEGIES or not options.gradcam_images
@@ -134,13 +142,20 @@ def _filters(model, model_dir: Path, output: Path) -> list[Path]:
 
 
 def _patterns(
-    model, layers: list[str], output: Path, options: EvaluateConfig, own: bool
+    model,
+    layers: list[str],
+    output: Path,
+    options: EvaluateConfig,
+    own: bool,
+    cache: ExplanationCache,
 ) -> list[Path]:
     """Gradient ascent in input space for the first `filters` filters of each layer.
 
     The model's own layers are drawn in its own input space (raw pixels, its channels); a
     backbone's in the backbone's input space (three channels, after its preprocessing), at
-    `patterns.size` pixels: conv layers do not care about the size they are given.
+    `patterns.size` pixels: conv layers do not care about the size they are given. Each
+    layer's patterns are cached by the weights up to it (a feature-extraction backbone's are
+    the same whatever its head) and the params.
     """
     settings = options.patterns
     patterns = {}
@@ -159,9 +174,19 @@ def _patterns(
             # Not a chain (ResNet's shortcuts): the base's own graph, at its own input size.
             submodel = activation_model(owner, name)
         indices = list(range(min(settings.filters, int(layer.output.shape[-1]))))
-        patterns[name] = filter_patterns(
-            submodel, indices, steps=settings.steps, step_size=settings.step_size
+        params = {"filters": indices, "steps": settings.steps, "step_size": settings.step_size}
+        patterns[name] = cache.fetch(
+            "patterns",
+            submodel,
+            params,
+            (patterns_module, gradients_module),
+            lambda submodel=submodel, indices=indices: filter_patterns(
+                submodel, indices, steps=settings.steps, step_size=settings.step_size
+            ),
         )
+    logger.debug(
+        "filter patterns: %d hit(s), %d computed, cache %s", cache.hits, cache.misses, cache.folder
+    )
     path = output / PATTERNS_PNG
     plot_patterns(patterns, path)
     return [path]

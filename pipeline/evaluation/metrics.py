@@ -8,24 +8,20 @@ the most confident mistakes, the images most worth a look."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from sklearn.metrics import (
-    average_precision_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_curve,
-    precision_recall_fscore_support,
-    roc_auc_score,
-    roc_curve,
-    top_k_accuracy_score,
-)
-from tqdm import tqdm
 
 from pipeline.models.outputs import class_probabilities
 from pipeline.store import ImageSplit
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas, scikit-learn and tqdm are imported where they are used: the promote stage imports
+# this module for check_class_indices alone, and they cost it seconds to start.
 
 PREDICT_BATCH_BYTES = 64 << 20
 """The most bytes of raw uint8 input one predict batch holds."""
@@ -55,24 +51,33 @@ def predict_batch_size(
 
 
 def predict_probabilities(
-    model, images: ImageSplit | np.ndarray, batch_size: int | None = None
+    model,
+    images: ImageSplit | np.ndarray,
+    batch_size: int | None = None,
+    timings: list[tuple[int, float]] | None = None,
 ) -> np.ndarray:
     """Class probabilities (one column per class) of every image, in row order: one
     `model.predict_on_batch` per batch, so each image is predicted once and only one batch of
     images is in memory at a time, whatever the split's size. `batch_size` defaults to
-    `predict_batch_size` of the images' shape.
+    `predict_batch_size` of the images' shape. `timings`, when given, receives each batch's
+    (images, seconds in predict_on_batch), for an images-per-second figure at no extra pass.
 
     `predict_on_batch` runs the very function `predict` runs on each of its batches (the same
     numbers, to the bit), without the data pipeline `predict` builds at every call (a tenth of
     a second each)."""
+    from tqdm import tqdm
+
     shape = images.shape[1:] if isinstance(images, np.ndarray) else images.image_shape
     size = batch_size or predict_batch_size(shape)
     batches = _image_batches(images, size)
     count = -(-len(images) // size)
-    parts = [
-        class_probabilities(model.predict_on_batch(batch))
-        for batch in tqdm(batches, total=count, desc="predicting", unit="batch", disable=count < 8)
-    ]
+    parts = []
+    for batch in tqdm(batches, total=count, desc="predicting", unit="batch", disable=count < 8):
+        start = time.perf_counter()
+        predicted = model.predict_on_batch(batch)
+        if timings is not None:
+            timings.append((len(batch), time.perf_counter() - start))
+        parts.append(class_probabilities(predicted))
     if not parts:
         raise ValueError("there are no images to predict")
     return np.concatenate(parts)
@@ -91,6 +96,8 @@ def _image_batches(images: ImageSplit | np.ndarray, batch_size: int) -> Iterator
 def probability_metrics(y: np.ndarray, probabilities: np.ndarray) -> dict:
     """The headline test metrics from class probabilities (one column per class, as
     class_probabilities gives them): cross-entropy loss, accuracy, macro F1, image count."""
+    from sklearn.metrics import f1_score
+
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predictions = probabilities.argmax(axis=1)
     eps = np.finfo(np.float32).eps
@@ -107,6 +114,9 @@ def compute_confusion(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
 ) -> pd.DataFrame:
     """Raw counts: rows are true classes, columns predicted, both labelled by class name."""
+    import pandas as pd
+    from sklearn.metrics import confusion_matrix
+
     counts = confusion_matrix(y_true, y_pred, labels=np.arange(len(class_names)))
     return pd.DataFrame(counts, index=pd.Index(class_names, name="true"), columns=class_names)
 
@@ -138,6 +148,9 @@ def classification_report_frame(
     split that is a fact worth showing, not an error. A class neither present nor predicted
     keeps its row (all 0, support 0) but is left out of the averages.
     """
+    import pandas as pd
+    from sklearn.metrics import precision_recall_fscore_support
+
     names = [str(name) for name in class_names]
     if not names:
         raise ValueError("class_names is empty: the report needs the class names of the split")
@@ -208,6 +221,8 @@ def metric_safe_names(names: Sequence[str]) -> list[str]:
 def top_k_accuracy(y_true: np.ndarray, probabilities: np.ndarray, k: int) -> float:
     """The share of images whose true class is among the `k` most probable (sklearn's
     top_k_accuracy_score over every class, including classes absent from `y_true`)."""
+    from sklearn.metrics import top_k_accuracy_score
+
     probabilities = _probability_table(probabilities)
     classes = probabilities.shape[1]
     y_true = check_class_indices(
@@ -247,6 +262,13 @@ def binary_curves(y_true: np.ndarray, probabilities: np.ndarray) -> dict:
     optimistically); positive_fraction (the precision of guessing, the PR chance line).
     `probabilities` is (N, 2), or a sigmoid model's (N, 1).
     """
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
+
     probabilities = _probability_table(probabilities)
     if probabilities.shape[1] != 2:
         raise ValueError(

@@ -57,6 +57,7 @@ from pipeline.evaluation.plots import (
     plot_precision_recall_curve,
     plot_roc_curve,
 )
+from pipeline.explain.cache import ExplanationCache
 from pipeline.store import (
     FIRST_KERNEL_FILE,
     HISTORY_FILE,
@@ -68,9 +69,9 @@ from pipeline.store import (
 
 logger = logging.getLogger(__name__)
 
-# Fewer images than this make an images-per-second figure mostly start-up time: the timed
-# pass predicts at least this many.
-MIN_TIMED_IMAGES = 512
+# Fewer images than this make an images-per-second figure mostly timer noise: at least this
+# many are timed, warm (the first batch of a shape traces the predict function).
+MIN_TIMED_IMAGES = 256
 
 
 def evaluate_strategy(
@@ -86,6 +87,7 @@ def evaluate_strategy(
     train_image: np.ndarray | None = None,
     backbone_layers: tuple[str, ...] = (),
     batch_size: int | None = None,
+    cache: ExplanationCache | None = None,
 ) -> dict:
     """Score one strategy's model on the test split, write its report folder `output`
     (metrics, confusion matrices, per-class figures, curves, galleries, explanations) and
@@ -94,14 +96,17 @@ def evaluate_strategy(
 
     The test images are predicted once, a batch at a time (`batch_size`, by default sized by
     memory: `predict_batch_size`); every metric and figure works from those probabilities and
-    reads only the images it shows. `phase_boundary` marks where fine-tuning unfroze on the
-    curves; `augmentation` and `train_image` draw the augmented versions of one training image."""
+    reads only the images it shows, and the images per second are timed on that pass's warm
+    batches. `phase_boundary` marks where fine-tuning unfroze on the curves; `augmentation` and
+    `train_image` draw the augmented versions of one training image; `cache` holds the
+    explanations computed for the same weights before (None: computed)."""
     model = keras.saving.load_model(model_dir / MODEL_FILE)
     output.mkdir(parents=True, exist_ok=True)
     batch_size = batch_size or predict_batch_size(test.image_shape)
-    probabilities = predict_probabilities(model, test, batch_size)
+    timings: list[tuple[int, float]] = []
+    probabilities = predict_probabilities(model, test, batch_size, timings=timings)
     predictions = probabilities.argmax(axis=1)
-    images_per_second = measure_images_per_second(model, test.image_shape, batch_size)
+    images_per_second = measure_images_per_second(model, test.image_shape, timings)
 
     metrics = probability_metrics(test.y, probabilities)
     metrics.update(top_k_metrics(test.y, probabilities))
@@ -147,6 +152,7 @@ def evaluate_strategy(
         output,
         options,
         backbone_layers=backbone_layers,
+        cache=cache,
     )
     return {
         "strategy": strategy,
@@ -161,21 +167,27 @@ def evaluate_strategy(
 
 
 def measure_images_per_second(
-    model: keras.Model, image_shape: tuple[int, ...], batch_size: int
+    model: keras.Model, image_shape: tuple[int, ...], timings: list[tuple[int, float]]
 ) -> float:
-    """Inference throughput on raw uint8 images of `image_shape`, `batch_size` at a time (as
-    the scoring pass predicts them), after a warm-up batch: MIN_TIMED_IMAGES or more are timed.
-
-    The timed images are black, not test images: a convnet does the same work whatever the
-    pixels, so the test images are predicted once (by the scoring pass) and the timing costs
-    the same whatever the test split's size."""
-    batch = np.zeros((batch_size, *image_shape), dtype=np.uint8)
-    model.predict_on_batch(batch)
-    repeats = -(-MIN_TIMED_IMAGES // batch_size)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        model.predict_on_batch(batch)
-    return float(repeats * batch_size / max(time.perf_counter() - start, 1e-9))
+    """Inference throughput on raw uint8 images of `image_shape`, from the scoring pass's
+    `timings` (images, seconds of each predict_on_batch, in order): its batches of the first
+    batch's size after the first (which traced the predict function) are warm. Where they hold
+    fewer than MIN_TIMED_IMAGES (a small test split), black batches of that size, already
+    traced, make up the rest: a convnet does the same work whatever the pixels, so no test
+    image is predicted twice and a large test split costs no extra pass."""
+    if not timings:
+        raise ValueError("no scoring batch was timed: predict the test images first")
+    size = timings[0][0]
+    warm = [seconds for count, seconds in timings[1:] if count == size]
+    images, seconds = size * len(warm), sum(warm)
+    if images < MIN_TIMED_IMAGES:
+        batch = np.zeros((size, *image_shape), dtype=np.uint8)
+        for _ in range(-(-(MIN_TIMED_IMAGES - images) // size)):
+            start = time.perf_counter()
+            model.predict_on_batch(batch)
+            seconds += time.perf_counter() - start
+            images += size
+    return float(images / max(seconds, 1e-9))
 
 
 def write_confusion(

@@ -13,7 +13,6 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.contingency_tables import mcnemar
 
 # Below this many discordant pairs the chi-square approximation is poor: use the exact test.
 EXACT_BELOW = 25
@@ -72,6 +71,9 @@ def mcnemar_test(
         [int(np.sum(champion_right & challenger_right)), champion_only],
         [challenger_only, int(np.sum(~champion_right & ~challenger_right))],
     ]
+    # Imported here: statsmodels costs almost a second at import, in every compare and promote.
+    from statsmodels.stats.contingency_tables import mcnemar
+
     result = mcnemar(table, exact=exact, correction=True)
     return McNemarResult(
         challenger_only, champion_only, float(result.statistic), float(result.pvalue), exact

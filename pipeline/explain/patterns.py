@@ -1,8 +1,9 @@
 """Filter patterns (Chollet's listings 5.32-5.39; keras-io "visualizing what convnets learn"):
 the input image each filter answers most strongly to, found by gradient ascent in input space.
 
-All the filters of a layer are optimized in one batch, image i for filter i, so a layer costs
-`steps` forward and backward passes, however many filters are drawn.
+All the filters of a layer are optimized in one batch, image i for filter i, by one compiled
+step function (gradients.compile_ascent_step): a layer costs one trace and `steps` forward and
+backward passes, however many filters are drawn.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pipeline.explain.gradients import value_and_gradient
+from pipeline.explain.gradients import compile_ascent_step
 from pipeline.explain.graph import ExplainError
 
 # The border of an activation map sees padding more than image: keras-io leaves it out of the
@@ -77,16 +78,12 @@ def gradient_ascent(
     # keras-io's start: faint noise around a grey image, in the model's input space.
     noise = (rng.random((len(filter_indices), *shape)) - 0.5) * 0.25 * scale
     start = (center + noise).astype("float32")
-    step_size = step_size * scale
     one_hot = np.eye(channels, dtype="float32")[filter_indices]
-    loss = _filter_losses(activation_model, one_hot)
-    images = start.copy()
-    axes = tuple(range(1, images.ndim))
+    step = compile_ascent_step(_filter_losses(activation_model, one_hot), step_size * scale)
+    images = start
     for _ in range(steps):
-        _, gradients = value_and_gradient(loss, images)
-        norms = np.sqrt(np.sum(np.square(gradients), axis=axes, keepdims=True))
-        images = images + step_size * gradients / (norms + 1e-8)
-    return start, images.astype("float32")
+        images = step(images)
+    return start, np.asarray(keras.ops.convert_to_numpy(images), dtype="float32")
 
 
 def deprocess_image(image: np.ndarray) -> np.ndarray:

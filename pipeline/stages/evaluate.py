@@ -52,6 +52,7 @@ def main(argv: Sequence[str]) -> None:
 
     # Keras and MLflow load only after the server check (see the train stage).
     from pipeline.evaluation.report import evaluate_strategy
+    from pipeline.explain.cache import explanation_cache
     from pipeline.models.backbones import BACKBONES
     from pipeline.tracking.runs import configure_tracking
 
@@ -78,6 +79,9 @@ def main(argv: Sequence[str]) -> None:
             training_seconds=run.training_seconds,
             train_image=train_image,
             backbone_layers=backbone.pattern_layers if backbone else (),
+            # Outside every DVC out (see pipeline/explain/cache.py): a model evaluated before,
+            # with the same weights and params, reuses its filter patterns.
+            cache=explanation_cache(Path.cwd()),
         )
     finally:
         test.close()

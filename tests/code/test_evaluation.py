@@ -438,3 +438,39 @@ def test_predict_batches_are_sized_by_memory() -> None:
 def test_predicting_no_image_is_refused() -> None:
     with pytest.raises(ValueError, match="no images to predict"):
         predict_probabilities(_FixedModel(np.eye(2)), np.zeros((0, 2, 2, 1), np.uint8))
+
+
+class _TimedModel:
+    """A model whose predict_on_batch records the shapes it is given."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, ...]] = []
+
+    def predict_on_batch(self, x):
+        self.batches.append(x.shape)
+        return np.full((len(x), 2), 0.5)
+
+
+def test_images_per_second_come_from_the_scoring_pass_when_it_is_long_enough() -> None:
+    """Warm scoring batches (the first batch's size, after it) are timed as they are: a large
+    test split costs no extra prediction."""
+    from pipeline.evaluation.report import MIN_TIMED_IMAGES, measure_images_per_second
+
+    model = _TimedModel()
+    size = MIN_TIMED_IMAGES // 2
+    # The first batch traces and the last is smaller: neither is timed.
+    timings = [(size, 9.0), (size, 0.5), (size, 0.5), (size, 0.5), (7, 3.0)]
+    assert measure_images_per_second(model, (8, 8, 1), timings) == pytest.approx(3 * size / 1.5)
+    assert model.batches == []
+
+
+def test_a_small_test_split_is_timed_on_black_batches_of_its_warm_shape() -> None:
+    from pipeline.evaluation.report import MIN_TIMED_IMAGES, measure_images_per_second
+
+    model = _TimedModel()
+    ips = measure_images_per_second(model, (8, 8, 1), [(100, 5.0)])
+    # The scoring pass's one batch traced the function for 100 images: that shape, no warm-up.
+    assert model.batches == [(100, 8, 8, 1)] * -(-MIN_TIMED_IMAGES // 100)
+    assert ips > 0
+    with pytest.raises(ValueError, match="no scoring batch"):
+        measure_images_per_second(model, (8, 8, 1), [])

@@ -20,7 +20,7 @@ from pipeline.explain.figures import (
 )
 from pipeline.explain.filters import first_conv_kernel
 from pipeline.explain.gradcam import grad_cam, superimpose
-from pipeline.explain.gradients import value_and_gradient
+from pipeline.explain.gradients import compile_ascent_step, value_and_gradient
 from pipeline.explain.graph import (
     ExplainError,
     activation_model,
@@ -387,3 +387,18 @@ def test_patterns_png(tmp_path: Path) -> None:
     assert _read_png(path).shape[:2] == (240, 660)
     with pytest.raises(ValueError, match="no filter patterns"):
         plot_patterns({}, tmp_path / "none.png")
+
+
+def test_a_compiled_ascent_step_follows_the_normalized_gradient() -> None:
+    """compile_ascent_step moves each sample by `step_size` along its own gradient's
+    direction: what the eager value_and_gradient gives, normalized."""
+    weights = np.array([1.0, -2.0, 3.0], dtype="float32")
+
+    def cubic(x):
+        return keras.ops.sum(x**3 * weights, axis=-1)
+
+    x = np.array([[1.0, 2.0, 0.5], [0.5, -1.0, 2.0]], dtype="float32")
+    moved = keras.ops.convert_to_numpy(compile_ascent_step(cubic, 0.1)(x))
+    _, gradient = value_and_gradient(cubic, x)
+    expected = x + 0.1 * gradient / np.linalg.norm(gradient, axis=1, keepdims=True)
+    np.testing.assert_allclose(moved, expected, rtol=1e-5)

@@ -40,12 +40,14 @@ def traced(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     env = make_project_copy(root, tiny)
     trace_file = root.parent / "trace.json"
-    # Caches are the user's, outside the project, as they are outside a real checkout.
+    # Caches are the user's, outside the project, as they are outside a real checkout (the
+    # explanation cache, .pipeline/explanations by default, is git-ignored local state too).
     outside = {
         "HOME": "home",
         "MPLCONFIGDIR": "mpl",
         "KERAS_HOME": "keras",
         "PIPELINE_DATA_CACHE": "data-cache",
+        "PIPELINE_EXPLANATION_CACHE": "explanations",
     }
     env.update({name: str(root.parent / folder) for name, folder in outside.items()})
     runner = PROJECT_ROOT / "tests" / "trace_stages.py"
