@@ -6,7 +6,10 @@ Measures, with the project's own model builders (pipeline.models.backbones and .
     and in mixed_bfloat16, two ways: `predict` from host memory (what the features stage does)
     and a jitted forward pass on a batch already on the device (the model alone);
   - fine-tuning train steps/s (VGG16 + head, unfrozen from block5_conv1, batch 64 at 224x224)
-    through `model.fit`, in both precisions.
+    through `model.fit`, in both precisions;
+  - the same fine-tuning through the pipeline's own path (`training.fit.fit_model`), fed from
+    arrays in memory and streamed from a sharded store on disk (`training.feed.StreamFeed`), so
+    the ratio says whether the feed keeps the GPU busy.
 Each is set against the roofline: VGG16 at 224x224 is about 15.5 GFLOP per image forward,
 scaled by (side/224)^2 for other sides; a train step counts 3x forward (an upper bound here:
 blocks 1-4 are frozen, so their backward pass is skipped); the peak is --peak-tflops (989: H100
@@ -250,6 +253,86 @@ def measure_train(precision: str, settings: Settings) -> float:
     return settings.train_steps / epoch_s[-1]
 
 
+def _EpochTimer():
+    """A callback timing each epoch from its start to its last batch's end (not validation)."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch_s: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.end = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_s.append(self.end - self.start)
+
+    return EpochTimer()
+
+
+def measure_pipeline_fit(precision: str, settings: Settings, store_root: Path) -> dict[str, float]:
+    """Train steps/s of the fine-tuning model through `fit_model`, the train stage's path: fed
+    from arrays, then streamed from a store of the same images on disk (second epoch each)."""
+    import keras
+
+    from pipeline.models.backbones import BACKBONES
+    from pipeline.models.heads import build_fine_tune_model, set_trainable_from
+    from pipeline.store import open_split, write_store_from_arrays
+    from pipeline.training.feed import FeedSource
+    from pipeline.training.fit import FitOptions, compile_classifier, fit_model
+
+    side, batch = settings.train_side, settings.train_batch_size
+    count = settings.train_steps * batch
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(count, side, side, 3), dtype=np.uint8)
+    labels = rng.integers(0, NUM_CLASSES, size=count).astype(np.int64)
+    classes = [str(index) for index in range(NUM_CLASSES)]
+    write_store_from_arrays(
+        store_root,
+        {
+            "train": (images, labels),
+            "val": (images[:batch], labels[:batch]),
+            "test": (images[:batch], labels[:batch]),
+        },
+        classes,
+        shard_bytes=64 << 20,
+    )
+    rates = {}
+    for label, train, val in (
+        ("arrays", (images, labels), (images[:batch], labels[:batch])),
+        (
+            "store",
+            FeedSource.from_split(open_split(store_root, "train")),
+            FeedSource.from_split(open_split(store_root, "val")),
+        ),
+    ):
+        keras.backend.clear_session()
+        keras.mixed_precision.set_dtype_policy(precision)
+        backbone = BACKBONES["vgg16"]
+        base = backbone.build(side, None)
+        model = build_fine_tune_model(
+            (side, side, 3), NUM_CLASSES, backbone, base, dense_units=256, dropout_rate=0.5
+        )
+        set_trainable_from(base, UNFREEZE_FROM)
+        compile_classifier(model, "rmsprop", 1e-5)
+        timer = _EpochTimer()
+        fit_model(
+            model,
+            train,
+            val,
+            FitOptions(epochs=2, batch_size=batch),
+            seed=0,
+            callbacks=[timer],
+        )
+        rates[label] = settings.train_steps / timer.epoch_s[-1]
+    keras.mixed_precision.set_dtype_policy("float32")
+    return rates
+
+
 def describe_environment() -> str:
     import jax
     import keras
@@ -321,6 +404,23 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{precision:>15} {steps:>9.2f} {steps * batch:>10,.0f} {tflops:>9.3g} "
             f"{100 * tflops / peak:>9.3g}% {peak * 1000.0 / step_gflop:>17,.1f}",
+            flush=True,
+        )
+
+    print()
+    print(
+        f"the same fine-tuning through the pipeline (training.fit.fit_model), batch {batch} at "
+        f"{side}x{side}: fed from arrays in memory, and streamed from a sharded store on disk"
+    )
+    print(f"{'precision':>15} {'arrays steps/s':>15} {'store steps/s':>14} {'store/arrays':>13}")
+    import tempfile
+
+    for precision in settings.precisions:
+        with tempfile.TemporaryDirectory(prefix="bench-gpu-store-") as directory:
+            rates = measure_pipeline_fit(precision, settings, Path(directory) / "prepared")
+        print(
+            f"{precision:>15} {rates['arrays']:>15.2f} {rates['store']:>14.2f} "
+            f"{rates['store'] / rates['arrays']:>13.2f}",
             flush=True,
         )
 
