@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.store import CLASSES_FILE, MANIFEST_FILE, ImageSplit
 from pipeline.tracking.runs import RunRecorder, create_run, log_keras_model, numeric_metrics
+from pipeline.tracking.server import store_root
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +133,24 @@ def _unevaluated_run(run_id: str | None) -> str | None:
         return None if is_evaluated(run_id) else run_id
     except MlflowException:
         return None
+
+
+TENSORBOARD_LOGS_DIR = "logs"
+"""Under the (main) project's root, outside every DVC out: `dvc status` never sees it."""
+TENSORBOARD_ARTIFACTS = "tensorboard"
+"""Where a strategy's run keeps a copy of its training's TensorBoard logs."""
+
+
+def tensorboard_directory(project_root: Path, strategy: str, run_id: str) -> Path:
+    """logs/<strategy>/<run id> under the project whose MLflow store the run uses (a queued DVC
+    experiment's copy writes into the main project, as its runs do)."""
+    return store_root(project_root) / TENSORBOARD_LOGS_DIR / strategy / run_id
+
+
+def log_tensorboard_logs(board_dir: Path) -> bool:
+    """Copy a training's TensorBoard logs into the active run, under tensorboard/: by the train
+    stage, and by `pipeline sync-mlflow` for a run it logs again. False when there are none."""
+    if not board_dir.is_dir():
+        return False
+    mlflow.log_artifacts(str(board_dir), TENSORBOARD_ARTIFACTS)
+    return True

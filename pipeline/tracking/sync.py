@@ -43,8 +43,10 @@ from pipeline.tracking.strategy_runs import (
     is_evaluated,
     log_epoch_metrics,
     log_evaluation,
+    log_tensorboard_logs,
     log_training_inputs,
     log_training_outputs,
+    tensorboard_directory,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,8 @@ def sync_runs(
         run_id = _existing_run(client, record, state.get(strategy), fingerprint)
         if run_id is None:
             example = _input_example(root, paths, model_dir)
-            run_id = log_training_run(record, model_dir, example, experiment_id)
+            board_dir = tensorboard_directory(root, strategy, record.run_id)
+            run_id = log_training_run(record, model_dir, example, experiment_id, board_dir)
             state[strategy] = {"run_json": fingerprint, "run_id": run_id}
             write_json(state_file, state)
             actions.append(f"logged the training run {run_id}")
@@ -99,10 +102,15 @@ def sync_runs(
 
 
 def log_training_run(
-    record: RunRecord, model_dir: Path, example: np.ndarray, experiment_id: str
+    record: RunRecord,
+    model_dir: Path,
+    example: np.ndarray,
+    experiment_id: str,
+    board_dir: Path | None = None,
 ) -> str:
-    """Log a strategy's training from its model folder as a new, finished run, as the train
-    stage would have; mark the partial run it replaces. Return the new run's id."""
+    """Log a strategy's training from its model folder (and its TensorBoard logs in
+    `board_dir`, when there) as a new, finished run, as the train stage would have; mark the
+    partial run it replaces. Return the new run's id."""
     tags = {**record.tags, SYNCED_TAG: "true", ORIGINAL_RUN_TAG: record.run_id}
     run_id = create_run(experiment_id, record.run_name, tags)
     with mlflow.start_run(run_id=run_id):
@@ -112,6 +120,8 @@ def log_training_run(
             log_epoch_metrics(row, step)
         model = keras.saving.load_model(model_dir / MODEL_FILE)
         log_training_outputs(model_dir, model, example)
+        if board_dir is not None:
+            log_tensorboard_logs(board_dir)
     client = mlflow.MlflowClient()
     try:
         client.set_terminated(record.run_id, "FAILED")

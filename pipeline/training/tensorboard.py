@@ -15,18 +15,7 @@ from pathlib import Path
 
 import keras
 
-from pipeline.tracking.server import store_root
-
 logger = logging.getLogger(__name__)
-
-LOGS_DIR = "logs"
-"""Under the (main) project's root, outside every DVC out: `dvc status` never sees it."""
-
-
-def tensorboard_directory(project_root: Path, strategy: str, run: str) -> Path:
-    """logs/<strategy>/<run> under the project whose MLflow store the run uses (a queued DVC
-    experiment's copy writes into the main project, as its runs do)."""
-    return store_root(project_root) / LOGS_DIR / strategy / run
 
 
 def tensorboard_callback(log_dir: Path) -> keras.callbacks.Callback | None:

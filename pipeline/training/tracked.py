@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -45,8 +44,10 @@ from pipeline.tracking.runs import RunRecorder, configure_tracking, create_run
 from pipeline.tracking.strategy_runs import (
     input_example,
     log_epoch_metrics,
+    log_tensorboard_logs,
     log_training_inputs,
     log_training_outputs,
+    tensorboard_directory,
 )
 from pipeline.training.accelerators import training_scope
 from pipeline.training.backup import TrainingBackup
@@ -60,7 +61,7 @@ from pipeline.training.interface import (
     TrainingData,
 )
 from pipeline.training.precision import apply_precision, choose_precision, describe_devices
-from pipeline.training.tensorboard import tensorboard_callback, tensorboard_directory
+from pipeline.training.tensorboard import tensorboard_callback
 from pipeline.training.workers import process_grid
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def train_and_record(
             "model", log_training_outputs, out, result.model, input_example(splits["test"])
         )
         if board is not None and board_dir.is_dir():
-            recorder("tensorboard logs", mlflow.log_artifacts, str(board_dir), "tensorboard")
+            recorder("tensorboard logs", log_tensorboard_logs, board_dir)
             logger.info("TensorBoard logs in %s (make tensorboard)", board_dir)
     RunRecord(
         run_id=recorder.run_id,

@@ -21,8 +21,9 @@ from tests.project import PROJECT_ROOT, make_project_copy
 pytestmark = pytest.mark.long_module
 
 # The MLflow store is shared state outside the pipeline's data flow: every training run adds to
-# it, and no stage reads another's entries from it, so it is no stage's DVC out.
-TRACKING_STORE = ("mlflow.db", "mlruns/")
+# it, and no stage reads another's entries from it, so it is no stage's DVC out. So are the
+# TensorBoard logs (logs/<strategy>/<run id>), which a training writes and copies into its run.
+TRACKING_STORE = ("mlflow.db", "mlruns/", "logs/")
 
 
 def tiny(params: dict) -> dict:
@@ -86,6 +87,8 @@ def test_the_trace_sees_what_each_stage_really_reads_and_writes(traced) -> None:
     assert "reports/metrics.json" in trace["compare"]["writes"]
     # One process: the store is opened once, by the first stage that tracks.
     assert "mlflow.db" in trace["train_scratch"]["writes"]
+    # The TensorBoard logs the training wrote, read back to be stored in its MLflow run.
+    assert any(path.startswith("logs/scratch/") for path in trace["train_scratch"]["reads"])
     assert any(path.startswith("mlruns/") for path in trace["evaluate@scratch"]["writes"])
 
 

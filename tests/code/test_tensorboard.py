@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from keras import layers
 
+from pipeline.tracking.strategy_runs import tensorboard_directory
 from pipeline.training import tensorboard as tensorboard_module
 from pipeline.training.fit import FitOptions, fit_model
-from pipeline.training.tensorboard import tensorboard_callback, tensorboard_directory
+from pipeline.training.tensorboard import tensorboard_callback
 
 tf = pytest.importorskip("tensorflow")
 
