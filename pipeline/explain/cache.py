@@ -23,7 +23,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from types import ModuleType
 
 import keras
 import numpy as np
+
+from pipeline.store import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -144,15 +145,8 @@ class ExplanationCache:
     def _store(self, path: Path, value: np.ndarray) -> None:
         """Write atomically (a reader never sees half a file), then drop the least recently
         used entries beyond MAX_ENTRIES."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.save(stream, np.asarray(value), allow_pickle=False)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb") as stream:
+            np.save(stream, np.asarray(value), allow_pickle=False)
         entries = sorted(path.parent.glob("*.npy"), key=_mtime, reverse=True)
         for old in entries[MAX_ENTRIES:]:
             old.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ cached in Keras' models folder, named by the source's SHA-256.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -25,6 +24,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.models.backbones import VGG16
+from pipeline.store import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -145,15 +145,6 @@ def build_hed_vgg16_weights(source: Path, target: Path) -> Path:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return target
-
-
-def sha256_of(path: Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def hed_cache_name(source_sha256: str) -> str:

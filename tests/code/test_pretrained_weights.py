@@ -22,9 +22,9 @@ from pipeline.models.hed import (
     hed_source_file,
     hed_vgg16_weights_file,
     read_hed_vgg16_layers,
-    sha256_of,
 )
 from pipeline.models.weights import keras_cache_dir
+from pipeline.store import sha256_of
 
 # bias[0] of each conv layer of the original VGG16 release (Simonyan & Zisserman, 2014), which
 # HED starts from, as printed from MatConvNet's conversion of it. Fine-tuning at 1e-6 moves them
