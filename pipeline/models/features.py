@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from pipeline.entry import Progress
-from pipeline.store import ImageSplit, write_npy_rows
+from pipeline.store import write_npy_rows
 
 CHUNK_IMAGES = 1024
 """Images run through the base per chunk: the features of one chunk are all that is held in
@@ -23,18 +23,21 @@ float copy of a chunk is four times that, and more once resized to the backbone'
 
 def write_features(
     extractor,
-    images: ImageSplit,
+    images,
     path: Path,
     batch_size: int,
     chunk_images: int = CHUNK_IMAGES,
+    label: str | None = None,
 ) -> tuple[int, ...]:
-    """Run the conv base over the split `images` chunk by chunk, reading each chunk's images
-    from the split and appending its float32 features to the .npy file `path` with plain
-    writes (no memory map, whose dirty pages would count in this process's memory); return
-    the features' shape."""
+    """Run `extractor` over `images` (a store split, or any rows with `len` and `read(rows)`)
+    chunk by chunk, reading each chunk's rows and appending its float32 outputs to the .npy
+    file `path` with plain writes (no memory map, whose dirty pages would count in this
+    process's memory); return the outputs' shape. Progress is reported as `label` (the file's
+    stem by default)."""
     feature_shape = tuple(int(dim) for dim in extractor.output_shape[1:])
     shape = (len(images), *feature_shape)
-    image_bytes = max(1, int(np.prod(images.image_shape, dtype=np.int64)))
+    input_shape = extractor.input_shape[1:]
+    image_bytes = max(1, int(np.prod(input_shape, dtype=np.int64)))
     # CHUNK_BYTES may shorten a chunk of large images, but not below one predict batch; a
     # chunk is whole batches, so only a split's last batch has another shape (each new shape
     # is one more traced function kept in memory).
@@ -45,8 +48,9 @@ def write_features(
 
     def features():
         # A bar on a terminal, a line per 10% in DVC's log; none for a split of one chunk.
-        progress = Progress(len(images), path.stem) if chunks > 1 else None
-        for _, chunk in images.batches(step):
+        progress = Progress(len(images), label or path.stem) if chunks > 1 else None
+        for first in range(0, len(images), step):
+            chunk = images.read(np.arange(first, min(first + step, len(images))))
             if progress is not None:
                 progress.update(len(chunk))
             # predict_on_batch, batch by batch: `predict` builds a data pipeline at every call,

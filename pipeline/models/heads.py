@@ -169,3 +169,71 @@ def set_trainable_from(base: keras.Model, first_trainable: str | None) -> None:
     for layer in base.layers:
         trainable = trainable or layer.name == first_trainable
         layer.trainable = trainable
+
+
+@dataclass(frozen=True)
+class FrozenCut:
+    """An assembled model cut in two where its frozen layers end, sharing its layers:
+
+        image -> `below` -> activations at the cut -> `above` -> class probabilities
+
+    `above(below(x))` computes what the model computes, in inference mode for the base as in
+    the model. Training `above` trains the model's own weights."""
+
+    below: keras.Model
+    above: keras.Model
+    layer: str | None
+    """The first layer above the cut (None: the cut is the base's output)."""
+    base_above: keras.Model | None = None
+    """The base's layers above the cut (None when the cut is the base's output)."""
+    head: keras.Model | None = None
+    """The model's `head` sub-model."""
+
+    def at_head(self) -> FrozenCut:
+        """The cut moved up to the base's output: `below` takes this cut's activations to the
+        base's outputs, `above` is the head (itself when the cut is there already)."""
+        if self.base_above is None:
+            return self
+        activations = keras.Input(shape=tuple(self.above.input_shape[1:]), name="activations")
+        below = keras.Model(
+            activations,
+            self.base_above(activations, training=False),
+            name=f"{self.base_above.name}_outputs",
+        )
+        return FrozenCut(below=below, above=self.head, layer=None, head=self.head)
+
+
+def cut_below(model: keras.Model, first_layer: str | None) -> FrozenCut | None:
+    """`model` (assembled here) cut at the input of the base's layer `first_layer`, or at the
+    base's output when None; None when `model` has no named parts or that input does not cut
+    the base's graph in two (a residual connection crossing it)."""
+    parts = model_parts(model)
+    if parts is None:
+        return None
+    preprocessing, base, head = parts.in_order()
+    image = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="image")
+    upper = None
+    if first_layer is None:
+        below_output = base(preprocessing(image), training=False)
+        cut = keras.Input(shape=tuple(base.output.shape[1:]), name="activations")
+        above_output = head(cut)
+    else:
+        layer_input = base.get_layer(first_layer).input
+        if not isinstance(layer_input, keras.KerasTensor) or layer_input is base.inputs[0]:
+            return None
+        try:
+            lower = keras.Model(base.input, layer_input, name=f"{base.name}_below_{first_layer}")
+            upper = keras.Model(layer_input, base.output, name=f"{base.name}_from_{first_layer}")
+        except ValueError:
+            return None
+        below_output = lower(preprocessing(image), training=False)
+        cut = keras.Input(shape=tuple(layer_input.shape[1:]), name="activations")
+        above_output = head(upper(cut, training=False))
+    where = first_layer or "head"
+    return FrozenCut(
+        below=keras.Model(image, below_output, name=f"{model.name}_below_{where}"),
+        above=keras.Model(cut, above_output, name=f"{model.name}_from_{where}"),
+        layer=first_layer,
+        base_above=upper,
+        head=head,
+    )

@@ -17,6 +17,7 @@ from pipeline.models.heads import (
 )
 from pipeline.training.fine_tune import build_transfer_model
 from pipeline.training.fit import FitOptions, TrainingResult, compile_classifier
+from pipeline.training.frozen import frozen_view
 from pipeline.training.interface import DataKind, Strategy, TrainingContext, TrainingData
 
 
@@ -48,8 +49,11 @@ def _train_end_to_end(
 ) -> TrainingResult:
     model = build_transfer_model(data, config, context, name="feature_extraction")
     set_trainable_from(context.require_backbone("feature_extraction").base, None)
-    compile_classifier(model, config.optimizer, config.learning_rate)
-    history = context.fit(model, data, FitOptions.of(config))
+    # Without augmentation, the head trains on the base's outputs computed once, as in mode
+    # cached but inside this stage (`training.frozen`).
+    with frozen_view(model, None, data, context) as view:
+        view.compile(config.optimizer, config.learning_rate)
+        history = view.fit(context, FitOptions.of(config))
     return TrainingResult(model, history)
 
 

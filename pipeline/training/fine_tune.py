@@ -12,12 +12,8 @@ import keras
 
 from pipeline.config import FeatureExtractionConfig, FineTuneConfig
 from pipeline.models.heads import build_fine_tune_model, set_trainable_from
-from pipeline.training.fit import (
-    HISTORY_KEYS,
-    FitOptions,
-    TrainingResult,
-    compile_classifier,
-)
+from pipeline.training.fit import HISTORY_KEYS, FitOptions, TrainingResult
+from pipeline.training.frozen import frozen_view
 from pipeline.training.interface import Strategy, TrainingContext, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -55,33 +51,39 @@ def train_fine_tune(
     backbone = context.require_backbone("fine_tune")
     model = build_transfer_model(data, config, context)
     state = context.backup.load() if context.backup is not None else None
-    if state is not None and state.phase == "tune":
-        head_history = {
-            key: list(state.history.get(key, []))[: config.head_epochs] for key in HISTORY_KEYS
-        }
-        logger.info("fine_tune phase 1 finished before the crash: skipped")
-    else:
-        set_trainable_from(backbone.base, None)
-        compile_classifier(model, config.optimizer, config.head_learning_rate)
-        logger.info("fine_tune phase 1: %d epochs on the head, base frozen", config.head_epochs)
-        head_history = context.fit(
-            model,
-            data,
-            FitOptions.of(config, epochs=config.head_epochs, schedules=False),
-            phase="head",
+    # Neither phase trains a layer below unfreeze_from: without augmentation, both train
+    # the layers above it on activations computed once (`training.frozen`), the head phase
+    # on the base's outputs computed once from those.
+    with frozen_view(model, backbone.unfreeze_from, data, context) as view:
+        if state is not None and state.phase == "tune":
+            head_history = {
+                key: list(state.history.get(key, []))[: config.head_epochs] for key in HISTORY_KEYS
+            }
+            logger.info("fine_tune phase 1 finished before the crash: skipped")
+        else:
+            set_trainable_from(backbone.base, None)
+            logger.info("fine_tune phase 1: %d epochs on the head, base frozen", config.head_epochs)
+            # The whole base frozen: the head trains on the base's outputs, computed once.
+            with view.at_head() as head_view:
+                head_view.compile(config.optimizer, config.head_learning_rate)
+                head_history = head_view.fit(
+                    context,
+                    FitOptions.of(config, epochs=config.head_epochs, schedules=False),
+                    phase="head",
+                )
+        set_trainable_from(backbone.base, backbone.unfreeze_from)
+        # Recompiling is what makes the new trainable flags take effect.
+        view.compile(config.optimizer, config.learning_rate)
+        logger.info(
+            "fine_tune phase 2: %d epochs from %s on", config.epochs, backbone.unfreeze_from
         )
-    set_trainable_from(backbone.base, backbone.unfreeze_from)
-    # Recompiling is what makes the new trainable flags take effect.
-    compile_classifier(model, config.optimizer, config.learning_rate)
-    logger.info("fine_tune phase 2: %d epochs from %s on", config.epochs, backbone.unfreeze_from)
-    tune_history = context.fit(
-        model,
-        data,
-        FitOptions.of(config),
-        initial_epoch=len(head_history["loss"]),
-        phase="tune",
-        history_before=head_history,
-    )
+        tune_history = view.fit(
+            context,
+            FitOptions.of(config),
+            initial_epoch=len(head_history["loss"]),
+            phase="tune",
+            history_before=head_history,
+        )
     history = {key: head_history[key] + tune_history[key] for key in HISTORY_KEYS}
     return TrainingResult(model, history, phase_boundaries=[len(head_history["loss"])])
 
