@@ -43,6 +43,11 @@ class _TrainingBoard(keras.callbacks.TensorBoard):
             self._op_graph_written = True
             write_op_graph(self.model, self._train_writer)
 
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # Keras writes every batch's logs as "batch_*" scalars even with update_freq="epoch",
+        # when no writer is set to receive them: a millisecond a batch for nothing.
+        super().on_train_batch_end(batch, logs if self.update_freq != "epoch" else None)
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         super().on_epoch_end(epoch, logs)
         for writer in self._writers.values():
