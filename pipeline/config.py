@@ -308,8 +308,10 @@ class PatternsConfig(_Strict):
 
     filters: NonNegativeInt = 8  # patterns per layer (0: none)
     size: Annotated[int, Field(ge=16, le=512)] = 64  # side of each pattern, in pixels
-    steps: PositiveInt = 30  # gradient-ascent steps
-    step_size: PositiveFloat = 10.0
+    # 15 steps of 20 move as far as keras-io's 30 of 10 and draw the same patterns, in half the
+    # time (the slowest figure: gradient ascent through VGG16 up to block5_conv1).
+    steps: PositiveInt = 15  # gradient-ascent steps
+    step_size: PositiveFloat = 20.0
 
 
 class EvaluateConfig(_Strict):
