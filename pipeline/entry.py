@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
@@ -76,14 +76,19 @@ _CHATTER_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"Skipping variable loading for optimizer", UserWarning),
 )
 
-# TensorFlow's native start-up lines, written straight to file descriptor 2 before absl's
-# logging is initialised (TF_CPP_MIN_LOG_LEVEL does not reach them): once per shared library.
+# TensorFlow's native lines, written straight to file descriptor 2 (TF_CPP_MIN_LOG_LEVEL does not
+# reach those written before absl's logging is initialised, nor its errors): its start-up banner,
+# once per shared library, and errors that are not (device probing, graph attributes).
 _NATIVE_CHATTER = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "  # absl INFO lines (oneDNN, no CUDA driver)
     r"|To enable the following instructions: .* with the appropriate compiler flags\."
     r"|[EW]\d{4} .*(Unable to register cu(DNN|FFT|BLAS) factory"
-    r"|computation placer already registered|TF-TRT Warning: Could not find TensorRT))"
+    r"|computation placer already registered|TF-TRT Warning: Could not find TensorRT"
+    # A CPU-only machine with TensorFlow's CUDA libraries: the stage logs the devices it uses.
+    r"|failed call to cuInit"
+    # Keras' tf.data graphs, made by a newer TensorFlow than the op registry knows (harmless).
+    r"|NodeDef mentions attribute use_unbounded_threadpool))"
 )
 
 _QUIET_IMPORTS = ("tensorflow",)
@@ -160,6 +165,18 @@ def quiet_environment(debug: bool) -> None:
             warnings.filterwarnings("ignore", message=message, category=category)
 
 
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+
+
+def stderr_is_terminal() -> bool:
+    """Whether standard error was a terminal when the process started (it is a pipe while
+    `filtered_native_stderr` filters it)."""
+    return _STDERR_TERMINAL
+
+
 @contextmanager
 def filtered_native_stderr(keep: Callable[[str], bool]) -> Iterator[None]:
     """Pass what native code writes to file descriptor 2 through `keep`, line by line, as it
@@ -169,10 +186,20 @@ def filtered_native_stderr(keep: Callable[[str], bool]) -> Iterator[None]:
     read_end, write_end = os.pipe()
 
     def relay() -> None:
-        with os.fdopen(read_end, "rb") as source:
-            for line in source:
-                if keep(line.decode(errors="replace").rstrip("\n")):
-                    os.write(original, line)
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as source:
+            while chunk := source.read(65536):
+                pending += chunk
+                # A segment ending in a carriage return (a progress bar redrawn in place) goes
+                # out at once; a whole line only if `keep` keeps it.
+                for segment in re.findall(rb"[^\r\n]*(?:\r\n|\r|\n)", pending):
+                    pending = pending[len(segment) :]
+                    if segment.endswith(b"\r") or keep(
+                        segment.decode(errors="replace").rstrip("\r\n")
+                    ):
+                        _write_all(original, segment)
+            if pending and keep(pending.decode(errors="replace")):
+                _write_all(original, pending)
 
     thread = threading.Thread(target=relay, name="native-stderr", daemon=True)
     thread.start()
@@ -251,7 +278,7 @@ class Progress:
         self.total, self.what, self.unit = max(0, int(total)), what, unit
         self.done, self.reported = 0, 0
         self.bar = None
-        if sys.stderr.isatty():
+        if stderr_is_terminal():
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, desc=what, unit=unit, file=sys.stderr, leave=False)
@@ -295,8 +322,12 @@ def run_entry(
     debug = debug_requested(argv)
     configure_logging(debug)
     _run.label, _run.started = stage_label(name), time.monotonic()
+    native = (
+        nullcontext() if debug else filtered_native_stderr(lambda line: not is_native_chatter(line))
+    )
     try:
-        status = main([arg for arg in argv if arg not in VERBOSE_FLAGS])
+        with native:
+            status = main([arg for arg in argv if arg not in VERBOSE_FLAGS])
     except PipelineError as error:
         print(f"error in {name}: {error}", file=sys.stderr)
         sys.exit(2)
@@ -308,6 +339,7 @@ def run_entry(
 
 
 # Before any entry point imports TensorFlow or MLflow: they read this as they load.
+_STDERR_TERMINAL = os.isatty(2)
 _DEBUG = debug_requested()
 quiet_environment(_DEBUG)
 if not _DEBUG:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.entry import stderr_is_terminal
 from pipeline.errors import ModelError, PipelineError
 from pipeline.models.weight_kinds import WEIGHTS_LABELS, describe_weights
 
@@ -183,6 +184,9 @@ def _fetch_imagenet(target: Path, url: str, known_hash: str | None, timeout: flo
     """
     import pooch
 
+    if not logging.getLogger("pipeline").isEnabledFor(logging.DEBUG):
+        # pooch's "Downloading data from ..." line: offline, our warning names the URL too.
+        pooch.get_logger().setLevel(logging.WARNING)
     target.parent.mkdir(parents=True, exist_ok=True)
     path = pooch.retrieve(
         url,
@@ -190,7 +194,9 @@ def _fetch_imagenet(target: Path, url: str, known_hash: str | None, timeout: flo
         fname=target.name,
         path=target.parent,
         downloader=pooch.HTTPDownloader(
-            timeout=(min(CONNECT_TIMEOUT_SECONDS, timeout), timeout), progressbar=True
+            timeout=(min(CONNECT_TIMEOUT_SECONDS, timeout), timeout),
+            # A bar on a terminal; in DVC's log, carriage returns only.
+            progressbar=stderr_is_terminal(),
         ),
     )
     return Path(path)

@@ -37,6 +37,12 @@ TF_BANNER = (
     "I0000 00:00:1795807306.621021   18173 cudart_stub.cc:31] Could not find cuda drivers on your "
     "machine, GPU will not be used.",
 )
+TF_RUNTIME_NOISE = (
+    "E0000 00:00:1795817256.838443   19384 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
+    "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+    "E0000 00:00:1795817325.184152   19458 node_def_util.cc:682] NodeDef mentions attribute "
+    "use_unbounded_threadpool which is not in the op definition: Op<name=MapDataset; ...>",
+)
 
 
 def _record(name: str, level: int, message: str) -> logging.LogRecord:
@@ -71,7 +77,7 @@ def test_debug_mode_keeps_everything() -> None:
 
 
 def test_tensorflows_native_banner_is_recognised_and_errors_are_not() -> None:
-    assert all(is_native_chatter(line) for line in TF_BANNER)
+    assert all(is_native_chatter(line) for line in (*TF_BANNER, *TF_RUNTIME_NOISE))
     assert not is_native_chatter("E0000 00:00:1.5 42 bfc_allocator.cc:1] Out of memory")
     assert not is_native_chatter("Traceback (most recent call last):")
     assert not is_native_chatter("error in stage 'split': data/raw has no images")
@@ -84,6 +90,30 @@ def test_native_stderr_is_filtered_line_by_line(capfd) -> None:
             os.write(2, f"{line}\n".encode())
     err = capfd.readouterr().err
     assert err == "a real problem\n"
+
+
+def test_a_bar_redrawn_with_carriage_returns_passes_at_once(capfd) -> None:
+    """A progress bar's redraws end in a carriage return, not a newline: each goes out as it is
+    written (not held until a newline), and the lines around it are still filtered."""
+    with filtered_native_stderr(lambda line: not is_native_chatter(line)):
+        os.write(2, b"bar  10%\r")
+        os.write(2, f"{TF_RUNTIME_NOISE[0]}\nbar 100%\r\n".encode())
+    assert capfd.readouterr().err == "bar  10%\rbar 100%\r\n"
+
+
+def test_run_entry_filters_what_native_code_writes_while_the_stage_runs(capfd, monkeypatch) -> None:
+    """TensorFlow's errors that are not (cuInit on a CPU-only machine, tf.data attributes) come
+    while a stage runs, after the import: run_entry drops them and keeps everything else."""
+    monkeypatch.delenv("PIPELINE_LOG", raising=False)
+    monkeypatch.delenv("PIPELINE_LOG_LEVEL", raising=False)
+
+    def main(argv):
+        for line in (*TF_RUNTIME_NOISE, "a real problem"):
+            os.write(2, f"{line}\n".encode())
+
+    with pytest.raises(SystemExit):
+        run_entry(main, "stage 'train'", [])
+    assert capfd.readouterr().err == "a real problem\n"
 
 
 def test_verbose_flag_and_environment_turn_debug_on(monkeypatch) -> None:
