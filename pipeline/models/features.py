@@ -28,12 +28,13 @@ def write_features(
     batch_size: int,
     chunk_images: int = CHUNK_IMAGES,
     label: str | None = None,
+    show_progress: bool = True,
 ) -> tuple[int, ...]:
     """Run `extractor` over `images` (a store split, or any rows with `len` and `read(rows)`)
     chunk by chunk, reading each chunk's rows and appending its float32 outputs to the .npy
     file `path` with plain writes (no memory map, whose dirty pages would count in this
     process's memory); return the outputs' shape. Progress is reported as `label` (the file's
-    stem by default)."""
+    stem by default), unless `show_progress` is False."""
     feature_shape = tuple(int(dim) for dim in extractor.output_shape[1:])
     shape = (len(images), *feature_shape)
     input_shape = extractor.input_shape[1:]
@@ -48,7 +49,9 @@ def write_features(
 
     def features():
         # A bar on a terminal, a line per 10% in DVC's log; none for a split of one chunk.
-        progress = Progress(len(images), label or path.stem) if chunks > 1 else None
+        progress = (
+            Progress(len(images), label or path.stem) if chunks > 1 and show_progress else None
+        )
         for first in range(0, len(images), step):
             chunk = images.read(np.arange(first, min(first + step, len(images))))
             if progress is not None:

@@ -86,7 +86,9 @@ class TrainingView:
         if self.cut is None or self.cut.layer is None:
             yield self
             return
-        with _activations_view(self.whole, self.cut.at_head(), self.data, batch_size) as view:
+        # From stored activations through the base's last layers: quick, no progress lines.
+        head_cut = self.cut.at_head()
+        with _activations_view(self.whole, head_cut, self.data, batch_size, False) as view:
             yield view
 
 
@@ -119,17 +121,23 @@ def frozen_view(
 
 @contextlib.contextmanager
 def _activations_view(
-    whole: keras.Model, cut: FrozenCut, data: TrainingData, batch_size: int
+    whole: keras.Model, cut: FrozenCut, data: TrainingData, batch_size: int, progress: bool = True
 ) -> Iterator[TrainingView]:
     """`cut.above` on `cut.below`'s outputs over `data`, written to a temporary folder that is
-    deleted on leaving; the rows keep their labels and content keys (so their epoch order)."""
+    deleted on leaving; the rows keep their labels and content keys (so their epoch order).
+    `progress`: report the pass over the images (the one that takes time)."""
     directory = Path(tempfile.mkdtemp(prefix="pipeline-frozen-"))
     sources: list[FeedSource] = []
     try:
         for name, source in (("train", data.train), ("val", data.val)):
             path = directory / f"{name}.npy"
             write_features(
-                cut.below, source.inputs, path, batch_size, label=f"activations of {name}"
+                cut.below,
+                source.inputs,
+                path,
+                batch_size,
+                label=f"{whole.name} activations of {name}",
+                show_progress=progress,
             )
             sources.append(
                 FeedSource(
