@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import json
 import logging
 import os
 import re
@@ -59,6 +60,9 @@ _CHATTER_RECORDS: tuple[tuple[str, int, re.Pattern | None], ...] = (
     ("alembic", logging.INFO, None),
     ("absl", logging.INFO, None),
     ("tensorflow", logging.INFO, None),
+    # Keras' predict function traced again for a new batch shape (scoring batches of several
+    # sizes): a note on speed for TensorFlow developers, nothing a pipeline user can change.
+    ("tensorflow", logging.WARNING, re.compile(r"triggered tf\.function retracing")),
     ("h5py", logging.INFO, None),
     ("matplotlib", logging.INFO, None),
     ("urllib3", logging.INFO, None),
@@ -92,6 +96,29 @@ _NATIVE_CHATTER = re.compile(
 )
 
 _QUIET_IMPORTS = ("tensorflow",)
+
+
+def _keras_backend() -> str:
+    """The backend Keras will load: KERAS_BACKEND, else keras.json's, else tensorflow."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as handle:
+            return str(json.load(handle).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+# Optional imports that TensorFlow and Keras make as they load and the pipeline never uses,
+# each in a `try: ... except ImportError`: JAX for TensorFlow Lite's `jax.jit` hook and Keras'
+# Orbax callback (almost a second; Keras' JAX backend imports it first, and then it is used),
+# and Keras' scikit-learn wrappers (almost a second), at the start of every stage that imports
+# Keras. Skipped only while that library loads: imported anywhere else, they load as usual.
+_SKIPPED_OPTIONAL_IMPORTS: dict[str, tuple[str, ...]] = {
+    "tensorflow": ("jax",),
+    "keras": ("sklearn", "jax") if _keras_backend() == "tensorflow" else ("sklearn",),
+}
 
 
 def is_chatter_record(record: logging.LogRecord) -> bool:
@@ -215,10 +242,11 @@ def filtered_native_stderr(keep: Callable[[str], bool]) -> Iterator[None]:
 
 
 class _QuietLoader(importlib.abc.Loader):
-    """Loads a module as its own loader would, with its native stderr filtered."""
+    """Loads a module as its own loader would, with its native stderr filtered (`quiet`) and
+    its unused optional imports skipped (_SKIPPED_OPTIONAL_IMPORTS) while it executes."""
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self.loader = loader
+    def __init__(self, loader: importlib.abc.Loader, name: str, quiet: bool) -> None:
+        self.loader, self.name, self.quiet = loader, name, quiet
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
@@ -226,27 +254,51 @@ class _QuietLoader(importlib.abc.Loader):
     def exec_module(self, module) -> None:
         # Introspection (importlib.resources, TensorFlow's lazy loaders) sees the real loader.
         module.__loader__ = module.__spec__.loader = self.loader
-        with filtered_native_stderr(lambda line: not is_native_chatter(line)):
-            self.loader.exec_module(module)
+        native = (
+            filtered_native_stderr(lambda line: not is_native_chatter(line))
+            if self.quiet
+            else nullcontext()
+        )
+        _loading.append(self.name)
+        try:
+            with native:
+                self.loader.exec_module(module)
+        finally:
+            _loading.remove(self.name)
+
+
+_loading: list[str] = []
+"""The modules of _QUIET_IMPORTS and _SKIPPED_OPTIONAL_IMPORTS executing now (nested)."""
 
 
 class _QuietImportFinder(importlib.abc.MetaPathFinder):
-    """Finds _QUIET_IMPORTS as the other finders do, and loads them through _QuietLoader."""
+    """Finds _QUIET_IMPORTS and _SKIPPED_OPTIONAL_IMPORTS' modules as the other finders do and
+    loads them through _QuietLoader; while one executes, its skipped optional imports fail as
+    if they were not installed (each library catches that ImportError)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
 
     def find_spec(self, name, path=None, target=None):
-        if name not in _QUIET_IMPORTS:
+        top = name.partition(".")[0]
+        for loading in _loading:
+            if top in _SKIPPED_OPTIONAL_IMPORTS.get(loading, ()) and top not in sys.modules:
+                raise ModuleNotFoundError(f"{top} is not used by the pipeline", name=name)
+        quiet = self.quiet and name in _QUIET_IMPORTS
+        if not quiet and name not in _SKIPPED_OPTIONAL_IMPORTS:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _QuietLoader(spec.loader)
+        spec.loader = _QuietLoader(spec.loader, name, quiet)
         return spec
 
 
-def install_quiet_imports() -> None:
-    """Filter the native start-up banner of the modules in _QUIET_IMPORTS, once each."""
+def install_quiet_imports(quiet: bool = True) -> None:
+    """Filter the native start-up banner of the modules in _QUIET_IMPORTS (`quiet`), once
+    each, and skip the optional imports in _SKIPPED_OPTIONAL_IMPORTS."""
     if not any(isinstance(finder, _QuietImportFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _QuietImportFinder())
+        sys.meta_path.insert(0, _QuietImportFinder(quiet))
 
 
 @dataclass
@@ -342,5 +394,4 @@ def run_entry(
 _STDERR_TERMINAL = os.isatty(2)
 _DEBUG = debug_requested()
 quiet_environment(_DEBUG)
-if not _DEBUG:
-    install_quiet_imports()
+install_quiet_imports(quiet=not _DEBUG)

@@ -59,6 +59,12 @@ def test_known_chatter_is_dropped_and_warnings_are_kept() -> None:
     )
     type_hints = "\x1b[33mAdd type hints to the `predict` method to enable data validation\x1b[0m"
     assert not quiet.filter(_record("py.warnings", logging.WARNING, type_hints))
+    retracing = (
+        "5 out of the last 7 calls to <function TensorFlowTrainer.make_predict_function.<locals>"
+        ".one_step_on_data_distributed at 0x7f2228f9c5e0> triggered tf.function retracing."
+    )
+    assert not quiet.filter(_record("tensorflow", logging.WARNING, retracing))
+    assert quiet.filter(_record("tensorflow", logging.WARNING, "Gradients do not exist for x"))
     # The pipeline's own warning, and a third-party one that asks something of the user, pass.
     assert quiet.filter(
         _record("pipeline.stages.validate", logging.WARNING, "151 near duplicates (see ...)")
@@ -167,3 +173,28 @@ def test_run_entry_strips_verbose_and_ends_with_one_timed_result_line(monkeypatc
     assert message.startswith("split: 1797 images -> train 1166, val 264, test 367 (")
     assert message.endswith(" s)")
     assert stage_label("pipeline") == "pipeline"
+
+
+def test_optional_imports_are_skipped_only_while_their_library_loads(tmp_path, monkeypatch) -> None:
+    """While a library of _SKIPPED_OPTIONAL_IMPORTS loads, its optional import fails as if the
+    package were not installed (the library's own `except ImportError` takes over); imported
+    anywhere else afterwards, the package loads as usual."""
+    (tmp_path / "host_library").mkdir()
+    (tmp_path / "host_library" / "__init__.py").write_text(
+        "try:\n    import optional_extra\n    FOUND = True\n"
+        "except ImportError:\n    FOUND = False\n"
+    )
+    (tmp_path / "optional_extra").mkdir()
+    (tmp_path / "optional_extra" / "__init__.py").write_text("VALUE = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(entry, "_SKIPPED_OPTIONAL_IMPORTS", {"host_library": ("optional_extra",)})
+    finder = entry._QuietImportFinder(quiet=False)
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    for name in ("host_library", "optional_extra"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import host_library
+
+    assert host_library.FOUND is False
+    import optional_extra
+
+    assert optional_extra.VALUE == 42 and entry._loading == []
