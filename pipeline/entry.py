@@ -112,13 +112,21 @@ def _keras_backend() -> str:
 
 # Optional imports that TensorFlow and Keras make as they load and the pipeline never uses,
 # each in a `try: ... except ImportError`: JAX for TensorFlow Lite's `jax.jit` hook and Keras'
-# Orbax callback (almost a second; Keras' JAX backend imports it first, and then it is used),
-# and Keras' scikit-learn wrappers (almost a second), at the start of every stage that imports
-# Keras. Skipped only while that library loads: imported anywhere else, they load as usual.
+# Orbax callback (almost a second), and Keras' scikit-learn wrappers (almost a second), at the
+# start of every stage that imports Keras. Skipped only while that library loads: imported
+# anywhere else, they load as usual. JAX is never skipped when it is Keras' backend.
 _SKIPPED_OPTIONAL_IMPORTS: dict[str, tuple[str, ...]] = {
     "tensorflow": ("jax",),
-    "keras": ("sklearn", "jax") if _keras_backend() == "tensorflow" else ("sklearn",),
+    "keras": ("sklearn", "jax"),
 }
+
+
+def _skipped_while_loading(name: str) -> tuple[str, ...]:
+    """What `name` loads without, decided as it starts loading (the backend may be set late)."""
+    skipped = _SKIPPED_OPTIONAL_IMPORTS.get(name, ())
+    if "jax" in skipped and _keras_backend() == "jax":
+        skipped = tuple(package for package in skipped if package != "jax")
+    return skipped
 
 
 def is_chatter_record(record: logging.LogRecord) -> bool:
@@ -259,16 +267,18 @@ class _QuietLoader(importlib.abc.Loader):
             if self.quiet
             else nullcontext()
         )
-        _loading.append(self.name)
+        loading = (self.name, _skipped_while_loading(self.name))
+        _loading.append(loading)
         try:
             with native:
                 self.loader.exec_module(module)
         finally:
-            _loading.remove(self.name)
+            _loading.remove(loading)
 
 
-_loading: list[str] = []
-"""The modules of _QUIET_IMPORTS and _SKIPPED_OPTIONAL_IMPORTS executing now (nested)."""
+_loading: list[tuple[str, tuple[str, ...]]] = []
+"""The modules of _QUIET_IMPORTS and _SKIPPED_OPTIONAL_IMPORTS executing now (nested), each
+with the packages it loads without."""
 
 
 class _QuietImportFinder(importlib.abc.MetaPathFinder):
@@ -281,8 +291,8 @@ class _QuietImportFinder(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name, path=None, target=None):
         top = name.partition(".")[0]
-        for loading in _loading:
-            if top in _SKIPPED_OPTIONAL_IMPORTS.get(loading, ()) and top not in sys.modules:
+        for _, skipped in _loading:
+            if top in skipped and top not in sys.modules:
                 raise ModuleNotFoundError(f"{top} is not used by the pipeline", name=name)
         quiet = self.quiet and name in _QUIET_IMPORTS
         if not quiet and name not in _SKIPPED_OPTIONAL_IMPORTS:
