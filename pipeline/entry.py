@@ -224,11 +224,13 @@ def filtered_native_stderr(keep: Callable[[str], bool]) -> Iterator[None]:
         pending = b""
         with os.fdopen(read_end, "rb", buffering=0) as source:
             while chunk := source.read(65536):
-                pending += chunk
-                # A segment ending in a carriage return (a progress bar redrawn in place) goes
-                # out at once; a whole line only if `keep` keeps it.
-                for segment in re.findall(rb"[^\r\n]*(?:\r\n|\r|\n)", pending):
-                    pending = pending[len(segment) :]
+                segments = (pending + chunk).splitlines(keepends=True)
+                # The last piece waits for the rest of its line.
+                ended = segments[-1].endswith((b"\r", b"\n"))
+                pending = b"" if ended else segments.pop()
+                for segment in segments:
+                    # A segment ending in a carriage return (a progress bar redrawn in place)
+                    # goes out at once; a whole line only if `keep` keeps it.
                     if segment.endswith(b"\r") or keep(
                         segment.decode(errors="replace").rstrip("\r\n")
                     ):

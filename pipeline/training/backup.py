@@ -178,7 +178,7 @@ class TrainingBackup:
             np.savez(staging / WEIGHTS_FILE, *[variable.numpy() for variable in model.weights])
             values = [variable.numpy() for variable in model.optimizer.variables]
             np.savez(staging / OPTIMIZER_FILE, *values)
-            np.savez(staging / RANDOM_FILE, *[state.numpy() for state in _random_states(model)])
+            np.savez(staging / RANDOM_FILE, *[state.numpy() for state in random_states(model)])
             files = list(_SNAPSHOT_FILES)
             for resumable in resumables:
                 state.callbacks[resumable.resume_key] = resumable.get_resume_state()
@@ -305,7 +305,7 @@ def _restore_snapshot(model: keras.Model, snapshot: Path) -> None:
     parts = (
         (WEIGHTS_FILE, model.weights, "weights"),
         (OPTIMIZER_FILE, model.optimizer.variables, "optimizer variables"),
-        (RANDOM_FILE, _random_states(model), "random-number states"),
+        (RANDOM_FILE, random_states(model), "random-number states"),
     )
     checked = []
     for name, variables, what in parts:
@@ -329,7 +329,7 @@ def _restore_snapshot(model: keras.Model, snapshot: Path) -> None:
             variable.assign(value)
 
 
-def _random_states(model: keras.Model) -> list:
+def random_states(model: keras.Model) -> list:
     """The state variables of the model's seed generators (one per dropout or random
     augmentation layer), in the model's own order."""
     return [

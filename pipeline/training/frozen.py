@@ -33,6 +33,7 @@ from pipeline.errors import ModelError
 from pipeline.models.features import write_features
 from pipeline.models.heads import FrozenCut, cut_below
 from pipeline.store import NpyRows
+from pipeline.training.backup import random_states
 from pipeline.training.feed import FeedSource
 from pipeline.training.fit import FitOptions, compile_classifier
 from pipeline.training.interface import TrainingContext, TrainingData
@@ -103,20 +104,29 @@ def frozen_view(
     """The view to train `model` through, given that every layer of its base before
     `first_layer` (all of them when None) stays frozen while the view is used; the temporary
     activations are deleted on leaving."""
-    why_not = _why_whole(model, data, context)
-    cut = cut_below(model, first_layer) if why_not is None else None
-    if why_not is None and cut is None:
-        why_not = f"the model does not split at {first_layer or 'its head'}"
-    if cut is not None and _random_variables(cut.below):
-        why_not, cut = "a random layer lies below the cut", None
-    if cut is not None:
-        why_not = _why_too_large(cut, data)
-    if why_not is not None or cut is None:
+    cut, why_not = _cut_or_reason(model, first_layer, data, context)
+    if cut is None:
         logger.info("training %s whole: %s", model.name, why_not)
         yield TrainingView(model, model, data)
         return
     with _activations_view(model, cut, data, batch_size) as view:
         yield view
+
+
+def _cut_or_reason(
+    model: keras.Model, first_layer: str | None, data: TrainingData, context: TrainingContext
+) -> tuple[FrozenCut | None, str | None]:
+    """The cut to train above, or None and why the whole model trains."""
+    why_not = _why_whole(model, data, context)
+    if why_not is not None:
+        return None, why_not
+    cut = cut_below(model, first_layer)
+    if cut is None:
+        return None, f"the model does not split at {first_layer or 'its head'}"
+    if random_states(cut.below):
+        return None, "a random layer lies below the cut"
+    why_not = _why_too_large(cut, data)
+    return (None, why_not) if why_not is not None else (cut, None)
 
 
 @contextlib.contextmanager
@@ -166,10 +176,6 @@ def _why_whole(model: keras.Model, data: TrainingData, context: TrainingContext)
     if data.kind != "images":
         return "it trains on features already"
     return None
-
-
-def _random_variables(model: keras.Model) -> list:
-    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
 def _shape(cut: FrozenCut) -> tuple[int, ...]:

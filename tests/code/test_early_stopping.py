@@ -16,6 +16,7 @@ from keras import layers
 from pipeline.training.backup import TrainingBackup
 from pipeline.training.fit import FitOptions, fit_model, set_global_seed
 from pipeline.training.schedules import BestEpochStopping
+from tests.crash import CrashAt, Killed
 
 # (val_accuracy, val_loss) per epoch: epoch 2 ties epoch 1's accuracy with a lower loss;
 # epoch 4 has the lowest loss but a lower accuracy.
@@ -75,22 +76,6 @@ def _noise(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((count, 5), dtype=np.float32), rng.integers(0, 3, count)
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAt(keras.callbacks.Callback):
-    """Dies as epoch `epoch` (0-based) begins: the backup holds the epoch before."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if epoch == self.epoch:
-            raise _Crash
-
-
 def _train(backup: TrainingBackup, options: FitOptions, callbacks=()) -> tuple:
     set_global_seed(3)
     model = _model()
@@ -120,8 +105,8 @@ def test_a_resumed_training_stops_and_keeps_where_an_uninterrupted_one_does(
     backup = TrainingBackup(tmp_path / "b", "f")
     # Crash as the stopping epoch begins: the backup holds a patience count of 2 and a best
     # epoch before it, which the resumed run must know to stop where the whole one did.
-    with pytest.raises(_Crash):
-        _train(backup, options, [_CrashAt(stopped - 1)])
+    with pytest.raises(Killed):
+        _train(backup, options, [CrashAt(stopped - 1)])
     state = backup.load()
     assert state.callbacks["early_stopping"]["wait"] == 2
     with caplog.at_level(logging.INFO, logger="pipeline.training.fit"):

@@ -18,6 +18,7 @@ from pipeline.training import frozen
 from pipeline.training.fine_tune import train_fine_tune
 from pipeline.training.fit import FitOptions
 from pipeline.training.interface import BackboneSetup, TrainingContext, TrainingData
+from tests.crash import CrashAt, Killed
 
 
 def _data(count: int = 48) -> TrainingData:
@@ -115,18 +116,6 @@ def test_a_cut_crossed_by_a_residual_connection_is_not_made() -> None:
     )
 
 
-class _Crash(keras.callbacks.Callback):
-    """Stands in for a kill at the start of epoch `epoch` (after the previous one's backup)."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if epoch == self.epoch:
-            raise RuntimeError("killed")
-
-
 def test_fine_tuning_above_the_cut_resumes_after_a_crash_in_the_tune_phase(tmp_path) -> None:
     """A run killed in the tune phase resumes from its backup of the trained part (the head
     phase skipped) and ends with the weights an uninterrupted run ends with."""
@@ -141,8 +130,8 @@ def test_fine_tuning_above_the_cut_resumes_after_a_crash_in_the_tune_phase(tmp_p
 
     whole = run([], None)
     backup = TrainingBackup(tmp_path / "backup", "fingerprint")
-    with pytest.raises(RuntimeError, match="killed"):
-        run([_Crash(2)], backup)
+    with pytest.raises(Killed):
+        run([CrashAt(2)], backup)
     assert backup.load().phase == "tune" and backup.load().epoch == 2
     resumed = run([], backup)
     assert resumed.history["loss"] == pytest.approx(whole.history["loss"], rel=1e-5)
