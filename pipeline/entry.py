@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
@@ -112,12 +112,14 @@ def _keras_backend() -> str:
 
 # Optional imports that TensorFlow and Keras make as they load and the pipeline never uses,
 # each in a `try: ... except ImportError`: JAX for TensorFlow Lite's `jax.jit` hook and Keras'
-# Orbax callback (almost a second), and Keras' scikit-learn wrappers (almost a second), at the
+# Orbax callback (almost a second), Keras' scikit-learn wrappers (almost a second) and
+# matplotlib's pyplot for keras.visualization's galleries (almost half a second), at the
 # start of every stage that imports Keras. Skipped only while that library loads: imported
-# anywhere else, they load as usual. JAX is never skipped when it is Keras' backend.
+# anywhere else (the evaluate stage's figures), they load as usual. JAX is never skipped
+# when it is Keras' backend.
 _SKIPPED_OPTIONAL_IMPORTS: dict[str, tuple[str, ...]] = {
     "tensorflow": ("jax",),
-    "keras": ("sklearn", "jax"),
+    "keras": ("sklearn", "jax", "matplotlib"),
 }
 
 
@@ -381,7 +383,9 @@ def run_entry(
     main: Callable[[Sequence[str]], int | None], name: str, argv: Sequence[str] | None = None
 ) -> None:
     """Run `main(argv)` (without -v) and exit with its status; a PipelineError exits 2 with
-    its message."""
+    its message. Run as the process's entry point (`argv` None: its own command line), the
+    process then ends at once (`end_process`) instead of tearing the interpreter down."""
+    own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     configure_logging(debug)
@@ -389,17 +393,50 @@ def run_entry(
     native = (
         nullcontext() if debug else filtered_native_stderr(lambda line: not is_native_chatter(line))
     )
+    leave = end_process if own_process else sys.exit
     try:
         with native:
             status = main([arg for arg in argv if arg not in VERBOSE_FLAGS])
     except PipelineError as error:
         print(f"error in {name}: {error}", file=sys.stderr)
-        sys.exit(2)
+        leave(2)
     except BrokenPipeError:
         # The reader went away (`pipeline deps | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
-    sys.exit(status or 0)
+    leave(status or 0)
+
+
+def end_process(status: int) -> None:
+    """Exit with `status` now, as an exit would but without the interpreter's teardown.
+
+    Everything a normal exit does for the files and servers the stage leaves is done first:
+    the atexit handlers run (logging's flush, MLflow's, the finalizers that delete temporary
+    folders), then stdout and stderr are flushed. What is skipped is the interpreter's
+    destruction of every module and object, which with TensorFlow, Keras and MLflow loaded
+    takes about 2 s, a stage, for nothing (measured in bench/bench_repro.py). The normal exit
+    is kept where something still runs or watches: a thread that is not a daemon (a normal
+    exit waits for it), a profiler or tracer (`python -m cProfile` writes its figures after
+    the module returns), or an interpreter without atexit's runner."""
+    import atexit
+
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    running = [
+        thread.name
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+    ]
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if run_exit_handlers is None or running or watched:
+        logging.getLogger(__name__).debug(
+            "a normal exit: threads %s still run, profiled or traced: %s", running, watched
+        )
+        sys.exit(status)
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
 
 
 # Before any entry point imports TensorFlow or MLflow: they read this as they load.

@@ -205,10 +205,10 @@ def test_jax_is_skipped_while_keras_loads_only_when_it_is_not_the_backend(
 ) -> None:
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setenv("KERAS_BACKEND", "jax")
-    assert entry._skipped_while_loading("keras") == ("sklearn",)
+    assert entry._skipped_while_loading("keras") == ("sklearn", "matplotlib")
     assert entry._skipped_while_loading("tensorflow") == ()
     monkeypatch.delenv("KERAS_BACKEND")
-    assert entry._skipped_while_loading("keras") == ("sklearn", "jax")
+    assert entry._skipped_while_loading("keras") == ("sklearn", "jax", "matplotlib")
     assert entry._skipped_while_loading("tensorflow") == ("jax",)
     (tmp_path / "keras.json").write_text('{"backend": "jax"}')
-    assert entry._skipped_while_loading("keras") == ("sklearn",)
+    assert entry._skipped_while_loading("keras") == ("sklearn", "matplotlib")
