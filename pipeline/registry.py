@@ -30,7 +30,7 @@ from pipeline.evaluation.metrics import predict_batch_size
 from pipeline.evaluation.promotion import Decision, ScoredVersion
 from pipeline.models import outputs
 from pipeline.store import CLASSES_FILE, ImageSplit, write_classes
-from pipeline.tracking.runs import create_run, model_requirements
+from pipeline.tracking.runs import create_run, model_requirements, pinned_requirements
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def log_classifier(
         classifier.load_context(_Context(artifacts, config))
         request = pd.DataFrame({serving.IMAGE_COLUMN: [encode_png(example[0])]})
         signature = classifier_signature(classifier.classes)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), pinned_requirements():
             # MLflow suggests type hints on predict(); the explicit signature above is ours.
             warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
             return mlflow.pyfunc.log_model(
@@ -222,7 +222,10 @@ def score_version(name: str, version: ModelVersion, images: ImageSplit, classes:
     """Load a registered version as served and predict the split `images`, a batch at a time;
     map its class names onto `classes` (None when the two sets differ: that model answers
     another question)."""
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    # Without suppress_warnings MLflow maps every installed distribution to its modules to
+    # compare them with the version's requirements (about 1.7 s): a warning for a deployment,
+    # not for scoring in the environment that trained the challenger.
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}", suppress_warnings=True)
     schema = model.metadata.get_input_schema()
     answers = _served_answers(
         lambda batch: model.predict(serving.served_input(schema, batch)), images

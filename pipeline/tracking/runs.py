@@ -134,7 +134,7 @@ class RunRecorder:
 def log_keras_model(model, example: np.ndarray) -> str:
     """Log `model` with a signature and input example of raw uint8 images; return its URI."""
     signature = infer_signature(example, model.predict(example, verbose=0))
-    with _keras_flavor_creates_model_dir(), _no_keras_progress_bars():
+    with _keras_flavor_creates_model_dir(), _no_keras_progress_bars(), pinned_requirements():
         info = mlflow.keras.log_model(
             model,
             name="model",
@@ -181,8 +181,38 @@ def _keras_flavor_creates_model_dir() -> Iterator[None]:
         keras_save._save_example = original
 
 
+@contextlib.contextmanager
+def pinned_requirements() -> Iterator[None]:
+    """While a model with `model_requirements()` is logged: skip MLflow's check of the model's
+    requirements against the installed packages. Those requirements are the installed
+    versions, so they cannot differ, and the check maps every installed distribution to its
+    modules first (about 2 s, once as MLflow logs the model and once as it loads it back to
+    validate the input example). Loading a model anywhere else still warns."""
+    from mlflow import pyfunc
+    from mlflow.utils import environment
+
+    modules = [
+        module
+        for module in (environment, pyfunc)
+        if hasattr(module, "warn_dependency_requirement_mismatches")
+    ]
+    originals = [module.warn_dependency_requirement_mismatches for module in modules]
+    for module in modules:
+        module.warn_dependency_requirement_mismatches = _requirements_match
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals, strict=True):
+            module.warn_dependency_requirement_mismatches = original
+
+
+def _requirements_match(requirements: list[str]) -> None:
+    """MLflow's requirements check, for requirements pinned from this environment."""
+
+
 def model_requirements() -> list[str]:
-    """Pinned requirements of a logged model: what it needs to load and predict."""
+    """Pinned requirements of a logged model: what it needs to load and predict (the installed
+    versions: see `pinned_requirements`)."""
     from importlib.metadata import PackageNotFoundError, version
 
     requirements = []
