@@ -158,6 +158,9 @@ def _patterns(
     the same whatever its head) and the params.
     """
     settings = options.patterns
+    # The evaluate stage resolves auto for the devices at hand (pipeline.training.precision.
+    # explanation_precision); called directly with auto, the ascent runs in float32.
+    precision = "float32" if settings.precision == "auto" else settings.precision
     patterns = {}
     for name in layers:
         layer = find_layer(model, name)
@@ -174,18 +177,31 @@ def _patterns(
             # Not a chain (ResNet's shortcuts): the base's own graph, at its own input size.
             submodel = activation_model(owner, name)
         indices = list(range(min(settings.filters, int(layer.output.shape[-1]))))
-        params = {"filters": indices, "steps": settings.steps, "step_size": settings.step_size}
+        params = {
+            "filters": indices,
+            "steps": settings.steps,
+            "step_size": settings.step_size,
+            "precision": precision,
+        }
         patterns[name] = cache.fetch(
             "patterns",
             submodel,
             params,
             (patterns_module, gradients_module),
             lambda submodel=submodel, indices=indices: filter_patterns(
-                submodel, indices, steps=settings.steps, step_size=settings.step_size
+                submodel,
+                indices,
+                steps=settings.steps,
+                step_size=settings.step_size,
+                precision=precision,
             ),
         )
     logger.debug(
-        "filter patterns: %d hit(s), %d computed, cache %s", cache.hits, cache.misses, cache.folder
+        "filter patterns (%s): %d hit(s), %d computed, cache %s",
+        precision,
+        cache.hits,
+        cache.misses,
+        cache.folder,
     )
     path = output / PATTERNS_PNG
     plot_patterns(patterns, path)

@@ -23,7 +23,8 @@ def _filter_losses(activation_model: keras.Model, one_hot: np.ndarray):
     """Batch -> each image's mean activation of its own filter (border left out)."""
 
     def loss(images):
-        activations = activation_model(images, training=False)
+        # Summed in float32 whatever the model computes in (bfloat16 keeps 8 bits).
+        activations = keras.ops.cast(activation_model(images, training=False), "float32")
         if len(activations.shape) == 4 and min(activations.shape[1:3]) > 2 * BORDER + 1:
             activations = activations[:, BORDER:-BORDER, BORDER:-BORDER, :]
         mask = keras.ops.convert_to_tensor(one_hot, dtype=activations.dtype)
@@ -55,16 +56,37 @@ def _input_space(activation_model: keras.Model) -> tuple[float, float]:
     return 0.0, 1.0
 
 
+def in_precision(model: keras.Model, precision: str) -> keras.Model:
+    """`model` itself for float32; for bfloat16, a copy with the same weights whose layers
+    compute in bfloat16 (Keras' mixed_bfloat16: float32 variables, bfloat16 arithmetic). Its
+    input stays float32, so the images being optimized and each step stay float32."""
+    if precision == "float32":
+        return model
+    if precision != "bfloat16":
+        raise ExplainError(f"precision {precision!r} is not float32 or bfloat16")
+
+    def recompute(layer):
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
+
+    copy = keras.models.clone_model(model, clone_function=recompute)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def gradient_ascent(
     activation_model: keras.Model,
     filter_indices: list[int],
     steps: int = 30,
     step_size: float = 10.0,
     seed: int = 0,
+    precision: str = "float32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(start, optimized): float images (k, H, W, C) in the activation model's input space,
     grey noise at first, then moved `steps` times along each image's L2-normalized gradient
-    (`step_size` in units of a [0, 1] image when the model rescales raw pixels)."""
+    (`step_size` in units of a [0, 1] image when the model rescales raw pixels), the model
+    computing in `precision` (float32 or bfloat16: see `in_precision`)."""
     channels = int(activation_model.outputs[0].shape[-1])
     bad = [index for index in filter_indices if not 0 <= index < channels]
     if bad or not filter_indices:
@@ -79,7 +101,8 @@ def gradient_ascent(
     noise = (rng.random((len(filter_indices), *shape)) - 0.5) * 0.25 * scale
     start = (center + noise).astype("float32")
     one_hot = np.eye(channels, dtype="float32")[filter_indices]
-    step = compile_ascent_step(_filter_losses(activation_model, one_hot), step_size * scale)
+    computing = in_precision(activation_model, precision)
+    step = compile_ascent_step(_filter_losses(computing, one_hot), step_size * scale)
     images = start
     for _ in range(steps):
         images = step(images)
@@ -100,8 +123,11 @@ def filter_patterns(
     steps: int = 30,
     step_size: float = 10.0,
     seed: int = 0,
+    precision: str = "float32",
 ) -> np.ndarray:
     """One pattern (H, W, C) uint8 per filter index: (k, H, W, C), in the activation model's
     input shape (build it with `activation_model(..., input_shape=...)`)."""
-    _, optimized = gradient_ascent(activation_model, filter_indices, steps, step_size, seed)
+    _, optimized = gradient_ascent(
+        activation_model, filter_indices, steps, step_size, seed, precision
+    )
     return np.stack([deprocess_image(image) for image in optimized])

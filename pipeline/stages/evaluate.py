@@ -55,6 +55,7 @@ def main(argv: Sequence[str]) -> None:
     from pipeline.explain.cache import explanation_cache
     from pipeline.models.backbones import BACKBONES
     from pipeline.tracking.runs import configure_tracking
+    from pipeline.training.precision import explanation_precision
 
     experiment_id = configure_tracking(Path.cwd(), config.mlflow.experiment_name)
     # The test images are read a batch at a time (labels and digests are held): the split
@@ -67,13 +68,21 @@ def main(argv: Sequence[str]) -> None:
     if run.augmentation and config.evaluate.augmented_versions > 0:
         train_image = read_first_image(args.prepared, "train")
     backbone = BACKBONES.get(run.params.get("backbone.name", ""))
+    patterns = config.evaluate.patterns
+    options = config.evaluate.model_copy(
+        update={
+            "patterns": patterns.model_copy(
+                update={"precision": explanation_precision(patterns.precision)}
+            )
+        }
+    )
     try:
         evaluation = evaluate_strategy(
             strategy,
             args.model,
             args.out,
             test,
-            config.evaluate,
+            options,
             phase_boundary=run.phase_boundaries[0] if run.phase_boundaries else None,
             augmentation=AugmentationConfig(**run.augmentation) if run.augmentation else None,
             training_seconds=run.training_seconds,

@@ -11,6 +11,7 @@ devices into a policy name; `apply_precision` makes it Keras' global policy. Wit
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 
@@ -130,3 +131,44 @@ def _torch_devices() -> list[str]:
         "gpu:{}.{}".format(*torch.cuda.get_device_capability(index))
         for index in range(torch.cuda.device_count())
     ]
+
+
+CPU_BFLOAT16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+"""The CPU flags (as Linux lists them) of native bfloat16 arithmetic: without them bfloat16 is
+emulated, slower than float32."""
+
+
+def cpu_bfloat16_native(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX-BF16 or AVX-512 BF16); False where the
+    CPU's flags cannot be read (not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return bool(CPU_BFLOAT16_FLAGS & set(value.split()))
+    return False
+
+
+def choose_explanation_precision(
+    setting: str, devices: Sequence[str], backend: str, cpu_bfloat16: bool
+) -> str:
+    """float32 or bfloat16 for the gradient ascent of filter patterns (`evaluate.patterns.
+    precision`). `auto` is bfloat16 where it is native: accelerators that `choose_precision`
+    gives bfloat16, or a CPU with bfloat16 instructions under TensorFlow (oneDNN runs its
+    convolutions on them; XLA on a CPU does not). Pure: it probes nothing."""
+    if setting != "auto":
+        return setting
+    if devices and all(device == "cpu" for device in devices):
+        return "bfloat16" if cpu_bfloat16 and backend == "tensorflow" else "float32"
+    return "bfloat16" if choose_precision("auto", devices) == "mixed_bfloat16" else "float32"
+
+
+def explanation_precision(setting: str) -> str:
+    """`evaluate.patterns.precision` for this machine's devices and Keras backend: float32 or
+    bfloat16 (see choose_explanation_precision)."""
+    return choose_explanation_precision(
+        setting, describe_devices(), keras.backend.backend(), cpu_bfloat16_native()
+    )

@@ -56,6 +56,37 @@ def test_choose_precision(setting: str, devices_seen: list[str], expected: str) 
     assert precision.choose_precision(setting, devices_seen) == expected
 
 
+@pytest.mark.parametrize(
+    ("setting", "devices_seen", "backend", "cpu_bfloat16", "expected"),
+    [
+        ("auto", ["cpu"], "tensorflow", True, "bfloat16"),  # oneDNN on AMX / AVX-512 BF16
+        ("auto", ["cpu"], "tensorflow", False, "float32"),  # emulated bfloat16 is slower
+        ("auto", ["cpu"], "jax", True, "float32"),  # XLA on a CPU
+        ("auto", ["gpu:9.0"], "jax", False, "bfloat16"),
+        ("auto", ["gpu:7.0"], "tensorflow", True, "float32"),  # float16 would need scaling
+        ("auto", ["tpu"], "jax", False, "bfloat16"),
+        ("float32", ["cpu"], "tensorflow", True, "float32"),
+        ("bfloat16", ["cpu"], "jax", False, "bfloat16"),
+    ],
+)
+def test_choose_explanation_precision(
+    setting: str, devices_seen: list[str], backend: str, cpu_bfloat16: bool, expected: str
+) -> None:
+    assert (
+        precision.choose_explanation_precision(setting, devices_seen, backend, cpu_bfloat16)
+        == expected
+    )
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n\n")
+    assert precision.cpu_bfloat16_native(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not precision.cpu_bfloat16_native(cpuinfo)
+    assert not precision.cpu_bfloat16_native(tmp_path / "missing")
+
+
 def test_choose_precision_rejects_an_unknown_setting_naming_the_choices() -> None:
     with pytest.raises(ConfigError, match="'fp16'.*auto, float32, mixed_bfloat16, mixed_float16"):
         precision.choose_precision("fp16", ["cpu"])

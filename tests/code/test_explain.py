@@ -31,7 +31,7 @@ from pipeline.explain.graph import (
     last_conv_layer_name,
     owner_of,
 )
-from pipeline.explain.patterns import filter_patterns, gradient_ascent
+from pipeline.explain.patterns import filter_patterns, gradient_ascent, in_precision
 from pipeline.models.backbones import BACKBONES
 from pipeline.models.builders import ARCHITECTURES, build_architecture
 from pipeline.models.heads import (
@@ -299,6 +299,40 @@ def test_filter_patterns_are_distinct_and_raise_their_filter(scratch) -> None:
     assert len({pattern.tobytes() for pattern in patterns}) == 3
     with pytest.raises(ExplainError, match=r"\[8\].*8 \(0 to 7\)"):
         filter_patterns(model, [0, 8], steps=1)
+
+
+def test_bfloat16_ascent_computes_in_bfloat16_and_excites_the_filters_as_much(vgg16_base) -> None:
+    """evaluate.patterns.precision bfloat16: a copy of the activation model with the same
+    weights computes in bfloat16 (the original is left as it was), and the images its ascent
+    finds excite each filter of the float32 model about as much as float32's own do."""
+    model = activation_model(
+        vgg16_base, "block2_conv1", input_shape=(32, 32, 3), input_dtype="float32"
+    )
+    copy = in_precision(model, "bfloat16")
+    assert in_precision(model, "float32") is model
+    assert copy is not model
+    assert {layer.dtype_policy.name for layer in model.layers[1:]} == {"float32"}
+    assert {layer.dtype_policy.name for layer in copy.layers[1:]} == {"mixed_bfloat16"}
+    output = copy(np.zeros((1, 32, 32, 3), "float32"))
+    assert keras.backend.standardize_dtype(output.dtype) == "bfloat16"
+    for ours, theirs in zip(model.get_weights(), copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+    filters = [0, 1, 2, 3, 4, 5]
+    start, single = gradient_ascent(model, filters, steps=8, step_size=20.0)
+    _, half = gradient_ascent(model, filters, steps=8, step_size=20.0, precision="bfloat16")
+    assert half.dtype == np.float32 and not np.array_equal(half, single)
+
+    def own_filter_means(images):
+        activations = keras.ops.convert_to_numpy(model(images))[:, 2:-2, 2:-2, :]
+        return np.array([activations[i, ..., f].mean() for i, f in enumerate(filters)])
+
+    before, after_single, after_half = map(own_filter_means, (start, single, half))
+    raised = after_single > 2 * before + 1e-3
+    assert raised.sum() >= 3
+    assert (after_half[raised] > 0.8 * after_single[raised]).all(), (after_single, after_half)
+    with pytest.raises(ExplainError, match="float16"):
+        in_precision(model, "float16")
 
 
 # --- Grad-CAM -------------------------------------------------------------------------------
