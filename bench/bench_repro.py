@@ -12,6 +12,11 @@ suite.
 way; given twice, both run one after the other in one sitting and the table puts them side by
 side (`git worktree add /tmp/before <commit>`, then
 `python bench/bench_repro.py --code /tmp/before --code .`).
+
+`--rounds N` measures the checkouts N times over, alternating (A B A B ...), and ends with each
+checkout's fastest and median full repro and, round by round, each one's ratio to the first
+checkout's. A shared 2-core VM's speed drifts by 10 to 30 % within minutes: the paired ratios
+say more than any single time.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,12 +103,18 @@ def bench(code: Path, log: Path | None) -> dict:
     return {"runs": runs, "metrics": metrics}
 
 
-def print_results(measured: list[tuple[Path, dict]]) -> None:
-    """One column per checkout: the totals against their budgets (ratio <= 1.0 meets it), the
-    lines the full repro printed, each stage's seconds and the strategies' test accuracies."""
+def print_results(measured: list[tuple[Path, dict]], rounds: int = 1) -> None:
+    """One column per measurement: the totals against their budgets (ratio <= 1.0 meets it),
+    the lines the full repro printed, each stage's seconds and the strategies' test
+    accuracies; over several rounds, each checkout's fastest and median full repro and the
+    round-by-round ratios to the first checkout."""
     results = [result for _, result in measured]
     full = [result["runs"][FULL] for result in results]
-    names = [f"{_commit(code)} {code.name}"[:20] for code, _ in measured]
+    codes = list(dict.fromkeys(code for code, _ in measured))
+    names = [
+        f"{_commit(code)} {code.name}"[:17] + (f" #{i // len(codes) + 1}" if rounds > 1 else "")
+        for i, (code, _) in enumerate(measured)
+    ]
     print(f"\n{'':40s}" + "".join(f"{name:>22s}" for name in names))
     for label, budget in BUDGETS_S.items():
         seconds = [result["runs"][label]["seconds"] for result in results]
@@ -121,6 +133,27 @@ def print_results(measured: list[tuple[Path, dict]]) -> None:
             f"{_accuracy(result['metrics'].get(strategy, {})):>22s}" for result in results
         )
         print(f"  {strategy:32s}{cells}")
+    if rounds > 1:
+        _print_rounds(measured, codes)
+
+
+def _print_rounds(measured: list[tuple[Path, dict]], codes: list[Path]) -> None:
+    seconds = {
+        code: [result["runs"][FULL]["seconds"] for each, result in measured if each == code]
+        for code in codes
+    }
+    print(f"\nfull repro over {len(seconds[codes[0]])} rounds (fastest, median):")
+    for code in codes:
+        values = sorted(seconds[code])
+        median = statistics.median(values)
+        print(f"  {_commit(code)} {code.name:24s}{values[0]:8.1f} s{median:8.1f} s")
+    for code in codes[1:]:
+        pairs = zip(seconds[code], seconds[codes[0]], strict=True)
+        ratios = [after / before for after, before in pairs]
+        print(
+            f"  {_commit(code)} {code.name} / {codes[0].name}, round by round: "
+            + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        )
 
 
 def _accuracy(values: dict) -> str:
@@ -147,14 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log", type=Path, help="write each full repro's output here (FILE.0.log, FILE.1.log)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure the checkouts this many times, alternating"
+    )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     codes = [code.resolve() for code in (args.code or [ROOT])]
     measured = []
-    for number, code in enumerate(codes):
+    for number, code in enumerate(codes * args.rounds):
         print(f"measuring {code} (git {_commit(code)})", flush=True)
         log = args.log.with_suffix(f".{number}{args.log.suffix}") if args.log else None
         measured.append((code, bench(code, log)))
-    print_results(measured)
+    print_results(measured, args.rounds)
     return 0
 
 
