@@ -8,11 +8,18 @@ backward passes, however many filters are drawn.
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import numpy as np
 
 from pipeline.explain.gradients import compile_ascent_step
 from pipeline.explain.graph import ExplainError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("float32", "bfloat16")
+"""What the ascent computes in (evaluate.patterns.precision, resolved)."""
 
 # The border of an activation map sees padding more than image: keras-io leaves it out of the
 # loss so patterns do not pile up at the edges.
@@ -62,8 +69,8 @@ def in_precision(model: keras.Model, precision: str) -> keras.Model:
     input stays float32, so the images being optimized and each step stay float32."""
     if precision == "float32":
         return model
-    if precision != "bfloat16":
-        raise ExplainError(f"precision {precision!r} is not float32 or bfloat16")
+    if precision not in PRECISIONS:
+        raise ExplainError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
 
     def recompute(layer):
         if isinstance(layer, keras.layers.InputLayer):
@@ -101,7 +108,17 @@ def gradient_ascent(
     noise = (rng.random((len(filter_indices), *shape)) - 0.5) * 0.25 * scale
     start = (center + noise).astype("float32")
     one_hot = np.eye(channels, dtype="float32")[filter_indices]
-    computing = in_precision(activation_model, precision)
+    if precision not in PRECISIONS:
+        raise ExplainError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    try:
+        computing = in_precision(activation_model, precision)
+    except (TypeError, ValueError) as error:
+        # A layer that cannot be rebuilt in another dtype (a custom layer's config): the
+        # patterns are still drawn, in float32.
+        logger.warning(
+            "filter patterns of %r in float32, not %s: %s", activation_model.name, precision, error
+        )
+        computing = activation_model
     step = compile_ascent_step(_filter_losses(computing, one_hot), step_size * scale)
     images = start
     for _ in range(steps):

@@ -333,6 +333,32 @@ def test_bfloat16_ascent_computes_in_bfloat16_and_excites_the_filters_as_much(vg
     assert (after_half[raised] > 0.8 * after_single[raised]).all(), (after_single, after_half)
     with pytest.raises(ExplainError, match="float16"):
         in_precision(model, "float16")
+    with pytest.raises(ExplainError, match="float16"):
+        gradient_ascent(model, filters, steps=1, precision="float16")
+
+
+class _Unrebuildable(keras.layers.Layer):
+    """A custom layer whose config cannot be rebuilt (no **kwargs), as some users write them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_a_model_that_cannot_be_rebuilt_in_bfloat16_draws_its_patterns_in_float32(
+    caplog,
+) -> None:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 1))
+    outputs = keras.layers.Conv2D(4, 3, name="conv")(_Unrebuildable()(inputs))
+    model = keras.Model(inputs, outputs)
+    single = filter_patterns(model, [0, 1], steps=3)
+    with caplog.at_level("WARNING", logger="pipeline.explain.patterns"):
+        half = filter_patterns(model, [0, 1], steps=3, precision="bfloat16")
+    np.testing.assert_array_equal(half, single)
+    assert "in float32, not bfloat16" in caplog.text
 
 
 # --- Grad-CAM -------------------------------------------------------------------------------
