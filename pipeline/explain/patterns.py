@@ -108,10 +108,10 @@ def gradient_ascent(
     noise = (rng.random((len(filter_indices), *shape)) - 0.5) * 0.25 * scale
     start = (center + noise).astype("float32")
     one_hot = np.eye(channels, dtype="float32")[filter_indices]
-    if precision not in PRECISIONS:
-        raise ExplainError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     try:
         computing = in_precision(activation_model, precision)
+    except ExplainError:
+        raise  # an unknown precision
     except (TypeError, ValueError) as error:
         # A layer that cannot be rebuilt in another dtype (a custom layer's config): the
         # patterns are still drawn, in float32.
