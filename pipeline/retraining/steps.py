@@ -161,10 +161,12 @@ def _promote(cycle: Cycle, decision_file: Path) -> str:
     record.decision = read_json(decision_file)
     record.outcome = "promoted" if record.decision["passed"] else "rejected"
     challenger = record.decision["challenger"]
+    # With no champion yet there is none to keep: the challenger is only rejected.
+    kept = "champion kept" if record.decision.get("champion") else "rejected, no champion yet"
     verdict = (
         f"version {challenger['version']} is the new champion"
         if record.decision["passed"]
-        else "champion kept: " + "; ".join(record.decision.get("reasons", []))
+        else f"{kept}: " + "; ".join(record.decision.get("reasons", []))
     )
     return f"{record.decision['strategy']} {verdict}"
 

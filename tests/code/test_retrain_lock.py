@@ -99,3 +99,35 @@ def test_a_shown_command_streams_its_output_and_keeps_the_tail(tmp_path: Path, c
     shown = capfd.readouterr().err.splitlines()
     assert shown[0] == f"{Path(sys.executable).parent} set"
     assert shown[1:] == [str(i) for i in range(40)]
+
+
+@pytest.mark.parametrize(
+    ("champion", "expected"),
+    [
+        (None, "fine_tune rejected, no champion yet: test accuracy 0.34 is below the floor"),
+        ({"version": 1}, "fine_tune champion kept: test accuracy 0.34 is below the floor"),
+    ],
+)
+def test_a_rejected_cycle_says_whether_there_was_a_champion_to_keep(
+    tmp_path: Path, champion, expected: str
+) -> None:
+    from types import SimpleNamespace
+
+    from pipeline.retraining import steps
+
+    decision = tmp_path / "promotion.json"
+    decision.write_text(
+        json.dumps(
+            {
+                "passed": False,
+                "strategy": "fine_tune",
+                "challenger": {"version": 2},
+                "champion": champion,
+                "reasons": ["test accuracy 0.34 is below the floor"],
+            }
+        )
+    )
+    record = SimpleNamespace(mlflow_run_id=None, decision=None, outcome=None)
+    cycle = SimpleNamespace(record=record, started=0.0)
+    assert steps._promote(cycle, decision) == expected
+    assert record.outcome == "rejected"
