@@ -46,9 +46,11 @@ def ended(monkeypatch) -> list[str]:
     monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: steps.append("handlers"))
     monkeypatch.setattr(os, "_exit", exit_now)
     monkeypatch.setattr(entry, "_run", entry._Run("pipeline", 0.0))
-    # Under pytest-cov or a debugger the test process itself is traced.
+    # Under pytest-cov or a debugger the test process itself is traced, and other tests in
+    # this worker may have left threads of their own: only the main thread runs here.
     monkeypatch.setattr(sys, "gettrace", lambda: None)
     monkeypatch.setattr(sys, "getprofile", lambda: None)
+    monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread()])
     return steps
 
 
@@ -77,11 +79,13 @@ def test_an_error_ends_the_process_with_status_2_and_its_message(ended, monkeypa
     assert "error in stage 'train': params.yaml: train.scratch.epochs" in capsys.readouterr().err
 
 
-def test_a_thread_still_running_gets_the_normal_exit(ended) -> None:
+def test_a_thread_still_running_gets_the_normal_exit(ended, monkeypatch) -> None:
     """A normal exit waits for a non-daemon thread; so does end_process, by being one."""
     release = threading.Event()
     worker = threading.Thread(target=release.wait, daemon=False)
     worker.start()
+    alive = [thread for thread in (threading.main_thread(), worker) if thread.is_alive()]
+    monkeypatch.setattr(threading, "enumerate", lambda: alive)
     try:
         with pytest.raises(SystemExit) as exited:
             end_process(3)
