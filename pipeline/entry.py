@@ -191,9 +191,13 @@ def configure_logging(debug: bool | None = None) -> None:
 def quiet_environment(debug: bool) -> None:
     """What third-party libraries read as they load: TensorFlow's native log threshold,
     MLflow's own logging set-up (off, so its records reach the filter) and progress bars,
-    Great Expectations' analytics."""
+    Great Expectations' analytics and MLflow's usage telemetry. The pipeline runs offline: in
+    every process MLflow 3 would otherwise look up its telemetry host and start a thread that
+    sends usage events, and wait up to a second at exit for what is still queued. A user who
+    sets MLFLOW_DISABLE_TELEMETRY or GX_ANALYTICS_ENABLED keeps their own choice."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if not debug:
         os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
         # Its "Downloading artifacts" bars: one per local file of a model it registers.

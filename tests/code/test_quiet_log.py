@@ -212,3 +212,20 @@ def test_jax_is_skipped_while_keras_loads_only_when_it_is_not_the_backend(
     assert entry._skipped_while_loading("tensorflow") == ("jax",)
     (tmp_path / "keras.json").write_text('{"backend": "jax"}')
     assert entry._skipped_while_loading("keras") == ("sklearn", "matplotlib")
+
+
+def test_third_party_telemetry_is_off_unless_the_user_chose(monkeypatch) -> None:
+    """MLflow 3's usage telemetry (a DNS lookup, a sender thread, a wait at exit in every
+    process) and Great Expectations' analytics are off by default; a user's own setting stays."""
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    for name in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "GX_ANALYTICS_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    entry.quiet_environment(debug=True)
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert os.environ["GX_ANALYTICS_ENABLED"] == "false"
+    assert is_telemetry_disabled()
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")
+    entry.quiet_environment(debug=True)
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
