@@ -17,6 +17,7 @@ from pipeline.retraining.commands import run_command
 from pipeline.retraining.lock import LOCK_FILE, cycle_lock
 from pipeline.retraining.steps import run_steps
 from pipeline.store import write_json
+from pipeline.tracking.context import UNCOMMITTED_PARAMS_TAG, describe_params
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class CycleRecord:
     decision: dict | None = None
     mlflow_run_id: str | None = None
     strategy_runs: dict[str, str] = field(default_factory=dict)
+    params_uncommitted: dict[str, str] = field(default_factory=dict)
     lock: dict = field(default_factory=dict)
     failed_step: str | None = None
     error: str | None = None
@@ -110,6 +112,8 @@ class Cycle:
             "data_change": self.record.data.get("summary", "")[:500],
             "forced": str(self.force).lower(),
         }
+        if self.record.params_uncommitted:
+            tags[UNCOMMITTED_PARAMS_TAG] = describe_params(self.record.params_uncommitted)
         self.recorder = open_cycle_run(
             self.root, config.mlflow.experiment_name, f"{config.data.dataset}-retrain", tags
         )

@@ -5,6 +5,7 @@ words for reports/retrain.json, or raises; `Cycle.step` times and records it."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.retraining.commands import run_command
 from pipeline.retraining.lock import STATE_DIR
 from pipeline.store import PLAN_FILE, RUN_FILE, read_json, write_json
+from pipeline.tracking.context import describe_params, uncommitted_params
 from pipeline.tracking.record import RunRecord
 from pipeline.tracking.server import check_tracking_server, limit_http_retries, tracking_uri
 from pipeline.wiring import is_path_under, load_stages, project_paths
@@ -27,6 +29,8 @@ REFERENCE_DIR = f"{STATE_DIR}/reference"
 TRAINED_DATA_FILE = "reports/retrain/trained_data.json"
 DRIFT_DIR = "reports/retrain/validation"
 TRAIN_STAGE_MODULE = "pipeline.stages.train"
+
+logger = logging.getLogger(__name__)
 
 
 def run_steps(cycle: Cycle) -> None:
@@ -60,6 +64,7 @@ def _detect(cycle: Cycle) -> str:
     """Fingerprint the dataset's source and compare it with the data last trained on."""
     root = cycle.root
     cycle.config = load_config(root / "params.yaml")
+    _note_uncommitted_params(cycle)
     data = cycle.config.data
     folder = Path(data.image_folder)
     cycle.fingerprint = fingerprint_dataset(
@@ -79,6 +84,23 @@ def _detect(cycle: Cycle) -> str:
     if not change.changed and not cycle.force:
         return f"skipped: {change.summary}"
     return change.summary + (" (forced)" if not change.changed else "")
+
+
+def _note_uncommitted_params(cycle: Cycle) -> None:
+    """Warn, and record, when params.yaml differs from the last commit: a workspace `dvc exp
+    run -S` leaves its values there, and a scheduled cycle would otherwise train with them
+    without a word. The cycle goes on with them (`dvc exp apply` puts params there on purpose
+    too); the warning says how to choose."""
+    uncommitted = uncommitted_params(cycle.root)
+    if not uncommitted:
+        return
+    cycle.record.params_uncommitted = {key: str(value) for key, value in uncommitted.items()}
+    logger.warning(
+        "params.yaml differs from the last commit in %s: this cycle trains with these values. "
+        "A `dvc exp run` in the workspace leaves its params there; to retrain with the "
+        "committed ones, run `git checkout params.yaml` first (or commit these).",
+        describe_params(uncommitted),
+    )
 
 
 def _prepare(cycle: Cycle, prepared: Path, reference: Path) -> str:

@@ -3,8 +3,10 @@
 DVC runs every stage of `dvc exp run` (in the workspace or from the queue) with
 `DVC_EXP_NAME` and `DVC_EXP_BASELINE_REV` set (dvc/repo/experiments/queue/base.py). Runs are
 tagged with them, and with the params that differ from the baseline commit, so the MLflow UI
-filters one experiment's runs with `tags.dvc_exp_name = '<name>'`. Import-light (no MLflow, no
-Keras): the stages call it before loading either.
+filters one experiment's runs with `tags.dvc_exp_name = '<name>'`. On the main line (`dvc
+repro`, `pipeline retrain`) runs made with params that differ from the last commit, such as
+those a workspace `dvc exp run -S` leaves in params.yaml, are tagged `params_uncommitted`.
+Import-light (no MLflow, no Keras): the stages call it before loading either.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ BASELINE_VARIABLE = "DVC_EXP_BASELINE_REV"
 EXPERIMENT_TAG = "dvc_exp_name"
 BASELINE_TAG = "dvc_exp_baseline_rev"
 CHANGED_PARAMS_TAG = "dvc_exp_params"
+UNCOMMITTED_PARAMS_TAG = "params_uncommitted"
 MAX_TAG_LENGTH = 5000  # MLflow keeps tag values of up to 8,000 characters
 
 
@@ -34,10 +37,14 @@ def dvc_experiment() -> str | None:
 
 
 def execution_tags(project_root: Path) -> dict[str, str]:
-    """`git_commit`, and inside a DVC experiment its name, baseline and changed params."""
+    """`git_commit`, and inside a DVC experiment its name, baseline and changed params; on the
+    main line, the params that differ from the commit (`params_uncommitted`), if any."""
     tags = {"git_commit": git_commit(project_root)}
     name = dvc_experiment()
     if name is None:
+        uncommitted = uncommitted_params(project_root)
+        if uncommitted:
+            tags[UNCOMMITTED_PARAMS_TAG] = describe_params(uncommitted)
         return tags
     tags[EXPERIMENT_TAG] = name
     baseline = os.environ.get(BASELINE_VARIABLE)
@@ -47,9 +54,21 @@ def execution_tags(project_root: Path) -> dict[str, str]:
         tags[CHANGED_PARAMS_TAG] = (
             "unknown (the baseline's params.yaml could not be read)"
             if changed is None
-            else ", ".join(f"{key}={value}" for key, value in changed.items()) or "none"
-        )[:MAX_TAG_LENGTH]
+            else describe_params(changed) or "none"
+        )
     return tags
+
+
+def uncommitted_params(project_root: Path) -> dict[str, object] | None:
+    """The params.yaml keys whose workspace value differs from the last commit's (a
+    workspace `dvc exp run -S` leaves its values there); None outside git or before
+    params.yaml is committed."""
+    return changed_params(project_root, "HEAD")
+
+
+def describe_params(params: dict[str, object]) -> str:
+    """`key=value, ...`, cut to what an MLflow tag holds."""
+    return ", ".join(f"{key}={value}" for key, value in params.items())[:MAX_TAG_LENGTH]
 
 
 def changed_params(project_root: Path, baseline: str) -> dict[str, object] | None:

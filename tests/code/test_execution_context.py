@@ -57,6 +57,22 @@ def test_the_main_line_is_tagged_with_its_commit_only(repo, monkeypatch) -> None
     assert execution_tags(root) == {"git_commit": head}
 
 
+def test_a_main_line_run_with_params_off_the_commit_says_which(repo, monkeypatch) -> None:
+    """What a workspace `dvc exp run -S` leaves in params.yaml, the next `dvc repro` or
+    `pipeline retrain` trains with: its runs say so instead of naming only the commit."""
+    root, head = repo
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["scratch"]["epochs"] = 3
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert execution_tags(root) == {
+        "git_commit": f"{head}-dirty",
+        "params_uncommitted": "train.scratch.epochs=3",
+    }
+    _git(root, "commit", "-qam", "three epochs")
+    assert "params_uncommitted" not in execution_tags(root)
+
+
 def test_an_experiment_is_tagged_with_its_name_baseline_and_changed_params(
     repo, monkeypatch
 ) -> None:

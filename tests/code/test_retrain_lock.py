@@ -131,3 +131,39 @@ def test_a_rejected_cycle_says_whether_there_was_a_champion_to_keep(
     cycle = SimpleNamespace(record=record, started=0.0)
     assert steps._promote(cycle, decision) == expected
     assert record.outcome == "rejected"
+
+
+def test_a_cycle_warns_and_records_params_that_differ_from_the_commit(
+    tmp_path: Path, caplog
+) -> None:
+    """A workspace `dvc exp run -S` leaves its params in params.yaml; a scheduled cycle that
+    trains with them says so in the log and in reports/retrain.json, naming each key."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from pipeline.retraining import steps
+    from pipeline.retraining.cycle import CycleRecord
+
+    env = {**os.environ, **{f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+           for what, value in (("NAME", "t"), ("EMAIL", "t@example.invalid"))}}  # fmt: skip
+    params = {"train": {"scratch": {"epochs": 60}}, "data": {"seed": 42}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "params"]):
+        subprocess.run(["git", *command], cwd=tmp_path, env=env, check=True)
+    record = CycleRecord(started_at="now", forced=False)
+    cycle = SimpleNamespace(root=tmp_path, record=record)
+
+    steps._note_uncommitted_params(cycle)
+    assert record.params_uncommitted == {}
+    assert not caplog.records
+
+    params["train"]["scratch"]["epochs"] = 3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with caplog.at_level(logging.WARNING):
+        steps._note_uncommitted_params(cycle)
+    assert record.params_uncommitted == {"train.scratch.epochs": "3"}
+    assert record.to_dict()["params_uncommitted"] == {"train.scratch.epochs": "3"}
+    (warning,) = caplog.records
+    assert "train.scratch.epochs=3" in warning.getMessage()
+    assert "git checkout params.yaml" in warning.getMessage()
