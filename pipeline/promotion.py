@@ -83,8 +83,9 @@ def promote_challenger(
             model_sha256 if main_line else None,
         )
         _warn_without_manifest(champion)
+        rolled_back = registry.rolled_back_versions(registered_model) if main_line else frozenset()
         outcome = judge_challenger(
-            test.y, test.digests(), challenger, champion, test.classes, thresholds
+            test.y, test.digests(), challenger, champion, test.classes, thresholds, rolled_back
         )
         decision = outcome.decision
         _warn_about_overlap(outcome.overlap)
@@ -99,6 +100,7 @@ def promote_challenger(
                 input_example(test),
                 {**tags, "promotion_run_id": run_id},
                 resize=resize,
+                monitoring_splits=(open_split(prepared, "train"), test),
             )
             if new:
                 logger.info(

@@ -13,7 +13,8 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -23,12 +24,13 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 
-from pipeline import serving
 from pipeline.datasets import images as image_decoding
 from pipeline.datasets.images import ResizeMode
+from pipeline.errors import RegistryError
 from pipeline.evaluation.metrics import predict_batch_size
 from pipeline.evaluation.promotion import Decision, ScoredVersion
 from pipeline.models import outputs
+from pipeline.serving import model as serving
 from pipeline.store import CLASSES_FILE, ImageSplit, write_classes
 from pipeline.tracking.runs import create_run, model_requirements, pinned_requirements
 
@@ -39,6 +41,12 @@ CHAMPION = "champion"
 CLASSIFIER_ARTIFACT = "classifier"
 MODEL_SHA_TAG = "model_sha256"
 """On every version: the SHA-256 of its Keras model file. The same model is one version."""
+CHAMPION_PREVIOUS_TAG = "champion.previous"
+"""On a version that became champion: the version it replaced (what a rollback goes back to)."""
+CHAMPION_SINCE_TAG = "champion.since"
+ROLLED_BACK_TAG = "rollback.rolled_back"
+"""On a version a rollback took out of service: the gate never promotes its model again."""
+MAX_TAG_TEXT = 1000
 
 
 def log_classifier(
@@ -47,18 +55,23 @@ def log_classifier(
     example: np.ndarray,
     manifest_file: Path | None = None,
     resize: ResizeMode = "stretch",
+    monitoring_splits: tuple[ImageSplit, ImageSplit] | None = None,
 ):
-    """Log the served classifier (see pipeline.serving) into the active run; return its info.
+    """Log the served classifier (see pipeline.serving.model) into the active run; return its
+    info.
 
     `resize` is the split's `data.resize`: the served model decodes image files with it, so a
     file gets the answer it gets in the test split. The input example is `example`'s first
-    image as a PNG file, as a client sends it.
+    image as a PNG file, as a client sends it. With `monitoring_splits` (train, test) the
+    version ships its embedding projection and its monitoring reference (monitoring_artifacts).
     """
     config = {serving.RESIZE_CONFIG: resize, serving.MAX_BATCH_CONFIG: serving.DEFAULT_MAX_BATCH}
     with tempfile.TemporaryDirectory() as scratch:
         artifacts = _classifier_artifacts(keras_model_file, classes, Path(scratch), manifest_file)
         classifier = serving.ImageClassifier()
         classifier.load_context(_Context(artifacts, config))
+        if monitoring_splits is not None:
+            artifacts.update(monitoring_artifacts(classifier, *monitoring_splits, Path(scratch)))
         request = pd.DataFrame({serving.IMAGE_COLUMN: [encode_png(example[0])]})
         signature = classifier_signature(classifier.classes)
         with warnings.catch_warnings(), pinned_requirements():
@@ -76,6 +89,67 @@ def log_classifier(
                 # serving.py's imports from this package, so the model loads without it.
                 code_paths=[outputs.__file__, image_decoding.__file__],
             )
+
+
+PROJECTION_SAMPLE = 1000
+"""Training images the embedding projection is fitted on (a fixed sample of larger splits)."""
+REFERENCE_SAMPLE = 2000
+"""Test images in a version's monitoring reference (a fixed sample of larger splits)."""
+
+
+def monitoring_artifacts(
+    classifier: serving.ImageClassifier, train: ImageSplit, test: ImageSplit, scratch: Path
+) -> dict[str, str]:
+    """The version's embedding projection (PCA of its penultimate layer on the training
+    split) and its monitoring reference (the test split's embeddings, predicted classes and
+    confidences), written into `scratch`; {artifact name: path}."""
+    from pipeline.monitoring.reference import (
+        Reference,
+        apply_projection,
+        fit_projection,
+        save_projection,
+        save_reference,
+    )
+
+    size = min(predict_batch_size(classifier.image_shape), serving.DEFAULT_MAX_BATCH)
+    rows = _sample_rows(len(train), PROJECTION_SAMPLE)
+    features = np.concatenate(
+        [classifier.call_with_features(batch)[0] for _, batch in train.batches(size, rows)]
+    )
+    projection = fit_projection(features)
+    embeddings, predicted, confidences = [], [], []
+    for _, batch in test.batches(size, _sample_rows(len(test), REFERENCE_SAMPLE)):
+        hidden, raw = classifier.call_with_features(batch)
+        probabilities = outputs.class_probabilities(raw)
+        embeddings.append(apply_projection(hidden, projection))
+        predicted.append(probabilities.argmax(axis=1))
+        confidences.append(probabilities.max(axis=1))
+    reference = Reference(
+        embeddings=np.concatenate(embeddings).astype(np.float32),
+        predicted=np.concatenate(predicted).astype(np.int64),
+        confidences=np.concatenate(confidences).astype(np.float64),
+        classes=tuple(classifier.classes),
+    )
+    projection_file = scratch / "projection.npz"
+    reference_file = scratch / "reference.npz"
+    save_projection(projection_file, projection)
+    save_reference(reference_file, reference)
+    # The served model now embeds as it will once loaded from the registry.
+    classifier.projection = (
+        projection.mean.astype(np.float32),
+        projection.components.astype(np.float32),
+    )
+    return {
+        serving.PROJECTION_ARTIFACT: str(projection_file),
+        serving.REFERENCE_ARTIFACT: str(reference_file),
+    }
+
+
+def _sample_rows(count: int, limit: int) -> np.ndarray:
+    """Every row, or a fixed sorted sample of `limit` of them (the same on every run)."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, size=limit, replace=False))
 
 
 def classifier_signature(classes: list[str]) -> ModelSignature:
@@ -290,8 +364,97 @@ def record_decision(name: str, version: str, decision: Decision, champion: str |
 
 
 def set_champion(name: str, version: str) -> None:
-    """Point `champion` at `version`: the one change a service sees."""
-    mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+    """Point `champion` at `version`: the one change a service sees. The version is tagged
+    with the one it replaces and when, the history `pipeline rollback` walks back."""
+    client = mlflow.MlflowClient()
+    current = champion_version(name)
+    if current is not None and current.version != str(version):
+        client.set_model_version_tag(name, version, CHAMPION_PREVIOUS_TAG, current.version)
+    client.set_model_version_tag(name, version, CHAMPION_SINCE_TAG, _now())
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """One move of `champion` back to an earlier version, as recorded on both versions."""
+
+    registered_model: str
+    from_version: str
+    to_version: str
+    reason: str
+    user: str
+    at: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def roll_back_champion(name: str, reason: str, user: str, to: str | None = None) -> Rollback:
+    """Move `champion` from its version back to `to`, by default the version it replaced
+    (its CHAMPION_PREVIOUS_TAG). The rolled-back version is tagged so that the gate never
+    promotes that model again; both versions record the reason, the user and the time."""
+    client = mlflow.MlflowClient()
+    current = champion_version(name)
+    if current is None:
+        raise RegistryError(f"{name} has no champion: there is nothing to roll back")
+    target = to if to is not None else current.tags.get(CHAMPION_PREVIOUS_TAG)
+    if target is None:
+        raise RegistryError(
+            f"no version of {name} held champion before version {current.version}: name the "
+            "version to serve with --to VERSION"
+        )
+    target = str(target)
+    known = {
+        version.version: version
+        for version in client.search_model_versions(f"name = '{_quoted(name)}'")
+    }
+    if target not in known:
+        raise RegistryError(
+            f"{name} has no version {target}; its versions are "
+            f"{', '.join(sorted(known, key=int))}: pass one of them with --to"
+        )
+    if target == current.version:
+        raise RegistryError(f"version {target} of {name} is already the champion")
+    rollback = Rollback(name, current.version, target, reason, user, _now())
+    text = reason[:MAX_TAG_TEXT]
+    for key, value in {
+        ROLLED_BACK_TAG: "true",
+        "rollback.reason": text,
+        "rollback.by": user,
+        "rollback.at": rollback.at,
+        "rollback.replaced_by": target,
+    }.items():
+        client.set_model_version_tag(name, current.version, key, value)
+    for key, value in {
+        "restored.reason": text,
+        "restored.by": user,
+        "restored.at": rollback.at,
+        "restored.from": current.version,
+    }.items():
+        client.set_model_version_tag(name, target, key, value)
+    if known[target].tags.get(ROLLED_BACK_TAG) == "true":
+        # A person chose this version again: it is no longer barred from the gate.
+        client.delete_model_version_tag(name, target, ROLLED_BACK_TAG)
+        logger.warning(
+            "version %s of %s had been rolled back itself; it serves again", target, name
+        )
+    client.set_registered_model_alias(name, CHAMPION, target)
+    return rollback
+
+
+def rolled_back_versions(name: str) -> frozenset[str]:
+    """The versions of `name` that a rollback took out of service (ROLLED_BACK_TAG)."""
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{_quoted(name)}'")
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return frozenset()
+        raise
+    return frozenset(v.version for v in versions if v.tags.get(ROLLED_BACK_TAG) == "true")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager
@@ -312,14 +475,16 @@ def enter_challenger(
     example: np.ndarray,
     tags: dict[str, str],
     resize: ResizeMode = "stretch",
+    monitoring_splits: tuple[ImageSplit, ImageSplit] | None = None,
 ) -> tuple[str, bool]:
     """Point `challenger` at the model file's version: the one that already holds it (see
-    score_contenders), else a new one, logged into the active run and registered with `tags`.
+    score_contenders), else a new one, logged into the active run (with its monitoring
+    reference from `monitoring_splits`, train and test) and registered with `tags`.
     Return the version and whether it is new."""
     if challenger.version is not None:
         name_challenger(name, challenger.version)
         return challenger.version, False
-    info = log_classifier(model_file, classes, example, manifest_file, resize)
+    info = log_classifier(model_file, classes, example, manifest_file, resize, monitoring_splits)
     return register_challenger(name, info.model_uri, tags).version, True
 
 

@@ -347,9 +347,11 @@ def judge_challenger(
     champion: ScoredVersion | None,
     classes: list[str],
     thresholds: GateThresholds,
+    rolled_back_versions: frozenset[str] = frozenset(),
 ) -> GateOutcome:
     """The whole gate on one test split: leave out the test images either model trained on,
-    refuse when too few remain, judge the rest, and never re-promote the champion itself."""
+    refuse when too few remain, judge the rest, never re-promote the champion itself, and
+    never promote a model that a rollback took out of service (`rolled_back_versions`)."""
     overlap = find_test_overlap(
         test_digests,
         challenger.training_manifest,
@@ -371,6 +373,13 @@ def judge_challenger(
     if challenger.version is not None and challenger.version == champion_version:
         detail = f"version {challenger.version} is already the champion: nothing to promote"
         criterion = Criterion("new_model", False, 0.0, 1.0, detail)
+        decision = replace(decision, passed=False, criteria=(*decision.criteria, criterion))
+    if challenger.version is not None and challenger.version in rolled_back_versions:
+        detail = (
+            f"version {challenger.version} was rolled back: the same model is never promoted "
+            "again; retrain it into a different model (pipeline retrain --force)"
+        )
+        criterion = Criterion("not_rolled_back", False, 0.0, 1.0, detail)
         decision = replace(decision, passed=False, criteria=(*decision.criteria, criterion))
     return GateOutcome(decision, overlap)
 

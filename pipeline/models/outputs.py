@@ -1,7 +1,7 @@
 """What a classifier's output layer means: one place for "one sigmoid unit is two classes".
 
 A two-class model ends in one sigmoid unit (binary cross-entropy, as the course does); any
-other model in a softmax over its classes. Numpy only: the served model (pipeline/serving.py)
+other model in a softmax over its classes. Numpy only: the served model (pipeline/serving/model.py)
 ships this file with it, so it loads without the rest of the package.
 """
 

@@ -33,6 +33,35 @@ class Classifier:
     """(height, width, channels) of the images the model takes."""
     predict_batch: Callable[[np.ndarray], np.ndarray]
     """uint8 (N, H, W, C) images -> float (N, len(classes)) probabilities."""
+    python_model: object | None = None
+    """The served classifier inside a registered model (pipeline.serving.model), if it is one."""
+
+
+def record_answers(classifier: Classifier, recorder) -> Classifier:
+    """`classifier`, recording every answer with `recorder` (`pipeline predict --log`): the
+    served classifier records as the server does (with embeddings); any other model records
+    its classes and probabilities under its source, without embeddings."""
+    from dataclasses import replace
+
+    from pipeline.serving.observers import observer_for, record_probabilities
+
+    python_model = classifier.python_model
+    if python_model is not None and hasattr(python_model, "call_with_features"):
+        name, version, alias = python_model.identity
+        python_model.observer = observer_for(
+            recorder, name or classifier.source, version or "", alias
+        )
+        return classifier
+    inner = classifier.predict_batch
+
+    def predict_batch(images: np.ndarray) -> np.ndarray:
+        probabilities = inner(images)
+        record_probabilities(
+            recorder, classifier.source, "", images, probabilities, classifier.classes
+        )
+        return probabilities
+
+    return replace(classifier, predict_batch=predict_batch)
 
 
 def load_classifier(source: str) -> Classifier:
@@ -135,7 +164,12 @@ def _load_pyfunc(source: str) -> Classifier:
     import mlflow
     import pandas as pd
 
-    from pipeline.serving import DEFAULT_MAX_BATCH, PREDICTED_CLASS, class_columns, served_input
+    from pipeline.serving.model import (
+        DEFAULT_MAX_BATCH,
+        PREDICTED_CLASS,
+        class_columns,
+        served_input,
+    )
 
     try:
         model = mlflow.pyfunc.load_model(source)
@@ -159,7 +193,8 @@ def _load_pyfunc(source: str) -> Classifier:
             ]
             return pd.concat(answers)[columns].to_numpy(dtype=np.float64)
 
-        return Classifier(source, [str(name) for name in columns], image_shape, predict_batch)
+        names = [str(name) for name in columns]
+        return Classifier(source, names, image_shape, predict_batch, model.unwrap_python_model())
 
     # A bare Keras flavor (a run's `model` artifact) answers probabilities without names: its
     # training run logged them (CLASSES_FILE), and a local MLflow model folder can carry them.

@@ -396,7 +396,7 @@ def test_the_registry_champion_is_used_by_default(
     from pipeline import registry
     from pipeline.store import open_split
 
-    monkeypatch.setattr("pipeline.serving.DEFAULT_MAX_BATCH", 7)
+    monkeypatch.setattr("pipeline.serving.model.DEFAULT_MAX_BATCH", 7)
     shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")  # dataset: digits
     test = open_split(digits.root / "data" / "prepared", "test")
     with mlflow.start_run(experiment_id=sqlite_experiment):

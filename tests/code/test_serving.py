@@ -15,9 +15,9 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from pipeline import serving
 from pipeline.datasets.images import decode_image
 from pipeline.registry import _classifier_artifacts, _Context, classifier_signature, encode_png
+from pipeline.serving import model as serving
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 SHAPE = (12, 12, 3)

@@ -65,6 +65,15 @@ DEFAULT_MAX_BATCH = 256
 KERAS_MODEL_ARTIFACT = "keras_model"
 CLASSES_ARTIFACT = "classes"
 MANIFEST_ARTIFACT = "training_manifest"
+PROJECTION_ARTIFACT = "embedding_projection"
+"""The PCA projection (npz: `mean`, `components`) of the penultimate layer to a small
+embedding, fitted on the training split at registration (pipeline.monitoring.reference)."""
+REFERENCE_ARTIFACT = "monitoring_reference"
+"""The test split's embeddings, predicted classes and confidences at registration: what
+`pipeline monitor` compares served traffic with (pipeline.monitoring.reference)."""
+OUTPUT_LAYER = "predictions"
+"""The name of every pipeline model's output layer (pipeline.models.heads); the embedding is
+taken from its input."""
 SCORING_SERVER_MODEL_PATH = "__pyfunc_model_path__"
 """Set by `mlflow models serve` in the processes that serve the model."""
 REGISTERED_MODEL_META = "registered_model_meta"
@@ -114,6 +123,11 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             with open(manifest) as stream:
                 self.training_manifest = {line.strip() for line in stream if line.strip()}
         self.identity = registry_identity(Path(context.artifacts[KERAS_MODEL_ARTIFACT]))
+        self.projection = _read_projection(context.artifacts.get(PROJECTION_ARTIFACT))
+        self._joint_model = None
+        self.observer = None
+        """Set by a caller that records answers (the server, `pipeline predict --log`): called
+        after each prediction as observer(images, embeddings or None, answer rows)."""
         if os.environ.get(SCORING_SERVER_MODEL_PATH):
             keep_nagle_off()
         # Trace the compiled predict function now, for one image and for a batch (after two
@@ -144,10 +158,35 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         images, errors = self._read_items(items, row_errors)
         good = [index for index in range(len(items)) if index not in errors]
         probabilities = np.full((len(items), len(self.classes)), np.nan)
+        observer = self.observer
+        batch, embeddings = None, None
         if good:
             batch = images if len(good) == len(items) else images[good]
-            probabilities[good] = class_probabilities(self._call_model(batch))
-        return self._answer(probabilities, errors, top_k)
+            if observer is not None and self.projection is not None:
+                features, outputs = self.call_with_features(batch)
+                embeddings = _project(features, self.projection)
+            else:
+                outputs = self._call_model(batch)
+            probabilities[good] = class_probabilities(outputs)
+        answer = self._answer(probabilities, errors, top_k)
+        if observer is not None and batch is not None:
+            observer(batch, embeddings, answer.iloc[good])
+        return answer
+
+    def call_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(penultimate features: the output layer's input, flattened; outputs) of one uint8
+        batch, in one pass of the model: what embeddings are made from."""
+        if self._joint_model is None:
+            import keras
+
+            try:
+                hidden = self.model.get_layer(OUTPUT_LAYER).input
+            except ValueError:
+                hidden = self.model.layers[-1].input
+            self._joint_model = keras.Model(self.model.inputs, [hidden, self.model.outputs[0]])
+        features, outputs = self._joint_model.predict_on_batch(images)
+        flat = np.asarray(features, dtype=np.float32).reshape(len(images), -1)
+        return flat, np.asarray(outputs)
 
     def _read_items(self, items: list, row_errors: bool) -> tuple[np.ndarray, dict[int, str]]:
         """The items as one uint8 batch of the model's shape, and {index: reason} for those
@@ -226,6 +265,22 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 frame.at[row, TOP_PROBABILITIES] = []
                 frame.at[row, ERROR] = errors[row]
         return frame
+
+
+def _read_projection(path: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, components) of the version's embedding projection; None for versions
+    registered without one (their answers are recorded without embeddings)."""
+    if not path:
+        return None
+    with np.load(path) as saved:
+        return saved["mean"].astype(np.float32), saved["components"].astype(np.float32)
+
+
+def _project(features: np.ndarray, projection: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The embedding: centred features on the projection's components (the same formula as
+    pipeline.monitoring.reference.apply_projection, which this file cannot import)."""
+    mean, components = projection
+    return ((features - mean) @ components.T).astype(np.float32)
 
 
 def check_pixels(values, image_shape: tuple[int, int, int]) -> np.ndarray:
