@@ -1,0 +1,225 @@
+"""`pipeline serve`: MLflow's own scoring app on uvicorn, answering with the version the
+champion alias points at now (pipeline.serving.holder), and recording every answered image
+(pipeline.serving.recorder).
+
+The request and response formats are MLflow's (`mlflow.pyfunc.scoring_server.init`): the same
+`/invocations`, `/ping`, `/health` and `/version` as `mlflow models serve`, so the README's
+`curl` call and Python client work unchanged. The app is handed a stand-in model whose
+`predict` reads the holder's current version once, so a swap never splits a request. The port
+is bound before anything loads: a second server on the same port exits at once, saying so.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PipelineError
+from pipeline.serving.holder import DEFAULT_POLL_SECONDS, Served, VersionHolder
+
+logger = logging.getLogger(__name__)
+
+OPTIONS_ENV = "PIPELINE_SERVE_OPTIONS"
+"""How the parent hands its options to uvicorn's worker processes (--workers N > 1)."""
+DEFAULT_PORT = 5001
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    registered_model: str
+    tracking_uri: str
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    alias: str = "champion"
+    predictions_dir: str | None = None
+    """Where answers are recorded (None: not recorded)."""
+    keep_images: bool = False
+    flush_seconds: float = 2.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeOptions:
+        return cls(**json.loads(text))
+
+
+class FollowingModel:
+    """What MLflow's scoring app calls as its model: the holder's current version."""
+
+    def __init__(self, holder: VersionHolder) -> None:
+        self.holder = holder
+
+    @property
+    def metadata(self):
+        # Every version of the pipeline's classifier has the same input schema and params.
+        return self.holder.current.model.metadata
+
+    def predict(self, data, params=None):
+        served = self.holder.current  # read once: the request finishes on this version
+        return served.model.predict(data, params=params)
+
+
+def recording_observer(recorder) -> Callable[[Served], Callable]:
+    """For each loaded version, the callback its model calls after each prediction."""
+    from pipeline.serving.observers import observer_for
+
+    return lambda served: observer_for(recorder, served.name, served.version, served.alias)
+
+
+class _Lifespan:
+    """Runs `startup` and `shutdown` callables around an ASGI app's life (uvicorn's lifespan
+    protocol), so each worker process starts and stops its own poller and recorder."""
+
+    def __init__(self, app, startup: list[Callable], shutdown: list[Callable]) -> None:
+        self.app, self.startup, self.shutdown = app, startup, shutdown
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                for action in self.startup:
+                    action()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for action in self.shutdown:
+                    try:
+                        action()
+                    except Exception:  # noqa: BLE001 - stop the rest whatever one does
+                        logger.exception("stopping the server")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def build_app(options: ServeOptions):
+    """The ASGI app of one server process: load the alias's version, then serve it."""
+    import mlflow
+    from mlflow.pyfunc import scoring_server
+
+    from pipeline.serving.model import keep_nagle_off
+
+    mlflow.set_tracking_uri(options.tracking_uri)
+    recorder = None
+    if options.predictions_dir is not None:
+        from pipeline.serving.recorder import PredictionRecorder
+
+        recorder = PredictionRecorder(
+            Path(options.predictions_dir),
+            source="serve",
+            flush_seconds=options.flush_seconds,
+            keep_images=options.keep_images,
+        )
+    holder = VersionHolder(
+        options.registered_model,
+        options.alias,
+        poll_seconds=options.poll_seconds,
+        observe=recording_observer(recorder) if recorder is not None else None,
+    )
+    served = holder.load_initial()
+    logger.info(
+        "serving %s version %s (@%s) on http://%s:%d; following the alias every %g s",
+        served.name,
+        served.version,
+        served.alias,
+        options.host,
+        options.port,
+        options.poll_seconds,
+    )
+    app = scoring_server.init(FollowingModel(holder))
+
+    @app.get("/status")
+    async def status() -> dict[str, Any]:
+        """The version serving, the holder's last poll and swaps, and the recorder's counts."""
+        answer = holder.status()
+        answer["pid"] = os.getpid()
+        answer["recorder"] = recorder.status() if recorder is not None else None
+        if answer["recorder"] is not None:
+            answer["recorder"]["directory"] = str(answer["recorder"]["directory"])
+        return answer
+
+    # uvicorn's workers get listening sockets whose TCP_NODELAY asyncio does not set.
+    keep_nagle_off()
+    startup = [holder.start] + ([recorder.start] if recorder is not None else [])
+    shutdown = [holder.stop] + ([recorder.close] if recorder is not None else [])
+    return _Lifespan(app, startup, shutdown)
+
+
+def app_from_environment():
+    """The app factory uvicorn's worker processes import (--workers N > 1)."""
+    return build_app(ServeOptions.from_json(os.environ[OPTIONS_ENV]))
+
+
+def bind_port(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a PipelineError saying who holds it and what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        # Listening now, so that a second server's bind fails even before this one serves.
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise PipelineError(
+                f"{host}:{port} is already in use (another `pipeline serve`, or another "
+                "server): stop it, or serve on another --port"
+            ) from None
+        raise PipelineError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(options: ServeOptions) -> None:
+    """Serve until SIGINT or SIGTERM; a clean stop flushes every recorded answer."""
+    import uvicorn
+
+    sock = bind_port(options.host, options.port)
+    common = {
+        "host": options.host,
+        "port": options.port,
+        "lifespan": "on",
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    try:
+        if options.workers == 1:
+            config = uvicorn.Config(build_app(options), **common)
+            uvicorn.Server(config).run(sockets=[sock])
+            return
+        from uvicorn.supervisors import Multiprocess
+
+        _check_alias(options)
+        os.environ[OPTIONS_ENV] = options.to_json()
+        config = uvicorn.Config(
+            f"{__name__}:app_from_environment", factory=True, workers=options.workers, **common
+        )
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()
+
+
+def _check_alias(options: ServeOptions) -> None:
+    """Fail in the parent, with the reason, before N workers each fail to load."""
+    import mlflow
+
+    mlflow.set_tracking_uri(options.tracking_uri)
+    holder = VersionHolder(options.registered_model, options.alias)
+    try:
+        if holder.resolve() is None:
+            holder.load_initial()  # raises, naming what to do
+    finally:
+        holder.stop()
