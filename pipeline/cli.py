@@ -1,8 +1,11 @@
 """The `pipeline` command: verbs that run outside the DVC stages.
 
     pipeline predict PATH... classify image files and folders with the champion (or --model)
-    pipeline retrain         one retraining cycle: lock, new data?, dvc repro, promotion gate
+    pipeline serve           serve the champion over HTTP, following the alias; record answers
+    pipeline monitor         has served traffic drifted from the champion's test split?
+    pipeline retrain         one retraining cycle: lock, new data or drift?, dvc repro, gate
     pipeline retrain --force retrain even when the data has not changed
+    pipeline rollback        move the champion back to the version it replaced
     pipeline sync-mlflow     log to MLflow what a lost tracking server missed
     pipeline deps            each stage's code dependencies, derived from its imports
     pipeline deps --check    exit 1, naming the stage and file, where dvc.yaml disagrees
@@ -68,15 +71,151 @@ def retrain(args: argparse.Namespace) -> int:
         print(f"pipeline retrain: {held}", file=sys.stderr)
         return LOCK_HELD_STATUS
     if record.outcome == "no new data":
-        print(f"no new data: {record.data['summary']}; nothing retrained (--force retrains)")
+        print(
+            f"no new data: {record.data['summary']} and no drift verdict to act on; nothing "
+            "retrained (--force retrains)"
+        )
+    elif record.outcome == "review queued":
+        review = record.review or {}
+        print(
+            f"drift ({record.drift_report}) but no new labelled images: nothing retrained. "
+            f"{review.get('images')} served images to label: {review.get('html')}; put them "
+            "into the dataset's class folders and the next cycle retrains"
+        )
     else:
         decision = record.decision or {}
         print(
-            f"retrained on {record.data['summary']}: {record.outcome} "
+            f"retrained ({', '.join(record.triggers)}) on {record.data['summary']}: "
+            f"{record.outcome} "
             f"({decision.get('registered_model')} version "
             f"{decision.get('challenger', {}).get('version')}); see {RECORD_FILE}"
         )
     return 0
+
+
+def _project_config(root: Path):
+    from pipeline.config import load_config
+
+    return load_config(root / "params.yaml")
+
+
+def _registered_model(args: argparse.Namespace, config) -> str:
+    return args.model_name or config.mlflow.registered_model_name(config.data.dataset)
+
+
+def _tracking(root: Path) -> str:
+    """The project's tracking URI, checked to answer (a clear error in seconds otherwise)."""
+    from pipeline.tracking.server import check_tracking_server, limit_http_retries, tracking_uri
+
+    limit_http_retries()
+    uri = tracking_uri(root)
+    check_tracking_server(uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the champion over HTTP, following the alias, recording every answer."""
+    from pipeline.serving.server import ServeOptions
+    from pipeline.serving.server import serve as run_server
+
+    root = _project_root(args.root)
+    config = _project_config(root)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    predictions = None if args.no_record else str(_under(root, args.predictions_dir))
+    options = ServeOptions(
+        registered_model=_registered_model(args, config),
+        tracking_uri=_tracking(root),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        poll_seconds=args.poll,
+        alias=args.alias,
+        predictions_dir=predictions,
+        keep_images=args.keep_images,
+        flush_seconds=args.flush_seconds,
+    )
+    run_server(options)
+    return 0
+
+
+def monitor(args: argparse.Namespace) -> int:
+    """One drift check of recorded traffic; exit 0 whether it drifted or not."""
+    from pipeline.monitoring.monitor import Window, parse_duration, run_monitor
+
+    root = _project_root(args.root)
+    config = _project_config(root)
+    try:
+        last = parse_duration(args.last) if args.last is not None else None
+    except ValueError as error:
+        raise PipelineError(str(error)) from None
+    if last is None and args.last_n is None:
+        last = parse_duration("24h")
+    _tracking(root)
+    report = run_monitor(
+        root,
+        _registered_model(args, config),
+        args.version,
+        _under(root, args.predictions_dir),
+        Window(last, args.last_n),
+        args.alpha,
+        config.mlflow.experiment_name,
+    )
+    verdict = "DRIFT" if report["drift"] else "no drift"
+    fired = f" ({', '.join(report['fired'])})" if report.get("fired") else ""
+    print(
+        f"{verdict}{fired}: {report['registered_model']} version {report['model_version']}, "
+        f"{report['window']}, {report['records']} images; {report['reason']}"
+    )
+    print(f"report: {report['report']}  page: {report['page']}")
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    """Move the champion back to the version before it, recording why and who."""
+    import getpass
+
+    import mlflow
+
+    from pipeline import registry
+    from pipeline.tracking.runs import configure_tracking, create_run
+
+    root = _project_root(args.root)
+    config = _project_config(root)
+    reason = args.reason.strip()
+    if not reason:
+        raise PipelineError("--reason is empty: say why the champion is rolled back")
+    _tracking(root)
+    name = _registered_model(args, config)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    done = registry.roll_back_champion(name, reason, user, to=args.to)
+    experiment_id = configure_tracking(root, config.mlflow.experiment_name)
+    tags = {
+        "pipeline.kind": "rollback",
+        "registered_model": name,
+        "from_version": done.from_version,
+        "to_version": done.to_version,
+        "reason": reason[: registry.MAX_TAG_TEXT],
+        "user": user,
+    }
+    run_id = create_run(experiment_id, f"rollback-v{done.from_version}-to-v{done.to_version}", tags)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_dict(done.to_dict(), "rollback.json")
+    print(
+        f"{name}: champion moved back from version {done.from_version} to version "
+        f"{done.to_version} ({reason}); a `pipeline serve` follows within one poll. "
+        f"Version {done.from_version} will not be promoted again. MLflow run {run_id}"
+    )
+    return 0
+
+
+def _under(root: Path, path: Path) -> Path:
+    return path if path.is_absolute() else root / path
 
 
 def sync_mlflow(args: argparse.Namespace) -> int:
@@ -130,6 +269,16 @@ def predict(args: argparse.Namespace) -> int:
     if choice.is_model_uri(chosen.source):
         choice.use_tracking_store(store, chosen.source)
     classifier = load_classifier(chosen.source)
+    recorder = None
+    if args.log:
+        from pipeline.prediction.classifier import record_answers
+        from pipeline.serving.recorder import PredictionRecorder
+
+        recorder = PredictionRecorder(
+            _under(root, args.predictions_dir), source="predict", keep_images=args.keep_images
+        )
+        recorder.start()
+        classifier = record_answers(classifier, recorder)
     height, width, channels = classifier.image_shape
     logger.info(
         "predicting %d file(s) with %s (%s): %d classes, images %dx%dx%d",
@@ -151,7 +300,20 @@ def predict(args: argparse.Namespace) -> int:
         disable=len(files) <= args.batch_size,
         file=sys.stderr,
     ) as bar:
-        predictions = results.predict_files(classifier, files, resize, args.batch_size, bar.update)
+        try:
+            predictions = results.predict_files(
+                classifier, files, resize, args.batch_size, bar.update
+            )
+        finally:
+            if recorder is not None:
+                recorder.close()
+    if recorder is not None:
+        logger.info(
+            "recorded %d answer(s) under %s (%d dropped)",
+            recorder.written,
+            recorder.directory,
+            recorder.dropped,
+        )
     if args.out is None:
         results.write_predictions(predictions, classifier.classes, sys.stdout)
     else:
@@ -281,6 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="images decoded and predicted at a time (default: 64)",
     )
+    predict_parser.add_argument(
+        "--log",
+        action="store_true",
+        help="record each answer as `pipeline serve` does, for `pipeline monitor`",
+    )
+    predict_parser.add_argument(
+        "--predictions-dir",
+        type=Path,
+        default=_PREDICTIONS_DIR,
+        metavar="DIR",
+        help=f"with --log: where answers are recorded (default: {_PREDICTIONS_DIR}/)",
+    )
+    predict_parser.add_argument(
+        "--keep-images", action="store_true", help="with --log: keep each image too (PNG)"
+    )
     _add_root(predict_parser)
     predict_parser.set_defaults(run=predict)
 
@@ -297,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_root(retrain_parser)
     retrain_parser.set_defaults(run=retrain)
+
+    _add_operate_verbs(verbs)
 
     sync_parser = _add_verb(
         verbs,
@@ -323,6 +502,138 @@ def build_parser() -> argparse.ArgumentParser:
     _add_root(deps_parser)
     deps_parser.set_defaults(run=deps)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
+def _add_model_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-name",
+        metavar="NAME",
+        help="the registered model (default: mlflow.registered_model in params.yaml, else "
+        "<dataset>-classifier)",
+    )
+
+
+_PREDICTIONS_DIR = Path("monitoring/predictions")
+
+
+def _add_operate_verbs(verbs) -> None:
+    """serve, monitor and rollback: the loop after promotion."""
+    serve_parser = _add_verb(
+        verbs,
+        "serve",
+        "serve the champion over HTTP; follows the alias, records answers",
+        "Serve models:/<name>@champion with MLflow's scoring app on uvicorn (the same "
+        "/invocations as `mlflow models serve`). The registry is polled: when the alias moves, "
+        "the new version is loaded and warmed up beside the old one, then swapped in; a version "
+        "that fails to load is never swapped in. Every answered image is recorded under "
+        "--predictions-dir (Parquet, one folder per day). SIGINT or SIGTERM stops it cleanly.",
+    )
+    serve_parser.add_argument("--host", default="127.0.0.1", help="(default: 127.0.0.1)")
+    serve_parser.add_argument("--port", type=_port, default=5001, help="(default: 5001)")
+    serve_parser.add_argument(
+        "--workers", type=_positive_int, default=1, metavar="N", help="processes (default: 1)"
+    )
+    serve_parser.add_argument(
+        "--poll",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often the registry is asked where the alias points (default: 10)",
+    )
+    serve_parser.add_argument(
+        "--alias", default="champion", help="the alias to follow (default: champion)"
+    )
+    serve_parser.add_argument(
+        "--predictions-dir",
+        type=Path,
+        default=_PREDICTIONS_DIR,
+        metavar="DIR",
+        help=f"where answers are recorded (default: {_PREDICTIONS_DIR}/ in the project)",
+    )
+    serve_parser.add_argument(
+        "--keep-images",
+        action="store_true",
+        help="also keep each served image (as the model saw it, PNG); off by default, for privacy",
+    )
+    serve_parser.add_argument(
+        "--no-record", action="store_true", help="record nothing (benchmarks, tests)"
+    )
+    serve_parser.add_argument(
+        "--flush-seconds",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often records are written; a SIGKILL loses at most this much (default: 2)",
+    )
+    _add_model_name(serve_parser)
+    _add_root(serve_parser)
+    serve_parser.set_defaults(run=serve)
+
+    monitor_parser = _add_verb(
+        verbs,
+        "monitor",
+        "has served traffic drifted from the champion's test split?",
+        "Compare a window of recorded traffic with the champion's reference (its test split, "
+        "stored at registration): predicted-class shift (chi-square), confidence shift "
+        "(Kolmogorov-Smirnov) and embedding drift (MMD, permutation test), at --alpha split "
+        "between them. Writes reports/monitoring/<window end>.json and .html and latest.json, "
+        "and an MLflow run. Exits 0 either way: the JSON says drift true or false.",
+    )
+    window = monitor_parser.add_mutually_exclusive_group()
+    window.add_argument("--last", metavar="DURATION", help="a period: 30m, 24h, 7d (default: 24h)")
+    window.add_argument(
+        "--last-n", type=_positive_int, metavar="N", help="the last N recorded images"
+    )
+    monitor_parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.01,
+        help="the chance of a false alarm per window, split between the tests (default: 0.01)",
+    )
+    monitor_parser.add_argument(
+        "--version", help="the version whose traffic to judge (default: the champion)"
+    )
+    monitor_parser.add_argument(
+        "--predictions-dir",
+        type=Path,
+        default=_PREDICTIONS_DIR,
+        metavar="DIR",
+        help=f"where the server recorded answers (default: {_PREDICTIONS_DIR}/)",
+    )
+    _add_model_name(monitor_parser)
+    _add_root(monitor_parser)
+    monitor_parser.set_defaults(run=monitor)
+
+    rollback_parser = _add_verb(
+        verbs,
+        "rollback",
+        "move the champion back to the version it replaced",
+        "Point champion back at the version that held it before (or --to VERSION), recording "
+        "the reason, the user and the time on both versions and in an MLflow run. A server "
+        "follows within one poll, and the gate never promotes the rolled-back model again.",
+    )
+    rollback_parser.add_argument("--reason", required=True, help="why, for the record")
+    rollback_parser.add_argument("--to", metavar="VERSION", help="the version to serve")
+    _add_model_name(rollback_parser)
+    _add_root(rollback_parser)
+    rollback_parser.set_defaults(run=rollback)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -38,7 +38,13 @@ class CycleRecord:
 
     started_at: str
     forced: bool
-    outcome: str = "running"  # no new data | promoted | rejected | failed
+    outcome: str = "running"  # no new data | review queued | promoted | rejected | failed
+    triggers: list[str] = field(default_factory=list)
+    """What started it: "new data", "drift", "forced" (pipeline.retraining.triggers)."""
+    drift_report: str | None = None
+    """The monitor report whose drift verdict this cycle acted on."""
+    review: dict | None = None
+    """The review queue written when drift came without new labelled images."""
     steps: list[StepOutcome] = field(default_factory=list)
     data: dict = field(default_factory=dict)
     decision: dict | None = None
@@ -67,6 +73,7 @@ class Cycle:
         self.config: PipelineConfig | None = None
         self.fingerprint: dict | None = None
         self.recorder = None  # the cycle's MLflow run (pipeline.tracking.runs.RunRecorder)
+        self.drift: dict | None = None  # the monitor report that says drift, not yet acted on
 
     def step(self, name: str, action: Callable[[], str | None]) -> None:
         """Run one step, timing it; on any error, record the step as failed and stop."""
@@ -111,7 +118,10 @@ class Cycle:
             "dataset": config.data.dataset,
             "data_change": self.record.data.get("summary", "")[:500],
             "forced": str(self.force).lower(),
+            "trigger": ",".join(self.record.triggers),
         }
+        if self.record.drift_report:
+            tags["drift_report"] = self.record.drift_report
         if self.record.params_uncommitted:
             tags[UNCOMMITTED_PARAMS_TAG] = describe_params(self.record.params_uncommitted)
         self.recorder = open_cycle_run(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pipeline.config import STRATEGY_NAMES, load_config
 from pipeline.datasets.fingerprint import DataChange, compare_fingerprints, fingerprint_dataset
 from pipeline.errors import PipelineError
+from pipeline.retraining import triggers
 from pipeline.retraining.commands import run_command
 from pipeline.retraining.lock import STATE_DIR
 from pipeline.store import PLAN_FILE, RUN_FILE, read_json, write_json
@@ -49,6 +50,11 @@ def run_steps(cycle: Cycle) -> None:
         record.outcome = "no new data"
         return
     cycle.start_run()
+    if record.triggers == [triggers.DRIFT]:
+        # Retraining on the same images cannot follow a world that changed: ask for labels.
+        cycle.step("review", lambda: _review(cycle))
+        record.outcome = "review queued"
+        return
     paths = project_paths(root)
     prepared = root / paths["prepared"]
     reference = root / REFERENCE_DIR
@@ -58,6 +64,8 @@ def run_steps(cycle: Cycle) -> None:
     # The new data has been trained on, whatever the gate decides next.
     write_json(root / TRAINED_DATA_FILE, cycle.fingerprint)
     cycle.step("promote", lambda: _promote(cycle, root / paths["promotion"]))
+    if cycle.drift is not None:
+        triggers.mark_handled(root, cycle.drift, "retrained")
 
 
 def _detect(cycle: Cycle) -> str:
@@ -81,9 +89,34 @@ def _detect(cycle: Cycle) -> str:
         previous = cycle.fingerprint
     change = compare_fingerprints(previous, cycle.fingerprint)
     cycle.record.data = _describe_change(change)
-    if not change.changed and not cycle.force:
-        return f"skipped: {change.summary}"
-    return change.summary + (" (forced)" if not change.changed else "")
+    cycle.drift = triggers.pending_drift(root)
+    found = [triggers.NEW_DATA] if change.changed else []
+    if cycle.drift is not None:
+        found.append(triggers.DRIFT)
+        cycle.record.drift_report = cycle.drift.get("report")
+    if cycle.force:
+        found.append(triggers.FORCED)
+    cycle.record.triggers = found
+    if not found:
+        return f"skipped: {change.summary}; no drift verdict to act on"
+    said = [change.summary if change.changed else f"no new data ({change.summary})"]
+    if cycle.drift is not None:
+        said.append(triggers.describe_drift(cycle.drift))
+    if cycle.force:
+        said.append("forced")
+    return "; ".join(said)
+
+
+def _review(cycle: Cycle) -> str:
+    """Drift without new labelled images: the review queue, and the verdict marked acted on."""
+    image_folder = cycle.config.data.image_folder if cycle.config else None
+    review = triggers.write_review(cycle.root, cycle.drift, image_folder)
+    cycle.record.review = review
+    triggers.mark_handled(cycle.root, cycle.drift, "review queued")
+    return (
+        f"no new labelled images, so retraining would learn nothing new: {review['images']} "
+        f"served images to label in {review['html']} ({review['csv']})"
+    )
 
 
 def _note_uncommitted_params(cycle: Cycle) -> None:

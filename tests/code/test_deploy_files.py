@@ -45,6 +45,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, {source!r})
 import pipeline.retraining.cycle
+import pipeline.serving.server
 from pipeline.retraining.lock import LockHeld
 from pipeline.cli import main
 from pipeline.entry import run_entry
@@ -63,6 +64,14 @@ def run_cycle(root, force=False):
 
 
 pipeline.retraining.cycle.run_cycle = run_cycle
+
+
+def serve(options):
+    print(json.dumps({{"serve": json.loads(options.to_json()), "cwd": os.getcwd(),
+                      "python": shutil.which("python")}}), flush=True)
+
+
+pipeline.serving.server.serve = serve
 run_entry(main, "pipeline")
 """
 # `python`, as the project's virtualenv has it: `python -m pipeline ...` runs the dry pipeline.
@@ -83,6 +92,7 @@ def _dry_project(project: Path) -> Path:
     bin_dir.mkdir(parents=True)
     (project / "reports").mkdir()
     shutil.copy(PROJECT_ROOT / "dvc.yaml", project / "dvc.yaml")
+    shutil.copy(PROJECT_ROOT / "params.yaml", project / "params.yaml")
     source = DRY_PIPELINE.format(python=sys.executable, source=str(PROJECT_ROOT))
     for name, text in (("pipeline", source), ("python", DRY_PYTHON)):
         (bin_dir / name).write_text(text)
@@ -268,8 +278,9 @@ def test_the_service_counts_a_held_lock_as_success_and_a_failed_step_as_failure(
     assert status != 0 and str(status) not in successes
 
 
-def test_the_service_hardening_leaves_the_project_writable() -> None:
-    service = _unit("pipeline-retrain.service")["Service"]
+@pytest.mark.parametrize("name", ["pipeline-retrain.service", "pipeline-serve.service"])
+def test_the_service_hardening_leaves_the_project_writable(name: str) -> None:
+    service = _unit(name)["Service"]
     project = service["WorkingDirectory"]
     assert service["EnvironmentFile"].startswith("-"), "the env file must be optional"
     assert service.get("User", "root") != "root"
@@ -281,6 +292,32 @@ def test_the_service_hardening_leaves_the_project_writable() -> None:
         ("/home/", "/root/")
     )
     assert service.get("ReadOnlyPaths") is None
+
+
+def test_the_serve_unit_serves_the_projects_champion_and_restarts_on_failure(
+    tmp_path: Path,
+) -> None:
+    """ExecStart= reaches `pipeline serve` in the project with its virtualenv, on loopback,
+    recording into the project; a failed start (no champion yet) is tried again."""
+    unit = _unit("pipeline-serve.service")
+    service = unit["Service"]
+    project = tmp_path / "project"
+    _dry_project(project)
+    status, stdout = _run_service(service, project)
+    assert status == 0, stdout
+    asked = _cycle(stdout)
+    assert Path(asked["cwd"]).resolve() == project.resolve()
+    assert asked["python"] == str(project / VENV_BIN / "python")
+    options = asked["serve"]
+    assert options["host"] == "127.0.0.1"
+    assert options["registered_model"] == "digits-classifier"
+    assert Path(options["predictions_dir"]) == project.resolve() / "monitoring" / "predictions"
+    assert service["Type"] == "simple" and service["Restart"] == "on-failure"
+    assert service["KillSignal"] == "SIGTERM", "SIGTERM flushes the prediction records"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert service["WorkingDirectory"] == _unit("pipeline-retrain.service")["Service"][
+        "WorkingDirectory"
+    ], "both units must name the same project"
 
 
 def test_the_timer_starts_the_shipped_service() -> None:
@@ -329,7 +366,7 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
     _dry_project(dry_project)
     units = tmp_path / "units"
     units.mkdir()
-    for source in sorted(SYSTEMD.glob("pipeline-retrain.*")):
+    for source in sorted(SYSTEMD.glob("pipeline-*")):
         (units / source.name).write_text(source.read_text().replace(project, str(dry_project)))
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", *sorted(map(str, units.iterdir()))],
@@ -338,7 +375,7 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
         timeout=20,
     )
     # Unknown keys and bad values are only warnings: any line about these units fails.
-    complaints = [line for line in result.stderr.splitlines() if "pipeline-retrain" in line]
+    complaints = [line for line in result.stderr.splitlines() if "pipeline-" in line]
     assert result.returncode == 0 and not complaints, result.stderr
 
 
