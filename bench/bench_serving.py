@@ -14,6 +14,7 @@ worker). Every loop is bounded (requests, timeouts), and the server is stopped o
 
     python bench/bench_serving.py --model folder32 --workers 1 2 4
     python bench/bench_serving.py --model digits --requests 300
+    python bench/bench_serving.py --model digits --swap   # pipeline serve: swaps, recording
 """
 
 from __future__ import annotations
@@ -170,16 +171,206 @@ def bench_workers(uri: str, env: dict, workers: int, shape, args, workdir: Path)
         print(f"workers={workers} server peak RSS {group_peak_rss_mb(server.pid):.0f} MB")
 
 
+def timed_clients(port: int, bodies: list[bytes], clients: int, seconds: float) -> list[tuple]:
+    """Send bodies round-robin from `clients` threads for `seconds`; return (start, end, ok)
+    of every request (wall-clock times, comparable with the server's swap times)."""
+    outcomes: list[tuple[float, float, bool]] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client(offset: int) -> None:
+        connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
+        headers = {"Content-Type": "application/json"}
+        index = offset
+        while time.monotonic() < stop:
+            start = time.time()
+            try:
+                connection.request("POST", "/invocations", bodies[index % len(bodies)], headers)
+                response = connection.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                connection.close()
+                connection = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
+            with lock:
+                outcomes.append((start, time.time(), ok))
+            index += clients
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + REQUEST_TIMEOUT)
+    return outcomes
+
+
+def latency_line(label: str, outcomes: list[tuple]) -> str:
+    ms = [(end - start) * 1000 for start, end, _ in outcomes]
+    failed = sum(not ok for *_, ok in outcomes)
+    if not ms:
+        return f"{label}: no requests"
+    return (
+        f"{label}: {len(ms)} requests, p50 {percentile(ms, 0.5):6.1f} ms, "
+        f"p99 {percentile(ms, 0.99):6.1f} ms, failed {failed}"
+    )
+
+
+class PipelineServer:
+    """`pipeline serve` for the bench: a project folder holding dvc.yaml and params.yaml, the
+    store in MLFLOW_TRACKING_URI; stopped with SIGTERM (the process group) on exit."""
+
+    def __init__(self, workdir: Path, store: str, name: str, *extra: str) -> None:
+        import shutil
+        import subprocess
+
+        from tests.servers import free_port
+
+        project = workdir / "project"
+        project.mkdir(exist_ok=True)
+        for file in ("dvc.yaml", "params.yaml"):
+            shutil.copy(ROOT / file, project / file)
+        self.port = free_port()
+        self.log = (workdir / f"serve-{self.port}.log").open("w")
+        command = [
+            str(Path(sys.executable).parent / "pipeline"),
+            "serve", "--port", str(self.port), "--model-name", name, *extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            cwd=project,
+            env={**os.environ, "MLFLOW_TRACKING_URI": store},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"pipeline serve exited: see {self.log.name}")
+            try:
+                self.status()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise SystemExit(f"pipeline serve did not start: see {self.log.name}")
+
+    def status(self) -> dict:
+        connection = http.client.HTTPConnection(HOST, self.port, timeout=10)
+        connection.request("GET", "/status")
+        answer = json.loads(connection.getresponse().read())
+        connection.close()
+        return answer
+
+    def __enter__(self) -> PipelineServer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+        self.log.close()
+
+
+def bench_swap(args, workdir: Path) -> None:
+    """`pipeline serve` under 4 clients: steady state, then the champion moved back and forth
+    (each swap loads and warms a version while requests go on); and the recorder's cost."""
+    from datetime import datetime
+
+    import mlflow
+
+    from pipeline import registry
+    from tests.serving_models import register_champion, tracking_store
+
+    dataset, shape, classes = MODELS[args.model]
+    name = f"bench-{args.model}"
+    store = register_champion(workdir / "store", name, dataset, shape, classes, monitoring=True)
+    register_champion(workdir / "store", name, dataset, shape, classes, seed=1, monitoring=True)
+    files = make_pngs(shape, 256)
+    bodies = [request_body([file]) for file in files]
+    with tracking_store(store):
+        registry.set_champion(name, "1")
+    print(f"pipeline serve, {args.model} {shape}, 4 clients, batch 1; load {os.getloadavg()}")
+    with PipelineServer(workdir, store, name, "--poll", "1") as server:
+        timed_clients(server.port, bodies, 4, 3.0)  # warm-up
+        steady = timed_clients(server.port, bodies, 4, args.seconds)
+        moves: list[float] = []
+
+        def move_alias() -> None:
+            with tracking_store(store):
+                for turn in range(args.swaps):
+                    time.sleep(args.seconds / (args.swaps + 1))
+                    moves.append(time.time())
+                    registry.set_champion(name, "2" if turn % 2 == 0 else "1")
+
+        mover = threading.Thread(target=move_alias)
+        mover.start()
+        during = timed_clients(server.port, bodies, 4, args.seconds)
+        mover.join()
+        swaps = [
+            datetime.fromisoformat(swap["at"]).timestamp()
+            for swap in server.status()["swaps"]
+            if swap["from"] is not None
+        ]
+    # The requests that started between an alias move and half a second after its swap: they
+    # shared the CPU with the new version's load and warm-up, or met the swap itself.
+    windows = list(zip(moves, swaps, strict=False))
+    in_swap = [o for o in during if any(m <= o[0] <= w + 0.5 for m, w in windows)]
+    print(latency_line("steady state          ", steady))
+    print(latency_line("whole swapping phase  ", during))
+    print(latency_line("during a load and swap", in_swap))
+    print(
+        f"swaps done {len(swaps)} of {args.swaps}; seconds from alias move to swap: "
+        + ", ".join(f"{w - m:.1f}" for m, w in windows)
+    )
+    for label, outcomes in (("during a swap", in_swap), ("whole phase", during)):
+        if outcomes and steady:
+            ratio = percentile([(e - s) for s, e, _ in outcomes], 0.5) / percentile(
+                [(e - s) for s, e, _ in steady], 0.5
+            )
+            print(f"p50 {label} / steady p50: {ratio:.2f}")
+    # The recorder's cost: the same load with and without recording, alternated.
+    medians: dict[str, list[float]] = {"recording": [], "not recording": []}
+    for round_ in range(args.rounds):
+        for label, extra in (("recording", ()), ("not recording", ("--no-record",))):
+            with PipelineServer(workdir, store, name, *extra) as server:
+                timed_clients(server.port, bodies, 4, 2.0)
+                outcomes = timed_clients(server.port, bodies, 4, args.seconds)
+                medians[label].append(percentile([(e - s) for s, e, _ in outcomes], 0.5))
+                print(f"round {round_ + 1} " + latency_line(f"{label:13}", outcomes))
+    recording = statistics.median(medians["recording"])
+    plain = statistics.median(medians["not recording"])
+    print(
+        f"recording overhead on p50: {recording * 1000:.2f} ms against {plain * 1000:.2f} ms, "
+        f"ratio {recording / plain:.3f} (goal: at most 1.05)"
+    )
+    mlflow.set_tracking_uri(None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="folder32")
     parser.add_argument("--model-uri", help="serve this models:/ URI (MLFLOW_TRACKING_URI)")
     parser.add_argument("--requests", type=int, default=200, help="batch-1 requests/scenario")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--swap",
+        action="store_true",
+        help="`pipeline serve`: latency while the champion moves, and the recorder's cost",
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="--swap: each phase's length")
+    parser.add_argument("--swaps", type=int, default=4, help="--swap: alias moves in the phase")
+    parser.add_argument("--rounds", type=int, default=3, help="--swap: recorder on/off rounds")
     args = parser.parse_args()
     dataset, shape, classes = MODELS[args.model]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         workdir = Path(scratch)
+        if args.swap:
+            bench_swap(args, workdir)
+            return
         if args.model_uri:
             uri, env = args.model_uri, {}
         else:

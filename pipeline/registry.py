@@ -368,8 +368,9 @@ def set_champion(name: str, version: str) -> None:
     with the one it replaces and when, the history `pipeline rollback` walks back."""
     client = mlflow.MlflowClient()
     current = champion_version(name)
-    if current is not None and current.version != str(version):
-        client.set_model_version_tag(name, version, CHAMPION_PREVIOUS_TAG, current.version)
+    # The registry answers an alias's version as a number, a search's as text.
+    if current is not None and str(current.version) != str(version):
+        client.set_model_version_tag(name, version, CHAMPION_PREVIOUS_TAG, str(current.version))
     client.set_model_version_tag(name, version, CHAMPION_SINCE_TAG, _now())
     client.set_registered_model_alias(name, CHAMPION, version)
 
@@ -404,8 +405,9 @@ def roll_back_champion(name: str, reason: str, user: str, to: str | None = None)
             "version to serve with --to VERSION"
         )
     target = str(target)
+    current_version = str(current.version)
     known = {
-        version.version: version
+        str(version.version): version
         for version in client.search_model_versions(f"name = '{_quoted(name)}'")
     }
     if target not in known:
@@ -413,9 +415,9 @@ def roll_back_champion(name: str, reason: str, user: str, to: str | None = None)
             f"{name} has no version {target}; its versions are "
             f"{', '.join(sorted(known, key=int))}: pass one of them with --to"
         )
-    if target == current.version:
+    if target == current_version:
         raise RegistryError(f"version {target} of {name} is already the champion")
-    rollback = Rollback(name, current.version, target, reason, user, _now())
+    rollback = Rollback(name, current_version, target, reason, user, _now())
     text = reason[:MAX_TAG_TEXT]
     for key, value in {
         ROLLED_BACK_TAG: "true",
@@ -424,12 +426,12 @@ def roll_back_champion(name: str, reason: str, user: str, to: str | None = None)
         "rollback.at": rollback.at,
         "rollback.replaced_by": target,
     }.items():
-        client.set_model_version_tag(name, current.version, key, value)
+        client.set_model_version_tag(name, current_version, key, value)
     for key, value in {
         "restored.reason": text,
         "restored.by": user,
         "restored.at": rollback.at,
-        "restored.from": current.version,
+        "restored.from": current_version,
     }.items():
         client.set_model_version_tag(name, target, key, value)
     if known[target].tags.get(ROLLED_BACK_TAG) == "true":
@@ -450,7 +452,7 @@ def rolled_back_versions(name: str) -> frozenset[str]:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return frozenset()
         raise
-    return frozenset(v.version for v in versions if v.tags.get(ROLLED_BACK_TAG) == "true")
+    return frozenset(str(v.version) for v in versions if v.tags.get(ROLLED_BACK_TAG) == "true")
 
 
 def _now() -> str:

@@ -35,9 +35,12 @@ def register_champion(
     *,
     epochs: int = 1,
     seed: int = 0,
+    monitoring: bool = False,
 ) -> str:
     """Train, log and register a classifier of `dataset`'s scratch architecture under `name`,
-    aliased `champion` (and `challenger`), in the store `root`/mlflow.db; return its URI."""
+    aliased `champion` (and `challenger`), in the store `root`/mlflow.db; return its URI. With
+    `monitoring` the version ships an embedding projection and a monitoring reference (fitted
+    on its random training images), so a server records embeddings for it."""
     import keras
     import mlflow
 
@@ -65,7 +68,15 @@ def register_champion(
     with tracking_store(uri):
         experiment = ensure_experiment("serving", (root / "mlruns").as_uri())
         with mlflow.start_run(experiment_id=experiment):
-            info = registry.log_classifier(model_dir / MODEL_FILE, classes, images[:1])
+            splits = None
+            if monitoring:
+                from pipeline.store import ArraySplit
+
+                split = ArraySplit(images, labels, classes)
+                splits = (split, split)
+            info = registry.log_classifier(
+                model_dir / MODEL_FILE, classes, images[:1], monitoring_splits=splits
+            )
         version = registry.register_challenger(name, info.model_uri, {"purpose": "serving"})
         registry.set_champion(name, version.version)
     return uri

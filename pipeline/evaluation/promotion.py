@@ -374,7 +374,7 @@ def judge_challenger(
         detail = f"version {challenger.version} is already the champion: nothing to promote"
         criterion = Criterion("new_model", False, 0.0, 1.0, detail)
         decision = replace(decision, passed=False, criteria=(*decision.criteria, criterion))
-    if challenger.version is not None and challenger.version in rolled_back_versions:
+    if challenger.version is not None and str(challenger.version) in rolled_back_versions:
         detail = (
             f"version {challenger.version} was rolled back: the same model is never promoted "
             "again; retrain it into a different model (pipeline retrain --force)"

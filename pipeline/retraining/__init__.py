@@ -6,8 +6,11 @@
    75), naming the holder; a lock left by a killed cycle is taken over (the kernel drops a dead
    process's `flock`, so a lock file that can be locked is stale whatever it says).
 2. **tracking**: the MLflow server answers, or the cycle stops in seconds.
-3. **detect**: the dataset's source against the one last trained on (pipeline.datasets.
-   fingerprint). With no change, and no `--force`, the cycle ends here, successfully.
+3. **detect**: what starts the cycle (triggers.py): the dataset's source against the one last
+   trained on (pipeline.datasets.fingerprint), a drift verdict of `pipeline monitor` that no
+   cycle has acted on, or `--force`. With none of them the cycle ends here, successfully. With
+   drift alone (no new labelled images) it writes a review queue of the served images that
+   most need a label (review.py) instead of retraining on the same data, and ends.
 4. **prepare**: `dvc repro split` (download and split the new data), keeping a copy of the
    previous prepared data.
 5. **validate**: the data gate on the new data, with that copy as the drift reference.

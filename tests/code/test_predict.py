@@ -410,15 +410,77 @@ def test_the_registry_champion_is_used_by_default(
     _check_digit_rows(rows, digits)
 
 
+def test_predict_log_records_each_answer_as_the_server_does(
+    digits, tmp_path, sqlite_experiment, capsys
+):
+    """--log: one record per readable file, from the registered champion with its embedding
+    and the split's digest of the decoded image; a .keras file records without embeddings."""
+    import mlflow
+
+    from pipeline import registry
+    from pipeline.monitoring.records import read_window
+    from pipeline.store import image_digest, open_split
+
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")  # dataset: digits
+    prepared = digits.root / "data" / "prepared"
+    train, test = open_split(prepared, "train"), open_split(prepared, "test")
+    with mlflow.start_run(experiment_id=sqlite_experiment):
+        info = registry.log_classifier(
+            digits.model_file, test.classes, test.read([0, 1]), monitoring_splits=(train, test)
+        )
+    version = registry.register_challenger("digits-classifier", info.model_uri, {})
+    registry.set_champion("digits-classifier", version.version)
+    records_dir = tmp_path / "records"
+    common = ["--root", str(tmp_path), "--log", "--predictions-dir", str(records_dir)]
+    rows = _run_predict(capsys, str(digits.images), *common)
+    _check_digit_rows(rows, digits)
+    records = read_window(records_dir, last_n=1000)
+    assert len(records) == len(digits.files), "one record per readable file, none for broken"
+    assert set(records["source"]) == {"predict"}
+    assert set(records["model_version"]) == {str(version.version)}
+    x, _ = _digits()
+    assert set(records["digest"]) == {image_digest(x[index]) for index in digits.files.values()}
+    by_digest = {
+        image_digest(x[index]): str(int(np.argmax(digits.expected[index])))
+        for index in digits.files.values()
+    }
+    assert all(
+        by_digest[d] == c
+        for d, c in zip(records["digest"], records["predicted_class"], strict=True)
+    )
+    assert records["embedding"].map(len).eq(len(records["embedding"].iloc[0])).all()
+    assert not list(records_dir.rglob("*.png")), "no image is kept without --keep-images"
+
+    plain = tmp_path / "plain"
+    _run_predict(
+        capsys,
+        str(digits.images),
+        "--model",
+        str(digits.model_file),
+        "--root",
+        str(tmp_path),
+        "--log",
+        "--predictions-dir",
+        str(plain),
+        "--keep-images",
+    )
+    records = read_window(plain, last_n=1000)
+    assert len(records) == len(digits.files)
+    assert records["embedding"].isna().all() and set(records["model_name"]) == {
+        str(digits.model_file)
+    }
+    assert len(list(plain.rglob("*.png"))) == len(set(records["digest"]))
+
+
 def test_help_lists_every_verb_on_one_line_and_describes_predict(capsys) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["--help"])
     assert exited.value.code == 0
     listing = capsys.readouterr().out
-    for verb in ("predict", "retrain", "sync-mlflow", "deps"):
+    for verb in ("predict", "serve", "monitor", "retrain", "rollback", "sync-mlflow", "deps"):
         line = next(line for line in listing.splitlines() if line.strip().startswith(verb))
         assert len(line.split()) > 2, f"{verb} has no help on its line: {line!r}"
-    for verb in ("predict", "retrain", "sync-mlflow", "deps"):
+    for verb in ("predict", "serve", "monitor", "retrain", "rollback", "sync-mlflow", "deps"):
         with pytest.raises(SystemExit):
             cli.main([verb, "--help"])
         text = capsys.readouterr().out
