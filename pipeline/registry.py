@@ -368,7 +368,7 @@ def set_champion(name: str, version: str) -> None:
     with the one it replaces and when, the history `pipeline rollback` walks back."""
     client = mlflow.MlflowClient()
     current = champion_version(name)
-    # The registry answers an alias's version as a number, a search's as text.
+    # A SQLite store answers every version as a number, a tracking server as text.
     if current is not None and str(current.version) != str(version):
         client.set_model_version_tag(name, version, CHAMPION_PREVIOUS_TAG, str(current.version))
     client.set_model_version_tag(name, version, CHAMPION_SINCE_TAG, _now())
@@ -417,6 +417,16 @@ def roll_back_champion(name: str, reason: str, user: str, to: str | None = None)
         )
     if target == current_version:
         raise RegistryError(f"version {target} of {name} is already the champion")
+    barred = known[target].tags.get(ROLLED_BACK_TAG) == "true"
+    if barred and to is None:
+        # The history can lead to a version taken out of service for its own reason (after
+        # a --to restored a later one): only a person naming it may bring it back.
+        why = known[target].tags.get("rollback.reason") or "no reason recorded"
+        raise RegistryError(
+            f"version {target} of {name}, which version {current_version} replaced, was "
+            f"rolled back itself ({why}): pass --to {target} to serve it anyway, or --to "
+            "another version"
+        )
     rollback = Rollback(name, current_version, target, reason, user, _now())
     text = reason[:MAX_TAG_TEXT]
     for key, value in {
@@ -434,7 +444,7 @@ def roll_back_champion(name: str, reason: str, user: str, to: str | None = None)
         "restored.from": current_version,
     }.items():
         client.set_model_version_tag(name, target, key, value)
-    if known[target].tags.get(ROLLED_BACK_TAG) == "true":
+    if barred:
         # A person chose this version again: it is no longer barred from the gate.
         client.delete_model_version_tag(name, target, ROLLED_BACK_TAG)
         logger.warning(

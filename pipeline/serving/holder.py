@@ -164,8 +164,9 @@ class VersionHolder:
         current = self._current
         if version is None or (current is not None and version == current.version):
             if current is not None and version == current.version:
-                # The alias is back on the version serving: a failure before is moot.
-                state.failed_version = None
+                # The alias is back on the version serving: a failure before is moot, and
+                # /status must not show its reason without the version it belongs to.
+                state.failed_version = state.failure = None
             return "unchanged"
         if version == state.failed_version:
             return f"version {version} failed before; waiting for the alias to move"

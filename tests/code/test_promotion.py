@@ -380,3 +380,60 @@ def test_the_challenger_is_scored_on_the_store_a_batch_at_a_time(tmp_path, monke
     expected = (model.predict(x, verbose=0)[:, 0] > 0.5).astype(int)
     np.testing.assert_array_equal(scored.predictions, expected)
     assert scored.classes == CLASSES and scored.version is None
+
+
+ROLLED_BACK_SENTENCE = (
+    "version 3 was rolled back: the same model is never promoted again; retrain it into a "
+    "different model (pipeline retrain --force)"
+)
+
+
+@pytest.mark.parametrize(
+    ("challenger_version", "refused"),
+    # A SQLite store answers a version as a number, a tracking server as text: both match.
+    [("3", True), (3, True), ("4", False), (None, False)],
+    ids=["rolled-back", "rolled-back-number", "other-version", "new-model"],
+)
+def test_a_rolled_back_model_is_never_promoted_again(challenger_version, refused: bool) -> None:
+    """The challenger clearly beats the champion on every criterion: only a rollback of its
+    own version stops it. A new model (no version yet) is never stopped by one."""
+    y = _labels()
+    champion = _scored(_with_errors(y, range(0, 80)), version="2")
+    challenger = _scored(_with_errors(y, range(0, 10)), version=challenger_version)
+    outcome = judge_challenger(
+        y, _digests(len(y)), challenger, champion, CLASSES, THRESHOLDS, frozenset({"3", "1"})
+    )
+    decision = outcome.decision
+    assert decision.passed is not refused
+    names = [criterion.name for criterion in decision.criteria]
+    if refused:
+        assert _failed(decision) == ["not_rolled_back"]
+        assert names == [*ALL_CRITERIA, "not_rolled_back"]
+        assert _criterion(decision, "not_rolled_back").detail == ROLLED_BACK_SENTENCE
+        assert decision.reasons() == [ROLLED_BACK_SENTENCE]
+        record = decision.to_dict()
+        assert record["criteria"]["not_rolled_back"]["passed"] is False
+        assert record["explanations"][-1] == ROLLED_BACK_SENTENCE
+    else:
+        assert names == ALL_CRITERIA
+
+
+def test_a_rolled_back_model_is_refused_with_no_champion_to_compare_with() -> None:
+    y = _labels()
+    challenger = _scored(y.copy(), version="3")
+    outcome = judge_challenger(
+        y, _digests(len(y)), challenger, None, CLASSES, THRESHOLDS, frozenset({"3"})
+    )
+    assert not outcome.decision.passed
+    assert _failed(outcome.decision) == ["not_rolled_back"]
+    assert outcome.decision.reasons() == [ROLLED_BACK_SENTENCE]
+
+
+def test_without_rolled_back_versions_the_gate_passes_the_same_challenger() -> None:
+    """The default: nothing rolled back, nothing refused for it."""
+    y = _labels()
+    champion = _scored(_with_errors(y, range(0, 80)), version="2")
+    challenger = _scored(_with_errors(y, range(0, 10)), version="3")
+    outcome = judge_challenger(y, _digests(len(y)), challenger, champion, CLASSES, THRESHOLDS)
+    assert outcome.decision.passed
+    assert "not_rolled_back" not in [criterion.name for criterion in outcome.decision.criteria]
