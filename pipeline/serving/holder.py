@@ -185,16 +185,23 @@ class VersionHolder:
             )
             return f"version {version} failed: {state.failure}"
         self._current = served
+        # "at" is the swap itself: requests that start later get this version.
+        swapped_at, seconds = _now(), round(time.monotonic() - started, 2)
         state.failed_version = state.failure = None
         state.swaps.append(
-            {"version": version, "at": served.loaded_at, "from": current and current.version}
+            {
+                "version": version,
+                "at": swapped_at,
+                "from": current and current.version,
+                "load_seconds": seconds,
+            }
         )
         logger.info(
             "now serving %s version %s (was %s; loaded and warmed up in %.1f s)",
             self.name,
             version,
             current.version if current else "-",
-            time.monotonic() - started,
+            seconds,
         )
         if current is not None and current.folder is not None:
             # Requests still on the old version hold its model in memory, not its files.
