@@ -260,7 +260,7 @@ def detect_drift(
             f"No drift: no test's p-value fell below alpha {alpha:g} split over {tests_run} "
             f"tests ({threshold:.3g} each)."
         )
-    logger.info("monitor: %s", verdict["reason"])
+    logger.debug("monitor: %s", verdict["reason"])
     return verdict
 
 
