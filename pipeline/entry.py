@@ -66,6 +66,10 @@ _CHATTER_RECORDS: tuple[tuple[str, int, re.Pattern | None], ...] = (
     ("h5py", logging.INFO, None),
     ("matplotlib", logging.INFO, None),
     ("urllib3", logging.INFO, None),
+    # "Retrying (Retry(total=1, ...)) after connection broken": MLflow's HTTP client retrying a
+    # lost tracking server, twice a call; the caller says once that the server is lost
+    # (pipeline serve's version holder, a stage's run recorder) and again when it is back.
+    ("urllib3.connectionpool", logging.WARNING, re.compile(r"^Retrying \(")),
     ("py.warnings", logging.WARNING, re.compile(r"Add type hints to the `predict` method")),
 )
 

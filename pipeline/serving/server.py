@@ -11,12 +11,14 @@ is bound before anything loads: a second server on the same port exits at once, 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -127,14 +129,20 @@ def build_app(options: ServeOptions):
         poll_seconds=options.poll_seconds,
         observe=recording_observer(recorder) if recorder is not None else None,
     )
-    served = holder.load_initial()
+    try:
+        served = holder.load_initial()
+    except BaseException:
+        # Its download folder goes too: a server that cannot start leaves nothing in /tmp.
+        holder.stop()
+        raise
     logger.info(
-        "serving %s version %s (@%s) on http://%s:%d; following the alias every %g s",
+        "serving %s version %s (@%s) on http://%s:%d%s; following the alias every %g s",
         served.name,
         served.version,
         served.alias,
         options.host,
         options.port,
+        f" (worker process {os.getpid()})" if options.workers > 1 else "",
         options.poll_seconds,
     )
     app = scoring_server.init(FollowingModel(holder))
@@ -157,8 +165,28 @@ def build_app(options: ServeOptions):
 
 
 def app_from_environment():
-    """The app factory uvicorn's worker processes import (--workers N > 1)."""
-    return build_app(ServeOptions.from_json(os.environ[OPTIONS_ENV]))
+    """The app factory uvicorn's worker processes import (--workers N > 1).
+
+    A worker is a new process that the `pipeline` command's entry point never ran in: it
+    configures logging as that entry point did in the parent, or the versions the worker swaps
+    in and its recorder's warnings would go nowhere, and MLflow's chatter would not be dropped.
+    """
+    from uvicorn.config import STARTUP_FAILURE
+
+    from pipeline.entry import configure_logging, end_process
+
+    configure_logging()
+    try:
+        return build_app(ServeOptions.from_json(os.environ[OPTIONS_ENV]))
+    except PipelineError as error:
+        logger.error("worker process %d cannot start: %s", os.getpid(), error)
+    except Exception:  # noqa: BLE001 - a bug: its traceback, and no restart loop either
+        logger.exception("worker process %d cannot start", os.getpid())
+    # uvicorn restarts a worker that dies, forever, unless it exits with STARTUP_FAILURE: then
+    # the supervisor stops, and serve() exits non-zero as one process would. At once, without
+    # TensorFlow's slow teardown: a worker that takes longer than the supervisor's health check
+    # to exit is killed (-9) and restarted instead.
+    end_process(STARTUP_FAILURE)
 
 
 def bind_port(host: str, port: int) -> socket.socket:
@@ -197,9 +225,11 @@ def serve(options: ServeOptions) -> None:
     }
     try:
         if options.workers == 1:
-            config = uvicorn.Config(build_app(options), **common)
-            uvicorn.Server(config).run(sockets=[sock])
+            server = uvicorn.Server(uvicorn.Config(build_app(options), **common))
+            with _signals_end_normally(server):
+                server.run(sockets=[sock])
             return
+        from uvicorn.config import STARTUP_FAILURE
         from uvicorn.supervisors import Multiprocess
 
         _check_alias(options)
@@ -207,9 +237,42 @@ def serve(options: ServeOptions) -> None:
         config = uvicorn.Config(
             f"{__name__}:app_from_environment", factory=True, workers=options.workers, **common
         )
-        Multiprocess(config, sockets=[sock]).run()
+        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
+        failed = [
+            process.pid for process in supervisor.processes if process.exitcode == STARTUP_FAILURE
+        ]
+        if failed:
+            raise PipelineError(
+                f"worker process {failed[0]} could not start (its error is above), so the "
+                "server stopped"
+            )
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def _signals_end_normally(server) -> Iterator[None]:
+    """Let SIGINT and SIGTERM end `server.run` as a normal return (exit 0).
+
+    uvicorn stops gracefully on either, then raises the signal again for the handler that was
+    there before it ran: by default SIGTERM then kills the process (exit -15) before the entry
+    point flushes its filtered stderr, losing the shutdown's last log lines, and SIGINT ends in
+    a KeyboardInterrupt traceback. Its handlers replace this one while it serves; one that
+    arrives before uvicorn takes over asks it to stop as soon as it has started.
+    """
+
+    def handle(signum: int, frame) -> None:
+        if not server.started:
+            server.handle_exit(signum, frame)
+
+    stopping = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, handle) for signum in stopping}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _check_alias(options: ServeOptions) -> None:

@@ -315,9 +315,10 @@ def test_the_serve_unit_serves_the_projects_champion_and_restarts_on_failure(
     assert service["Type"] == "simple" and service["Restart"] == "on-failure"
     assert service["KillSignal"] == "SIGTERM", "SIGTERM flushes the prediction records"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
-    assert service["WorkingDirectory"] == _unit("pipeline-retrain.service")["Service"][
-        "WorkingDirectory"
-    ], "both units must name the same project"
+    assert (
+        service["WorkingDirectory"]
+        == _unit("pipeline-retrain.service")["Service"]["WorkingDirectory"]
+    ), "both units must name the same project"
 
 
 def test_the_timer_starts_the_shipped_service() -> None:
