@@ -46,10 +46,13 @@ def record_answers(classifier: Classifier, recorder) -> Classifier:
     from pipeline.serving.observers import observer_for, record_probabilities
 
     python_model = classifier.python_model
-    if python_model is not None and hasattr(python_model, "call_with_features"):
+    if python_model is not None and hasattr(python_model, "embed"):
         name, version, alias = python_model.identity
+        embed = (
+            python_model.embed if getattr(python_model, "projection", None) is not None else None
+        )
         python_model.observer = observer_for(
-            recorder, name or classifier.source, version or "", alias
+            recorder, name or classifier.source, version or "", alias, classifier.classes, embed
         )
         return classifier
     inner = classifier.predict_batch

@@ -219,7 +219,7 @@ class VersionHolder:
             if python_model is not None and hasattr(python_model, "identity"):
                 python_model.identity = (self.name, version, self.alias)
             observer = self._observe(served) if self._observe is not None else None
-            if observer is not None and not hasattr(python_model, "call_with_features"):
+            if observer is not None and not hasattr(python_model, "embed"):
                 logger.warning(
                     "version %s of %s was registered before answers were recorded: its answers "
                     "are served but not recorded (retrain to register a version that records)",
@@ -232,6 +232,8 @@ class VersionHolder:
                 python_model.observer = _discard
             warm_up(model)
             if python_model is not None and observer is not None:
+                # The recorder embeds in its own thread: trace that model now, not there.
+                python_model.embed(np.zeros((2, *_image_shape(model)), dtype=np.uint8))
                 python_model.observer = observer
             return served
         except BaseException:

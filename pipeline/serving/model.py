@@ -125,9 +125,10 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.identity = registry_identity(Path(context.artifacts[KERAS_MODEL_ARTIFACT]))
         self.projection = _read_projection(context.artifacts.get(PROJECTION_ARTIFACT))
         self._joint_model = None
+        self._feature_model = None
         self.observer = None
         """Set by a caller that records answers (the server, `pipeline predict --log`): called
-        after each prediction as observer(images, embeddings or None, answer rows)."""
+        after each prediction as observer(answered images, their class probabilities)."""
         if os.environ.get(SCORING_SERVER_MODEL_PATH):
             keep_nagle_off()
         # Trace the compiled predict function now, for one image and for a batch (after two
@@ -159,19 +160,28 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         good = [index for index in range(len(items)) if index not in errors]
         probabilities = np.full((len(items), len(self.classes)), np.nan)
         observer = self.observer
-        batch, embeddings = None, None
+        batch = None
         if good:
             batch = images if len(good) == len(items) else images[good]
-            if observer is not None and self.projection is not None:
-                features, outputs = self.call_with_features(batch)
-                embeddings = _project(features, self.projection)
-            else:
-                outputs = self._call_model(batch)
-            probabilities[good] = class_probabilities(outputs)
+            probabilities[good] = class_probabilities(self._call_model(batch))
         answer = self._answer(probabilities, errors, top_k)
         if observer is not None and batch is not None:
-            observer(batch, embeddings, answer.iloc[good])
+            # The answered images and their probabilities only: digests, embeddings (embed)
+            # and files are the recorder's work, off the request path.
+            observer(batch, probabilities[good])
         return answer
+
+    def embed(self, images: np.ndarray) -> np.ndarray | None:
+        """The embeddings of a uint8 batch (the penultimate layer on the version's projection),
+        or None for a version registered without a projection."""
+        if self.projection is None:
+            return None
+        if self._feature_model is None:
+            import keras
+
+            self._feature_model = keras.Model(self.model.inputs, _penultimate(self.model))
+        features = np.asarray(self._feature_model.predict_on_batch(images), dtype=np.float32)
+        return _project(features.reshape(len(images), -1), self.projection)
 
     def call_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(penultimate features: the output layer's input, flattened; outputs) of one uint8
@@ -179,11 +189,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         if self._joint_model is None:
             import keras
 
-            try:
-                hidden = self.model.get_layer(OUTPUT_LAYER).input
-            except ValueError:
-                hidden = self.model.layers[-1].input
-            self._joint_model = keras.Model(self.model.inputs, [hidden, self.model.outputs[0]])
+            outputs = [_penultimate(self.model), self.model.outputs[0]]
+            self._joint_model = keras.Model(self.model.inputs, outputs)
         features, outputs = self._joint_model.predict_on_batch(images)
         flat = np.asarray(features, dtype=np.float32).reshape(len(images), -1)
         return flat, np.asarray(outputs)
@@ -265,6 +272,14 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 frame.at[row, TOP_PROBABILITIES] = []
                 frame.at[row, ERROR] = errors[row]
         return frame
+
+
+def _penultimate(model):
+    """The input of the model's output layer: what its embeddings are made from."""
+    try:
+        return model.get_layer(OUTPUT_LAYER).input
+    except ValueError:
+        return model.layers[-1].input
 
 
 def _read_projection(path: str | None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,7 +1,7 @@
 """What a loaded model hands the prediction recorder after each answer: one callback per
-version for the served classifier (it sees the decoded images and their embeddings), and the
-same records from bare probabilities for models that are not it (`pipeline predict --log` on a
-.keras file: no embeddings)."""
+version for the served classifier (the decoded images and their probabilities, and the
+version's `embed` for the recorder's writer thread), and the same records for models that are
+not it (`pipeline predict --log` on a .keras file: no embeddings)."""
 
 from __future__ import annotations
 
@@ -10,27 +10,25 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from pipeline.serving.model import PREDICTED_CLASS, PROBABILITY, TOP_CLASSES, TOP_PROBABILITIES
-
 TOP_K = 3
 
 
-def observer_for(recorder, name: str, version: str, alias: str | None) -> Callable:
-    """The callback the served classifier calls as observer(images, embeddings, answer rows)
-    after each prediction of version `version` of `name`; the recorder never raises."""
+def observer_for(
+    recorder,
+    name: str,
+    version: str,
+    alias: str | None,
+    classes: Sequence[str],
+    embed: Callable[[np.ndarray], np.ndarray | None] | None = None,
+) -> Callable:
+    """The callback the served classifier calls as observer(images, probabilities) after each
+    prediction of version `version` of `name`: it queues the answers with the recorder (which
+    never raises), and `embed` for the recorder to compute the embeddings off the request
+    path."""
 
-    def observe(images, embeddings, rows) -> None:
-        recorder.record(
-            model_name=name,
-            model_version=version,
-            model_alias=alias,
-            images=images,
-            predicted_class=[str(label) for label in rows[PREDICTED_CLASS]],
-            probability=[float(value) for value in rows[PROBABILITY]],
-            top_classes=list(rows[TOP_CLASSES]),
-            top_probabilities=list(rows[TOP_PROBABILITIES]),
-            embeddings=embeddings,
-            request_id=uuid.uuid4().hex,
+    def observe(images: np.ndarray, probabilities: np.ndarray) -> None:
+        record_probabilities(
+            recorder, name, version, images, probabilities, classes, alias=alias, embed=embed
         )
 
     return observe
@@ -43,20 +41,24 @@ def record_probabilities(
     images: np.ndarray,
     probabilities: np.ndarray,
     classes: Sequence[str],
+    *,
+    alias: str | None = None,
+    embed: Callable[[np.ndarray], np.ndarray | None] | None = None,
 ) -> None:
-    """Record one batch answered by a model that is not the served classifier."""
+    """Queue one answered batch: the top TOP_K classes of each image from its probabilities."""
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
     top = np.take_along_axis(probabilities, order, axis=1)
     names = np.asarray(list(classes), dtype=object)
     recorder.record(
         model_name=name,
         model_version=version,
-        model_alias=None,
+        model_alias=alias,
         images=images,
         predicted_class=[str(label) for label in names[order[:, 0]]],
         probability=[float(value) for value in top[:, 0]],
         top_classes=names[order].tolist(),
         top_probabilities=top.tolist(),
         embeddings=None,
+        embed=embed,
         request_id=uuid.uuid4().hex,
     )

@@ -12,6 +12,7 @@ that flush are dropped, counted, and reported once.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import os
@@ -19,7 +20,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -60,6 +61,8 @@ IMAGES_DIR = "images"
 # One counter for the whole process, so two recorders writing into the same folder in the same
 # microsecond still choose different file names.
 _FILE_SEQUENCE = itertools.count()
+EMBED_BATCH = 256
+"""Images embedded per call of a version's `embed` in the writer thread."""
 _UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._]+")
 
 
@@ -78,6 +81,8 @@ class _Batch:
     top_probabilities: Sequence[Sequence[float]]
     embeddings: np.ndarray | None
     request_id: str
+    embed: Callable[[np.ndarray], np.ndarray | None] | None = None
+    """Computes the embeddings in the writer thread, when `embeddings` is None."""
 
     @property
     def rows(self) -> int:
@@ -136,6 +141,7 @@ class PredictionRecorder:
         self._overflow_reported = False
         self._bad_batch_reported = False
         self._unsaved_image_reported = False
+        self._embed_failure_reported = False
         self._file_prefix = (
             f"{_UNSAFE_NAME_CHARACTERS.sub('_', socket.gethostname()) or 'host'}-{os.getpid()}"
         )
@@ -156,6 +162,7 @@ class PredictionRecorder:
         embeddings: np.ndarray | None,
         request_id: str | None = None,
         when: datetime | None = None,
+        embed: Callable[[np.ndarray], np.ndarray | None] | None = None,
     ) -> None:
         """Queue the records of one answered request (N images, (N, H, W, C) uint8). Cheap and
         never raises: digests, tables and files are the writer thread's work."""
@@ -174,6 +181,7 @@ class PredictionRecorder:
                 top_probabilities=top_probabilities,
                 embeddings=None if embeddings is None else np.array(embeddings, np.float32),
                 request_id=uuid.uuid4().hex if request_id is None else str(request_id),
+                embed=embed if embeddings is None else None,
             )
             rows = batch.rows
             if rows == 0:
@@ -304,6 +312,7 @@ class PredictionRecorder:
                     self._fail(sum(batch.rows for batch in batches), exc)
 
     def _write_batches(self, batches: list[_Batch]) -> None:
+        batches = self._embedded(batches)
         days: dict[date, list[dict[str, Any]]] = collections.defaultdict(list)
         for batch in batches:
             try:
@@ -320,6 +329,45 @@ class PredictionRecorder:
                 self._fail(len(rows), exc)
             else:
                 self._succeed(len(rows))
+
+    def _embedded(self, batches: list[_Batch]) -> list[_Batch]:
+        """`batches` with the embeddings their `embed` computes, one call per model for the
+        whole flush (batched, and off the request path); a model whose embed fails leaves its
+        rows without embeddings, said once."""
+        groups: dict[int, list[int]] = collections.defaultdict(list)
+        for position, batch in enumerate(batches):
+            if batch.embed is not None and batch.embeddings is None:
+                groups[id(batch.embed)].append(position)
+        batches = list(batches)
+        for positions in groups.values():
+            embed = batches[positions[0]].embed
+            try:
+                images = np.concatenate([batches[position].images for position in positions])
+                embeddings = [
+                    embed(images[start : start + EMBED_BATCH])
+                    for start in range(0, len(images), EMBED_BATCH)
+                ]
+                if any(part is None for part in embeddings):
+                    continue
+                embeddings = np.concatenate(embeddings).astype(np.float32)
+            except Exception as exc:  # noqa: BLE001 - the records still go, without embeddings
+                if not self._embed_failure_reported:
+                    self._embed_failure_reported = True
+                    logger.warning(
+                        "prediction records are written without embeddings: computing them "
+                        "failed (%s: %s)",
+                        type(exc).__name__,
+                        exc,
+                    )
+                continue
+            start = 0
+            for position in positions:
+                count = batches[position].rows
+                batches[position] = dataclasses.replace(
+                    batches[position], embeddings=embeddings[start : start + count], embed=None
+                )
+                start += count
+        return batches
 
     def _rows_of(self, batch: _Batch) -> list[dict[str, Any]]:
         """One record per image of a batch; raises when the batch's sequences disagree."""

@@ -75,7 +75,18 @@ def recording_observer(recorder) -> Callable[[Served], Callable]:
     """For each loaded version, the callback its model calls after each prediction."""
     from pipeline.serving.observers import observer_for
 
-    return lambda served: observer_for(recorder, served.name, served.version, served.alias)
+    def for_version(served: Served) -> Callable:
+        python_model = served.model.unwrap_python_model()
+        return observer_for(
+            recorder,
+            served.name,
+            served.version,
+            served.alias,
+            list(python_model.classes),
+            python_model.embed if getattr(python_model, "projection", None) is not None else None,
+        )
+
+    return for_version
 
 
 class _Lifespan:

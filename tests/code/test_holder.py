@@ -78,7 +78,7 @@ def registry(tmp_path, template_store) -> Iterator[Registry]:
 
 class LegacyClassifier:
     """The unwrapped python model of a version registered before answers were recorded: what
-    the holder sets (identity, observer) and reads (image_shape), and no call_with_features."""
+    the holder sets (identity, observer) and reads (image_shape), and no embed."""
 
     def __init__(self, image_shape=SHAPE) -> None:
         if image_shape is not None:
@@ -90,8 +90,13 @@ class LegacyClassifier:
 class FakeClassifier(LegacyClassifier):
     """Today's served classifier: it can also predict embeddings for the recorder."""
 
-    def call_with_features(self, images: np.ndarray):
-        return np.zeros((len(images), 2), np.float32), np.zeros((len(images), 2), np.float32)
+    def __init__(self, image_shape=SHAPE) -> None:
+        super().__init__(image_shape)
+        self.embedded: list[tuple] = []
+
+    def embed(self, images: np.ndarray):
+        self.embedded.append(images.shape)
+        return np.zeros((len(images), 2), np.float32)
 
 
 class FakeVersion:
@@ -126,7 +131,7 @@ class FakeVersion:
         version = python_model.identity[1] if python_model is not None else None
         answer = pd.DataFrame({"predicted_class": ["cat"] * len(images), "model_version": version})
         if observer is not None:
-            observer(images, None, answer)
+            observer(images, np.full((len(images), 2), 0.5))
         return answer
 
 
@@ -178,7 +183,7 @@ class Observed:
         self.callbacks: dict[str, object] = {}
 
     def __call__(self, served):
-        def callback(images, embeddings, rows) -> None:
+        def callback(images, probabilities) -> None:
             self.calls.append((served.version, len(images)))
 
         self.callbacks[served.version] = callback
@@ -324,6 +329,8 @@ def test_the_holder_swaps_in_the_version_the_alias_moves_to(registry, caplog) ->
         assert all(observer is holder_module._discard for *_, observer in model.calls)
         assert observed.calls == []
         assert model.python_model.observer is observed.callbacks["2"]
+        # The recorder's embedding model is traced by the holder, not by the first flush.
+        assert model.python_model.embedded == [(2, *SHAPE)]
         assert "now serving digits-classifier version 2 (was 1" in caplog.text
         # The old version's downloaded files are removed; the new one's stay.
         assert not first.folder.exists() and second.folder.is_dir()
@@ -445,7 +452,7 @@ def test_a_failed_version_is_retried_after_the_alias_tried_another(registry) -> 
 
 
 def test_a_version_that_cannot_record_serves_unrecorded_with_a_warning(registry, caplog) -> None:
-    """A version registered before answers were recorded has no call_with_features: it
+    """A version registered before answers were recorded has no embed: it
     serves, with no observer, rather than failing on its first recorded request."""
     registry.point("1")
     observed = Observed()

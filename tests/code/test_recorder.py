@@ -410,3 +410,47 @@ def test_record_is_cheap(tmp_path):
     assert elapsed < 1.0
     recorder.close()
     assert recorder.written == 1000
+
+
+def test_embeddings_are_computed_in_the_writer_one_call_per_model_per_flush(tmp_path, caplog):
+    """`embed` runs off the request path, batched over a whole flush and per model; a model
+    whose embed fails still gets its rows written, without embeddings, said once."""
+    calls: list[int] = []
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        return images.reshape(len(images), -1)[:, :4].astype(np.float32)
+
+    def broken(images: np.ndarray) -> np.ndarray:
+        raise RuntimeError("no feature model")
+
+    recorder = PredictionRecorder(tmp_path, source="serve")
+    first, second, third = _images(3, seed=1), _images(2, seed=2), _images(4, seed=3)
+    for images, function, version in (
+        (first, embed, "3"),
+        (second, embed, "3"),
+        (third, broken, "4"),
+    ):
+        recorder.record(
+            model_name="digits",
+            model_version=version,
+            model_alias="champion",
+            images=images,
+            predicted_class=["1"] * len(images),
+            probability=[0.9] * len(images),
+            top_classes=[["1"]] * len(images),
+            top_probabilities=[[0.9]] * len(images),
+            embeddings=None,
+            embed=function,
+        )
+    assert calls == [], "nothing is embedded on the request path"
+    with caplog.at_level(logging.WARNING, logger="pipeline.serving.recorder"):
+        recorder.close()
+    assert calls == [5], "one call for both batches of the same model"
+    window = read_window(tmp_path, last_n=100)
+    embedded = window[window["model_version"] == "3"]
+    expected = np.concatenate([first, second]).reshape(5, -1)[:, :4].astype(np.float32)
+    assert sorted(map(tuple, embedded["embedding"])) == sorted(map(tuple, expected))
+    assert window[window["model_version"] == "4"]["embedding"].isna().all()
+    assert len(window) == 9 and recorder.dropped == 0
+    assert caplog.text.count("without embeddings") == 1
