@@ -275,6 +275,46 @@ class PipelineServer:
         self.log.close()
 
 
+def request_path_cost(
+    store: str, name: str, files: list[str], workdir: Path, version: str = "1"
+) -> None:
+    """What recording adds to one request's own work, in process (no HTTP, no other load):
+    the served model's predict on one PNG with and without the recorder's observer, in
+    alternating blocks; the recorder's writer thread runs as in the server."""
+    import mlflow
+    import pandas as pd
+
+    from pipeline.serving.observers import observer_for
+    from pipeline.serving.recorder import PredictionRecorder
+    from tests.serving_models import tracking_store
+
+    with tracking_store(store):
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}", suppress_warnings=True)
+    python_model = model.unwrap_python_model()
+    requests = [pd.DataFrame({"image": [base64.b64decode(file)]}) for file in files[:50]]
+    recorder = PredictionRecorder(workdir / "records", source="serve").start()
+    embed = python_model.embed if python_model.projection is not None else None
+    observer = observer_for(recorder, name, version, "champion", python_model.classes, embed)
+    timings: dict[str, list[float]] = {"recording": [], "not recording": []}
+    try:
+        for block in range(12):
+            label = "recording" if block % 2 == 0 else "not recording"
+            python_model.observer = observer if label == "recording" else None
+            for request in requests:
+                start = time.perf_counter()
+                model.predict(request)
+                timings[label].append(time.perf_counter() - start)
+    finally:
+        python_model.observer = None
+        recorder.close()
+    on = statistics.median(timings["recording"])
+    off = statistics.median(timings["not recording"])
+    print(
+        f"request path, in process, one PNG: median predict {on * 1000:.2f} ms recording, "
+        f"{off * 1000:.2f} ms not (ratio {on / off:.3f}); {recorder.written} records written"
+    )
+
+
 def bench_swap(args, workdir: Path) -> None:
     """`pipeline serve` under 4 clients: steady state, then the champion moved back and forth
     (each swap loads and warms a version while requests go on); and the recorder's cost."""
@@ -332,21 +372,31 @@ def bench_swap(args, workdir: Path) -> None:
                 [(e - s) for s, e, _ in steady], 0.5
             )
             print(f"p50 {label} / steady p50: {ratio:.2f}")
-    # The recorder's cost: the same load with and without recording, alternated.
+    # The recorder's cost: one client (a request's own latency, no queueing behind others),
+    # with and without recording, alternated round by round to share the host's drift.
     medians: dict[str, list[float]] = {"recording": [], "not recording": []}
-    for round_ in range(args.rounds):
-        for label, extra in (("recording", ()), ("not recording", ("--no-record",))):
-            with PipelineServer(workdir, store, name, *extra) as server:
-                timed_clients(server.port, bodies, 4, 2.0)
-                outcomes = timed_clients(server.port, bodies, 4, args.seconds)
+    servers = {
+        "recording": PipelineServer(workdir, store, name),
+        "not recording": PipelineServer(workdir, store, name, "--no-record"),
+    }
+    try:
+        for server in servers.values():
+            timed_clients(server.port, bodies, 1, 3.0)
+        for round_ in range(args.rounds):
+            for label, server in servers.items():
+                outcomes = timed_clients(server.port, bodies, 1, args.overhead_seconds)
                 medians[label].append(percentile([(e - s) for s, e, _ in outcomes], 0.5))
                 print(f"round {round_ + 1} " + latency_line(f"{label:13}", outcomes))
+    finally:
+        for server in servers.values():
+            server.__exit__(None, None, None)
     recording = statistics.median(medians["recording"])
     plain = statistics.median(medians["not recording"])
     print(
         f"recording overhead on p50: {recording * 1000:.2f} ms against {plain * 1000:.2f} ms, "
         f"ratio {recording / plain:.3f} (goal: at most 1.05)"
     )
+    request_path_cost(store, name, files, workdir)
     mlflow.set_tracking_uri(None)
 
 
@@ -361,9 +411,14 @@ def main() -> None:
         action="store_true",
         help="`pipeline serve`: latency while the champion moves, and the recorder's cost",
     )
-    parser.add_argument("--seconds", type=float, default=20.0, help="--swap: each phase's length")
-    parser.add_argument("--swaps", type=int, default=4, help="--swap: alias moves in the phase")
-    parser.add_argument("--rounds", type=int, default=3, help="--swap: recorder on/off rounds")
+    parser.add_argument("--seconds", type=float, default=30.0, help="--swap: each phase's length")
+    parser.add_argument(
+        "--swaps", type=int, default=3, help="--swap: alias moves in the phase (spread evenly)"
+    )
+    parser.add_argument("--rounds", type=int, default=6, help="--swap: recorder on/off rounds")
+    parser.add_argument(
+        "--overhead-seconds", type=float, default=8.0, help="--swap: each on/off round's length"
+    )
     args = parser.parse_args()
     dataset, shape, classes = MODELS[args.model]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
