@@ -154,10 +154,22 @@ def monitor(args: argparse.Namespace) -> int:
     if last is None and args.last_n is None:
         last = parse_duration("24h")
     _tracking(root)
+    from pipeline import registry
+
+    name = _registered_model(args, config)
+    version = args.version
+    if version is None:
+        champion = registry.champion_version(name)
+        if champion is None:
+            raise PipelineError(
+                f"{name} has no champion to monitor: pass --version, or promote one first"
+            )
+        version = str(champion.version)
     report = run_monitor(
         root,
-        _registered_model(args, config),
-        args.version,
+        name,
+        version,
+        registry.monitoring_reference(name, version),
         _under(root, args.predictions_dir),
         Window(last, args.last_n),
         args.alpha,

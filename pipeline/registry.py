@@ -71,7 +71,19 @@ def log_classifier(
         classifier = serving.ImageClassifier()
         classifier.load_context(_Context(artifacts, config))
         if monitoring_splits is not None:
-            artifacts.update(monitoring_artifacts(classifier, *monitoring_splits, Path(scratch)))
+            try:
+                artifacts.update(
+                    monitoring_artifacts(classifier, *monitoring_splits, Path(scratch))
+                )
+            except ValueError as error:
+                # Monitoring is the loop's, not the gate's: the version is registered all the
+                # same, and `pipeline monitor` says it has no reference.
+                classifier.projection = None
+                logger.warning(
+                    "registering without a monitoring reference (pipeline monitor cannot judge "
+                    "this version's traffic): %s",
+                    error,
+                )
         request = pd.DataFrame({serving.IMAGE_COLUMN: [encode_png(example[0])]})
         signature = classifier_signature(classifier.classes)
         with warnings.catch_warnings(), pinned_requirements():
@@ -452,6 +464,41 @@ def roll_back_champion(name: str, reason: str, user: str, to: str | None = None)
         )
     client.set_registered_model_alias(name, CHAMPION, target)
     return rollback
+
+
+def monitoring_reference(name: str, version: str):
+    """The monitoring reference (pipeline.monitoring.reference.Reference) stored with version
+    `version` of `name` at registration; a RegistryError naming the fix for versions without
+    one. Only MLmodel and the reference file are downloaded, not the model."""
+    import yaml
+
+    from pipeline.monitoring.reference import load_reference
+
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            location = client.get_model_version_download_uri(name, version).rstrip("/")
+            mlmodel = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location}/MLmodel", dst_path=scratch
+            )
+        except MlflowException as error:
+            raise RegistryError(
+                f"version {version} of {name} cannot be read: {error.message}"
+            ) from None
+        flavors = (yaml.safe_load(Path(mlmodel).read_text()) or {}).get("flavors", {})
+        artifacts = flavors.get("python_function", {}).get("artifacts", {})
+        entry = artifacts.get(serving.REFERENCE_ARTIFACT)
+        if not entry:
+            raise RegistryError(
+                f"version {version} of {name} was registered without a monitoring reference "
+                "(before monitoring existed, or its embeddings could not be built): retrain "
+                "(`pipeline retrain --force`) to register a version that has one, or pass "
+                "--version with a newer version"
+            )
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{location}/{entry['path']}", dst_path=scratch
+        )
+        return load_reference(Path(path))
 
 
 def rolled_back_versions(name: str) -> frozenset[str]:

@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline.errors import PipelineError, RegistryError
+from pipeline.errors import PipelineError
 from pipeline.monitoring.drift import detect_drift
 from pipeline.monitoring.page import write_monitor_page
 from pipeline.monitoring.records import read_window
-from pipeline.monitoring.reference import Reference, load_reference
+from pipeline.monitoring.reference import Reference
 from pipeline.store import write_json
 
 logger = logging.getLogger(__name__)
 
 REPORTS_DIR = "reports/monitoring"
 LATEST_FILE = "latest.json"
-REFERENCE_ARTIFACT = "monitoring_reference"
-"""The served model's artifact holding the reference (pipeline.serving.model)."""
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -66,62 +63,21 @@ def _format_duration(value: timedelta) -> str:
     return f"{seconds:g}s"
 
 
-def version_reference(name: str, version: str, scratch: Path) -> Reference:
-    """The monitoring reference stored with version `version` of `name` at registration."""
-    import mlflow
-    import yaml
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        location = client.get_model_version_download_uri(name, version)
-        mlmodel = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=str(scratch)
-        )
-    except MlflowException as error:
-        raise RegistryError(
-            f"version {version} of {name} cannot be read: {error.message}"
-        ) from None
-    flavor = (yaml.safe_load(Path(mlmodel).read_text()) or {}).get("flavors", {})
-    artifacts = flavor.get("python_function", {}).get("artifacts", {})
-    entry = artifacts.get(REFERENCE_ARTIFACT)
-    if not entry:
-        raise RegistryError(
-            f"version {version} of {name} was registered without a monitoring reference (it "
-            "predates monitoring): retrain (`pipeline retrain --force`) to register a version "
-            "that has one, or pass --version with a newer version"
-        )
-    path = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"{location.rstrip('/')}/{entry['path']}", dst_path=str(scratch)
-    )
-    return load_reference(Path(path))
-
-
 def run_monitor(
     root: Path,
     name: str,
-    version: str | None,
+    version: str,
+    reference: Reference,
     predictions_dir: Path,
     window: Window,
     alpha: float,
     experiment_name: str,
     now: datetime | None = None,
 ) -> dict:
-    """Judge one window of `predictions_dir` for `version` of `name` (the champion when None);
-    write the report, its page and latest.json under `root`/reports/monitoring, log the MLflow
-    run, and return the report."""
-    from pipeline import registry
-
-    if version is None:
-        champion = registry.champion_version(name)
-        if champion is None:
-            raise RegistryError(
-                f"{name} has no champion to monitor: pass --version, or promote one first"
-            )
-        version = str(champion.version)
+    """Judge one window of `predictions_dir` for `version` of `name` against its `reference`
+    (pipeline.registry.monitoring_reference); write the report, its page and latest.json under
+    `root`/reports/monitoring, log the MLflow run, and return the report."""
     now = now or datetime.now(UTC)
-    with tempfile.TemporaryDirectory() as scratch:
-        reference = version_reference(name, version, Path(scratch))
     records = read_window(
         predictions_dir, last=window.last, last_n=window.last_n, version=version, now=now
     )

@@ -7,7 +7,6 @@ that most need a label (pipeline.retraining.review) instead of retraining.
 from __future__ import annotations
 
 import logging
-import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -57,8 +56,8 @@ def describe_drift(report: dict) -> str:
 def write_review(root: Path, report: dict, image_folder: str | None, size: int = 100) -> dict:
     """The review queue for the drifted window of `report`: the served images that most need
     a label, as reports/review/queue.csv and a page of thumbnails."""
-    from pipeline.monitoring.monitor import version_reference
     from pipeline.monitoring.records import read_window
+    from pipeline.registry import monitoring_reference
     from pipeline.retraining.review import select_for_review, write_review_queue
 
     predictions = Path(report["predictions_dir"])
@@ -70,10 +69,7 @@ def write_review(root: Path, report: dict, image_folder: str | None, size: int =
         now=end,
         version=report["model_version"],
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        reference = version_reference(
-            report["registered_model"], report["model_version"], Path(scratch)
-        )
+    reference = monitoring_reference(report["registered_model"], report["model_version"])
     queue = select_for_review(records, reference.embeddings, size=size)
     title = f"To label: {describe_drift(report)}"
     return write_review_queue(

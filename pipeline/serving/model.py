@@ -124,7 +124,6 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 self.training_manifest = {line.strip() for line in stream if line.strip()}
         self.identity = registry_identity(Path(context.artifacts[KERAS_MODEL_ARTIFACT]))
         self.projection = _read_projection(context.artifacts.get(PROJECTION_ARTIFACT))
-        self._joint_model = None
         self._feature_model = None
         self.observer = None
         """Set by a caller that records answers (the server, `pipeline predict --log`): called
@@ -176,24 +175,18 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         or None for a version registered without a projection."""
         if self.projection is None:
             return None
-        if self._feature_model is None:
-            import keras
-
-            self._feature_model = keras.Model(self.model.inputs, _penultimate(self.model))
-        features = np.asarray(self._feature_model.predict_on_batch(images), dtype=np.float32)
-        return _project(features.reshape(len(images), -1), self.projection)
+        return _project(self._features(images), self.projection)
 
     def call_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(penultimate features: the output layer's input, flattened; outputs) of one uint8
-        batch, in one pass of the model: what embeddings are made from."""
-        if self._joint_model is None:
-            import keras
+        batch: what embeddings are made from."""
+        return self._features(images), self._call_model(images)
 
-            outputs = [_penultimate(self.model), self.model.outputs[0]]
-            self._joint_model = keras.Model(self.model.inputs, outputs)
-        features, outputs = self._joint_model.predict_on_batch(images)
-        flat = np.asarray(features, dtype=np.float32).reshape(len(images), -1)
-        return flat, np.asarray(outputs)
+    def _features(self, images: np.ndarray) -> np.ndarray:
+        if self._feature_model is None:
+            self._feature_model = feature_model(self.model)
+        features = np.asarray(self._feature_model.predict_on_batch(images), dtype=np.float32)
+        return features.reshape(len(images), -1)
 
     def _read_items(self, items: list, row_errors: bool) -> tuple[np.ndarray, dict[int, str]]:
         """The items as one uint8 batch of the model's shape, and {index: reason} for those
@@ -274,12 +267,28 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         return frame
 
 
-def _penultimate(model):
-    """The input of the model's output layer: what its embeddings are made from."""
+def feature_model(model):
+    """A model from `model`'s inputs to its output layer's input, sharing its weights: the
+    penultimate layer, what embeddings are made from. The transfer strategies' output layer
+    sits inside their nested `head` model: that part is cut there, and the outer graph is
+    rebuilt around it (clone_model keeps every other layer, weights and all)."""
+    import keras
+
     try:
-        return model.get_layer(OUTPUT_LAYER).input
+        return keras.Model(model.inputs, model.get_layer(OUTPUT_LAYER).input)
     except ValueError:
-        return model.layers[-1].input
+        pass  # no top-level output layer, or one not connected to the inputs
+    for layer in reversed(model.layers):
+        if isinstance(layer, keras.Model):
+            try:
+                inner = feature_model(layer)
+            except ValueError:
+                continue
+            return keras.models.clone_model(
+                model,
+                clone_function=lambda each, cut=layer, part=inner: part if each is cut else each,
+            )
+    raise ValueError(f"the model has no layer named {OUTPUT_LAYER!r} to take embeddings from")
 
 
 def _read_projection(path: str | None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -314,3 +314,33 @@ def test_keep_nagle_off_sets_nodelay_where_the_listener_has_proto_0(monkeypatch)
 
     asyncio.run(connect_once())
     assert seen and seen[0] != 0
+
+
+def test_embeddings_of_a_nested_transfer_model_are_its_heads_penultimate_layer() -> None:
+    """The transfer strategies nest their output layer inside a `head` model (preprocessing ->
+    base -> head): the embedding model cuts the head there and shares every weight."""
+    import keras
+    from keras import layers
+
+    image = keras.Input((8, 8, 1), dtype="uint8")
+    preprocessing = keras.Model(image, layers.Rescaling(1 / 255)(image), name="preprocessing")
+    maps = keras.Input((8, 8, 1))
+    base = keras.Model(maps, layers.Conv2D(4, 3)(maps), name="base")
+    features = keras.Input((6, 6, 4))
+    hidden = layers.Dense(5, name="dense")(layers.Flatten()(features))
+    head = keras.Model(
+        features, layers.Dense(3, activation="softmax", name="predictions")(hidden), name="head"
+    )
+    inputs = keras.Input((8, 8, 1), dtype="uint8")
+    model = keras.Model(inputs, head(base(preprocessing(inputs), training=False)))
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+
+    embedding = serving.feature_model(model).predict_on_batch(images)
+
+    dense = keras.Model(head.inputs, head.get_layer("dense").output)
+    expected = dense.predict_on_batch(base.predict_on_batch(preprocessing.predict_on_batch(images)))
+    np.testing.assert_allclose(embedding, expected, rtol=1e-5, atol=1e-6)
+    flat = keras.Model(inputs, layers.Dense(2, name="predictions")(layers.Flatten()(inputs)))
+    assert serving.feature_model(flat).output_shape == (None, 64)
+    with pytest.raises(ValueError, match="no layer named 'predictions'"):
+        serving.feature_model(keras.Model(inputs, layers.Flatten()(inputs)))
