@@ -288,7 +288,14 @@ def feature_model(model):
                 model,
                 clone_function=lambda each, cut=layer, part=inner: part if each is cut else each,
             )
-    raise ValueError(f"the model has no layer named {OUTPUT_LAYER!r} to take embeddings from")
+    last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.layers.Dense):
+        # A classifier built elsewhere, whose output layer has another name.
+        return keras.Model(model.inputs, last.input)
+    raise ValueError(
+        f"the model has no layer named {OUTPUT_LAYER!r}, nor a Dense output layer, to take "
+        "embeddings from"
+    )
 
 
 def _read_projection(path: str | None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -342,5 +342,8 @@ def test_embeddings_of_a_nested_transfer_model_are_its_heads_penultimate_layer()
     np.testing.assert_allclose(embedding, expected, rtol=1e-5, atol=1e-6)
     flat = keras.Model(inputs, layers.Dense(2, name="predictions")(layers.Flatten()(inputs)))
     assert serving.feature_model(flat).output_shape == (None, 64)
-    with pytest.raises(ValueError, match="no layer named 'predictions'"):
+    # A classifier built elsewhere: its last Dense layer is the output, whatever its name.
+    other = keras.Model(inputs, layers.Dense(2, name="scores")(layers.Flatten()(inputs)))
+    assert serving.feature_model(other).output_shape == (None, 64)
+    with pytest.raises(ValueError, match="nor a Dense output layer"):
         serving.feature_model(keras.Model(inputs, layers.Flatten()(inputs)))
