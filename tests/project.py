@@ -148,3 +148,17 @@ def run_stage_alone(
         timeout=timeout,
         env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin", "HOME": str(root)},
     )
+
+
+def pipeline_command(
+    root: Path, env: dict, *args: str, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """The `pipeline` console script, as a user or a scheduler runs it."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "pipeline"), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -43,15 +43,6 @@ HOLDER_LOGGER = "pipeline.serving.holder"
 # --- fixtures built in the tests ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow database: creating one takes about 2 s, copying it 5 ms."""
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    with tracking_store(f"sqlite:///{path}"):
-        mlflow.MlflowClient().search_registered_models()
-    return path
-
-
 class Registry:
     """A registered model with versions 1..3 (no real model behind them: the load is faked)."""
 

@@ -25,15 +25,6 @@ ROLLBACK_TAGS = ("rollback.reason", "rollback.by", "rollback.at", "rollback.repl
 RESTORED_TAGS = ("restored.reason", "restored.by", "restored.at", "restored.from")
 
 
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory) -> Path:
-    """An empty, migrated MLflow database: creating one takes about 2 s, copying it 5 ms."""
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    with tracking_store(f"sqlite:///{path}"):
-        mlflow.MlflowClient().search_registered_models()
-    return path
-
-
 @pytest.fixture
 def client(tmp_path, template_store) -> Iterator[mlflow.MlflowClient]:
     shutil.copy(template_store, tmp_path / "mlflow.db")

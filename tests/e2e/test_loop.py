@@ -30,7 +30,7 @@ from PIL import Image
 
 from pipeline.monitoring.records import read_window
 from pipeline.store import image_digest, open_split
-from tests.project import dvc, git, make_project_copy, tiny_params
+from tests.project import dvc, git, make_project_copy, pipeline_command, tiny_params
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -47,17 +47,6 @@ def _edit(params: dict) -> dict:
     params["train"]["scratch"].update(epochs=1, learning_rate=1e-5)
     params["promote"].update(strategy="scratch", min_accuracy=0.0, min_class_recall=0.0)
     return params
-
-
-def _pipeline(root: Path, env: dict, *args: str, timeout: int = 900):
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "pipeline"), *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _said(result: subprocess.CompletedProcess) -> str:
@@ -252,7 +241,7 @@ def test_the_loop_serve_promote_record_monitor_retrain_rollback(project, tmp_pat
         for start in range(0, 200, 20):
             server.ask([255 - image for image in images[start : start + 20]])
         _wait_written(server, answered + 200)
-        monitored = _pipeline(root, env, "monitor", "--last-n", "200")
+        monitored = pipeline_command(root, env, "monitor", "--last-n", "200")
         assert monitored.returncode == 0, _said(monitored)
         assert monitored.stdout.startswith("DRIFT"), monitored.stdout
         latest = json.loads((root / "reports" / "monitoring" / "latest.json").read_text())
@@ -264,7 +253,7 @@ def test_the_loop_serve_promote_record_monitor_retrain_rollback(project, tmp_pat
         assert list(monitor_runs["tags.model_version"]) == ["2"]
 
         # Drift with no new labelled images: the cycle asks for labels instead of retraining.
-        cycle = _pipeline(root, env, "retrain")
+        cycle = pipeline_command(root, env, "retrain")
         assert cycle.returncode == 0, _said(cycle)
         record = json.loads((root / "reports" / "retrain.json").read_text())
         assert record["triggers"] == ["drift"] and record["outcome"] == "review queued"
@@ -274,11 +263,11 @@ def test_the_loop_serve_promote_record_monitor_retrain_rollback(project, tmp_pat
         assert page.count("data:image/png;base64,") >= 10, "kept images appear as thumbnails"
         cycle_run = client.get_run(record["mlflow_run_id"])
         assert cycle_run.data.tags["trigger"] == "drift"
-        again = _pipeline(root, env, "retrain")
+        again = pipeline_command(root, env, "retrain")
         assert again.returncode == 0 and "no new data" in again.stdout, _said(again)
 
         # Roll back: the champion is version 1 again, and so is every answer within a poll.
-        rolled = _pipeline(root, env, "rollback", "--reason", "inverted scans misread")
+        rolled = pipeline_command(root, env, "rollback", "--reason", "inverted scans misread")
         assert rolled.returncode == 0, _said(rolled)
         assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
         tags = client.get_model_version(MODEL, "2").tags

@@ -38,7 +38,7 @@ from pipeline.config import STRATEGY_NAMES
 from pipeline.store import SPLITS, open_split, sha256_of
 from tests import fakes
 from tests.conftest import _start_tracking_server
-from tests.project import dvc, make_project_copy, tiny_params
+from tests.project import dvc, make_project_copy, pipeline_command, tiny_params
 from tests.servers import model_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -59,20 +59,6 @@ def _edit(images: Path):
         return params
 
     return edit
-
-
-def pipeline_command(
-    root: Path, env: dict, *args: str, timeout: int = 900
-) -> subprocess.CompletedProcess:
-    """The `pipeline` console script, as a user or a scheduler runs it."""
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "pipeline"), *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def retrain(root: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
