@@ -460,13 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="record each answer as `pipeline serve` does, for `pipeline monitor`",
     )
-    predict_parser.add_argument(
-        "--predictions-dir",
-        type=Path,
-        default=_PREDICTIONS_DIR,
-        metavar="DIR",
-        help=f"with --log: where answers are recorded (default: {_PREDICTIONS_DIR}/)",
-    )
+    _add_predictions_dir(predict_parser, "with --log: where answers are recorded")
     predict_parser.add_argument(
         "--keep-images", action="store_true", help="with --log: keep each image too (PNG)"
     )
@@ -545,6 +539,17 @@ def _add_model_name(parser: argparse.ArgumentParser) -> None:
 _PREDICTIONS_DIR = Path("monitoring/predictions")
 
 
+def _add_predictions_dir(parser: argparse.ArgumentParser, what: str) -> None:
+    """--predictions-dir, the one folder serve and predict --log write and monitor reads."""
+    parser.add_argument(
+        "--predictions-dir",
+        type=Path,
+        default=_PREDICTIONS_DIR,
+        metavar="DIR",
+        help=f"{what} (default: {_PREDICTIONS_DIR}/ in the project)",
+    )
+
+
 def _add_operate_verbs(verbs) -> None:
     """serve, monitor and rollback: the loop after promotion."""
     serve_parser = _add_verb(
@@ -572,13 +577,7 @@ def _add_operate_verbs(verbs) -> None:
     serve_parser.add_argument(
         "--alias", default="champion", help="the alias to follow (default: champion)"
     )
-    serve_parser.add_argument(
-        "--predictions-dir",
-        type=Path,
-        default=_PREDICTIONS_DIR,
-        metavar="DIR",
-        help=f"where answers are recorded (default: {_PREDICTIONS_DIR}/ in the project)",
-    )
+    _add_predictions_dir(serve_parser, "where answers are recorded")
     serve_parser.add_argument(
         "--keep-images",
         action="store_true",
@@ -622,13 +621,7 @@ def _add_operate_verbs(verbs) -> None:
     monitor_parser.add_argument(
         "--version", help="the version whose traffic to judge (default: the champion)"
     )
-    monitor_parser.add_argument(
-        "--predictions-dir",
-        type=Path,
-        default=_PREDICTIONS_DIR,
-        metavar="DIR",
-        help=f"where the server recorded answers (default: {_PREDICTIONS_DIR}/)",
-    )
+    _add_predictions_dir(monitor_parser, "where the server recorded answers")
     _add_model_name(monitor_parser)
     _add_root(monitor_parser)
     monitor_parser.set_defaults(run=monitor)
