@@ -70,6 +70,11 @@ class DataConfig(_Strict):
     image_size: PositiveInt = 150
     resize: Literal["stretch", "pad"] = "stretch"
     on_bad_image: Literal["skip", "fail"] = "skip"
+    # A bound on what one image may cost to decode (width x height, read from the header before
+    # any pixel is allocated): a 0.3 MB PNG can declare 169 M pixels.
+    max_pixels: PositiveInt = 40_000_000
+    # Symlinks in data.image_folder that resolve outside it are skipped unless this is true.
+    follow_links: bool = False
     max_images: PositiveInt | None = None
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.2
@@ -125,6 +130,9 @@ class ValidateConfig(_Strict):
     near_duplicate_distance: Annotated[int, Field(ge=0, le=64)] = 2
     reference: str | None = None
     max_drift: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    # Identical images under two classes: fail the gate naming both files, or drop them at split
+    # (listed in reports/data/skipped.csv).
+    label_conflicts: Literal["fail", "drop"] = "fail"
 
     @field_validator("reference")
     @classmethod

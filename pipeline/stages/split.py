@@ -88,7 +88,9 @@ def _prepare_from_spool(
     shard_bytes: int,
 ) -> dict:
     spec = DATASETS[config.dataset]
-    index = open_dataset(config.dataset, raw_dir, ReadOptions(config.image_size, config.resize))
+    index = open_dataset(
+        config.dataset, raw_dir, ReadOptions(config.image_size, config.resize, config.max_pixels)
+    )
     chosen = stratified_subset(index.labels, index.pools, config.max_images, config.seed)
     bad, all_digests = decode_to_spool(index, chosen, spool_file, chunk_bytes)
     skipped = [(index.describe(int(chosen[row])), reason) for row, reason in bad.items()]

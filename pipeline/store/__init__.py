@@ -33,7 +33,9 @@ from pipeline.store.files import (  # noqa: F401 - the package's contract
     fsync_path,
     read_json,
     sha256_of,
+    spreadsheet_safe,
     write_classes,
+    write_csv,
     write_json,
     write_text,
 )

@@ -113,6 +113,29 @@ def write_classes(model_dir: Path, classes: Iterable[str]) -> None:
     write_json(Path(model_dir) / CLASSES_FILE, [str(name) for name in classes])
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """`value` for a CSV cell that a spreadsheet shows as text: a string that begins with `=`,
+    `+`, `-`, `@`, a tab or a carriage return (a file named `=HYPERLINK(...).png`) gets a leading
+    apostrophe (OWASP's CSV-injection advice), so Excel or LibreOffice never runs it as a
+    formula. Numbers pass unchanged, negative ones included."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write a CSV atomically, every cell through `spreadsheet_safe`."""
+    import csv
+
+    with atomic_write(path) as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow([spreadsheet_safe(cell) for cell in header])
+        writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())

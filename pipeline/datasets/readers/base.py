@@ -75,10 +75,12 @@ class SourceIndex:
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How variable-size images become one array: side length and resize mode."""
+    """How variable-size images become one array: side length and resize mode, and the most
+    pixels one file may declare (data.max_pixels) before it is refused unread."""
 
     image_size: int = 150
     resize: ResizeMode = "stretch"
+    max_pixels: int = 40_000_000
 
 
 @dataclass(frozen=True)
