@@ -6,8 +6,10 @@ before every other stage so that a typo stops the pipeline before any output is 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_origin
 
 import yaml
 from pydantic import (
@@ -30,15 +32,20 @@ STRATEGY_NAMES: tuple[str, ...] = ("scratch", "feature_extraction", "fine_tune")
 
 WEIGHT_KEYWORDS: tuple[str, ...] = ("auto", "imagenet", "hed", "random")
 
+_YAML_BOOL = "tag:yaml.org,2002:bool"
+_YAML_FLOAT = "tag:yaml.org,2002:float"
+
 DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 DropoutRate = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class _Strict(BaseModel):
-    """Every block rejects unknown keys, so a typo such as `epoch:` is an error, not a no-op."""
+    """Every block rejects unknown keys, so a typo such as `epoch:` is an error, not a no-op,
+    and every value must have its key's type: `epochs: true` or `tensorboard: "no"` is an error,
+    not 1 epoch or false. A float key still takes an integer (`learning_rate: 1`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 _URL_SCHEMES = ("http://", "https://", "ftp://", "file://")
@@ -362,14 +369,46 @@ class PipelineConfig(_Strict):
     promote: PromoteConfig = PromoteConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans and floats, as DVC reads params.yaml.
+
+    PyYAML follows YAML 1.1: `no`, `off` and `yes` are booleans and `1e-05` is a string. DVC
+    (ruamel, YAML 1.2) reads them the other way round, and `dvc exp run -S lr=1e-5` writes
+    `1e-05`: reading as DVC does, the pipeline trains on the value `dvc params diff` shows.
+    """
+
+
+ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_YAML_BOOL, _YAML_FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ParamsLoader.add_implicit_resolver(
+    _YAML_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+ParamsLoader.add_implicit_resolver(
+    _YAML_FLOAT,
+    # A dot or an exponent, so that integers stay integers; then YAML 1.2's infinities and NaN.
+    re.compile(
+        r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_params(text: str) -> Any:
+    """params.yaml's text as DVC reads it (see ParamsLoader)."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config(path: str | Path = "params.yaml") -> PipelineConfig:
     """Read and validate params.yaml; raise ConfigError naming every bad key and value."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_params(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(
             f"{path} not found: run from the project root, where params.yaml is"
@@ -384,11 +423,28 @@ def load_config(path: str | Path = "params.yaml") -> PipelineConfig:
         raise ConfigError(format_validation_error(exc, path)) from None
 
 
+# What a strict type error means in params.yaml's terms: pydantic's own words ("Input should be
+# a valid integer") do not say that `true`, `60.0` or `"10"` are what was wrong.
+_TYPE_HINTS = {
+    "int_type": "must be an integer such as 10 (not true/false, not 10.0, not quoted)",
+    "bool_type": "must be true or false (unquoted; not yes/no, on/off, 0/1)",
+    "float_type": "must be a number such as 0.001 or 1e-3 (not true/false, not quoted)",
+    "string_type": "must be text",
+    "list_type": "must be a list such as [32, 64]",
+    "dict_type": "must be a mapping of keys to values",
+}
+
+
 def format_validation_error(error: ValidationError, path: str | Path) -> str:
-    """One line per problem: the dotted key, the bad value and what is allowed."""
-    lines = [f"{path} is invalid ({error.error_count()} problem(s)); fix these keys:"]
+    """One line per problem: the dotted key, the bad value and what is allowed. The members
+    of a union (`enabled: true | false | auto`) are one problem: one line, every choice."""
+    lines = []
+    unions: dict[str, list[str]] = {}
     for problem in error.errors():
         location = [str(part) for part in problem["loc"]]
+        if len(location) > 1 and _is_union(location[:-1]):
+            # pydantic names the union member tried ("bool", "literal['auto']") after the key.
+            location = location[:-1]
         key = ".".join(location) or "<root>"
         if problem["type"] == "extra_forbidden":
             allowed = _allowed_keys(location[:-1])
@@ -396,9 +452,43 @@ def format_validation_error(error: ValidationError, path: str | Path) -> str:
         elif problem["type"] == "missing":
             lines.append(f"  - {key}: required key is missing")
         else:
-            message = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"  - {key} = {problem['input']!r}: {message}")
-    return "\n".join(lines)
+            message = _TYPE_HINTS.get(problem["type"]) or problem["msg"].removeprefix(
+                "Value error, "
+            ).replace("Input should be", "must be", 1)
+            line = f"  - {key} = {_yaml_value(problem['input'])}: "
+            if line in unions:
+                unions[line].append(message)
+                continue
+            unions[line] = [message]
+            lines.append(line)
+    header = f"{path} is invalid ({len(lines)} problem(s)); fix these keys:"
+    return "\n".join(
+        [
+            header,
+            *(f"{line}{'; or '.join(unions[line])}" if line in unions else line for line in lines),
+        ]
+    )
+
+
+def _yaml_value(value: Any) -> str:
+    """`value` as params.yaml spells it: true, null, 'no' (quoted where YAML needs it)."""
+    if isinstance(value, bool | None):
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
+
+
+def _is_union(location: list[str]) -> bool:
+    """Whether the key at `location` has a union type (`bool | Literal["auto"]`, `T | None`)."""
+    model: Any = PipelineConfig
+    annotation: Any = None
+    for part in location:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+        fields = {field.alias or name: field for name, field in model.model_fields.items()}
+        if part not in fields:
+            return False
+        annotation = model = fields[part].annotation
+    return get_origin(annotation) in (Union, UnionType)
 
 
 def _allowed_keys(location: list[str]) -> list[str]:

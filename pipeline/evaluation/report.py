@@ -64,6 +64,7 @@ from pipeline.store import (
     MODEL_FILE,
     ImageSplit,
     sha256_of,
+    spreadsheet_safe,
     write_json,
 )
 
@@ -116,7 +117,7 @@ def evaluate_strategy(
         curves = binary_curves(test.y, probabilities)
         metrics.update(binary_metrics(test.y, probabilities))
     report = classification_report_frame(test.y, predictions, test.classes)
-    report.to_csv(output / CLASSIFICATION_REPORT, index_label="class")
+    write_classification_report(report, output / CLASSIFICATION_REPORT)
     title = f"{strategy}: test accuracy {metrics['test_accuracy']:.3f}"
 
     write_confusion(test.y, predictions, test.classes, output, title)
@@ -190,14 +191,24 @@ def measure_images_per_second(
     return float(images / max(seconds, 1e-9))
 
 
+def write_classification_report(report: pd.DataFrame, path: Path) -> None:
+    """The per-class report as CSV, one row per class (its name in the `class` column) and the
+    averages. Class names are anyone's folder names: one named `=HYPERLINK(...)` is written
+    spreadsheet-safe, so it stays text in Excel; the figures are numbers, unchanged."""
+    report.rename(index=spreadsheet_safe).to_csv(path, index_label="class")
+
+
 def write_confusion(
     y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], output: Path, title: str
 ) -> None:
     """Raw and row-normalized matrices as CSV and PNG, and the DVC confusion plot data."""
     counts = compute_confusion(y_true, y_pred, classes)
     normalized = normalize_confusion(counts)
-    counts.to_csv(output / CONFUSION_CSV, index=False)
-    normalized.round(6).to_csv(output / CONFUSION_NORMALIZED_CSV, index=False)
+    # The header is the class names, made spreadsheet-safe; the counts are numbers, unchanged.
+    counts.rename(columns=spreadsheet_safe).to_csv(output / CONFUSION_CSV, index=False)
+    normalized.round(6).rename(columns=spreadsheet_safe).to_csv(
+        output / CONFUSION_NORMALIZED_CSV, index=False
+    )
     plot_confusion(counts, title, output / CONFUSION_PNG, normalized=False)
     plot_confusion(normalized, f"{title} (row-normalized)", output / CONFUSION_NORMALIZED_PNG, True)
     records = [

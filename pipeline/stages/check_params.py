@@ -2,7 +2,8 @@
 
 Every stage depends on this stage's output, and DVC deletes a stage's outputs before running
 it: checking here, first, means a typo, a missing image folder, a dataset with no known address
-or a model no builder could make stops the pipeline while earlier results are intact.
+or a model no builder could make stops the pipeline while earlier results are intact. So does
+an MLflow tracking server (MLFLOW_TRACKING_URI) that does not answer.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from pipeline.columns import class_name_problems
 from pipeline.config import PipelineConfig, load_config
 from pipeline.datasets.fetch import resolve_source, source_overrides
 from pipeline.datasets.folders import scan_image_folder
 from pipeline.datasets.sources import DATASETS
 from pipeline.entry import run_entry
-from pipeline.errors import ConfigError, ModelError
+from pipeline.errors import ConfigError, DataError, ModelError
 from pipeline.models.backbones import (
     BACKBONES,
     check_backbone_input,
@@ -31,20 +34,39 @@ from pipeline.models.builders import (
 )
 from pipeline.models.weights import check_weights
 from pipeline.store import write_json
+from pipeline.tracking.server import check_tracking_server, tracking_uri
 
 logger = logging.getLogger("pipeline.stages.check_params")
+
+SERVER_TIMEOUT = 3.0
+"""Seconds a tracking server has to answer /health: a closed port fails at once, a host that
+drops packets costs this long."""
 
 
 def check_dataset_source(config: PipelineConfig) -> None:
     """Raise DataError if the configured dataset cannot be fetched as configured."""
     data = config.data
     if data.dataset == "image_folder":
-        scan_image_folder(Path(data.image_folder))
+        scan = scan_image_folder(Path(data.image_folder), follow_links=data.follow_links)
+        check_class_names(scan.class_names, Path(data.image_folder))
         return
     spec = DATASETS[data.dataset]
     override = source_overrides(data.sources).get(spec.name)
     for source in spec.files:
         resolve_source(spec, source, data.mirror, override)
+
+
+def check_class_names(classes: Sequence[str], folder: Path) -> None:
+    """Raise DataError naming every class subfolder of `folder` whose name no model could
+    answer with (see pipeline.columns): otherwise the whole pipeline would run before the
+    registration refused it."""
+    problems = class_name_problems(classes)
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise DataError(
+            f"image folder {folder} (data.image_folder) has class subfolder names a model "
+            f"cannot answer with; rename these folders:\n{lines}"
+        )
 
 
 def check_models(config: PipelineConfig) -> None:
@@ -104,6 +126,16 @@ def check_models(config: PipelineConfig) -> None:
         )
 
 
+def check_tracking(project_root: Path, timeout: float = SERVER_TIMEOUT) -> None:
+    """Raise TrackingUnavailable, naming the URI and the fix, when MLFLOW_TRACKING_URI is an
+    http(s) server that does not answer: the training stages would otherwise delete their
+    models before finding out. The embedded SQLite store (the default) is not touched here, so
+    the default costs nothing; the stages that write to it check its folder themselves."""
+    uri = tracking_uri(project_root)
+    if urlsplit(uri).scheme in ("http", "https"):
+        check_tracking_server(uri, timeout)
+
+
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="check_params", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="the marker written when valid")
@@ -111,6 +143,7 @@ def main(argv: Sequence[str]) -> None:
     config = load_config()
     check_models(config)
     check_dataset_source(config)
+    check_tracking(Path.cwd())
     # The content is constant on purpose: re-checking valid params must not re-run anything.
     write_json(args.out, {"params": "valid"})
     logger.info("params.yaml is valid (dataset=%s)", config.data.dataset)

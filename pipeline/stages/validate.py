@@ -82,7 +82,9 @@ def validate_prepared(
                 drift_note = f"the reference holds the same dataset ('{dataset}') and classes"
         shutil.rmtree(docs_dir, ignore_errors=True)
         settings = gate_settings(config, splits, plan)
-        result = run_gate(splits, settings, docs_dir, reference, drift_note)
+        result = run_gate(
+            splits, settings, docs_dir, reference, drift_note, label_conflicts(config, plan)
+        )
     finally:
         # The readers hold a file descriptor per shard they read.
         for split in [*splits.values(), *(reference or {}).values()]:
@@ -98,6 +100,18 @@ def validate_prepared(
             f"Details: {docs_dir / 'index.html'}"
         )
     return result.summary
+
+
+def label_conflicts(config: PipelineConfig, plan: dict) -> list[dict]:
+    """The identical images the split found under several classes (split.json's
+    `label_conflicts`), which fail the gate; none with `validate.label_conflicts: drop`, where
+    the split has left them out already (and listed them in reports/data/skipped.csv)."""
+    conflicts = list(plan.get("label_conflicts") or [])
+    if config.validation.label_conflicts == "drop":
+        if conflicts:
+            logger.info("%d image(s) under several classes were left out at split", len(conflicts))
+        return []
+    return conflicts
 
 
 def _dataset_mismatch(dataset: str, reference_dir: Path) -> str | None:

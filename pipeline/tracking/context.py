@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.config import read_params
 from pipeline.tracking.server import git_commit
 
 EXPERIMENT_NAME_VARIABLE = "DVC_EXP_NAME"
@@ -82,8 +83,8 @@ def changed_params(project_root: Path, baseline: str) -> dict[str, object] | Non
             text=True,
             check=True,
         ).stdout
-        before = flatten_params(yaml.safe_load(shown) or {})
-        now = flatten_params(yaml.safe_load((project_root / "params.yaml").read_text()) or {})
+        before = flatten_params(read_params(shown) or {})
+        now = flatten_params(read_params((project_root / "params.yaml").read_text()) or {})
     except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
         return None
     keys = sorted(set(before) | set(now))

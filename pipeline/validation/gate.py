@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from pipeline.validation.profile import (
 from pipeline.validation.suites import (
     GateSettings,
     class_expectations,
+    conflict_expectations,
     drift_expectations,
     image_expectations,
 )
@@ -44,10 +45,16 @@ class FailedExpectation:
     expected: str
     examples: list[int]
     fix: str
+    # The names of example classes, beside their labels: "class 2" alone names nothing.
+    example_names: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         kind = "image indices" if self.split in ("train", "val", "test") else "classes"
-        examples = f"; example {kind} {self.examples}" if self.examples else ""
+        shown: list = list(self.examples)
+        if self.example_names:
+            pairs = zip(self.examples, self.example_names, strict=True)
+            shown = [f"{label} {name!r}" for label, name in pairs]
+        examples = f"; example {kind} [{', '.join(map(str, shown))}]" if shown else ""
         return (
             f"split '{self.split}', column '{self.column}': {self.expectation}: observed "
             f"{self.observed}, expected {self.expected}{examples}. Fix: {self.fix}"
@@ -79,6 +86,7 @@ def run_gate(
     docs_dir: Path | None = None,
     reference: Mapping[str, ImageSplit] | None = None,
     drift_note: str | None = None,
+    label_conflicts: Sequence[Mapping[str, Any]] = (),
 ) -> GateResult:
     """Build the tables, run every suite in one Checkpoint (Data Docs to `docs_dir`), and
     turn each failed expectation into a FailedExpectation. The splits' images (and the
@@ -86,6 +94,8 @@ def run_gate(
 
     Drift is tested only against a `reference` with the same classes. `drift_note` says why
     (with a reference) or why not (without one, when the caller found it not comparable).
+    `label_conflicts` are the split's identical images under several classes (split.json's
+    `label_conflicts`: a digest and its files, each with its class); any fails the gate.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -114,6 +124,11 @@ def run_gate(
             ["index"],
         )
     batches["class_balance"] = (classes, class_expectations(settings), ["split", "label"])
+    batches["label_conflicts"] = (
+        conflict_table(label_conflicts),
+        conflict_expectations(),
+        ["digest"],
+    )
     drift = None
     if compared:
         drift = drift_table(table, build_image_table(reference), len(settings.class_names))
@@ -160,7 +175,9 @@ def run_gate(
         result = checkpoint.run(batch_parameters={"dataframe": frame})
         for validation in result.run_results.values():
             failures += [
-                _describe_failure(name, item) for item in validation.results if not item.success
+                _describe_failure(name, item, settings.class_names)
+                for item in validation.results
+                if not item.success
             ]
 
     blank = int((table["std"] == 0).sum())
@@ -175,6 +192,7 @@ def run_gate(
         "near_duplicates": near,
         "blank_images": blank,
         "exact_duplicates_across_splits": int(table["in_train"].sum()),
+        "label_conflicts": len(label_conflicts),
         "failed_expectations": [str(failure) for failure in failures],
         "drift": drift_summary,
     }
@@ -183,18 +201,33 @@ def run_gate(
     return GateResult(failures, warnings, summary)
 
 
-def _describe_failure(batch: str, item) -> FailedExpectation:
+def conflict_table(label_conflicts: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per image filed under several classes: its digest and, in `conflict`, every
+    copy's path and class ("circle/a.png (circle) and square/a.png (square)")."""
+    rows = [
+        {
+            "digest": str(entry.get("digest", "")),
+            "conflict": " and ".join(
+                f"{item.get('path')} ({item.get('class')})" for item in entry.get("files", [])
+            ),
+        }
+        for entry in label_conflicts
+    ]
+    return pd.DataFrame(rows, columns=["digest", "conflict"], dtype=object)
+
+
+def _describe_failure(batch: str, item, class_names: Sequence[str] = ()) -> FailedExpectation:
     """One readable record from a Great Expectations result.
 
-    Image batches give example image indices; class-level batches give class labels, and
-    name the splits they were found in.
+    Image batches give example image indices; class-level batches give class labels (with
+    their names), and name the splits they were found in; label conflicts give their files.
     """
     config = item.expectation_config
     kwargs = {key: value for key, value in config.kwargs.items() if key != "batch_id"}
     result = item.result or {}
     column = kwargs.pop("column", "(table)")
+    values = result.get("partial_unexpected_list", [])[:5]
     if "unexpected_count" in result:
-        values = result.get("partial_unexpected_list", [])[:5]
         observed = f"{result['unexpected_count']} unexpected value(s), e.g. {_plain(values)}"
     else:
         observed = _plain(result.get("observed_value"))
@@ -206,13 +239,22 @@ def _describe_failure(batch: str, item) -> FailedExpectation:
         for entry in result.get("partial_unexpected_index_list", [])
         if isinstance(entry, dict)
     ]
+    names: list[str] = []
     if batch.startswith("images_"):
         split = batch.removeprefix("images_")
         examples = [int(row["index"]) for row in rows[:5]]
+    elif batch == "label_conflicts":
+        split, examples, expected = batch, [], "each image under one class"
+        count = int(result.get("unexpected_count", len(values)))
+        observed = (
+            f"{count} image(s) filed under more than one class: {'; '.join(map(str, values))}"
+            + ("; ..." if count > len(values) else "")
+        )
     else:
         found_in = sorted({str(row["split"]) for row in rows if "split" in row})
         split = f"{batch}: {', '.join(found_in)}" if found_in else batch
         examples = [int(row["label"]) for row in rows[:5]]
+        names = [class_names[label] if 0 <= label < len(class_names) else "?" for label in examples]
     return FailedExpectation(
         split=split,
         column=str(column),
@@ -221,6 +263,7 @@ def _describe_failure(batch: str, item) -> FailedExpectation:
         expected=expected or "(see Data Docs)",
         examples=examples,
         fix=(config.meta or {}).get("fix", "see reports/validation/data_docs/index.html"),
+        example_names=names if len(class_names) else [],
     )
 
 

@@ -152,3 +152,20 @@ def drift_expectations(settings: GateSettings) -> list:
             meta={"fix": "inspect the new data, or raise validate.max_drift"},
         ),
     ]
+
+
+LABEL_CONFLICT_FIX = (
+    "each is one image filed under several classes: remove or move the wrong copy in the image "
+    "folder, or set validate.label_conflicts: drop to leave such images out at split (listed in "
+    "reports/data/skipped.csv)"
+)
+
+
+def conflict_expectations() -> list:
+    import great_expectations.expectations as gxe
+
+    return [
+        # Guards against contradictory labels: identical pixels under two classes teach the
+        # model noise and score it against a coin toss (a copy in circle/ and square/).
+        gxe.ExpectColumnValuesToBeNull(column="conflict", meta={"fix": LABEL_CONFLICT_FIX}),
+    ]

@@ -317,3 +317,97 @@ def test_project_params_build_for_every_dataset(tmp_path: Path, params: dict, da
 
     params["data"]["dataset"] = dataset
     check_models(load_config(_write(tmp_path, params)))
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "value", "expected"),
+    [
+        # Values that pydantic's lax mode took: true as 1 epoch, "no" as false, 60.0 as 60.
+        ("train.scratch", "epochs", True, "train.scratch.epochs = true: must be an integer"),
+        ("train.scratch", "epochs", 60.0, "train.scratch.epochs = 60.0: must be an integer"),
+        ("data", "seed", "42", "data.seed = '42': must be an integer"),
+        ("data", "max_images", 1e3, "data.max_images = 1000.0: must be an integer"),
+        ("train", "tensorboard", "no", "train.tensorboard = 'no': must be true or false"),
+        ("train", "deterministic", 1, "train.deterministic = 1: must be true or false"),
+        ("data", "follow_links", "false", "data.follow_links = 'false': must be true or false"),
+        ("train.scratch", "learning_rate", True, "learning_rate = true: must be a number"),
+        ("train.scratch", "learning_rate", "0.001", "learning_rate = '0.001': must be a number"),
+        ("train.scratch", "conv_filters", [32, True], "conv_filters.1 = true: must be an integer"),
+        (
+            "train.scratch.augmentation",
+            "enabled",
+            "yes",
+            "augmentation.enabled = 'yes': must be true or false (unquoted; not yes/no, on/off, "
+            "0/1); or must be 'auto'",
+        ),
+    ],
+)
+def test_values_of_another_type_are_refused_naming_key_and_type(
+    tmp_path: Path, params: dict, block: str, key: str, value, expected: str
+) -> None:
+    target = params
+    for part in block.split("."):
+        target = target[part]
+    target[key] = value
+    with pytest.raises(ConfigError) as error:
+        load_config(_write(tmp_path, params))
+    assert expected in str(error.value)
+    # A union's members (bool, 'auto') are one problem, on one line.
+    assert "1 problem(s)" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("written", "loaded"),
+    [
+        # YAML 1.2, as DVC reads params.yaml: `no` is text, `1e-05` a number (PyYAML's 1.1
+        # reads the opposite); so the pipeline trains on what `dvc params diff` shows.
+        ("tensorboard: no", None),
+        ("tensorboard: off", None),
+        ("tensorboard: false", False),
+        ("tensorboard: True", True),
+    ],
+)
+def test_params_are_read_as_yaml_1_2_booleans(tmp_path: Path, written: str, loaded) -> None:
+    text = (PROJECT_ROOT / "params.yaml").read_text()
+    original = next(line for line in text.splitlines() if "tensorboard: true" in line)
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(original, f"  {written}"))
+    if loaded is None:
+        with pytest.raises(ConfigError, match=r"train.tensorboard = '(no|off)': must be true"):
+            load_config(path)
+    else:
+        assert load_config(path).train.tensorboard is loaded
+
+
+def test_values_dvc_exp_run_set_param_writes_still_load(tmp_path: Path) -> None:
+    """`dvc exp run -S key=value` rewrites params.yaml through Hydra and ruamel (YAML 1.2):
+    `1e-5` is written `1e-05`, which PyYAML alone would read as text; an int goes into a float
+    key; a list replaces a list. Each still loads, as the value meant."""
+    from dvc.utils.hydra import apply_overrides
+
+    cases = {
+        "train.scratch.learning_rate=1e-5": ("train.scratch.learning_rate", 1e-5),
+        "train.fine_tune.learning_rate=1e-10": ("train.fine_tune.learning_rate", 1e-10),
+        "train.scratch.learning_rate=1": ("train.scratch.learning_rate", 1.0),
+        "train.scratch.epochs=5": ("train.scratch.epochs", 5),
+        "train.tensorboard=false": ("train.tensorboard", False),
+        "train.scratch.conv_filters=[16,32,64]": ("train.scratch.conv_filters", [16, 32, 64]),
+        "data.max_images=null": ("data.max_images", None),
+        "data.max_images=300": ("data.max_images", 300),
+        "train.scratch.augmentation.enabled=true": ("train.scratch.augmentation.enabled", True),
+        "train.scratch.augmentation.enabled=auto": ("train.scratch.augmentation.enabled", "auto"),
+        "validate.max_class_imbalance=20": ("validate.max_class_imbalance", 20.0),
+        "validate.label_conflicts=drop": ("validate.label_conflicts", "drop"),
+        "data.val_fraction=.1": ("data.val_fraction", 0.1),
+        "promote.min_accuracy=1": ("promote.min_accuracy", 1.0),
+        "data.sources={}": ("data.sources", {}),
+        "evaluate.patterns.step_size=20": ("evaluate.patterns.step_size", 20.0),
+    }
+    path = tmp_path / "params.yaml"
+    for override, (key, expected) in cases.items():
+        path.write_text((PROJECT_ROOT / "params.yaml").read_text())
+        apply_overrides(path, [override])
+        loaded = load_config(path).model_dump(by_alias=True)
+        for part in key.split("."):
+            loaded = loaded[part]
+        assert loaded == expected and type(loaded) is type(expected), (override, loaded)

@@ -361,3 +361,54 @@ def test_validate_stage_fails_listing_each_expectation_and_keeps_no_traceback(
     summary = json.loads((tmp_path / "reports" / "validation" / "summary.json").read_text())
     assert summary["passed"] is False and summary["failures"] == len(lines)
     assert (tmp_path / "reports" / "validation" / "data_docs" / "index.html").is_file()
+
+
+def _conflict(digest: str, *files: tuple[str, str]) -> dict:
+    return {"digest": digest, "files": [{"path": path, "class": name} for path, name in files]}
+
+
+def test_identical_images_under_two_classes_fail_naming_both_files(tmp_path: Path) -> None:
+    """split.json's `label_conflicts` (one image in circle/ and square/) fail the gate: the
+    message names both copies and their classes, the count, and both fixes."""
+    conflicts = [
+        _conflict("ab12", ("circle/a.png", "circle"), ("square/a.png", "square")),
+        *(_conflict(f"cd{i}", (f"cat/{i}.png", "cat"), (f"dog/{i}.png", "dog")) for i in range(6)),
+    ]
+    prepared = _write_prepared(tmp_path / "prepared", clean_splits(), label_conflicts=conflicts)
+    summary_file = tmp_path / "summary.json"
+    with pytest.raises(ValidationFailed) as error:
+        validate_prepared(_digits_config(), prepared, tmp_path / "docs", summary_file)
+    line = next(line for line in str(error.value).splitlines() if "label_conflicts" in line)
+    assert "7 image(s) filed under more than one class" in line
+    assert "circle/a.png (circle) and square/a.png (square)" in line
+    assert "cat/0.png (cat) and dog/0.png (dog)" in line and line.count(" and ") >= 5
+    assert "remove or move the wrong copy" in line and "validate.label_conflicts: drop" in line
+    summary = json.loads(summary_file.read_text())
+    assert summary["passed"] is False and summary["label_conflicts"] == 7
+    assert summary["failures"] == 1
+
+
+def test_label_conflicts_pass_when_the_split_dropped_them_or_found_none(tmp_path: Path) -> None:
+    conflicts = [_conflict("ab12", ("circle/a.png", "circle"), ("square/a.png", "square"))]
+    config = _digits_config()
+    dropping = config.model_copy(
+        update={"validation": config.validation.model_copy(update={"label_conflicts": "drop"})}
+    )
+    prepared = _write_prepared(tmp_path / "dropped", clean_splits(), label_conflicts=conflicts)
+    summary = validate_prepared(dropping, prepared, tmp_path / "docs", tmp_path / "s1.json")
+    assert summary["passed"] and summary["label_conflicts"] == 0
+    for plan in ({"label_conflicts": []}, {}):
+        prepared = _write_prepared(tmp_path / f"none{len(plan)}", clean_splits(), **plan)
+        assert validate_prepared(config, prepared, tmp_path / "docs", tmp_path / "s2.json")[
+            "passed"
+        ]
+
+
+def test_class_level_failures_name_the_class_not_only_its_label() -> None:
+    splits = clean_splits()
+    train = splits["train"]
+    keep = np.concatenate([np.flatnonzero(train.y != 2), np.flatnonzero(train.y == 2)[:1]])
+    splits["train"] = ArraySplit(train.x[keep], train.y[keep], train.classes)
+    result = run_gate(splits, settings(split_tolerance=0.5))
+    failure = next(f for f in result.failures if f.column == "imbalance_ratio")
+    assert "example classes [2 'fox']" in str(failure)
