@@ -33,10 +33,13 @@ def fingerprint_dataset(
     image_folder: Path,
     mirror: str | None,
     sources: dict,
+    follow_links: bool = False,
 ) -> dict:
-    """The source's identity: {"dataset", "files": {name: sha256}} (see the module docstring)."""
+    """The source's identity: {"dataset", "files": {name: sha256}} (see the module docstring).
+
+    `follow_links` is data.follow_links: the files the download stage would snapshot."""
     if dataset == "image_folder":
-        scan = scan_image_folder(image_folder)
+        scan = scan_image_folder(image_folder, follow_links=follow_links)
         files = {
             str(path.relative_to(image_folder)): sha256_of(path)
             for images in scan.files.values()

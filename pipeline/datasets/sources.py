@@ -206,3 +206,14 @@ DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 """File types read from an image folder (case-insensitive)."""
+
+IMAGE_SIGNATURES: tuple[bytes, ...] = (
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"\xff\xd8\xff",  # JPEG
+    b"GIF87a",  # GIF
+    b"GIF89a",
+    b"BM",  # BMP
+)
+"""The first bytes of each type in IMAGE_EXTENSIONS (WebP: "RIFF", 4 bytes of size, "WEBP",
+checked by `pipeline.datasets.folders.is_image_signature`). A file is copied out of an image
+folder only when it begins with one: a text file named .png never reaches data/raw."""

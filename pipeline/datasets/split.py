@@ -9,6 +9,7 @@ may be moved into the split that lacks it, so only images of such tiny classes c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +91,7 @@ def plan_split(
     seed: int,
     *,
     digests: np.ndarray,
+    class_names: Sequence[str] | None = None,
 ) -> SplitPlan:
     """The split of every image, and the fractions it aims at (for the data gate).
 
@@ -100,6 +102,7 @@ def plan_split(
     train pool: val if u < val_fraction * total / n_train_pool (val_fraction stays the share of
     all images; the threshold, and so each image's place, holds while the source's share of
     train images does). Only images of classes too small to reach every split can move.
+    Errors name a class by its name in `class_names` (by its label without them).
     """
     labels = np.asarray(labels)
     digests = np.asarray(digests, dtype=str)
@@ -138,11 +141,12 @@ def plan_split(
             where[train_pool & (positions < cut)] = _VAL
         else:
             movable[:] = False
+    name_of = _namer(class_names)
     reassigned = _reach_every_split(
-        labels, digests, positions, where, movable, intervals, val_fraction, test_fraction
+        labels, digests, positions, where, movable, intervals, val_fraction, test_fraction, name_of
     )
     indices = {name: np.flatnonzero(where == code) for code, name in enumerate(SPLITS)}
-    _check_every_class_everywhere(labels, indices, val_fraction, test_fraction)
+    _check_every_class_everywhere(labels, indices, val_fraction, test_fraction, name_of)
     if pools is None:
         fractions = {
             "train": round(1.0 - val_fraction - test_fraction, 6),
@@ -163,6 +167,7 @@ def _reach_every_split(
     intervals: dict[int, tuple[float, float]],
     val_fraction: float,
     test_fraction: float,
+    name_of: Callable[[int], str],
 ) -> int:
     """Move, in place, one image (all copies of its digest) of each class into each hashed
     split that lacks the class; return how many images moved.
@@ -185,10 +190,11 @@ def _reach_every_split(
             if not candidates.any():
                 names = [f"'{SPLITS[code]}'" for code in sorted(intervals)]
                 shared = f"{', '.join(names[:-1])} and {names[-1]}"
+                distinct = len(np.unique(digests[of_class]))
                 reason = (
-                    f"class {int(label)} would have no image in '{SPLITS[target]}': it has "
-                    f"{len(np.unique(digests[of_class]))} distinct image(s) to share among "
-                    f"{shared}, and each needs one"
+                    f"class {name_of(int(label))} would have no image in '{SPLITS[target]}': "
+                    f"it has {distinct} distinct image(s) to share among {shared}, and each "
+                    "needs one"
                 )
                 raise DataError(_too_small(labels, val_fraction, test_fraction, reason))
             rows = np.flatnonzero(candidates)
@@ -203,14 +209,19 @@ def _reach_every_split(
 
 
 def _check_every_class_everywhere(
-    labels: np.ndarray, splits: dict[str, np.ndarray], val_fraction: float, test_fraction: float
+    labels: np.ndarray,
+    splits: dict[str, np.ndarray],
+    val_fraction: float,
+    test_fraction: float,
+    name_of: Callable[[int], str],
 ) -> None:
     # A source's own split can leave a class out of a split, which no hash decides and so no
     # move repairs; so can a digest shared by images of two classes, moved together.
     for name, chosen in splits.items():
         missing = np.setdiff1d(np.unique(labels), labels[chosen])
         if missing.size:
-            reason = f"class(es) {missing.tolist()} would have no image in '{name}'"
+            names = ", ".join(name_of(int(label)) for label in missing)
+            reason = f"class(es) {names} would have no image in '{name}'"
             raise DataError(_too_small(labels, val_fraction, test_fraction, reason))
 
 
@@ -248,6 +259,13 @@ def _stratified_take(
         for label, share in zip(classes, shares, strict=True)
     ]
     return np.sort(np.concatenate(taken))
+
+
+def _namer(class_names: Sequence[str] | None) -> Callable[[int], str]:
+    """How messages name a class: its name, or its label when no names were given."""
+    if class_names is None:
+        return str
+    return lambda label: str(class_names[label]) if 0 <= label < len(class_names) else str(label)
 
 
 def _too_small(labels: np.ndarray, val_fraction: float, test_fraction: float, reason: str) -> str:

@@ -8,24 +8,29 @@ Only the images kept (after `data.max_images`) are decoded, a chunk at a time, i
 file beside the output (each image is hashed as it is decoded), and the store is written from
 the spool shard by shard (pipeline.store.write_store). Shards of the previous store whose
 images all stay in their split are kept byte-identical (dvc.yaml persists data/prepared for
-this), so adding images writes new shards only. Images that cannot be decoded are listed in
-reports/data/skipped.csv and left out, unless `data.on_bad_image: fail`.
+this) once their bytes are verified against their names, so adding images writes new shards
+only and a damaged shard is written again. Images that cannot be decoded, files the image
+folder's snapshot left out (links outside it, non-images) and, with
+`validate.label_conflicts: drop`, identical images under two classes are listed in
+reports/data/skipped.csv and left out; unreadable ones stop the run under
+`data.on_bad_image: fail`. A failed run writes nothing: data/prepared and skipped.csv stay as
+they were.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from pipeline.config import DataConfig, load_config
+from pipeline.datasets.folders import LINK_OUTSIDE, SKIPPED_HEADER, read_snapshot_skipped
 from pipeline.datasets.readers import ReadOptions, SourceIndex, open_dataset
 from pipeline.datasets.sources import DATASETS
 from pipeline.datasets.split import plan_split, stratified_subset
@@ -37,16 +42,19 @@ from pipeline.store import (
     SPLITS,
     NpyRows,
     SplitRows,
+    StoreReport,
     atomic_directory,
     image_digest,
     members_digest,
+    write_csv,
     write_json,
     write_npy_rows,
     write_store,
-    write_text,
 )
 
 logger = logging.getLogger("pipeline.stages.split")
+
+LabelConflicts = Literal["fail", "drop"]
 
 DECODE_CHUNK_BYTES = 64 << 20
 """The most decoded image bytes the split stage holds at once."""
@@ -58,12 +66,17 @@ def prepare_splits(
     prepared_dir: Path,
     skipped_file: Path,
     *,
+    label_conflicts: LabelConflicts = "fail",
     chunk_bytes: int = DECODE_CHUNK_BYTES,
     shard_bytes: int = SHARD_BYTES,
 ) -> dict:
     """Decode, split and write the dataset; return the plan written beside the splits.
 
-    At most `chunk_bytes` of decoded images are held at once; `shard_bytes` caps a shard."""
+    At most `chunk_bytes` of decoded images are held at once; `shard_bytes` caps a shard.
+    Identical images under two classes are kept and listed in the plan's `label_conflicts`
+    (the data gate fails on them), or, with `label_conflicts="drop"`, left out and listed in
+    `skipped_file`. Nothing is written unless the whole split succeeds: a failure leaves
+    `prepared_dir` and `skipped_file` as they were."""
     prepared_dir = Path(prepared_dir)
     prepared_dir.parent.mkdir(parents=True, exist_ok=True)
     # A run killed outright (out of memory, SIGKILL) leaves its spool behind: a whole copy.
@@ -73,59 +86,95 @@ def prepare_splits(
         dir=prepared_dir.parent, prefix=f".{prepared_dir.name}.spool-"
     ) as spool_dir:
         spool_file = Path(spool_dir) / "images.npy"
-        return _prepare_from_spool(
-            config, raw_dir, prepared_dir, skipped_file, spool_file, chunk_bytes, shard_bytes
+        plan, skipped = _prepare_from_spool(
+            config,
+            raw_dir,
+            prepared_dir,
+            spool_file,
+            label_conflicts,
+            chunk_bytes,
+            shard_bytes,
         )
+    # Only now, once data/prepared is in place: a failed split leaves its outs as they were.
+    write_csv(skipped_file, SKIPPED_HEADER, skipped)
+    return plan
 
 
 def _prepare_from_spool(
     config: DataConfig,
     raw_dir: Path,
     prepared_dir: Path,
-    skipped_file: Path,
     spool_file: Path,
+    label_conflicts: LabelConflicts,
     chunk_bytes: int,
     shard_bytes: int,
-) -> dict:
+) -> tuple[dict, list[tuple[str, str]]]:
     spec = DATASETS[config.dataset]
     index = open_dataset(
         config.dataset, raw_dir, ReadOptions(config.image_size, config.resize, config.max_pixels)
     )
+    # What the image folder's snapshot left out (outside links, non-images) is listed too; a
+    # link outside the folder is left out by rule, the rest count as unreadable images.
+    left_out = read_snapshot_skipped(raw_dir) if config.dataset == "image_folder" else []
     chosen = stratified_subset(index.labels, index.pools, config.max_images, config.seed)
     bad, all_digests = decode_to_spool(index, chosen, spool_file, chunk_bytes)
-    skipped = [(index.describe(int(chosen[row])), reason) for row, reason in bad.items()]
-    _write_skipped(skipped_file, skipped)
-    if skipped:
-        example, reason = skipped[0]
+    unreadable = [(index.describe(int(chosen[row])), reason) for row, reason in bad.items()]
+    unreadable += [(path, reason) for path, reason in left_out if reason != LINK_OUTSIDE]
+    unreadable.sort()
+    if unreadable:
+        example, reason = unreadable[0]
         if config.on_bad_image == "fail":
+            _log_rows("unreadable", unreadable)
             raise DataError(
-                f"{len(bad)} image(s) could not be decoded, e.g. {example}: "
-                f"{reason}. All are listed in {skipped_file}. Remove or "
-                "replace them, or set data.on_bad_image: skip to leave them out."
+                f"{len(unreadable)} image(s) could not be decoded, e.g. {example}: {reason}"
+                f"{_more(unreadable)}. Remove or replace them, or set data.on_bad_image: skip "
+                "to leave them out."
             )
         logger.warning(
-            "%d unreadable image(s) skipped, e.g. %s (see %s)", len(bad), example, skipped_file
+            "%d unreadable image(s) skipped, e.g. %s: %s", len(unreadable), example, reason
         )
     keep = np.setdiff1d(np.arange(len(chosen)), np.fromiter(bad, dtype=np.int64))
+    conflicts = find_label_conflicts(all_digests[keep], index.labels[chosen][keep])
+    dropped: list[tuple[str, str]] = []
+    if conflicts and label_conflicts == "drop":
+        dropped = _conflict_rows(conflicts, index, chosen[keep])
+        drop = np.concatenate([members for _, members in conflicts])
+        keep = np.delete(keep, drop)
+        logger.warning(
+            "%d image(s) under two or more classes left out (validate.label_conflicts: drop), "
+            "e.g. %s: %s",
+            len(dropped),
+            *dropped[0],
+        )
+        conflicts = []
+    links = [(path, reason) for path, reason in left_out if reason == LINK_OUTSIDE]
+    skipped = sorted(unreadable + links + dropped)
     labels = index.labels[chosen][keep]
-    _check_no_empty_class(index, labels, bad, skipped_file)
+    _check_no_empty_class(index, labels, skipped)
     pools = index.pools[chosen][keep] if index.pools is not None else None
     # Each kept image was hashed once, from its decoded pixels: the digest decides its split and
     # is stored with it, for the data gate's leak check and the training manifests.
     digests = all_digests[keep]
     test_fraction = spec.test_fraction or config.test_fraction
     split = plan_split(
-        labels, pools, config.val_fraction, test_fraction, config.seed, digests=digests
+        labels,
+        pools,
+        config.val_fraction,
+        test_fraction,
+        config.seed,
+        digests=digests,
+        class_names=list(index.class_names),
     )
     if split.reassigned:
         logger.info(
             "%d image(s) of small classes moved so that every class reaches every split",
             split.reassigned,
         )
+    conflict_record = _conflict_record(conflicts, index, chosen[keep])
     spool = NpyRows(spool_file)
     try:
         with atomic_directory(prepared_dir) as staging:
-            store, kept = write_store(
+            store, report = write_store(
                 staging,
                 {
                     name: SplitRows(
@@ -142,10 +191,105 @@ def _prepare_from_spool(
                 shard_bytes=shard_bytes,
                 chunk_bytes=chunk_bytes,
             )
-            plan = _plan(config, spec, index, labels, bad, split, digests, store, kept)
+            plan = _plan(config, spec, index, labels, skipped, split, digests, store)
+            plan["label_conflicts"] = conflict_record
             write_json(staging / PLAN_FILE, plan)
     finally:
         spool.close()
+    _log_store(store, report, split, index)
+    if conflict_record:
+        logger.warning(
+            "%d image(s) are under two or more classes, e.g. %s; listed in %s under "
+            "label_conflicts (the data gate fails on them; validate.label_conflicts: drop "
+            "leaves them out)",
+            len(conflict_record),
+            " and ".join(
+                f"{item['path']} ({item['class']})" for item in conflict_record[0]["files"][:2]
+            ),
+            PLAN_FILE,
+        )
+    return plan, skipped
+
+
+def find_label_conflicts(digests: np.ndarray, labels: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Images whose content digest occurs under two or more labels: (digest, positions of
+    every copy), sorted by digest."""
+    digests = np.asarray(digests)
+    labels = np.asarray(labels)
+    if not len(digests):
+        return []
+    order = np.argsort(digests, kind="stable")
+    ordered = digests[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    lowest = np.minimum.reduceat(labels[order], starts)
+    highest = np.maximum.reduceat(labels[order], starts)
+    ends = np.r_[starts[1:], len(order)]
+    return [
+        (str(ordered[start]), np.sort(order[start:end]))
+        for start, end in zip(starts[lowest != highest], ends[lowest != highest], strict=True)
+    ]
+
+
+def _conflict_record(
+    conflicts: list[tuple[str, np.ndarray]], index: SourceIndex, rows: np.ndarray
+) -> list[dict]:
+    """split.json's `label_conflicts`: per digest, every file and its class name, sorted."""
+    return [
+        {
+            "digest": digest,
+            "files": sorted(
+                (
+                    {
+                        "path": index.describe(int(rows[member])),
+                        "class": index.class_names[int(index.labels[rows[member]])],
+                    }
+                    for member in members
+                ),
+                key=lambda item: (item["path"], item["class"]),
+            ),
+        }
+        for digest, members in conflicts
+    ]
+
+
+def _conflict_rows(
+    conflicts: list[tuple[str, np.ndarray]], index: SourceIndex, rows: np.ndarray
+) -> list[tuple[str, str]]:
+    """skipped.csv's rows for images dropped as label conflicts: each names the others."""
+    dropped = []
+    for item in _conflict_record(conflicts, index, rows):
+        files = item["files"]
+        for position, entry in enumerate(files):
+            others = [
+                f"{o['path']} (class {o['class']})"
+                for o in files[:position] + files[position + 1 :]
+            ]
+            shown = ", ".join(others[:5]) + (
+                f" and {len(others) - 5} more" if len(others) > 5 else ""
+            )
+            dropped.append(
+                (
+                    entry["path"],
+                    f"label conflict: class {entry['class']}, and the same image is also {shown}",
+                )
+            )
+    return sorted(dropped)
+
+
+def _log_rows(what: str, rows: list[tuple[str, str]], limit: int = 50) -> None:
+    for path, reason in rows[:limit]:
+        logger.error("%s: %s: %s", what, path, reason)
+    if len(rows) > limit:
+        logger.error("%s: and %d more", what, len(rows) - limit)
+
+
+def _more(rows: list) -> str:
+    return f" ({len(rows) - 1} more logged above)" if len(rows) > 1 else ""
+
+
+def _log_store(store, report: StoreReport, split, index: SourceIndex) -> None:
+    """What was kept from the previous store: run-dependent, so logged, never in split.json
+    (a repaired store is byte-identical to the one it repairs, and so is split.json)."""
     for name in SPLITS:
         logger.debug(
             "%s: %d images of shape %s in %d shard(s), %d kept from the previous store",
@@ -153,9 +297,19 @@ def _prepare_from_spool(
             len(split.indices[name]),
             tuple(index.image_shape),
             len(store.splits[name]),
-            kept[name],
+            report.kept[name],
         )
-    return plan
+    kept = sum(report.kept.values())
+    total = sum(len(shards) for shards in store.splits.values())
+    if kept or report.damaged:
+        logger.info(
+            "%d of %d shard(s) kept from the previous store (verified)%s",
+            kept,
+            total,
+            f"; {len(report.damaged)} damaged, written again: {', '.join(report.damaged)}"
+            if report.damaged
+            else "",
+        )
 
 
 def decode_to_spool(
@@ -192,8 +346,9 @@ def decode_to_spool(
     return dict(sorted(bad.items())), digests
 
 
-def _plan(config, spec, index, labels, bad, split, digests, store, kept) -> dict:
-    """split.json: how the images were split, and into which shards."""
+def _plan(config, spec, index, labels, skipped, split, digests, store) -> dict:
+    """split.json: how the images were split. Only what the data decides: nothing that
+    depends on the previous store (shards kept or repaired), so equal data, equal file."""
     return {
         "dataset": config.dataset,
         # The source's own split, a test share fixed by the course, or the params' fractions.
@@ -203,7 +358,7 @@ def _plan(config, spec, index, labels, bad, split, digests, store, kept) -> dict
         if spec.test_fraction
         else "stratified",
         "images": int(len(labels)),
-        "skipped": len(bad),
+        "skipped": len(skipped),
         "counts": {name: int(len(split.indices[name])) for name in SPLITS},
         "expected_fractions": split.fractions,
         # An image's split is a keyed hash of its content and the seed (see plan_split); the
@@ -216,30 +371,24 @@ def _plan(config, spec, index, labels, bad, split, digests, store, kept) -> dict
         "members": {name: members_digest(digests[split.indices[name]]) for name in SPLITS},
         "data_version": store.version,
         "shards": {name: len(store.splits[name]) for name in SPLITS},
-        "shards_kept": kept,
     }
 
 
 def _check_no_empty_class(
-    index: SourceIndex, labels: np.ndarray, bad: dict[int, str], skipped_file: Path
+    index: SourceIndex, labels: np.ndarray, skipped: list[tuple[str, str]]
 ) -> None:
     counts = np.bincount(labels, minlength=len(index.class_names))
     empty = [name for name, count in zip(index.class_names, counts, strict=True) if count == 0]
     if empty:
-        why = f"; {len(bad)} unreadable image(s) are listed in {skipped_file}" if bad else ""
+        why = ""
+        if skipped:
+            ours = [row for row in skipped if row[0].split("/")[0] in empty] or skipped
+            why = f"; {len(skipped)} image(s) were left out, e.g. {ours[0][0]}: {ours[0][1]}"
+            _log_rows("left out", skipped)
         raise DataError(
             f"class(es) {', '.join(empty)} have no readable image{why}. Add images to them or "
             "remove the class."
         )
-
-
-def _write_skipped(path: Path, rows: list[tuple[str, str]]) -> None:
-    """Always written (a header alone when nothing was skipped), atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "reason"])
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
 
 
 def main(argv: Sequence[str]) -> None:
@@ -248,22 +397,27 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the prepared-data folder")
     parser.add_argument("--skipped", type=Path, required=True, help="the unreadable-images CSV")
     args = parser.parse_args(argv)
-    config = load_config().data
-    log_start(f"{config.dataset} from {args.raw}")
-    plan = prepare_splits(config, args.raw, args.out, args.skipped)
+    config = load_config()
+    log_start(f"{config.data.dataset} from {args.raw}")
+    plan = prepare_splits(
+        config.data,
+        args.raw,
+        args.out,
+        args.skipped,
+        label_conflicts=config.validation.label_conflicts,
+    )
     log_result(split_summary(plan))
 
 
 def split_summary(plan: dict) -> str:
     """The stage's result line: "1797 images -> train 1166, val 264, test 367", and what
-    was skipped or kept from the previous store."""
+    was skipped or found under two classes."""
     counts = ", ".join(f"{name} {count}" for name, count in plan["counts"].items())
     notes = []
     if plan["skipped"]:
-        notes.append(f"{plan['skipped']} unreadable skipped")
-    kept = sum(plan.get("shards_kept", {}).values())
-    if kept:
-        notes.append(f"{kept} of {sum(plan['shards'].values())} shard(s) kept")
+        notes.append(f"{plan['skipped']} skipped")
+    if plan.get("label_conflicts"):
+        notes.append(f"{len(plan['label_conflicts'])} image(s) under two classes")
     return f"{plan['images']} images -> {counts}" + (f"; {', '.join(notes)}" if notes else "")
 
 

@@ -66,6 +66,9 @@ from pipeline.store.reading import (  # noqa: F401 - the package's contract
 )
 from pipeline.store.writing import (  # noqa: F401 - the package's contract
     SplitRows,
+    StoreReport,
+    shard_name,
+    verify_images,
     write_npy_rows,
     write_store,
     write_store_from_arrays,

@@ -183,6 +183,16 @@ def test_a_class_too_small_for_three_splits_names_the_fractions() -> None:
         DataError, match="class 1 would have no image in '[a-z]+': it has 1 distinct image"
     ):
         split_of(images, labels)
+    with pytest.raises(DataError, match="class tiny would have no image in '[a-z]+'") as error:
+        plan_split(
+            labels,
+            None,
+            seed=42,
+            digests=image_digests(images),
+            class_names=["big", "tiny"],
+            **FRACTIONS,
+        )
+    assert "class 1" not in str(error.value)
 
 
 def test_same_seed_same_split_another_seed_another() -> None:
@@ -251,8 +261,19 @@ def test_a_class_missing_from_the_source_test_set_is_an_error() -> None:
     images, labels = make_images(40, num_classes=2)
     labels[30:] = 0
     pools = np.array(["train"] * 30 + ["test"] * 10)
-    with pytest.raises(DataError, match=r"class\(es\) \[1\] would have no image in 'test'"):
+    with pytest.raises(DataError, match=r"class\(es\) 1 would have no image in 'test'"):
         plan_split(labels, pools, 0.15, 0.2, seed=0, digests=image_digests(images))
+    # Given the class names, the message names the class, never its number.
+    with pytest.raises(DataError, match=r"class\(es\) square would have no image in 'test'"):
+        plan_split(
+            labels,
+            pools,
+            0.15,
+            0.2,
+            seed=0,
+            digests=image_digests(images),
+            class_names=["circle", "square"],
+        )
 
 
 def test_val_fraction_larger_than_the_source_train_set_is_refused() -> None:
@@ -277,6 +298,9 @@ def test_prepare_splits_writes_digests_members_and_counts(digits, tmp_path: Path
     assert plan["assignment"] == "content_hash" and plan["seed"] == 42
     assert plan["scheme"] == "stratified" and plan["reassigned"] == 0
     assert plan["classes"] == [str(digit) for digit in range(10)]
+    # The bundled digits hold no image under two labels: the default pipeline passes the gate.
+    assert plan["label_conflicts"] == []
+    assert "shards_kept" not in plan  # run-dependent: logged, never in split.json
     splits = open_splits(tmp_path / "prepared")
     assert sum(plan["counts"].values()) == plan["images"] == 1797
     for name, split in splits.items():
@@ -298,16 +322,16 @@ def test_prepare_splits_writes_digests_members_and_counts(digits, tmp_path: Path
     )
 
 
-def test_the_result_line_names_skipped_images_and_kept_shards() -> None:
+def test_the_result_line_names_skipped_images_and_label_conflicts() -> None:
     plan = {
         "images": 10,
         "skipped": 2,
         "counts": {"train": 6, "val": 2, "test": 2},
         "shards": {"train": 2, "val": 1, "test": 1},
-        "shards_kept": {"train": 1, "val": 1, "test": 0},
+        "label_conflicts": [{"digest": "d", "files": []}],
     }
     assert split_summary(plan) == (
-        "10 images -> train 6, val 2, test 2; 2 unreadable skipped, 2 of 4 shard(s) kept"
+        "10 images -> train 6, val 2, test 2; 2 skipped, 1 image(s) under two classes"
     )
 
 

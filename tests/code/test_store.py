@@ -5,6 +5,8 @@ others byte-identical, and the split stage holds one chunk of decoded images at 
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -20,10 +22,13 @@ from pipeline.store import (
     SHARDS_DIR,
     STORE_FILE,
     NpyRows,
+    SplitRows,
     image_digests,
     open_split,
     open_splits,
     read_store_index,
+    verify_images,
+    write_store,
     write_store_from_arrays,
 )
 
@@ -61,6 +66,22 @@ def _split_folder(folder: Path, project: Path, snapshot: bool = True, **options)
     return prepare_splits(config, raw, project / "prepared", project / "skipped.csv", **options)
 
 
+def _kept(caplog) -> dict[str, int]:
+    """Per split, the shards the last split run kept from the previous store (logged: the
+    count depends on the run, so it is kept out of split.json)."""
+    found = {}
+    for record in caplog.records:
+        match = re.match(r"(\w+): \d+ images .* (\d+) kept from the previous store", record.message)
+        if match:
+            found[match.group(1)] = int(match.group(2))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _debug_logs(caplog):
+    caplog.set_level(logging.DEBUG, logger="pipeline.stages.split")
+
+
 def _shard_files(prepared: Path) -> dict[str, str]:
     return {
         path.name: hashlib.sha256(path.read_bytes()).hexdigest()
@@ -93,7 +114,7 @@ def test_a_store_reads_rows_in_any_order_across_shards(tmp_path):
         split.read([40])
 
 
-def test_adding_images_writes_new_shards_and_keeps_the_others_byte_identical(tmp_path):
+def test_adding_images_writes_new_shards_and_keeps_the_others_byte_identical(tmp_path, caplog):
     folder = tmp_path / "images"
     _add_images(folder, 120, seed=1, prefix="old")
     project = tmp_path / "project"
@@ -102,23 +123,24 @@ def test_adding_images_writes_new_shards_and_keeps_the_others_byte_identical(tmp
     before = _shard_files(project / "prepared")
     assert first["shards"]["train"] >= 6
     _add_images(folder, 25, seed=2, prefix="new")
+    caplog.clear()
     second = _split_folder(folder, project, shard_bytes=shard_bytes)
     after = _shard_files(project / "prepared")
     # Every earlier shard file is still there, with the same bytes; only new files appeared.
     assert {name: after[name] for name in before} == before
     assert len(after) > len(before)
-    assert second["shards_kept"] == first["shards"]
+    assert _kept(caplog) == first["shards"]
     assert second["images"] == first["images"] + 25
     # The store holds each image once, the old ones where they were.
     splits = open_splits(project / "prepared")
     assert sum(len(split) for split in splits.values()) == second["images"]
     # The data version follows the images, not the layout: written afresh, the same version.
     fresh = _split_folder(folder, tmp_path / "fresh", shard_bytes=shard_bytes)
-    assert fresh["shards_kept"] == {"train": 0, "val": 0, "test": 0}
+    assert _kept(caplog) == {"train": 0, "val": 0, "test": 0}
     assert fresh["data_version"] == second["data_version"] != first["data_version"]
 
 
-def test_removing_an_image_rewrites_only_the_shard_that_held_it(tmp_path):
+def test_removing_an_image_rewrites_only_the_shard_that_held_it(tmp_path, caplog):
     folder = tmp_path / "images"
     _add_images(folder, 90, seed=3, prefix="img")
     project = tmp_path / "project"
@@ -126,11 +148,12 @@ def test_removing_an_image_rewrites_only_the_shard_that_held_it(tmp_path):
     first = _split_folder(folder, project, shard_bytes=shard_bytes)
     before = set(_shard_files(project / "prepared"))
     next(iter(sorted((folder / "a").iterdir()))).unlink()
+    caplog.clear()
     second = _split_folder(folder, project, shard_bytes=shard_bytes)
     after = set(_shard_files(project / "prepared"))
     assert second["images"] == first["images"] - 1
     assert len(before - after) == 3  # one shard's three files went
-    assert sum(second["shards_kept"].values()) == sum(first["shards"].values()) - 1
+    assert sum(_kept(caplog).values()) == sum(first["shards"].values()) - 1
 
 
 def test_the_split_stage_holds_one_chunk_of_images_at_a_time(tmp_path):
@@ -157,19 +180,102 @@ def test_the_split_stage_holds_one_chunk_of_images_at_a_time(tmp_path):
     assert split.read([0]).shape == (1, SIDE, SIDE, 3)
 
 
-def test_a_damaged_shard_is_written_again_not_kept(tmp_path):
+def _all_files(prepared: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(prepared)): path.read_bytes()
+        for path in sorted(prepared.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _overwrite_middle(path: Path) -> None:
+    """Same size, other bytes: what a size-and-mtime check cannot see."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) - 40
+    data[middle : middle + 8] = bytes(255 - value for value in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("part", "damage"),
+    [
+        ("images", lambda path: path.write_bytes(path.read_bytes()[:-10])),
+        ("images", _overwrite_middle),
+        ("images", lambda path: path.write_bytes(path.read_bytes() + b"\0" * 12)),
+        ("labels", _overwrite_middle),
+        ("digests", _overwrite_middle),
+        ("digests", lambda path: path.unlink()),
+    ],
+    ids=["truncated", "overwritten", "appended", "labels", "digests", "missing"],
+)
+def test_a_damaged_shard_is_written_again_byte_identical_and_split_json_too(
+    tmp_path, caplog, part, damage
+):
     folder = tmp_path / "images"
     _add_images(folder, 60, seed=5, prefix="img")
     project = tmp_path / "project"
     shard_bytes = 10 * SIDE * SIDE * 3
     first = _split_folder(folder, project, shard_bytes=shard_bytes)
-    index = read_store_index(project / "prepared")
-    damaged = index.splits["train"][0].path(project / "prepared", "images")
-    damaged.write_bytes(damaged.read_bytes()[:-10])
+    before = _all_files(project / "prepared")
+    shard = read_store_index(project / "prepared").splits["train"][0]
+    damage(shard.path(project / "prepared", part))
+    caplog.clear()
     second = _split_folder(folder, project, shard_bytes=shard_bytes)
-    assert second["shards_kept"]["train"] == first["shards"]["train"] - 1
-    train = open_split(project / "prepared", "train")
-    assert train.read(np.arange(len(train))).shape[0] == len(train)  # readable again
+    # The damaged shard was not kept but named; every other shard was.
+    assert _kept(caplog)["train"] == first["shards"]["train"] - 1
+    assert any(
+        shard.name in record.message and "damaged" in record.message for record in caplog.records
+    )
+    # The repair restored every byte, split.json included: no DVC dep of training changed.
+    assert _all_files(project / "prepared") == before
+    assert second == first
+
+
+def test_a_shard_whose_source_is_gone_stops_the_run_naming_it(tmp_path):
+    x, y = _arrays(30)
+    root = tmp_path / "store"
+    splits = {"train": (x, y), "val": (x[:6], y[:6]), "test": (x[6:12], y[6:12])}
+    index = write_store_from_arrays(root, splits, CLASSES, shard_bytes=10 * x[0].nbytes)
+    shard = index.splits["train"][1]
+    _overwrite_middle(shard.path(root, "images"))
+    rows = {
+        name: SplitRows(np.arange(len(images)), labels, image_digests(images))
+        for name, (images, labels) in splits.items()
+    }
+    # The source no longer gives the images the shard held (another file, or none at all).
+    gone = [
+        (lambda chosen: np.zeros((len(chosen), 5, 5, 3), np.uint8), "not those it holds"),
+        (lambda chosen: np.asarray([])[chosen + 99], "its source is gone"),
+    ]
+    for case, (read_gone, message) in enumerate(gone):
+        with pytest.raises(DataError, match=rf"shard {shard.name} \(damaged.*{message}"):
+            write_store(
+                tmp_path / f"target{case}",
+                rows,
+                # Rows 10-19 (the damaged shard's) are gone; the others are still there.
+                lambda chosen, gone=read_gone: gone(chosen) if chosen.max() >= 10 else x[chosen],
+                (5, 5, 3),
+                CLASSES,
+                previous=root,
+                shard_bytes=10 * x[0].nbytes,
+            )
+
+
+def test_kept_shards_are_hashed_in_one_streamed_pass(tmp_path):
+    """verify_images reads a shard a chunk at a time and finds the one changed image."""
+    x, y = _arrays(50)
+    root = tmp_path / "store"
+    index = write_store_from_arrays(
+        root, {n: (x, y) for n in ("train", "val", "test")}, CLASSES, shard_bytes=10**6
+    )
+    shard = index.splits["train"][0]
+    path = shard.path(root, "images")
+    digests = image_digests(x)
+    assert verify_images(path, digests, (5, 5, 3), chunk_bytes=7 * 75) is None
+    data = bytearray(path.read_bytes())
+    data[len(data) - 75 * 20] ^= 1  # one byte of image 30
+    path.write_bytes(bytes(data))
+    assert "image 30 " in verify_images(path, digests, (5, 5, 3), chunk_bytes=7 * 75)
 
 
 def test_a_store_of_duplicates_keeps_the_previous_files_untouched(tmp_path):
