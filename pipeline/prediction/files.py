@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.images import ResizeMode, decode_many
+from pipeline.datasets.images import DEFAULT_MAX_PIXELS, ResizeMode, decode_many
 from pipeline.datasets.sources import IMAGE_EXTENSIONS
 from pipeline.errors import ModelError, PipelineError
 
@@ -56,11 +56,14 @@ def find_images(paths: Sequence[Path]) -> list[Path]:
 
 
 def read_images(
-    paths: Sequence[Path], image_shape: tuple[int, int, int], resize: ResizeMode = "stretch"
+    paths: Sequence[Path],
+    image_shape: tuple[int, int, int],
+    resize: ResizeMode = "stretch",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Decode `paths` to uint8 images of `image_shape`, as the split stage decodes an image
     folder; return them and {position: reason} for the files that could not be decoded (their
-    rows are black).
+    rows are black), a file over the pixel or memory budget among them, refused unread.
 
     A one-channel model (digits, mnist, fashion_mnist) gets the files' luminance, Pillow's own
     RGB -> L conversion, which gives back exactly the gray values a grayscale PNG holds.
@@ -72,5 +75,5 @@ def read_images(
             "images of 1 (gray) or 3 (RGB) channels, as the split stage does"
         )
     images = np.empty((len(paths), height, width, channels), dtype=np.uint8)
-    bad = decode_many(paths, images, height, resize)
+    bad = decode_many(paths, images, height, resize, max_pixels=max_pixels)
     return images, bad

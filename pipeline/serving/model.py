@@ -20,38 +20,54 @@ import binascii
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 try:
+    from pipeline.columns import (  # noqa: F401 - the answer's contract, re-exported
+        ANSWER_COLUMNS,
+        ERROR,
+        LEADING_COLUMNS,
+        MODEL_ALIAS,
+        MODEL_NAME,
+        MODEL_VERSION,
+        PREDICTED_CLASS,
+        PROBABILITY,
+        TOP_CLASSES,
+        TOP_PROBABILITIES,
+        TRAILING_COLUMNS,
+    )
     from pipeline.datasets.images import BadImage, decode_image
     from pipeline.models.outputs import class_probabilities
 except ImportError:
     # Loaded where this package is not installed: MLflow put the model's code (logged with
     # `code_paths`, see registry.log_classifier) on sys.path.
+    from columns import (  # noqa: F401
+        ANSWER_COLUMNS,
+        ERROR,
+        LEADING_COLUMNS,
+        MODEL_ALIAS,
+        MODEL_NAME,
+        MODEL_VERSION,
+        PREDICTED_CLASS,
+        PROBABILITY,
+        TOP_CLASSES,
+        TOP_PROBABILITIES,
+        TRAILING_COLUMNS,
+    )
     from images import BadImage, decode_image
     from outputs import class_probabilities
 
 IMAGE_COLUMN = "image"
 PIXELS_COLUMN = "pixels"
-PREDICTED_CLASS = "predicted_class"
-PROBABILITY = "probability"
-TOP_CLASSES = "top_classes"
-TOP_PROBABILITIES = "top_probabilities"
-MODEL_NAME = "model_name"
-MODEL_VERSION = "model_version"
-MODEL_ALIAS = "model_alias"
-ERROR = "error"
-LEADING_COLUMNS = (PREDICTED_CLASS, PROBABILITY, TOP_CLASSES, TOP_PROBABILITIES)
-TRAILING_COLUMNS = (MODEL_NAME, MODEL_VERSION, MODEL_ALIAS, ERROR)
-ANSWER_COLUMNS = (*LEADING_COLUMNS, *TRAILING_COLUMNS)
-"""Every column of an answer that is not a class's probability."""
 
 ROW_ERRORS_PARAM = "row_errors"
 TOP_K_PARAM = "top_k"
@@ -61,6 +77,13 @@ MAX_BATCH_CONFIG = "max_batch"
 DEFAULT_MAX_BATCH = 256
 """Images per request: a bound on the memory one request can take (decoded, every image of a
 150x150 RGB model is 67 KB; a 12-megapixel photo is 36 MB while it is decoded)."""
+MAX_PIXELS_CONFIG = "max_pixels"
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Pixels one encoded image may declare (width x height) before it is refused unread: the
+split's data.max_pixels, which registration passes in the model config. Images are decoded one
+at a time, each within the decoder's memory budget (about 256 MB at its peak)."""
+MESSAGE_LIMIT = 900
+"""Characters of an error message: answers stay under 1 KB whatever the reason's length."""
 
 KERAS_MODEL_ARTIFACT = "keras_model"
 CLASSES_ARTIFACT = "classes"
@@ -84,6 +107,8 @@ class BadPayload(MlflowException):
     """A request the model cannot answer; MLflow's scoring server answers it with HTTP 400."""
 
     def __init__(self, message: str) -> None:
+        if len(message) > MESSAGE_LIMIT:
+            message = message[: MESSAGE_LIMIT - 3] + "..."
         self._own_message = message
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
@@ -116,6 +141,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         config = getattr(context, "model_config", None) or {}
         self.resize = config.get(RESIZE_CONFIG, "stretch")
         self.max_batch = int(config.get(MAX_BATCH_CONFIG, DEFAULT_MAX_BATCH))
+        self.max_pixels = int(config.get(MAX_PIXELS_CONFIG, DEFAULT_MAX_PIXELS))
         # Versions registered before manifests existed have none: None, not an empty set.
         self.training_manifest = None
         manifest = context.artifacts.get(MANIFEST_ARTIFACT)
@@ -139,12 +165,13 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         """One row per image: the predicted class and its probability, the top-k classes, one
         probability column per class name, the registry's name, version and aliases, and the
         error (None unless `row_errors` is set and the image could not be read)."""
+        deadline = request_deadline()
         params = params or {}
         row_errors = bool(params.get(ROW_ERRORS_PARAM, False))
         top_k = int(params.get(TOP_K_PARAM, DEFAULT_TOP_K))
         if top_k < 1:
             raise BadPayload(f"params.{TOP_K_PARAM} must be at least 1, got {top_k}")
-        items = _input_items(model_input)
+        items, column = _input_items(model_input)
         if len(items) == 0:
             raise BadPayload(
                 f"empty batch: send at least one image in the `{IMAGE_COLUMN}` column (encoded "
@@ -155,7 +182,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 f"batch of {len(items)} images is over the limit of {self.max_batch} per "
                 f"request: send at most {self.max_batch} images per request"
             )
-        images, errors = self._read_items(items, row_errors)
+        images, errors = self._read_items(items, column, row_errors, deadline)
+        deadline.check(len(items), len(items))
         good = [index for index in range(len(items)) if index not in errors]
         probabilities = np.full((len(items), len(self.classes)), np.nan)
         observer = self.observer
@@ -188,9 +216,12 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         features = np.asarray(self._feature_model.predict_on_batch(images), dtype=np.float32)
         return features.reshape(len(images), -1)
 
-    def _read_items(self, items: list, row_errors: bool) -> tuple[np.ndarray, dict[int, str]]:
+    def _read_items(
+        self, items: list, column: str, row_errors: bool, deadline: Deadline
+    ) -> tuple[np.ndarray, dict[int, str]]:
         """The items as one uint8 batch of the model's shape, and {index: reason} for those
-        that could not be read (raised as BadPayload at the first one, unless `row_errors`)."""
+        that could not be read (raised as BadPayload at the first one, unless `row_errors`).
+        The request stops between two images once its deadline has passed."""
         if isinstance(items, np.ndarray):
             if items.shape[1:] == self.image_shape:
                 return items, {}
@@ -198,9 +229,10 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         images = np.zeros((len(items), *self.image_shape), dtype=np.uint8)
         errors: dict[int, str] = {}
         for index, item in enumerate(items):
+            deadline.check(index, len(items))
             try:
-                images[index] = self._read_item(item)
-            except ValueError as problem:
+                images[index] = self._read_item(item, column)
+            except (ValueError, TypeError, OverflowError) as problem:
                 reason = f"image {index}: {problem}"
                 if not row_errors:
                     raise BadPayload(
@@ -210,26 +242,30 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 errors[index] = reason
         return images, errors
 
-    def _read_item(self, item) -> np.ndarray:
+    def _read_item(self, item, column: str) -> np.ndarray:
         """One image of the request as a (H, W, C) uint8 array of the model's shape."""
         height, _, channels = self.image_shape
+        if item is None:
+            raise ValueError("no image (null)")
+        if column == PIXELS_COLUMN:
+            return check_pixels(item, self.image_shape)
         if isinstance(item, np.bytes_):
             # MLflow parses `{"inputs": {"image": [...]}}` into numpy bytes of the base64 text
             # (the dataframe formats arrive decoded, as Python bytes).
             item = item.decode("ascii", errors="replace")
         if isinstance(item, str):
-            try:
-                item = base64.b64decode(item, validate=False)
-            except (binascii.Error, ValueError) as error:
-                raise ValueError(f"not base64 ({error})") from None
-        if isinstance(item, bytes | bytearray | memoryview):
-            try:
-                return decode_image(bytes(item), height, self.resize, channels)
-            except BadImage as error:
-                raise ValueError(str(error)) from None
-        if item is None:
-            raise ValueError("no image (null)")
-        return check_pixels(item, self.image_shape)
+            item = strict_base64(item)
+        if not isinstance(item, bytes | bytearray | memoryview):
+            raise ValueError(
+                f"an `{IMAGE_COLUMN}` is an encoded file (base64 text in JSON, bytes in "
+                f"pandas), got {type(item).__name__}; send arrays in the `{PIXELS_COLUMN}` column"
+            )
+        try:
+            return decode_image(
+                bytes(item), height, self.resize, channels, max_pixels=self.max_pixels
+            )
+        except BadImage as error:
+            raise ValueError(str(error)) from None
 
     def _call_model(self, images: np.ndarray) -> np.ndarray:
         """The Keras model's output on one batch. predict_on_batch runs the compiled predict
@@ -314,11 +350,64 @@ def _project(features: np.ndarray, projection: tuple[np.ndarray, np.ndarray]) ->
     return ((features - mean) @ components.T).astype(np.float32)
 
 
+class Deadline:
+    """When a request's work must stop: MLflow's scoring server answers 504 after
+    MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT seconds, but its handler thread goes on unless the
+    model itself stops."""
+
+    def __init__(self, seconds: float, clock=time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.at = clock() + seconds
+
+    def check(self, done: int, total: int) -> None:
+        """BadPayload once the deadline has passed, saying how far the request got."""
+        if self.clock() > self.at:
+            raise BadPayload(
+                f"stopped after {done} of {total} images: the request ran past the server's "
+                f"timeout of {self.seconds:g} s (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT); send "
+                "fewer or smaller images per request"
+            )
+
+
+def request_deadline() -> Deadline:
+    """The deadline of a request starting now, from the scoring server's own timeout."""
+    try:
+        seconds = float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
+    except (TypeError, ValueError):
+        seconds = float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.default)
+    return Deadline(seconds)
+
+
+def strict_base64(text: str) -> bytes:
+    """The bytes of base64 `text`, refusing any character outside the alphabet (whitespace and
+    line breaks included) and bad padding; ValueError saying which character, not echoing it."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+    offset = next((i for i, char in enumerate(text) if char not in alphabet), None)
+    if offset is not None:
+        code = ord(text[offset])
+        raise ValueError(
+            f"not base64: character U+{code:04X} at offset {offset} is outside the base64 "
+            "alphabet (send the file encoded on one line, e.g. `base64 -w0`)"
+        )
+    raise ValueError(f"not base64: {len(text)} characters, wrongly padded or cut short")
+
+
 def check_pixels(values, image_shape: tuple[int, int, int]) -> np.ndarray:
     """`values` (one image: (H, W), (H, W, 1) or (H, W, 3) integers in 0..255) as uint8 of
     `image_shape`, gray or RGB converted as Pillow converts them; ValueError naming the problem.
     """
-    array = np.asarray(values)
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        # numpy refuses nested lists of unequal lengths ("inhomogeneous shape").
+        raise ValueError(
+            "pixels must be a (height, width, channels) array: its rows are of unequal lengths"
+        ) from None
     if array.dtype == object:
         raise ValueError("pixels must be a (height, width, channels) array of numbers")
     if array.dtype.kind == "f" and np.array_equal(array, np.round(array)):
@@ -366,19 +455,19 @@ def keep_nagle_off() -> None:
     asyncio.base_events._set_nodelay = set_nodelay
 
 
-def _input_items(model_input) -> list | np.ndarray:
-    """The request's images in order: encoded files (bytes, or base64 str) or pixel arrays.
+def _input_items(model_input) -> tuple[list | np.ndarray, str]:
+    """The request's images in order, encoded files (bytes, or base64 str) or pixel arrays, and
+    the column they came in.
 
     A uint8 batch of arrays (a direct call, as the promotion gate makes) stays one array.
     MLflow turns `{"inputs": {"image": [...]}}` into one row per image, and a dict of arrays
-    into rows too; a cell holding a list of several images is unpacked in place.
+    into rows too; a cell holding a list of several images is unpacked in place. Images of
+    unequal sizes (ragged lists) stay separate items, each checked on its own.
     """
     if isinstance(model_input, np.ndarray) and model_input.dtype == np.uint8:
-        return model_input if model_input.ndim == 4 else model_input[None]
+        return (model_input if model_input.ndim == 4 else model_input[None]), PIXELS_COLUMN
     if isinstance(model_input, dict):
-        model_input = pd.DataFrame(
-            {key: list(np.asarray(value)) for key, value in model_input.items()}
-        )
+        model_input = pd.DataFrame({key: _rows(value) for key, value in model_input.items()})
     if not isinstance(model_input, pd.DataFrame):
         raise BadPayload(
             f"send a table with an `{IMAGE_COLUMN}` column (encoded files) or a "
@@ -394,11 +483,35 @@ def _input_items(model_input) -> list | np.ndarray:
     for cell in model_input[present[0]]:
         if present[0] == IMAGE_COLUMN and isinstance(cell, list | tuple | np.ndarray):
             items.extend(cell)
-        elif present[0] == PIXELS_COLUMN and np.ndim(cell) == 4:
-            items.extend(list(np.asarray(cell)))
+        elif present[0] == PIXELS_COLUMN and _is_batch(cell):
+            items.extend(_rows(cell))
         else:
             items.append(cell)
-    return items
+    return items, present[0]
+
+
+def _rows(value) -> list:
+    """`value`'s first axis as a list, without making one array of it (ragged lists stay)."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    array = np.asarray(value)
+    return list(array) if array.ndim else [array.item()]
+
+
+def _is_batch(cell) -> bool:
+    """Whether a `pixels` cell holds several images (4 dimensions); ragged ones are judged by
+    their first image."""
+    try:
+        return np.ndim(cell) == 4
+    except ValueError:
+        return isinstance(cell, list | tuple) and len(cell) > 0 and _ndim(cell[0]) == 3
+
+
+def _ndim(value) -> int:
+    try:
+        return int(np.ndim(value))
+    except ValueError:
+        return -1
 
 
 def registry_identity(artifact: Path) -> tuple[str | None, str | None, str | None]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -163,8 +165,45 @@ def test_pixels_and_a_uint8_batch_answer_as_the_model(classifier) -> None:
         np.testing.assert_allclose(_probabilities(frame), expected, rtol=1e-5)
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG declaring its size and holding no pixels (a bomb's header, costless here)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+GOOD_BASE64 = base64.b64encode(_png(_gradient(5, 5))).decode()
+RAGGED = [[[0, 0, 0]] * 12] * 11 + [[[0, 0, 0]] * 5]
+
 BAD = [
     (_images(b"not an image at all"), "image 0: not an image Pillow can identify"),
+    (
+        _images(_png(_gradient(5, 5)), _png_header(13000, 13000)),
+        "image 1: 13000x13000 = 169 M pixels, over the budget of 40 M (data.max_pixels)",
+    ),
+    (
+        _images(GOOD_BASE64[:12] + "!" + GOOD_BASE64[12:]),
+        "image 0: not base64: character U+0021 at offset 12 is outside the base64 alphabet",
+    ),
+    (
+        _images(GOOD_BASE64, GOOD_BASE64[:40] + "\n" + GOOD_BASE64[40:]),
+        "image 1: not base64: character U+000A at offset 40",
+    ),
+    (_images(GOOD_BASE64[:-2]), "image 0: not base64: "),
+    (_images(7), "image 0: an `image` is an encoded file (base64 text in JSON, bytes in pandas)"),
+    (
+        pd.DataFrame({"pixels": [RAGGED]}),
+        "image 0: pixels must be a (height, width, channels) array: its rows are of unequal",
+    ),
+    ({"pixels": [np.zeros(SHAPE, np.uint8).tolist(), RAGGED]}, "image 1: pixels must be a"),
+    (
+        {"pixels": [np.zeros(SHAPE, np.uint8).tolist(), np.zeros((11, 12, 3), int).tolist()]},
+        "image 1: pixels of shape (11, 12, 3)",
+    ),
     (_images(_png(_gradient(5, 5)), b""), "image 1: not an image Pillow can identify"),
     (_images(_png(_gradient(30, 30), "JPEG")[:400]), "image 0: cannot decode"),
     (_images(None), "image 0: no image (null)"),
@@ -203,7 +242,8 @@ def test_row_errors_fail_only_the_bad_rows(classifier) -> None:
     )
     assert list(frame[serving.ERROR]) == [
         None,
-        "image 1: not an image Pillow can identify (corrupt or another format)",
+        "image 1: not an image Pillow can identify (corrupt or another format; formats read: "
+        "JPEG, PNG, GIF, BMP, WEBP, TIFF, PPM)",
         None,
     ]
     assert frame[serving.PREDICTED_CLASS][1] is None and frame["cat"][1] is None
@@ -226,6 +266,50 @@ def test_the_batch_limit_comes_from_the_model_config(tmp_path) -> None:
     small = _load(tmp_path, max_batch=2)
     with pytest.raises(MlflowException, match="batch of 3 images is over the limit of 2"):
         small.predict(None, _images(*[_png(_gradient(4, 4))] * 3))
+
+
+def test_the_pixel_budget_comes_from_the_model_config(tmp_path) -> None:
+    small = _load(tmp_path, max_pixels=100)
+    with pytest.raises(MlflowException, match=r"image 0: 20x20 = 0.0004 M pixels, over the"):
+        small.predict(None, _images(_png(_gradient(20, 20))))
+    assert small.predict(None, _images(_png(_gradient(10, 10))))[serving.ERROR][0] is None
+
+
+def test_a_request_past_the_servers_timeout_stops_between_images(classifier, monkeypatch) -> None:
+    ticks = iter(range(0, 1000, 4))  # each look at the clock is 4 s later: 0, 4, 8, 12
+    monkeypatch.setattr(
+        serving, "request_deadline", lambda: serving.Deadline(10, clock=lambda: next(ticks))
+    )
+    decoded = []
+    decode = serving.decode_image
+    monkeypatch.setattr(
+        serving,
+        "decode_image",
+        lambda *args, **kwargs: decoded.append(1) or decode(*args, **kwargs),
+    )
+    with pytest.raises(MlflowException) as stopped:
+        classifier.predict(None, _images(*[_png(_gradient(12, 12))] * 5))
+    assert stopped.value.get_http_status_code() == 400
+    assert stopped.value.message.startswith(
+        "stopped after 2 of 5 images: the request ran past the server's timeout of 10 s "
+        "(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)"
+    )
+    assert len(decoded) == 2
+
+
+def test_the_deadline_is_the_scoring_servers_timeout(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "7")
+    assert serving.request_deadline().seconds == 7
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "soon")
+    assert serving.request_deadline().seconds == 60
+    monkeypatch.delenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT")
+    assert serving.request_deadline().seconds == 60
+
+
+def test_error_messages_stay_under_a_kilobyte() -> None:
+    error = serving.BadPayload("image 0: " + "x" * 5000)
+    assert len(error.message.encode()) <= 1000 and error.message.endswith("...")
+    assert len(error.serialize_as_json().encode()) <= 1024
 
 
 def test_class_columns_of_old_and_new_answers() -> None:

@@ -33,7 +33,14 @@ def _files_index(
     def load(indices: np.ndarray, out: np.ndarray) -> dict[int, str]:
         # The split stage calls this a chunk at a time and shows one progress bar for all.
         chosen = [paths[i] for i in indices]
-        return decode_many(chosen, out, options.image_size, options.resize, lambda count: None)
+        return decode_many(
+            chosen,
+            out,
+            options.image_size,
+            options.resize,
+            lambda count: None,
+            max_pixels=options.max_pixels,
+        )
 
     return SourceIndex(
         labels,
