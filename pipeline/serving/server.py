@@ -5,8 +5,12 @@ champion alias points at now (pipeline.serving.holder), and recording every answ
 The request and response formats are MLflow's (`mlflow.pyfunc.scoring_server.init`): the same
 `/invocations`, `/ping`, `/health` and `/version` as `mlflow models serve`, so the README's
 `curl` call and Python client work unchanged. The app is handed a stand-in model whose
-`predict` reads the holder's current version once, so a swap never splits a request. The port
+`predict` reads the holder's current version once, so a swap never splits a request (and
+whose metadata hands the app base64 as text, for the model to decode strictly). The port
 is bound before anything loads: a second server on the same port exits at once, saying so.
+Requests pass through pipeline.serving.limits first: a body over `max_body_bytes` gets 413
+before it is read, JSON deeper than `max_json_depth` gets 400 before it is parsed, and every
+error answer is short, without the request's data or a stack trace.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.serving.holder import DEFAULT_POLL_SECONDS, Served, VersionHolder
+from pipeline.serving.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_DEPTH, RequestLimits
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,12 @@ class ServeOptions:
     """Where answers are recorded (None: not recorded)."""
     keep_images: bool = False
     flush_seconds: float = 2.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    """Bodies over this get 413 before they are read (64 MB: 256 photos of 190 KB, base64)."""
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    """JSON nested deeper gets 400 before it is parsed. The deepest legitimate body, a
+    `dataframe_split` batch of (H, W, C) pixel arrays, is 7 levels; 32 leaves room for any
+    client's wrapping and stays far below the recursion that breaks `json.loads`."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -64,11 +75,43 @@ class FollowingModel:
     @property
     def metadata(self):
         # Every version of the pipeline's classifier has the same input schema and params.
-        return self.holder.current.model.metadata
+        return TextImages(self.holder.current.model.metadata)
 
     def predict(self, data, params=None):
         served = self.holder.current  # read once: the request finishes on this version
         return served.model.predict(data, params=params)
+
+
+class TextImages:
+    """A version's metadata as MLflow's scoring app reads it, its binary columns (`image`)
+    declared as text.
+
+    With the binary type the app decodes base64 itself, with `base64.decodebytes`, which skips
+    any character outside the alphabet (junk inside base64 was answered), and fails the whole
+    request on one bad row, `row_errors` or not. As text, the model gets the base64 as sent and
+    decodes it strictly, image by image; the model still checks its own schema.
+    """
+
+    def __init__(self, metadata) -> None:
+        self._metadata = metadata
+
+    def get_input_schema(self):
+        from mlflow.types import ColSpec, DataType, Schema
+
+        schema = self._metadata.get_input_schema()
+        if schema is None or schema.is_tensor_spec():
+            return schema
+        return Schema(
+            [
+                ColSpec(DataType.string, spec.name, required=spec.required)
+                if isinstance(spec, ColSpec) and spec.type == DataType.binary
+                else spec
+                for spec in schema.inputs
+            ]
+        )
+
+    def __getattr__(self, name: str):
+        return getattr(self._metadata, name)
 
 
 def recording_observer(recorder) -> Callable[[Served], Callable]:
@@ -172,7 +215,8 @@ def build_app(options: ServeOptions):
     keep_nagle_off()
     startup = [holder.start] + ([recorder.start] if recorder is not None else [])
     shutdown = [holder.stop] + ([recorder.close] if recorder is not None else [])
-    return _Lifespan(app, startup, shutdown)
+    limited = RequestLimits(app, options.max_body_bytes, options.max_json_depth)
+    return _Lifespan(limited, startup, shutdown)
 
 
 def app_from_environment():

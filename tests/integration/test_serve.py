@@ -1,14 +1,18 @@
 """`pipeline serve` as an operator runs it, in a subprocess on a free port: it follows the
 champion alias under load without a failed or mixed answer, records every answered image, keeps
 serving through a tracking server that goes away and a version that cannot load, refuses a port
-that is taken, keeps answering when its records cannot be written, and runs several workers
-that each follow the alias and record into one day folder."""
+that is taken, keeps answering when its records cannot be written, runs several workers that
+each follow the alias and record into one day folder, and answers hostile requests (bodies over
+the limit, deep JSON, invalid JSON, ragged pixels, junk base64) with short refusals, then a good
+request on the same connection."""
 
 from __future__ import annotations
 
 import base64
 import collections
 import contextlib
+import http.client
+import json
 import os
 import re
 import shutil
@@ -734,3 +738,89 @@ def test_each_worker_follows_the_alias_and_records_into_the_same_day_folder(
     assert writers == set(workers), f"files from pids {writers}, workers {sorted(workers)}"
     records = read_window(predictions, last_n=10**6)
     assert len(records) == sum(len(answer.indices) for answer in answers)
+
+
+# --- hostile requests -------------------------------------------------------------------------
+
+
+def post_headers_only(server: PipelineServer, content_length: int) -> tuple[int, bytes, float]:
+    """POST /invocations declaring `content_length` bytes and sending none of them: (status,
+    body, seconds). Only a server that answers from the headers alone answers at all."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    started = time.monotonic()
+    try:
+        connection.putrequest("POST", "/invocations")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(content_length))
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read(), time.monotonic() - started
+    finally:
+        connection.close()
+
+
+def assert_short_refusal(status: int, body: bytes, expected: int) -> str:
+    """The answer is `expected`, at most 1 KB of JSON, with no stack trace or file path;
+    returns its message."""
+    text = body.decode(errors="replace")
+    assert status == expected, f"{status}: {text[:500]}"
+    assert len(body) <= 1024, f"{len(body)} bytes: {text[:500]}"
+    for leak in ("Traceback", "stack_trace", ".py", 'File "'):
+        assert leak not in text, f"{leak!r} in {text}"
+    return json.loads(body)["message"]
+
+
+def test_hostile_requests_get_short_refusals_and_the_next_good_request_succeeds(
+    store: Store, digits: Digits, start_server
+) -> None:
+    name = "hostile-requests"
+    version = store.register(name, "weak")
+    store.set_champion(name, version)
+    server = start_server(name, "--no-record", "--max-body-mb", "1", "--max-json-depth", "32")
+    limit = 1 << 20
+    pid = server.status()["pid"]
+    url = f"{server.uri}/invocations"
+    headers = {"Content-Type": "application/json"}
+
+    # Over the limit by its Content-Length: 413 from the headers, before a byte of 176 MB.
+    status, body, seconds = post_headers_only(server, 176 << 20)
+    assert "over the server's limit of 1,048,576 bytes" in assert_short_refusal(status, body, 413)
+    assert seconds < 5, f"{seconds:.1f} s for a refusal by the headers"
+    with requests.Session() as session:
+        # Sent whole: 413, and the server drops the rest as it comes, keeping the connection.
+        oversize = session.post(url, data=b"[" + b"0," * limit + b"0]", headers=headers, timeout=60)
+        assert_short_refusal(oversize.status_code, oversize.content, 413)
+        # Streamed without a Content-Length (chunked): refused once its bytes pass the limit.
+        chunks = (b"0," * 32768 for _ in range(64))
+        streamed = session.post(url, data=chunks, headers=headers, timeout=60)
+        assert_short_refusal(streamed.status_code, streamed.content, 413)
+        # 100,000 deep: 400 from the byte scan, where the parser's recursion answered 500.
+        deep = session.post(url, data=b"[" * 100_000 + b"]" * 100_000, headers=headers, timeout=60)
+        assert "deeper than 32 levels" in assert_short_refusal(deep.status_code, deep.content, 400)
+        # Invalid JSON under the limit: the reason, not the body echoed back.
+        invalid = session.post(url, data=b"{" + b"x" * (limit // 2), headers=headers, timeout=60)
+        message = assert_short_refusal(invalid.status_code, invalid.content, 400)
+        assert "xxxx" not in message and "not valid JSON" in message, message
+        # Ragged pixel rows: a short 400, without the server's stack trace.
+        ragged = digits.images[0].tolist()
+        ragged[3] = ragged[3][:5]
+        body = {"dataframe_split": {"columns": ["pixels"], "data": [[ragged]]}}
+        answer = session.post(url, json=body, timeout=60)
+        assert_short_refusal(answer.status_code, answer.content, 400)
+        # Junk characters inside base64: refused, naming the image.
+        encoded = base64.b64encode(digits.files[1]).decode("ascii")
+        junk = {
+            "dataframe_split": {
+                "columns": ["image"],
+                "data": [[encoded], [encoded[:8] + "!*" + encoded[8:]]],
+            }
+        }
+        answer = session.post(url, json=junk, timeout=60)
+        assert "image 1" in assert_short_refusal(answer.status_code, answer.content, 400)
+
+        # The same connection and the same worker process answer a good request after all that.
+        good = predict(server, digits, [0, 1, 2], session)
+        assert good.status_code == 200, f"{good.text[:500]}\n{server.explain()}"
+        assert read_versions(good) == [version] * 3
+    assert server.status()["pid"] == pid, f"the worker was replaced\n{server.explain()}"
+    assert "Traceback" not in server.log(), server.explain()
