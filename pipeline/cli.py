@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import textwrap
@@ -28,10 +29,7 @@ from pipeline.errors import PipelineError
 
 logger = logging.getLogger("pipeline.cli")
 
-_DEFAULT_PATHS = {
-    "models": "models",
-    "metrics": "reports/metrics.json",
-}
+_DEFAULT_PATHS = {"models": "models"}
 
 
 def deps(args: argparse.Namespace) -> int:
@@ -136,9 +134,21 @@ def serve(args: argparse.Namespace) -> int:
         predictions_dir=predictions,
         keep_images=args.keep_images,
         flush_seconds=args.flush_seconds,
+        **_serving_limits(args),
     )
     run_server(options)
     return 0
+
+
+def _serving_limits(args: argparse.Namespace) -> dict:
+    """The request limits given on the command line, as ServeOptions fields; a limit not given
+    keeps ServeOptions' own default (one number, in one place)."""
+    limits = {}
+    if args.max_body_mb is not None:
+        limits["max_body_bytes"] = max(1, int(args.max_body_mb * (1 << 20)))
+    if args.max_json_depth is not None:
+        limits["max_json_depth"] = args.max_json_depth
+    return limits
 
 
 def monitor(args: argparse.Namespace) -> int:
@@ -269,18 +279,22 @@ def predict(args: argparse.Namespace) -> int:
     store = tracking_uri(root)
     limit_http_retries()
 
-    def champion() -> str | None:
+    def champion() -> str:
         if config is None:
-            return None
+            raise PipelineError(
+                f"{root} has no params.yaml, so the registered model's name is unknown: run "
+                "from the project root (or pass --root)"
+            )
         name = config.mlflow.registered_model_name(config.data.dataset)
         return choice.find_champion(store, name)
 
-    chosen = choice.choose_model(
-        args.model, champion, root / paths["metrics"], root / paths["models"]
-    )
+    chosen = choice.choose_model(args.model, champion, root / paths["models"], paths["models"])
     if choice.is_model_uri(chosen.source):
         choice.use_tracking_store(store, chosen.source)
-    classifier = load_classifier(chosen.source)
+    classifier = load_classifier(chosen.source, trust_code=args.trust_code)
+    # Every answer names its model: the registered version (an alias resolved), the strategy
+    # folder asked for by name, or the source as given.
+    model_name = chosen.name or classifier.source
     recorder = None
     if args.log:
         from pipeline.prediction.classifier import record_answers
@@ -295,7 +309,7 @@ def predict(args: argparse.Namespace) -> int:
     logger.info(
         "predicting %d file(s) with %s (%s): %d classes, images %dx%dx%d",
         len(files),
-        classifier.source,
+        model_name,
         chosen.reason,
         len(classifier.classes),
         height,
@@ -303,6 +317,7 @@ def predict(args: argparse.Namespace) -> int:
         channels,
     )
     resize = config.data.resize if config is not None else "stretch"
+    max_pixels = config.data.max_pixels if config is not None else None
     from tqdm.auto import tqdm
 
     with tqdm(
@@ -314,7 +329,12 @@ def predict(args: argparse.Namespace) -> int:
     ) as bar:
         try:
             predictions = results.predict_files(
-                classifier, files, resize, args.batch_size, bar.update
+                classifier,
+                files,
+                resize,
+                args.batch_size,
+                bar.update,
+                **({} if max_pixels is None else {"max_pixels": max_pixels}),
             )
         finally:
             if recorder is not None:
@@ -327,10 +347,10 @@ def predict(args: argparse.Namespace) -> int:
             recorder.dropped,
         )
     if args.out is None:
-        results.write_predictions(predictions, classifier.classes, sys.stdout)
+        results.write_predictions(predictions, classifier.classes, sys.stdout, model_name)
     else:
         with atomic_write(args.out) as stream:
-            results.write_predictions(predictions, classifier.classes, stream)
+            results.write_predictions(predictions, classifier.classes, stream, model_name)
         logger.info("wrote %d row(s) to %s", len(predictions), args.out)
     unreadable = [item for item in predictions if item.error is not None]
     if unreadable:
@@ -364,20 +384,26 @@ def _project_root(root: Path) -> Path:
 _WIDTH = 92
 
 _PREDICT_EPILOG = """\
-The model: --model when given; else models:/<registered name>@champion when the tracking store
-(MLFLOW_TRACKING_URI, else mlflow.db in the project) has a champion; else the best strategy's
-models/<strategy>/model.keras by test_accuracy in reports/metrics.json. A log line (stderr)
-names the model used. A .keras model answers in the class names of the classes.json beside
-it (training writes it); a registered model carries its own.
+The model: --model when given; else the version models:/<registered name>@champion points at
+in the tracking store (MLFLOW_TRACKING_URI, else mlflow.db in the project). Without a champion
+(no store, a server that does not answer, nothing promoted yet) predict fails saying why: a
+local model answers only when named, --model scratch | feature_extraction | fine_tune for
+models/<strategy>. A registered version loads only if its model file has the SHA-256 it was
+registered with. A local MLflow model folder runs the code it holds: it needs --trust-code.
+A .keras model answers in the class names of the classes.json beside it (training writes
+it); a registered model carries its own.
 
 Each file is decoded as the split stage decodes images (EXIF orientation, data.resize) to the
 size and channels the model takes. The CSV has one row per file: path, predicted_class,
 probability; with more than 3 classes also top2, top2_probability, top3, top3_probability;
-and error, which says why a file could not be read (the run goes on).
+error, which says why a file could not be read (the run goes on); and model, the model that
+answered (models:/<name>/<version>, models/<strategy> or the path given). Cells that begin
+with = + - @ are written with a leading ' so a spreadsheet shows them as text.
 
 examples:
   pipeline predict photo.jpg
   pipeline predict new_images/ --out predictions.csv
+  pipeline predict scans/ --model scratch
   pipeline predict scans/ --model models/scratch/model.keras
   pipeline predict scans/ --model models:/digits-classifier@challenger
 """
@@ -442,8 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         metavar="MODEL",
         help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/<path>, "
-        "a .keras file or a models/<strategy> folder (default: the champion, else the best "
-        "evaluated strategy)",
+        "scratch | feature_extraction | fine_tune (models/<strategy>), a .keras file or a "
+        "strategy's folder (default: the registry's champion, or an error saying why there is "
+        "none)",
+    )
+    predict_parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow --model to be a local MLflow model folder, whose Python code loading runs",
     )
     predict_parser.add_argument(
         "--out", type=Path, metavar="FILE", help="write the CSV here (default: standard output)"
@@ -517,6 +549,8 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
 
 
@@ -585,6 +619,18 @@ def _add_operate_verbs(verbs) -> None:
     )
     serve_parser.add_argument(
         "--no-record", action="store_true", help="record nothing (benchmarks, tests)"
+    )
+    serve_parser.add_argument(
+        "--max-body-mb",
+        type=_positive_float,
+        metavar="MB",
+        help="refuse a request body over this many MiB with 413, before parsing it (default: 64)",
+    )
+    serve_parser.add_argument(
+        "--max-json-depth",
+        type=_positive_int,
+        metavar="N",
+        help="refuse JSON nested deeper than this with 400 (default: the server's own limit)",
     )
     serve_parser.add_argument(
         "--flush-seconds",

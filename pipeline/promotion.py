@@ -22,6 +22,7 @@ from pipeline.evaluation.promotion import (
     GateThresholds,
     ScoredVersion,
     TestOverlap,
+    UnusableChampion,
     judge_challenger,
 )
 from pipeline.store import MANIFEST_FILE, MODEL_FILE, data_version, open_split, sha256_of
@@ -45,12 +46,14 @@ def promote_challenger(
     project_root: Path,
     dvc_experiment: str | None,
     resize: str = "stretch",
+    max_pixels: int | None = None,
 ) -> dict:
     """Run the gate on `strategy`'s model (`model_dir`, trained in run `source_run_id`) against
     the champion of `registered_model`, on the test split in `prepared`; return the decision
     record that reports/promotion.json holds. `dvc_experiment` is the DVC experiment this runs
     in (None on the main line), `project_root` the project whose MLflow store is used, and
-    `resize` the split's `data.resize`, with which the registered model decodes image files."""
+    `resize` and `max_pixels` the split's `data.resize` and `data.max_pixels`, with which the
+    registered model decodes image files."""
     model_file = model_dir / MODEL_FILE
     manifest_file = model_dir / MANIFEST_FILE
     # Labels and digests are held; the images are read a batch at a time, once per model
@@ -74,7 +77,7 @@ def promote_challenger(
     with registry.decision_run(experiment_id, f"{dataset}-promote", tags) as run_id:
         # Outside the main line nothing is registered, so which version already holds the
         # model file does not matter there.
-        challenger, champion = registry.score_contenders(
+        challenger, champion, unusable = registry.score_contenders(
             registered_model,
             model_file,
             manifest_file,
@@ -85,9 +88,18 @@ def promote_challenger(
         _warn_without_manifest(champion)
         rolled_back = registry.rolled_back_versions(registered_model) if main_line else frozenset()
         outcome = judge_challenger(
-            test.y, test.digests(), challenger, champion, test.classes, thresholds, rolled_back
+            test.y,
+            test.digests(),
+            challenger,
+            champion,
+            test.classes,
+            thresholds,
+            rolled_back,
+            unusable,
         )
         decision = outcome.decision
+        if decision.champion_unusable:
+            logger.error("%s", decision.champion_unusable)
         _warn_about_overlap(outcome.overlap)
         version = None
         if main_line:
@@ -101,6 +113,7 @@ def promote_challenger(
                 {**tags, "promotion_run_id": run_id},
                 resize=resize,
                 monitoring_splits=(open_split(prepared, "train"), test),
+                **({} if max_pixels is None else {"max_pixels": max_pixels}),
             )
             if new:
                 logger.info(
@@ -136,7 +149,7 @@ def promote_challenger(
                 "model_sha256": model_sha256,
                 "test_accuracy": decision.challenger_accuracy,
             },
-            "champion": _champion_entry(champion, decision),
+            "champion": _champion_entry(champion, decision, unusable),
             # Test images either model trained on, excluded from the scores: 0 when fair.
             "train_test_overlap": outcome.overlap.excluded,
             "overlap": outcome.overlap.to_dict(),
@@ -145,7 +158,8 @@ def promote_challenger(
             "data_version": version_of_data,
             "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        champion_version = champion.version if champion else None
+        # An unusable champion still holds the alias: it is what a rollback moves away from.
+        champion_version = champion.version if champion else (unusable and unusable.version)
         if registry.record_outcome(registered_model, version, decision, champion_version, record):
             record["champion_after"] = int(version)
             logger.info("promoted %s version %s to champion", registered_model, version)
@@ -155,11 +169,21 @@ def promote_challenger(
     return record
 
 
-def _champion_entry(champion: ScoredVersion | None, decision: Decision) -> dict | None:
+def _champion_entry(
+    champion: ScoredVersion | None, decision: Decision, unusable: UnusableChampion | None
+) -> dict | None:
+    if unusable is not None:
+        return {
+            "version": int(unusable.version),
+            "usable": False,
+            "unusable_reason": unusable.reason,
+            "test_accuracy": None,
+        }
     if champion is None:
         return None
     return {
         "version": int(champion.version),
+        "usable": True,
         "run_id": champion.run_id,
         "test_accuracy": decision.champion_accuracy,
         "has_training_manifest": champion.training_manifest is not None,

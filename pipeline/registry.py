@@ -24,13 +24,15 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 
+from pipeline import columns
 from pipeline.datasets import images as image_decoding
 from pipeline.datasets.images import ResizeMode
-from pipeline.errors import RegistryError
+from pipeline.errors import RegistryError, TrackingUnavailable
 from pipeline.evaluation.metrics import predict_batch_size
-from pipeline.evaluation.promotion import Decision, ScoredVersion
+from pipeline.evaluation.promotion import Decision, ScoredVersion, UnusableChampion
 from pipeline.models import outputs
 from pipeline.serving import model as serving
+from pipeline.serving.verification import MODEL_SHA_TAG, load_verified_version
 from pipeline.store import CLASSES_FILE, ImageSplit, write_classes
 from pipeline.tracking.runs import create_run, model_requirements, pinned_requirements
 
@@ -39,8 +41,6 @@ logger = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 CLASSIFIER_ARTIFACT = "classifier"
-MODEL_SHA_TAG = "model_sha256"
-"""On every version: the SHA-256 of its Keras model file. The same model is one version."""
 CHAMPION_PREVIOUS_TAG = "champion.previous"
 """On a version that became champion: the version it replaced (what a rollback goes back to)."""
 CHAMPION_SINCE_TAG = "champion.since"
@@ -56,6 +56,7 @@ def log_classifier(
     manifest_file: Path | None = None,
     resize: ResizeMode = "stretch",
     monitoring_splits: tuple[ImageSplit, ImageSplit] | None = None,
+    max_pixels: int = serving.DEFAULT_MAX_PIXELS,
 ):
     """Log the served classifier (see pipeline.serving.model) into the active run; return its
     info.
@@ -64,8 +65,13 @@ def log_classifier(
     file gets the answer it gets in the test split. The input example is `example`'s first
     image as a PNG file, as a client sends it. With `monitoring_splits` (train, test) the
     version ships its embedding projection and its monitoring reference (monitoring_artifacts).
+    `max_pixels` is the split's `data.max_pixels`: the served model refuses larger images unread.
     """
-    config = {serving.RESIZE_CONFIG: resize, serving.MAX_BATCH_CONFIG: serving.DEFAULT_MAX_BATCH}
+    config = {
+        serving.RESIZE_CONFIG: resize,
+        serving.MAX_BATCH_CONFIG: serving.DEFAULT_MAX_BATCH,
+        serving.MAX_PIXELS_CONFIG: max_pixels,
+    }
     with tempfile.TemporaryDirectory() as scratch:
         artifacts = _classifier_artifacts(keras_model_file, classes, Path(scratch), manifest_file)
         classifier = serving.ImageClassifier()
@@ -99,7 +105,7 @@ def log_classifier(
                 model_config=config,
                 metadata={"image_shape": list(classifier.image_shape)},
                 # serving.py's imports from this package, so the model loads without it.
-                code_paths=[outputs.__file__, image_decoding.__file__],
+                code_paths=[outputs.__file__, image_decoding.__file__, columns.__file__],
             )
 
 
@@ -304,20 +310,29 @@ def champion_version(name: str) -> ModelVersion | None:
         raise
 
 
+def registered_versions(name: str) -> list[str]:
+    """The versions of `name`, in order (none when `name` is not registered)."""
+    try:
+        found = mlflow.MlflowClient().search_model_versions(f"name = '{_quoted(name)}'")
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted((str(version.version) for version in found), key=int)
+
+
 def score_version(name: str, version: ModelVersion, images: ImageSplit, classes: list[str]):
-    """Load a registered version as served and predict the split `images`, a batch at a time;
-    map its class names onto `classes` (None when the two sets differ: that model answers
-    another question)."""
-    # Without suppress_warnings MLflow maps every installed distribution to its modules to
-    # compare them with the version's requirements (about 1.7 s): a warning for a deployment,
-    # not for scoring in the environment that trained the challenger.
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}", suppress_warnings=True)
+    """Load a registered version as served (its model file checked against the SHA-256 it was
+    registered with) and predict the split `images`, a batch at a time; map its class names
+    onto `classes` (None when the two sets differ: that model answers another question)."""
+    with tempfile.TemporaryDirectory(prefix="pipeline-version-") as scratch:
+        model = load_verified_version(name, str(version.version), Path(scratch))
     schema = model.metadata.get_input_schema()
     answers = _served_answers(
         lambda batch: model.predict(serving.served_input(schema, batch)), images
     )
     manifest = getattr(model.unwrap_python_model(), "training_manifest", None)
-    return _scored(version.version, answers, classes, version.run_id, manifest)
+    return _scored(str(version.version), answers, classes, version.run_id, manifest)
 
 
 def score_contenders(
@@ -327,19 +342,47 @@ def score_contenders(
     images: ImageSplit,
     classes: list[str],
     model_sha256: str | None,
-) -> tuple[ScoredVersion, ScoredVersion | None]:
+) -> tuple[ScoredVersion, ScoredVersion | None, UnusableChampion | None]:
     """The challenger (the model file) and the current champion, if any, scored on the same
     split through the served classifier, each predicting every image once. With
     `model_sha256` the challenger carries the version of `name` that already holds that file,
-    if one does."""
+    if one does. A champion that cannot be loaded or scored (a model file changed or truncated
+    in the artifact store) is returned as unusable, with the reason, not raised: the gate then
+    judges the challenger on the floors alone."""
     challenger = score_model_file(model_file, images, classes, manifest_file)
     if model_sha256 is not None:
         existing = version_of_model(name, model_sha256)
         if existing is not None:
-            challenger = replace(challenger, version=existing.version)
+            challenger = replace(challenger, version=str(existing.version))
     current = champion_version(name)
-    champion = None if current is None else score_version(name, current, images, classes)
-    return challenger, champion
+    if current is None:
+        return challenger, None, None
+    try:
+        return challenger, score_version(name, current, images, classes), None
+    except Exception as error:  # noqa: BLE001 - whatever breaks the champion, the gate decides
+        reason = _first_line(error)
+        try:
+            # A registry that stopped answering is no verdict on the champion: the stage
+            # fails (the alias stays) rather than judging on the floors alone.
+            champion_version(name)
+        except Exception:  # noqa: BLE001 - MLflow's and the transport's own errors
+            raise TrackingUnavailable(
+                f"the registry stopped answering while champion version {current.version} of "
+                f"{name} was loaded ({reason}); nothing was decided: run the gate again"
+            ) from None
+        logger.error(
+            "champion version %s of %s cannot be loaded or scored: %s",
+            current.version,
+            name,
+            reason,
+        )
+        return challenger, None, UnusableChampion(str(current.version), reason)
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's first line (MLflow's and Keras' messages run to pages), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0][:MAX_TAG_TEXT] if text else type(error).__name__
 
 
 def _scored(
@@ -366,6 +409,9 @@ def record_decision(name: str, version: str, decision: Decision, champion: str |
         "gate.reasons": " | ".join(decision.reasons()),
         "gate.compared_with": f"version {champion}" if champion else "no champion",
     }
+    if decision.champion_unusable:
+        tags["gate.compared_with"] = f"no one: champion version {champion} is unusable"
+        tags["gate.champion_unusable"] = decision.champion_unusable[:MAX_TAG_TEXT]
     for criterion in decision.criteria:
         verdict = "passed" if criterion.passed else "failed"
         tags[f"gate.{criterion.name}"] = (
@@ -535,6 +581,7 @@ def enter_challenger(
     tags: dict[str, str],
     resize: ResizeMode = "stretch",
     monitoring_splits: tuple[ImageSplit, ImageSplit] | None = None,
+    max_pixels: int = serving.DEFAULT_MAX_PIXELS,
 ) -> tuple[str, bool]:
     """Point `challenger` at the model file's version: the one that already holds it (see
     score_contenders), else a new one, logged into the active run (with its monitoring
@@ -543,7 +590,9 @@ def enter_challenger(
     if challenger.version is not None:
         name_challenger(name, challenger.version)
         return challenger.version, False
-    info = log_classifier(model_file, classes, example, manifest_file, resize, monitoring_splits)
+    info = log_classifier(
+        model_file, classes, example, manifest_file, resize, monitoring_splits, max_pixels
+    )
     return register_challenger(name, info.model_uri, tags).version, True
 
 

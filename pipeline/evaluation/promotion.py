@@ -3,7 +3,8 @@
 Which strategy to promote, and whether it may replace the champion. A challenger replaces the
 champion only when it passes every criterion on the same, current test split: an accuracy
 floor, a recall floor for every class, a minimum improvement over the champion, and McNemar's
-test in its favour. With no champion, the two floors alone decide.
+test in its favour. With no champion, or a champion that cannot be loaded, the two floors
+alone decide.
 """
 
 from __future__ import annotations
@@ -85,11 +86,15 @@ class Decision:
     """None when there is no champion yet."""
     mcnemar: McNemarResult | None = None
     """The test behind the mcnemar criterion, when there is a champion."""
+    champion_unusable: str | None = None
+    """Why the champion could not be compared with (it cannot be loaded), and what to do."""
 
     def reasons(self) -> list[str]:
-        """Why: the failed criteria's details, or every criterion's when all passed."""
+        """Why: the failed criteria's details, or every criterion's when all passed; first of
+        all that the champion was unusable, when it was."""
         failed = [criterion.detail for criterion in self.criteria if not criterion.passed]
-        return failed or [criterion.detail for criterion in self.criteria]
+        details = failed or [criterion.detail for criterion in self.criteria]
+        return [self.champion_unusable, *details] if self.champion_unusable else details
 
     def to_dict(self) -> dict:
         """JSON-ready, and DVC-metrics-ready: numbers and booleans per criterion, the sentences
@@ -106,6 +111,7 @@ class Decision:
             "explanations": [criterion.detail for criterion in self.criteria],
             "challenger_accuracy": self.challenger_accuracy,
             "champion_accuracy": self.champion_accuracy,
+            "champion_unusable": self.champion_unusable,
         }
 
 
@@ -333,6 +339,24 @@ def gate_challenger(
 
 
 @dataclass(frozen=True)
+class UnusableChampion:
+    """The champion's version when it cannot be loaded or scored (its model file changed or
+    truncated in the artifact store), and why: the gate judges on the floors alone."""
+
+    version: str
+    reason: str
+
+    def detail(self) -> str:
+        """One sentence for a person: what broke, what the gate did, and how to recover."""
+        return (
+            f"champion unusable: version {self.version} cannot be loaded ({self.reason}); the "
+            "challenger is judged on the floors alone. Until a challenger passes, serve a "
+            "version that loads: `pipeline rollback --to <version> --reason ...`, or "
+            f"re-register version {self.version}'s model"
+        )
+
+
+@dataclass(frozen=True)
 class GateOutcome:
     """The gate's decision, and which test images it left out to make it."""
 
@@ -348,10 +372,15 @@ def judge_challenger(
     classes: list[str],
     thresholds: GateThresholds,
     rolled_back_versions: frozenset[str] = frozenset(),
+    unusable_champion: UnusableChampion | None = None,
 ) -> GateOutcome:
     """The whole gate on one test split: leave out the test images either model trained on,
     refuse when too few remain, judge the rest, never re-promote the champion itself, and
-    never promote a model that a rollback took out of service (`rolled_back_versions`)."""
+    never promote a model that a rollback took out of service (`rolled_back_versions`).
+    With `unusable_champion` (and no `champion`) the floors alone judge, and the decision
+    says the champion was unusable and how to recover."""
+    if champion is not None and unusable_champion is not None:
+        raise ValueError("a champion is either scored or unusable, not both")
     overlap = find_test_overlap(
         test_digests,
         challenger.training_manifest,
@@ -369,8 +398,13 @@ def judge_challenger(
         decision = unfair_decision(overlap, float(np.mean(challenger.predictions == y_true)))
     # The challenger has a version when its model file is already registered (looked up on
     # the main line only): the champion itself must not pass as a new challenger.
+    if unusable_champion is not None:
+        decision = replace(decision, champion_unusable=unusable_champion.detail())
     champion_version = champion.version if champion is not None else None
-    if challenger.version is not None and challenger.version == champion_version:
+    if unusable_champion is not None:
+        champion_version = unusable_champion.version
+    # A SQLite store answers versions as numbers, a tracking server as text.
+    if challenger.version is not None and str(challenger.version) == str(champion_version):
         detail = f"version {challenger.version} is already the champion: nothing to promote"
         criterion = Criterion("new_model", False, 0.0, 1.0, detail)
         decision = replace(decision, passed=False, criteria=(*decision.criteria, criterion))

@@ -1,8 +1,10 @@
-"""Which model `pipeline predict` uses: the one asked for (`--model`), else the registry's
-`champion`, else the best strategy's `model.keras` by the evaluate stage's test accuracy.
+"""Which model `pipeline predict` uses: the one asked for (`--model`: a models:/ or runs:/
+URI, a path, or a strategy's name for its folder under models/), else the registry's
+`champion`, or an error saying why there is none. Nothing is substituted silently: a local
+strategy's model answers only when `--model <strategy>` names it.
 
 A models:/ or runs:/ URI is resolved through the project's tracking store; a store that is
-absent or does not answer is named, or (while looking for a champion) passed over.
+absent or does not answer is named.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import PipelineError, TrackingUnavailable
-from pipeline.store import MODEL_FILE, read_json
+from pipeline.errors import PipelineError, RegistryError, TrackingUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +24,12 @@ MODEL_URI_PREFIXES: tuple[str, ...] = ("models:/", "runs:/")
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """Where the model comes from (a models:/ or runs:/ URI, or a path) and why it was chosen."""
+    """Where the model comes from (a models:/ or runs:/ URI, or a path), why it was chosen, and
+    how answers name it (empty: the loaded model's own name)."""
 
     source: str
     reason: str
+    name: str = ""
 
 
 def is_model_uri(source: str) -> bool:
@@ -60,78 +63,63 @@ def use_tracking_store(store_uri: str, source: str) -> None:
     mlflow.set_tracking_uri(store_uri)
 
 
-def find_champion(store_uri: str, registered_name: str) -> str | None:
-    """`models:/<registered_name>@champion` when the tracking store at `store_uri` has that
-    alias, else None. A store that is absent or does not answer is reported (a warning) and
-    passed over, so predict falls back to the project's own models."""
-    # A SQLite file that does not exist holds no registry: nothing to create, nothing to warn.
-    if _missing_sqlite_store(store_uri) is not None:
-        return None
-    try:
-        use_tracking_store(store_uri, f"models:/{registered_name}@champion")
-    except TrackingUnavailable as error:
-        logger.warning("%s Looking for a local model instead.", error)
-        return None
+def find_champion(store_uri: str, registered_name: str) -> str:
+    """`models:/<registered_name>/<version>` of the version `champion` points at in the
+    tracking store at `store_uri`. Raises TrackingUnavailable (no store, or it does not
+    answer) or RegistryError (no version registered, no champion alias), saying why."""
+    use_tracking_store(store_uri, f"models:/{registered_name}@champion")
     from mlflow.exceptions import MlflowException
 
-    from pipeline.registry import CHAMPION, champion_version
+    from pipeline.registry import CHAMPION, champion_version, registered_versions
 
     try:
         version = champion_version(registered_name)
+        versions = registered_versions(registered_name) if version is None else []
     except MlflowException as error:
-        logger.warning(
-            "cannot read the champion of %s from %s (%s); looking for a local model instead",
-            registered_name,
-            store_uri,
-            str(error).splitlines()[0],
+        raise TrackingUnavailable(
+            f"cannot read the champion of {registered_name} from {store_uri}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
+        ) from None
+    if version is None and not versions:
+        raise RegistryError(
+            f"the registry at {store_uri} holds no version of {registered_name}: nothing has "
+            "passed the promotion gate yet (run `dvc repro` or `pipeline retrain`)"
         )
-        return None
     if version is None:
-        return None
+        raise RegistryError(
+            f"{registered_name} has version(s) {', '.join(versions)} but no `{CHAMPION}` "
+            "alias: no version has passed the promotion gate (run `pipeline retrain`), or set "
+            "the alias in MLflow"
+        )
     logger.info("%s@%s is version %s", registered_name, CHAMPION, version.version)
-    return f"models:/{registered_name}@{CHAMPION}"
+    return f"models:/{registered_name}/{version.version}"
 
 
-def best_local_model(metrics_file: Path, models_dir: Path) -> Path | None:
-    """models/<strategy>/model.keras of the strategy with the highest test accuracy in
-    `metrics_file` (the promote stage's choice, ties to the first strategy); None when nothing
-    has been evaluated."""
-    from pipeline.config import STRATEGY_NAMES
-    from pipeline.evaluation.promotion import choose_strategy
-
-    if not metrics_file.is_file():
-        return None
-    metrics = read_json(metrics_file)
-    available = [
-        name
-        for name in STRATEGY_NAMES
-        if (models_dir / name / MODEL_FILE).is_file()
-        and isinstance(metrics.get(name), dict)
-        and "test_accuracy" in metrics[name]
-    ]
-    if not available:
-        return None
-    return models_dir / choose_strategy(metrics, available, "best", metrics_file) / MODEL_FILE
+STRATEGY_HINT = (
+    "pass --model <strategy> (scratch, feature_extraction or fine_tune: models/<strategy>) to "
+    "predict with a local model, or --model models:/<name>/<version>"
+)
 
 
 def choose_model(
     requested: str | None,
-    champion: Callable[[], str | None],
-    metrics_file: Path,
+    champion: Callable[[], str],
     models_dir: Path,
+    models_label: str = "models",
 ) -> ModelChoice:
-    """`requested` when given; else the registry's champion (`champion()` looks it up); else the
-    best evaluated strategy's model.keras. Raises PipelineError when there is none of them."""
+    """`requested` when given (a strategy's name means its folder under `models_dir`, named
+    `models_label`/<strategy> in answers); else the registry's champion (`champion()` finds
+    it or raises saying why). The error then also says how to choose a local model."""
+    from pipeline.config import STRATEGY_NAMES
+
+    if requested in STRATEGY_NAMES:
+        return ModelChoice(
+            str(models_dir / requested), f"--model {requested}", f"{models_label}/{requested}"
+        )
     if requested:
         return ModelChoice(requested, "--model")
-    uri = champion()
-    if uri is not None:
-        return ModelChoice(uri, "the registry's champion")
-    best = best_local_model(metrics_file, models_dir)
-    if best is not None:
-        return ModelChoice(str(best), f"the best strategy by test_accuracy in {metrics_file}")
-    raise PipelineError(
-        f"no model to predict with: no champion in the registry, and {metrics_file} names no "
-        f"evaluated model under {models_dir}. Run `dvc repro`, or pass --model "
-        "(models:/<name>@<alias>, models:/<name>/<version> or path/to/model.keras)"
-    )
+    try:
+        uri = champion()
+    except PipelineError as error:
+        raise type(error)(f"no champion to predict with: {error}. Or {STRATEGY_HINT}") from None
+    return ModelChoice(uri, "the registry's champion", uri)

@@ -2,8 +2,10 @@
 
 A .keras file (or a strategy's folder holding model.keras) takes its class names from the
 classes.json that training writes beside it (`pipeline.store.CLASSES_FILE`). An MLflow model
-(a models:/ or runs:/ URI, or an MLflow model folder) loads through mlflow.pyfunc, as a
-service loads it; the registered classifier names its classes in its answer's columns.
+(a models:/ or runs:/ URI) loads through mlflow.pyfunc, as a service loads it; the registered
+classifier names its classes in its answer's columns. A registered version's model file is
+checked against the SHA-256 it was registered with before it loads. A local MLflow model
+folder holds Python code that loading runs: it loads only with `trust_code`.
 """
 
 from __future__ import annotations
@@ -67,10 +69,18 @@ def record_answers(classifier: Classifier, recorder) -> Classifier:
     return replace(classifier, predict_batch=predict_batch)
 
 
-def load_classifier(source: str) -> Classifier:
-    """Load `source`: a models:/ or runs:/ URI or an MLflow model folder (through
-    mlflow.pyfunc, as a service loads it), or a .keras file (or a strategy's folder holding
-    model.keras). Raises ModelError naming the source when it cannot be loaded."""
+TRUST_CODE_HINT = (
+    "predict with the registered model (models:/<name>@champion or models:/<name>/<version>), "
+    "a training run's model (runs:/<run id>/model), a .keras file or models/<strategy>; or, if "
+    "you trust the code in this folder, pass --trust-code"
+)
+
+
+def load_classifier(source: str, trust_code: bool = False) -> Classifier:
+    """Load `source`: a models:/ or runs:/ URI (through mlflow.pyfunc, as a service loads it;
+    a registered version only once its model file matches its registered SHA-256), a .keras
+    file or a strategy's folder holding model.keras, or (with `trust_code` only) a local
+    MLflow model folder. Raises ModelError naming the source when it cannot be loaded."""
     path = Path(source)
     if not is_model_uri(source):
         if not path.exists():
@@ -82,9 +92,69 @@ def load_classifier(source: str) -> Classifier:
             path = path / MODEL_FILE
         elif path.is_dir() and not (path / "MLmodel").is_file():
             raise ModelError(f"model folder {source} holds neither {MODEL_FILE} nor an MLmodel")
+        elif path.is_dir() and not trust_code:
+            # Loading a pyfunc folder imports and runs its python_model and code paths: from
+            # the registry or a run they are the pipeline's own, from a folder anyone's.
+            raise ModelError(
+                f"{source} is an MLflow model folder: loading it runs the Python code it holds "
+                f"(its python_model, loader module and code paths), which could be anything. "
+                f"{TRUST_CODE_HINT}"
+            )
+    if is_model_uri(source):
+        registered = registered_version(source)
+        if registered is not None:
+            return _load_registered(*registered)
     if is_model_uri(source) or path.is_dir():
         return _load_pyfunc(source)
     return _load_keras(path)
+
+
+def registered_version(source: str) -> tuple[str, str] | None:
+    """(name, version) of a models:/<name>/<version> or models:/<name>@<alias> URI (the alias
+    resolved now, through the tracking store MLflow points at); None for the URIs that name
+    no registered version: runs:/ and a logged model's models:/<model id>."""
+    if not source.startswith("models:/"):
+        return None
+    path = source.removeprefix("models:/").strip("/")
+    if "/" in path:
+        name, suffix = path.split("/", 1)
+        if suffix.isdigit():
+            return name, suffix
+        raise ModelError(
+            f"model {source}: name a version (models:/{name}/<version>) or an alias "
+            f"(models:/{name}@champion); stages and `latest` are not checked against the "
+            "registry's record of the model file"
+        )
+    if "@" not in path:
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, alias = path.rsplit("@", 1)
+    try:
+        found = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        raise ModelError(f"cannot load the model {source}: {_first_line(error)}") from None
+    return name, str(found.version)
+
+
+def _load_registered(name: str, version: str) -> Classifier:
+    """Version `version` of `name`, its model file checked before it loads; named
+    models:/<name>/<version> in the answers."""
+    import tempfile
+
+    from pipeline.serving.verification import load_verified_version
+
+    source = f"models:/{name}/{version}"
+    # The loaded model holds what it needs in memory: the downloaded files can go.
+    with tempfile.TemporaryDirectory(prefix="pipeline-predict-") as scratch:
+        try:
+            model = load_verified_version(name, version, Path(scratch))
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MLflow, the store and the flavor raise their own
+            raise ModelError(f"cannot load the model {source}: {_first_line(exc)}") from None
+    return _pyfunc_classifier(model, source)
 
 
 def read_class_names(folder: Path, model: str) -> list[str]:
@@ -165,6 +235,17 @@ def _training_run_classes(source: str) -> Path | None:
 
 def _load_pyfunc(source: str) -> Classifier:
     import mlflow
+
+    try:
+        model = mlflow.pyfunc.load_model(source)
+    except Exception as exc:  # noqa: BLE001 - MLflow, the store and the flavor raise their own
+        raise ModelError(f"cannot load the model {source}: {_first_line(exc)}") from None
+    return _pyfunc_classifier(model, source)
+
+
+def _pyfunc_classifier(model, source: str) -> Classifier:
+    """A loaded pyfunc model as predict needs it: the served classifier, or a bare Keras
+    flavor whose class names its run (or a local folder) holds."""
     import pandas as pd
 
     from pipeline.serving.model import (
@@ -174,10 +255,6 @@ def _load_pyfunc(source: str) -> Classifier:
         served_input,
     )
 
-    try:
-        model = mlflow.pyfunc.load_model(source)
-    except Exception as exc:  # noqa: BLE001 - MLflow, the store and the flavor raise their own
-        raise ModelError(f"cannot load the model {source}: {_first_line(exc)}") from None
     image_shape = _pyfunc_image_shape(model, source)
     schema = model.metadata.get_input_schema()
     # One black image: the served classifier names its classes in its answer's columns.

@@ -48,6 +48,9 @@ class CycleRecord:
     steps: list[StepOutcome] = field(default_factory=list)
     data: dict = field(default_factory=dict)
     decision: dict | None = None
+    champion_unusable: str | None = None
+    """Why the champion could not be loaded when the gate ran, and how to recover (the gate
+    then judged the challenger on the floors alone)."""
     mlflow_run_id: str | None = None
     strategy_runs: dict[str, str] = field(default_factory=dict)
     params_uncommitted: dict[str, str] = field(default_factory=dict)
@@ -146,6 +149,8 @@ class Cycle:
             tags["promotion.passed"] = str(record.decision["passed"]).lower()
             tags["promotion.challenger_version"] = str(record.decision["challenger"]["version"])
             tags["promotion.run_id"] = str(record.decision["challenger"]["run_id"])
+        if record.champion_unusable:
+            tags["promotion.champion_unusable"] = record.champion_unusable[:1000]
         seconds = {step.name: step.seconds for step in record.steps}
         close_cycle_run(self.recorder, record.to_dict(), tags, seconds, status)
 

@@ -27,7 +27,7 @@ from pipeline.monitoring.records import (
     PROBABILITY,
     TIME,
 )
-from pipeline.store import atomic_write
+from pipeline.store import atomic_write, spreadsheet_safe
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,9 @@ def write_review_queue(
     csv_path = folder / QUEUE_FILE
     # Bytes, encoded here: class names need not be ASCII, whatever the locale's encoding.
     with atomic_write(csv_path, "wb") as stream:
-        queue.loc[:, list(QUEUE_COLUMNS)].to_csv(stream, index=False, encoding="utf-8")
+        # Every cell spreadsheet-safe: a file or class named `=HYPERLINK(...)` stays text.
+        cells = queue.loc[:, list(QUEUE_COLUMNS)].map(spreadsheet_safe)
+        cells.to_csv(stream, index=False, encoding="utf-8")
 
     cards = []
     with_files = 0

@@ -215,6 +215,9 @@ def _promote(cycle: Cycle, decision_file: Path) -> str:
         cycle.run_dvc("repro", "--force", "--single-item", "promote", env=env)
     record.decision = read_json(decision_file)
     record.outcome = "promoted" if record.decision["passed"] else "rejected"
+    # A champion that could not be loaded: the gate judged on the floors alone and says how
+    # to recover; the cycle's record says so at its top level too.
+    record.champion_unusable = record.decision.get("champion_unusable")
     challenger = record.decision["challenger"]
     # With no champion yet there is none to keep: the challenger is only rejected.
     kept = "champion kept" if record.decision.get("champion") else "rejected, no champion yet"
@@ -223,6 +226,8 @@ def _promote(cycle: Cycle, decision_file: Path) -> str:
         if record.decision["passed"]
         else f"{kept}: " + "; ".join(record.decision.get("reasons", []))
     )
+    if record.decision["passed"] and record.champion_unusable:
+        verdict += f" ({record.champion_unusable})"
     return f"{record.decision['strategy']} {verdict}"
 
 

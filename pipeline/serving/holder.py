@@ -6,6 +6,8 @@ version beside the one serving, warms it up (the first predictions trace Keras' 
 only then swaps it in with one assignment. A request reads `current` once, so it finishes on the
 version it started with. A version that fails to load or warm up is never swapped in: the old
 one keeps serving, the reason is logged, and the holder tries again when the alias next moves.
+A version whose model file no longer matches the SHA-256 it was registered with is such a
+failure (pipeline.serving.verification): it never serves, and /status says why.
 A registry that cannot be reached changes nothing but a warning: the holder keeps serving what
 it has and asks again at the next poll.
 """
@@ -320,9 +322,12 @@ def _python_model(model: Any) -> Any:
 
 
 def _load_pyfunc(uri: str, folder: Path) -> Any:
-    import mlflow
+    """models:/<name>/<version>, downloaded into `folder` and loaded only once its model file
+    matches the SHA-256 it was registered with (a mismatch fails like any failed load)."""
+    from pipeline.serving.verification import load_verified_version
 
-    return mlflow.pyfunc.load_model(uri, suppress_warnings=True, dst_path=str(folder))
+    name, version = uri.removeprefix("models:/").rsplit("/", 1)
+    return load_verified_version(name, version, folder)
 
 
 def _first_line(error: BaseException) -> str:

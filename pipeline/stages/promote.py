@@ -72,6 +72,7 @@ def main(argv: Sequence[str]) -> None:
         source_run_id=RunRecord.read(by_name[strategy]).run_id,
         prepared=args.prepared,
         resize=config.data.resize,
+        max_pixels=config.data.max_pixels,
         thresholds=GateThresholds(
             min_accuracy=config.promote.min_accuracy,
             min_improvement=config.promote.min_improvement,
@@ -87,18 +88,23 @@ def main(argv: Sequence[str]) -> None:
 
 
 def decision_line(record: dict) -> str:
-    """The stage's result line: the challenger, the verdict and where `champion` points."""
+    """The stage's result line: the challenger, the verdict and where `champion` points (and,
+    when the champion could not be loaded, that and how to recover)."""
     accuracy = record["challenger"].get("test_accuracy")
     who = record["strategy"] + (f" (test accuracy {accuracy:.4f})" if accuracy is not None else "")
     verdict = "passed" if record["passed"] else "failed"
     if not record["registered"]:
-        return (
+        line = (
             f"{who}: gate {verdict}; nothing registered (DVC experiment {record['dvc_experiment']})"
         )
-    champion = record.get("champion_after")
-    return f"{who} is version {record['challenger']['version']}: gate {verdict}; champion is " + (
-        f"version {champion}" if champion is not None else "not set"
-    )
+    else:
+        champion = record.get("champion_after")
+        line = (
+            f"{who} is version {record['challenger']['version']}: gate {verdict}; champion is "
+            + (f"version {champion}" if champion is not None else "not set")
+        )
+    unusable = record.get("champion_unusable")
+    return f"{line}. {unusable}" if unusable else line
 
 
 def gate_summary(record: dict) -> dict:

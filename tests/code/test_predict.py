@@ -23,7 +23,7 @@ from PIL import Image
 from pipeline import cli
 from pipeline.datasets.images import decode_image
 from pipeline.errors import ModelError, PipelineError, TrackingUnavailable
-from pipeline.prediction.choice import ModelChoice, best_local_model, choose_model
+from pipeline.prediction.choice import ModelChoice, choose_model
 from pipeline.prediction.classifier import load_classifier
 from pipeline.prediction.files import find_images, read_images
 from pipeline.prediction.results import prediction_header
@@ -328,7 +328,7 @@ def test_photos_are_decoded_as_at_split_and_sigmoid_answers_in_two_classes(
         str(tmp_path),
     )
 
-    assert list(rows[0]) == ["path", "predicted_class", "probability", "error"]
+    assert list(rows[0]) == ["path", "predicted_class", "probability", "error", "model"]
     files = sorted(photos.iterdir())
     arrays = np.stack([decode_image(path, 16, resize) for path in files])
     dog = two_class_model.model.predict(arrays, verbose=0)[:, 0]
@@ -338,34 +338,24 @@ def test_photos_are_decoded_as_at_split_and_sigmoid_answers_in_two_classes(
         assert float(row["probability"]) == pytest.approx(max(p_dog, 1 - p_dog), abs=1e-5)
 
 
-def test_choice_order_is_model_then_champion_then_best_strategy(tmp_path) -> None:
-    metrics_file = tmp_path / "reports" / "metrics.json"
+def test_choice_order_is_model_then_champion_and_never_a_local_substitute(tmp_path) -> None:
+    """A local strategy's model answers only when --model names it: without --model it is the
+    champion or an error (tests/code/test_model_checks.py runs the CLI's cases)."""
     models = tmp_path / "models"
     for strategy in ("scratch", "feature_extraction", "fine_tune"):
         (models / strategy).mkdir(parents=True)
         (models / strategy / "model.keras").write_bytes(b"")
-    metrics_file.parent.mkdir()
-    metrics_file.write_text(
-        json.dumps(
-            {
-                "scratch": {"test_accuracy": 0.90},
-                "feature_extraction": {"test_accuracy": 0.95},
-                "fine_tune": {"test_accuracy": 0.95},  # a tie goes to the first strategy
-            }
-        )
-    )
-    champion = "models:/digits-classifier@champion"
-    assert choose_model("m.keras", lambda: champion, metrics_file, models) == ModelChoice(
-        "m.keras", "--model"
-    )
-    assert choose_model(None, lambda: champion, metrics_file, models).source == champion
-    best = choose_model(None, lambda: None, metrics_file, models)
-    assert best.source == str(models / "feature_extraction" / "model.keras")
-    (models / "feature_extraction" / "model.keras").unlink()
-    assert best_local_model(metrics_file, models) == models / "fine_tune" / "model.keras"
-    metrics_file.unlink()
-    with pytest.raises(PipelineError, match="no model to predict with.*--model"):
-        choose_model(None, lambda: None, metrics_file, models)
+    champion = "models:/digits-classifier/4"
+
+    def no_champion() -> str:
+        raise TrackingUnavailable("the tracking server at http://x does not answer")
+
+    assert choose_model("m.keras", lambda: champion, models) == ModelChoice("m.keras", "--model")
+    assert choose_model(None, lambda: champion, models).source == champion
+    named = choose_model("scratch", no_champion, models)
+    assert named == ModelChoice(str(models / "scratch"), "--model scratch", "models/scratch")
+    with pytest.raises(TrackingUnavailable, match="no champion to predict with.*--model <strat"):
+        choose_model(None, no_champion, models)
 
 
 @pytest.fixture
@@ -406,8 +396,10 @@ def test_the_registry_champion_is_used_by_default(
     caplog.set_level(logging.INFO, logger="pipeline")
     # No --model, and a project without models/ or metrics: the champion it must be.
     rows = _run_predict(capsys, str(digits.images), "--root", str(tmp_path))
-    assert "models:/digits-classifier@champion (the registry's champion)" in caplog.text
+    champion = f"models:/digits-classifier/{version.version}"
+    assert f"{champion} (the registry's champion)" in caplog.text
     _check_digit_rows(rows, digits)
+    assert {row["model"] for row in rows} == {champion}
 
 
 def test_predict_log_records_each_answer_as_the_server_does(

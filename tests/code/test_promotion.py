@@ -16,6 +16,7 @@ from pipeline.errors import ConfigError, RegistryError
 from pipeline.evaluation.promotion import (
     GateThresholds,
     ScoredVersion,
+    UnusableChampion,
     choose_strategy,
     decide_promotion,
     gate_challenger,
@@ -437,3 +438,66 @@ def test_without_rolled_back_versions_the_gate_passes_the_same_challenger() -> N
     outcome = judge_challenger(y, _digests(len(y)), challenger, champion, CLASSES, THRESHOLDS)
     assert outcome.decision.passed
     assert "not_rolled_back" not in [criterion.name for criterion in outcome.decision.criteria]
+
+
+UNUSABLE = UnusableChampion(
+    "2", "version 2 of 'x': model.keras has SHA-256 ab..., registered cd..."
+)
+
+
+@pytest.mark.parametrize("accurate", [True, False], ids=["floors-reached", "floor-missed"])
+def test_an_unusable_champion_leaves_the_floors_alone_to_judge(accurate: bool) -> None:
+    """A champion that cannot be loaded does not stop the gate: the challenger is judged on
+    the floors, and the decision says the champion was unusable and how to roll back."""
+    y = _labels()
+    predictions = _with_errors(y, range(0, 10) if accurate else range(0, 150))
+    outcome = judge_challenger(
+        y,
+        _digests(len(y)),
+        _scored(predictions),
+        None,
+        CLASSES,
+        THRESHOLDS,
+        unusable_champion=UNUSABLE,
+    )
+    decision = outcome.decision
+    assert [criterion.name for criterion in decision.criteria] == ALL_CRITERIA[:2]
+    assert decision.passed is accurate
+    assert decision.champion_accuracy is None
+    assert decision.champion_unusable.startswith(
+        "champion unusable: version 2 cannot be loaded (version 2 of 'x': model.keras has"
+    )
+    assert "pipeline rollback --to <version>" in decision.champion_unusable
+    assert decision.reasons()[0] == decision.champion_unusable
+    record = decision.to_dict()
+    assert record["champion_unusable"] == decision.champion_unusable
+    json.dumps(record)
+
+
+@pytest.mark.parametrize("version", ["2", 2], ids=["text", "number"])
+def test_the_unusable_champions_own_model_is_not_promoted_as_new(version) -> None:
+    y = _labels()
+    outcome = judge_challenger(
+        y,
+        _digests(len(y)),
+        _scored(y.copy(), version=version),
+        None,
+        CLASSES,
+        THRESHOLDS,
+        unusable_champion=UNUSABLE,
+    )
+    assert _failed(outcome.decision) == ["new_model"]
+
+
+def test_a_champion_is_either_scored_or_unusable() -> None:
+    y = _labels()
+    with pytest.raises(ValueError, match="either scored or unusable"):
+        judge_challenger(
+            y,
+            _digests(len(y)),
+            _scored(y.copy()),
+            _scored(y.copy(), version="2"),
+            CLASSES,
+            THRESHOLDS,
+            unusable_champion=UNUSABLE,
+        )

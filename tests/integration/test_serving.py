@@ -111,6 +111,8 @@ def test_files_are_answered_as_pipeline_predict_answers_them(served) -> None:
         assert answer["probability"] == pytest.approx(float(row["probability"]), abs=2e-6)
         assert sum(answer[name] for name in CLASSES) == pytest.approx(1.0, abs=1e-5)
         assert answer["model_name"] == NAME and answer["model_version"] == "1"
+        # The alias is resolved: the CSV names the version that answered.
+        assert row["model"] == f"models:/{NAME}/1"
         assert "champion" in answer["model_alias"].split(",")
         assert answer["error"] is None
     # The same pixels as raw arrays (decoded here as the split decodes them) get the same

@@ -1,0 +1,113 @@
+"""Registered versions, checked before they load: the one place where a version's model file is
+compared with the SHA-256 recorded at registration (its MODEL_SHA_TAG).
+
+Every loader of a registered version goes through `load_verified_version`: the promotion gate
+(the champion), `pipeline predict` and `pipeline serve`. The version is downloaded, its Keras
+model file hashed, and only then loaded, from the folder that was hashed: a model file changed
+in the artifact store after registration is refused, naming the version, instead of answering
+silently. It lives here, below pipeline.registry, because the server's holder needs it and
+pipeline.registry imports this package.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ModelError, RegistryError
+from pipeline.serving.model import KERAS_MODEL_ARTIFACT
+from pipeline.store import sha256_of
+
+logger = logging.getLogger(__name__)
+
+MODEL_SHA_TAG = "model_sha256"
+"""On every version: the SHA-256 of its Keras model file. The same model is one version."""
+
+
+def verified_model_path(name: str, version: str, destination: Path) -> Path:
+    """Download version `version` of `name` into `destination` and check that its Keras model
+    file hashes to the version's MODEL_SHA_TAG; return the local model folder to load.
+
+    Raises ModelError naming the version, both hashes and the fix on a mismatch (or when the
+    tagged file is missing). A version registered without the tag (before tags existed) is
+    loaded with a warning: there is nothing to compare it with."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    version = str(version)
+    try:
+        registered = mlflow.MlflowClient().get_model_version(name, version)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(destination)
+        )
+    except MlflowException as error:
+        raise RegistryError(
+            f"version {version} of {name!r} cannot be read from the registry: {_first_line(error)}"
+        ) from None
+    folder = Path(local)
+    expected = registered.tags.get(MODEL_SHA_TAG)
+    if not expected:
+        logger.warning(
+            "version %s of %r was registered without a %s tag: its model file cannot be "
+            "checked against what was registered, and is loaded unchecked",
+            version,
+            name,
+            MODEL_SHA_TAG,
+        )
+        return folder
+    model_file = keras_model_file(folder)
+    if model_file is None or not model_file.is_file():
+        raise ModelError(
+            f"version {version} of {name!r}: its model file is missing from the downloaded "
+            f"artifacts ({folder}), so it cannot be checked against the SHA-256 registered "
+            f"({expected[:16]}...); the artifact store was changed after registration: "
+            "roll back (`pipeline rollback --to <version>`) or re-register"
+        )
+    actual = sha256_of(model_file)
+    if actual != expected:
+        raise ModelError(
+            f"version {version} of {name!r}: {model_file.name} has SHA-256 {actual[:16]}..., "
+            f"registered {expected[:16]}...; the artifact store was changed after "
+            "registration: roll back (`pipeline rollback --to <version>`) or re-register"
+        )
+    return folder
+
+
+def keras_model_file(folder: Path) -> Path | None:
+    """The Keras model file inside a downloaded pyfunc model folder (the served classifier's
+    KERAS_MODEL_ARTIFACT, as its MLmodel lists it), or None when it lists none. A path that
+    leads out of the folder counts as none."""
+    import yaml
+
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    try:
+        description = yaml.safe_load(mlmodel.read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    flavors = description.get("flavors") if isinstance(description, dict) else None
+    pyfunc = (flavors or {}).get("python_function") or {}
+    entry = (pyfunc.get("artifacts") or {}).get(KERAS_MODEL_ARTIFACT) or {}
+    relative = entry.get("path") if isinstance(entry, dict) else None
+    if not isinstance(relative, str):
+        return None
+    path = (folder / relative).resolve()
+    return path if path.is_relative_to(folder.resolve()) else None
+
+
+def load_verified_version(name: str, version: str, destination: Path) -> Any:
+    """Version `version` of `name` as an mlflow.pyfunc model, loaded from `destination` once
+    `verified_model_path` has checked its model file there."""
+    import mlflow
+
+    folder = verified_model_path(name, version, destination)
+    # Without suppress_warnings MLflow maps every installed distribution to its modules to
+    # compare them with the version's requirements (about 1.7 s).
+    return mlflow.pyfunc.load_model(str(folder), suppress_warnings=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:500] if text else type(error).__name__
