@@ -33,6 +33,9 @@ class StageWiring:
     path_deps: frozenset[str]
     outs: frozenset[str]
     reads_params: bool
+    persisted_outs: frozenset[str] = frozenset()
+    """The outs marked `persist: true`: DVC leaves them in place while the stage runs, so a
+    stage that fails (and writes them atomically) leaves them as they were."""
 
     @property
     def path_arguments(self) -> tuple[str, ...]:
@@ -92,6 +95,9 @@ def load_stages(root: Path) -> list[StageWiring]:
                     ),
                     outs=frozenset(str(out.def_path) for out in stage.outs),
                     reads_params=bool(stage.params),
+                    persisted_outs=frozenset(
+                        str(out.def_path) for out in stage.outs if out.persist
+                    ),
                 )
             )
     return result

@@ -4,13 +4,20 @@ show` prints a row per strategy), comparison.csv and significance.csv (pairwise 
 tests), from each strategy's report folder; and one MLflow run of its own for this execution,
 tagged with the strategy runs it compared. The strategy runs themselves are never written to:
 they belong to the execution that trained them.
+
+Every out is staged and replaces the previous one only once the comparison and its MLflow run
+are done (DVC persists them), so a comparison that fails leaves the last one whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-from collections.abc import Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pipeline.config import STRATEGY_NAMES, load_config
@@ -52,6 +59,27 @@ def write_strategy_metrics(folder: Path, metrics: dict) -> None:
             write_json(staging / f"{strategy}.json", row)
 
 
+@contextlib.contextmanager
+def staged_files(*targets: Path) -> Iterator[list[Path]]:
+    """Yield, for each target file, a path of the same name in a staging folder beside it; the
+    staged files replace the targets when the block succeeds, and are dropped, leaving the
+    targets as they were, when it fails. Same names: what is logged from them to MLflow is
+    named as the outs are."""
+    folders: list[Path] = []
+    try:
+        staged = []
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folders.append(Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.")))
+            staged.append(folders[-1] / target.name)
+        yield staged
+        for path, target in zip(staged, targets, strict=True):
+            os.replace(path, target)
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--prepared", type=Path, required=True, help="the prepared-data folder")
@@ -88,12 +116,7 @@ def main(argv: Sequence[str]) -> None:
     test = open_split(args.prepared, "test")
     strategies = [read_evaluated_strategy(folder, list(test.classes)) for folder in args.evaluation]
     comparison, significance = compare_strategies(strategies, test.y, config.evaluate.alpha)
-    args.comparison.parent.mkdir(parents=True, exist_ok=True)
-    comparison.to_csv(args.comparison)
-    significance.to_csv(args.significance, index=False)
     metrics = metrics_by_strategy(strategies)
-    write_json(args.metrics, metrics)
-    write_strategy_metrics(args.strategy_metrics, metrics)
     for row in significance.itertuples(index=False):
         verdict = f"{row.better} is better" if row.significant else "no significant difference"
         logger.debug("%s vs %s: p=%.4g, %s", row.model_a, row.model_b, row.p_value, verdict)
@@ -102,19 +125,26 @@ def main(argv: Sequence[str]) -> None:
     from pipeline.tracking.runs import configure_tracking
 
     compared = {strategy.name: str(strategy.record.get("run_id")) for strategy in strategies}
-    experiment_id = configure_tracking(Path.cwd(), config.mlflow.experiment_name)
-    recorder = log_comparison(
-        experiment_id,
-        f"{config.data.dataset}-comparison",
-        comparison_tags(config.data.dataset, compared, execution_tags(Path.cwd())),
-        metrics,
-        significance_metrics(significance),
-        [args.metrics, args.comparison, args.significance],
-    )
-    write_json(
-        args.run,
-        {"run_id": recorder.run_id, "tracked": not recorder.lost, "compared_runs": compared},
-    )
+    outs = (args.metrics, args.comparison, args.significance, args.run)
+    with staged_files(*outs) as (metrics_file, comparison_file, significance_file, run_file):
+        comparison.to_csv(comparison_file)
+        significance.to_csv(significance_file, index=False)
+        write_json(metrics_file, metrics)
+        experiment_id = configure_tracking(Path.cwd(), config.mlflow.experiment_name)
+        recorder = log_comparison(
+            experiment_id,
+            f"{config.data.dataset}-comparison",
+            comparison_tags(config.data.dataset, compared, execution_tags(Path.cwd())),
+            metrics,
+            significance_metrics(significance),
+            [metrics_file, comparison_file, significance_file],
+        )
+        write_json(
+            run_file,
+            {"run_id": recorder.run_id, "tracked": not recorder.lost, "compared_runs": compared},
+        )
+        # Last: the folder is swapped in at once, and the staged files right after it.
+        write_strategy_metrics(args.strategy_metrics, metrics)
     accuracies = ", ".join(
         f"{name} {values['test_accuracy']:.4f}" for name, values in metrics.items()
     )

@@ -2,7 +2,9 @@
 
 Remote files go through the shared download cache ($PIPELINE_DATA_CACHE); archives are
 extracted safely. For `image_folder`, the user's folder is snapshot-copied instead, so DVC
-versions exactly the images a model was trained on.
+versions exactly the images a model was trained on (links that lead outside it only with
+`data.follow_links`). Either way the raw folder is swapped in whole once complete (DVC persists
+it), so a download that fails leaves the previous one as it was.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ def main(argv: Sequence[str]) -> None:
     config = load_config().data
     log_start(f"{config.dataset} into {args.out}")
     if config.dataset == "image_folder":
-        scan = snapshot_image_folder(Path(config.image_folder), args.out)
+        scan = snapshot_image_folder(
+            Path(config.image_folder), args.out, follow_links=config.follow_links
+        )
         counts = ", ".join(f"{name}: {len(files)}" for name, files in scan.files.items())
         if scan.ignored:
             logger.warning(

@@ -8,6 +8,9 @@ model); a finished run that already holds an evaluation is never written to agai
 re-evaluation of the same model (other `evaluate.*` params, say) gets a run of its own, tagged
 with the run it evaluates. A run that lost the tracking server (run.json says `tracked: false`)
 is evaluated as usual; `pipeline sync-mlflow` logs it later.
+
+The report folder is written into a staging folder that replaces it whole once the evaluation
+is written and logged (DVC persists it), so an evaluation that fails leaves the previous one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pipeline.config import STRATEGY_NAMES, AugmentationConfig, load_config
 from pipeline.entry import run_entry
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.layout import EVALUATION_JSON
-from pipeline.store import open_split, write_json
+from pipeline.store import atomic_directory, open_split, write_json
 from pipeline.tracking.context import execution_tags
 from pipeline.tracking.record import RunRecord
 
@@ -76,32 +79,34 @@ def main(argv: Sequence[str]) -> None:
             )
         }
     )
-    try:
-        evaluation = evaluate_strategy(
-            strategy,
-            args.model,
-            args.out,
-            test,
-            options,
-            phase_boundary=run.phase_boundaries[0] if run.phase_boundaries else None,
-            augmentation=AugmentationConfig(**run.augmentation) if run.augmentation else None,
-            training_seconds=run.training_seconds,
-            train_image=train_image,
-            backbone_layers=backbone.pattern_layers if backbone else (),
-            # Outside every DVC out (see pipeline/explain/cache.py): a model evaluated before,
-            # with the same weights and params, reuses its filter patterns.
-            cache=explanation_cache(Path.cwd()),
+    # Every file goes into `staging`, which replaces args.out only when all are written.
+    with atomic_directory(args.out) as staging:
+        try:
+            evaluation = evaluate_strategy(
+                strategy,
+                args.model,
+                staging,
+                test,
+                options,
+                phase_boundary=run.phase_boundaries[0] if run.phase_boundaries else None,
+                augmentation=AugmentationConfig(**run.augmentation) if run.augmentation else None,
+                training_seconds=run.training_seconds,
+                train_image=train_image,
+                backbone_layers=backbone.pattern_layers if backbone else (),
+                # Outside every DVC out (see pipeline/explain/cache.py): a model evaluated
+                # before, with the same weights and params, reuses its filter patterns.
+                cache=explanation_cache(Path.cwd()),
+            )
+        finally:
+            test.close()
+        logger.info("%s: %s", strategy, evaluation["metrics"])
+        record_evaluation(
+            run,
+            evaluation,
+            staging,
+            experiment_id,
+            tags={"dataset": config.data.dataset, **execution_tags(Path.cwd())},
         )
-    finally:
-        test.close()
-    logger.info("%s: %s", strategy, evaluation["metrics"])
-    record_evaluation(
-        run,
-        evaluation,
-        args.out,
-        experiment_id,
-        tags={"dataset": config.data.dataset, **execution_tags(Path.cwd())},
-    )
 
 
 def read_first_image(prepared: Path, split_name: str) -> np.ndarray | None:

@@ -2,6 +2,8 @@
 
 The extractor (preprocessing + base) is saved beside the features, so `train_feature_extraction`
 assembles its final model from exactly the weights that produced them, random ones included.
+The folder is replaced whole once every file is written (DVC persists it), so a run that fails
+leaves the previous features as they were.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from pipeline.models.backbones import BACKBONES, resolve_weights
 from pipeline.models.features import write_features
 from pipeline.models.heads import build_feature_extractor
 from pipeline.models.weight_kinds import describe_weights
-from pipeline.store import EXTRACTOR_FILE, FEATURES_INFO_FILE, open_splits, write_json
+from pipeline.store import (
+    EXTRACTOR_FILE,
+    FEATURES_INFO_FILE,
+    atomic_directory,
+    open_splits,
+    write_json,
+)
 from pipeline.training.fit import set_global_seed
 
 logger = logging.getLogger("pipeline.stages.features")
@@ -38,24 +46,24 @@ def main(argv: Sequence[str]) -> None:
     set_global_seed(config.train.seed, config.train.deterministic)
     base = backbone.build(config.backbone.image_size, weights.path)
     extractor = build_feature_extractor(splits["train"].image_shape, backbone, base)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
-        shape = write_features(
-            extractor, split, args.out / f"{name}.npy", config.backbone.batch_size
+    with atomic_directory(args.out) as staging:
+        for name, split in splits.items():
+            shape = write_features(
+                extractor, split, staging / f"{name}.npy", config.backbone.batch_size
+            )
+            split.close()
+            logger.info("%s: features %s", name, shape)
+        extractor.save(staging / EXTRACTOR_FILE)
+        write_json(
+            staging / FEATURES_INFO_FILE,
+            {
+                "backbone": backbone.name,
+                "weights": weights.kind,
+                "weights_label": describe_weights(weights.kind),
+                "weights_file": weights.path,
+                "image_size": config.backbone.image_size,
+            },
         )
-        split.close()
-        logger.info("%s: features %s", name, shape)
-    extractor.save(args.out / EXTRACTOR_FILE)
-    write_json(
-        args.out / FEATURES_INFO_FILE,
-        {
-            "backbone": backbone.name,
-            "weights": weights.kind,
-            "weights_label": describe_weights(weights.kind),
-            "weights_file": weights.path,
-            "image_size": config.backbone.image_size,
-        },
-    )
     logger.info(
         "features of %s with weights %s written to %s", backbone.name, weights.kind, args.out
     )

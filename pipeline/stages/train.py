@@ -5,7 +5,9 @@ run.json (the typed run record: the MLflow run id and what is needed to log the 
 the evaluate stage and `pipeline sync-mlflow`).
 
 The tracking server is checked first, before Keras loads: a server that is down stops the
-stage in about a second, with its URI, instead of after minutes of MLflow's retries.
+stage in about a second, with its URI, instead of after minutes of MLflow's retries. The model
+folder is replaced whole, only once training and its record succeeded (DVC persists it), so a
+stage that fails, early or late, leaves the previous model folder as it was.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from pipeline.store import (
     MANIFEST_FILE,
     MODEL_FILE,
     ImageSplit,
+    atomic_directory,
     read_json,
     write_classes,
     write_manifest,
@@ -93,9 +94,11 @@ def train_and_record(
 ) -> RunRecorder | None:
     """Train `strategy`, write its model folder `out`, and log the run to MLflow as it goes.
 
-    A backup after every epoch, under `.pipeline/backup/<strategy>` (outside DVC's outs, which
-    DVC deletes before re-running the stage), lets a crashed run resume where it stopped, in
-    the same MLflow run.
+    `out` is written whole or not at all: the model folder is assembled in a staging folder
+    beside it that replaces it only when the model, its history, its manifest and run.json are
+    all there, so a training that fails leaves the previous model folder byte-identical (DVC
+    persists it: see dvc.yaml). A backup after every epoch, under `.pipeline/backup/<strategy>`
+    (outside DVC's outs), lets a crashed run resume where it stopped, in the same MLflow run.
     """
     set_global_seed(config.train.seed, config.train.deterministic)
     devices = describe_devices()
@@ -142,32 +145,34 @@ def train_and_record(
         context = _context(strategy, config, device_setup, callbacks, backup)
         result = _train(strategy, config, splits, backbone_weights, features_dir, context)
         training_seconds = clock.elapsed()
-        history = write_model_folder(out, result, splits["train"])
-        model_uri = recorder(
-            "model", log_training_outputs, out, result.model, input_example(splits["test"])
-        )
-        if board is not None and board_dir.is_dir():
-            recorder("tensorboard logs", log_tensorboard_logs, board_dir)
-            logger.info("TensorBoard logs in %s (make tensorboard)", board_dir)
-    RunRecord(
-        run_id=recorder.run_id,
-        experiment_id=experiment_id,
-        experiment_name=identity.experiment_name,
-        run_name=identity.run_name,
-        model_uri=model_uri,
-        backbone_weights=tags["backbone_weights"],
-        # False when the server was lost: `pipeline sync-mlflow` logs the run again.
-        tracked=not recorder.lost,
-        tracking_error=recorder.error,
-        tags=tags,
-        params=identity.params,
-        validation_summary=identity.validation_summary,
-        training_seconds=round(training_seconds, 3),
-        phase_boundaries=result.phase_boundaries,
-        augmentation=(
-            context.augmentation.model_dump() if context.augmentation is not None else None
-        ),
-    ).write(out)
+        # Nothing is written into `out` itself until every file of the new folder is.
+        with atomic_directory(out) as staging:
+            history = write_model_folder(staging, result, splits["train"])
+            model_uri = recorder(
+                "model", log_training_outputs, staging, result.model, input_example(splits["test"])
+            )
+            if board is not None and board_dir.is_dir():
+                recorder("tensorboard logs", log_tensorboard_logs, board_dir)
+                logger.info("TensorBoard logs in %s (make tensorboard)", board_dir)
+            RunRecord(
+                run_id=recorder.run_id,
+                experiment_id=experiment_id,
+                experiment_name=identity.experiment_name,
+                run_name=identity.run_name,
+                model_uri=model_uri,
+                backbone_weights=tags["backbone_weights"],
+                # False when the server was lost: `pipeline sync-mlflow` logs the run again.
+                tracked=not recorder.lost,
+                tracking_error=recorder.error,
+                tags=tags,
+                params=identity.params,
+                validation_summary=identity.validation_summary,
+                training_seconds=round(training_seconds, 3),
+                phase_boundaries=result.phase_boundaries,
+                augmentation=(
+                    context.augmentation.model_dump() if context.augmentation is not None else None
+                ),
+            ).write(staging)
     backup.clear()
     logger.info(
         "%s: trained %d epochs, MLflow run %s", strategy.name, len(history), recorder.run_id
@@ -177,7 +182,8 @@ def train_and_record(
 
 def write_model_folder(out: Path, result: TrainingResult, train: ImageSplit) -> pd.DataFrame:
     """The model, its class names, its first kernel as initialised (where it has one), its
-    history, and the manifest of what it trained on; return the history."""
+    history, and the manifest of what it trained on, into the folder `out` (a staging folder:
+    see `train_and_record`); return the history."""
     out.mkdir(parents=True, exist_ok=True)
     result.model.save(out / MODEL_FILE)
     write_classes(out, train.classes)

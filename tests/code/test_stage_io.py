@@ -11,9 +11,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from pipeline.store import sha256_of
 from pipeline.wiring import is_path_under, load_stages
 from tests.project import PROJECT_ROOT, make_project_copy
 
@@ -224,3 +226,82 @@ def test_promoting_the_same_model_again_registers_nothing_new(traced) -> None:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     versions = client.search_model_versions("name = 'digits-classifier'")
     assert [str(version.version) for version in versions] == ["1"]
+
+
+# --- a stage that fails leaves its outs -----------------------------------------------------
+
+
+def test_no_stage_leaves_a_staging_folder_beside_its_outs(traced) -> None:
+    """Outs are built in a staging folder beside them and renamed into place: none is left."""
+    root, _ = traced
+    for stage in load_stages(root):
+        for out in stage.outs:
+            path = root / out
+            left = sorted(p.name for p in path.parent.glob(f".{path.name}.*"))
+            assert not left, f"stage {stage.name} left {left} beside {out}"
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): sha256_of(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_training_that_fails_while_writing_leaves_the_model_folder_as_it_was(
+    tmp_path, monkeypatch
+) -> None:
+    """The model folder is replaced whole, only once every file of it is written: a failure
+    after training (here: writing the manifest) leaves the previous one byte-identical, and no
+    staging folder beside it. DVC persists the folder (dvc.yaml), so it is what stays."""
+    import mlflow
+
+    import pipeline.training.tracked as tracked
+    from pipeline.stages.train import train_strategy
+    from pipeline.training import strategies
+    from tests.code.test_strategies import TOY, project_config, train_toy_run
+
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setitem(strategies.STRATEGIES, TOY.name, TOY)
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        config = project_config()
+        out = train_toy_run(tmp_path, config)
+        before = _hashes(out)
+        assert {"model.keras", "run.json", "training_manifest.txt"} <= set(before)
+
+        def disk_full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(tracked, "write_manifest", disk_full)
+        prepared = tmp_path / "data" / "prepared"
+        gate = tmp_path / "reports" / "validation" / "summary.json"
+        with pytest.raises(OSError, match="No space left"):
+            train_strategy(TOY, config, prepared, gate, None, out, tmp_path)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    assert _hashes(out) == before
+    assert not list(out.parent.glob(f".{out.name}.*"))
+
+
+def test_staged_files_replace_the_outs_only_when_the_block_succeeds(tmp_path) -> None:
+    """compare's outs: all replaced together once the block succeeds; untouched on failure."""
+    from pipeline.stages.compare import staged_files
+
+    first, second = tmp_path / "reports" / "metrics.json", tmp_path / "reports" / "a.csv"
+    first.parent.mkdir()
+    first.write_text("old metrics")
+    second.write_text("old csv")
+    with pytest.raises(RuntimeError), staged_files(first, second) as (one, two):
+        assert (one.name, two.name) == (first.name, second.name)
+        one.write_text("new metrics")
+        raise RuntimeError("the comparison failed")
+    assert (first.read_text(), second.read_text()) == ("old metrics", "old csv")
+    with staged_files(first, second) as (one, two):
+        one.write_text("new metrics")
+        two.write_text("new csv")
+        assert first.read_text() == "old metrics"
+    assert (first.read_text(), second.read_text()) == ("new metrics", "new csv")
+    assert sorted(path.name for path in first.parent.iterdir()) == ["a.csv", "metrics.json"]

@@ -220,6 +220,28 @@ def test_every_joined_path_is_written_once_in_dvc_yaml() -> None:
     assert not literal, f"paths written out instead of taken from vars: {literal}"
 
 
+# Stages whose outs DVC may delete before they run, and why: validate writes its summary and
+# Data Docs on a failed gate too (they say what failed), and promote's decision records are
+# restored from DVC's run cache, which a persisted out would turn off (a re-run may register).
+NOT_PERSISTED = {"validate", "promote"}
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [stage for stage in STAGES if stage.name not in NOT_PERSISTED],
+    ids=[stage.name for stage in STAGES if stage.name not in NOT_PERSISTED],
+)
+def test_a_failing_stage_keeps_its_outs(stage) -> None:
+    """Every other stage's outs are `persist: true`, so DVC does not delete them before the
+    stage runs and a stage that fails (writing atomically) leaves them byte-identical."""
+    assert stage.persisted_outs, f"{stage.name}: the wiring sees no persisted out"
+    deleted = sorted(stage.outs - stage.persisted_outs)
+    assert not deleted, (
+        f"stage {stage.name}: DVC deletes {deleted} before running it, so a failure would lose "
+        "them: mark them `persist: true` in dvc.yaml and write them atomically"
+    )
+
+
 def test_stage_modules_hard_code_no_project_path() -> None:
     """Stages take their paths from their arguments; literals like "data/prepared" in their
     code would be a second, drifting copy of dvc.yaml."""
