@@ -352,7 +352,10 @@ def score_contenders(
     challenger = score_model_file(model_file, images, classes, manifest_file)
     if model_sha256 is not None:
         existing = version_of_model(name, model_sha256)
-        if existing is not None:
+        # A version holding the same file is reused only while its stored copy is intact:
+        # one damaged in the artifact store (an unusable champion among them) would otherwise
+        # stand for the challenger forever, and the gate could never replace it.
+        if existing is not None and _verified_version(name, str(existing.version)):
             challenger = replace(challenger, version=str(existing.version))
     current = champion_version(name)
     if current is None:
@@ -377,6 +380,32 @@ def score_contenders(
             reason,
         )
         return challenger, None, UnusableChampion(str(current.version), reason)
+
+
+def _check_loadable(name: str, version: str) -> None:
+    """Raise RegistryError, naming the version and why, when its model file does not match the
+    SHA-256 it was registered with (or cannot be downloaded)."""
+    from pipeline.errors import ModelError
+    from pipeline.serving.verification import verified_model_path
+
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            verified_model_path(name, version, Path(scratch))
+        except ModelError as error:
+            raise RegistryError(
+                f"version {version} of {name} cannot be served: {error}. Roll back to another "
+                "version (--to), or retrain and promote a new one"
+            ) from None
+
+
+def _verified_version(name: str, version: str) -> bool:
+    """Whether version `version` of `name` downloads and matches its registered SHA-256."""
+    try:
+        _check_loadable(name, version)
+    except RegistryError as error:
+        logger.warning("%s", error)
+        return False
+    return True
 
 
 def _first_line(error: BaseException) -> str:
@@ -485,6 +514,10 @@ def roll_back_champion(name: str, reason: str, user: str, to: str | None = None)
             f"rolled back itself ({why}): pass --to {target} to serve it anyway, or --to "
             "another version"
         )
+    # The version rolled back to must load: a model file changed in the artifact store since
+    # its registration would be refused by `pipeline serve`, which would keep serving the very
+    # version the user is rolling back from.
+    _check_loadable(name, target)
     rollback = Rollback(name, current_version, target, reason, user, _now())
     text = reason[:MAX_TAG_TEXT]
     for key, value in {

@@ -16,9 +16,11 @@ import logging
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.columns import class_name_problems
 from pipeline.datasets.sources import IMAGE_EXTENSIONS, IMAGE_SIGNATURES
 from pipeline.errors import DataError
 from pipeline.store import atomic_directory, atomic_write
@@ -50,6 +52,19 @@ class FolderScan:
     @property
     def class_names(self) -> list[str]:
         return list(self.files)
+
+
+def check_class_names(classes: Sequence[str], folder: Path) -> None:
+    """Raise DataError naming every class subfolder of `folder` whose name no model could
+    answer with (see pipeline.columns): otherwise the whole pipeline would run before the
+    registration refused it."""
+    problems = class_name_problems(classes)
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise DataError(
+            f"image folder {folder} (data.image_folder) has class subfolder names a model "
+            f"cannot answer with; rename these folders:\n{lines}"
+        )
 
 
 def scan_image_folder(root: Path, follow_links: bool = False) -> FolderScan:
@@ -85,6 +100,10 @@ def scan_image_folder(root: Path, follow_links: bool = False) -> FolderScan:
             f"image folder {root} has {len(classes)} class subfolder(s) (found: {found}); "
             f"a classifier needs at least two ({hint})" + _skipped_note(skipped)
         )
+    # Here rather than only in check_params: DVC re-runs check_params when params.yaml changes,
+    # not when a folder named `error` is added, and download, split and every training would
+    # run before the registration refused the name.
+    check_class_names([folder.name for folder in classes], root)
     files: dict[str, list[Path]] = {}
     ignored = 0
     for folder in classes:

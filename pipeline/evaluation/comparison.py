@@ -14,7 +14,7 @@ import pandas as pd
 from pipeline.errors import PipelineError
 from pipeline.evaluation.layout import EVALUATION_JSON, PREDICTIONS_CSV
 from pipeline.evaluation.significance import pairwise_mcnemar
-from pipeline.store import read_json
+from pipeline.store import read_json, spreadsheet_safe
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,10 @@ def read_evaluated_strategy(report_dir: Path, classes: list[str]) -> EvaluatedSt
     """A strategy's evaluation from its report folder, predictions as indices into `classes`."""
     record = read_json(report_dir / EVALUATION_JSON)
     frame = pd.read_csv(report_dir / PREDICTIONS_CSV, dtype={"predicted": str, "true": str})
+    # predictions.csv holds the names spreadsheet-safe (write_predictions); files written
+    # before that hold them as they are.
     index = {name: position for position, name in enumerate(classes)}
+    index.update({spreadsheet_safe(name): position for position, name in enumerate(classes)})
     unknown = sorted(set(frame["predicted"]) - set(index))
     if unknown:
         raise PipelineError(

@@ -221,13 +221,15 @@ def write_confusion(
 def write_predictions(
     y_true: np.ndarray, probabilities: np.ndarray, classes: list[str], path: Path
 ) -> None:
-    """One row per test image: its index, true and predicted class, and the confidence."""
+    """One row per test image: its index, true and predicted class, and the confidence (class
+    names spreadsheet-safe: a folder named `=HYPERLINK(...)` is text in Excel)."""
     predicted = probabilities.argmax(axis=1)
+    names = [spreadsheet_safe(name) for name in classes]
     pd.DataFrame(
         {
             "index": np.arange(len(y_true)),
-            "true": [classes[int(i)] for i in y_true],
-            "predicted": [classes[int(i)] for i in predicted],
+            "true": [names[int(i)] for i in y_true],
+            "predicted": [names[int(i)] for i in predicted],
             "confidence": probabilities.max(axis=1).round(6),
         }
     ).to_csv(path, index=False)

@@ -80,6 +80,7 @@ def _detect(cycle: Cycle) -> str:
         folder if folder.is_absolute() else root / folder,
         data.mirror,
         data.sources,
+        follow_links=data.follow_links,
     )
     previous = read_json(root / TRAINED_DATA_FILE) if (root / TRAINED_DATA_FILE).is_file() else None
     if previous is None and _pipeline_up_to_date(cycle):

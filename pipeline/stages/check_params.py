@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.columns import class_name_problems
 from pipeline.config import PipelineConfig, load_config
 from pipeline.datasets.fetch import resolve_source, source_overrides
 from pipeline.datasets.folders import scan_image_folder
 from pipeline.datasets.sources import DATASETS
 from pipeline.entry import run_entry
-from pipeline.errors import ConfigError, DataError, ModelError
+from pipeline.errors import ConfigError, ModelError
 from pipeline.models.backbones import (
     BACKBONES,
     check_backbone_input,
@@ -47,26 +46,13 @@ def check_dataset_source(config: PipelineConfig) -> None:
     """Raise DataError if the configured dataset cannot be fetched as configured."""
     data = config.data
     if data.dataset == "image_folder":
-        scan = scan_image_folder(Path(data.image_folder), follow_links=data.follow_links)
-        check_class_names(scan.class_names, Path(data.image_folder))
+        # The scan refuses class names no model could answer with (check_class_names).
+        scan_image_folder(Path(data.image_folder), follow_links=data.follow_links)
         return
     spec = DATASETS[data.dataset]
     override = source_overrides(data.sources).get(spec.name)
     for source in spec.files:
         resolve_source(spec, source, data.mirror, override)
-
-
-def check_class_names(classes: Sequence[str], folder: Path) -> None:
-    """Raise DataError naming every class subfolder of `folder` whose name no model could
-    answer with (see pipeline.columns): otherwise the whole pipeline would run before the
-    registration refused it."""
-    problems = class_name_problems(classes)
-    if problems:
-        lines = "\n".join(f"  - {problem}" for problem in problems)
-        raise DataError(
-            f"image folder {folder} (data.image_folder) has class subfolder names a model "
-            f"cannot answer with; rename these folders:\n{lines}"
-        )
 
 
 def check_models(config: PipelineConfig) -> None:

@@ -56,6 +56,18 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
             os.remove(temporary)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it too, which would race
+    with other threads creating files); 0o022 where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path, durable: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; it replaces `target` as a whole when the
@@ -68,6 +80,9 @@ def atomic_directory(target: Path, durable: bool = False) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    # mkdtemp makes the folder private (0700); the output gets the mode a plain mkdir gives it,
+    # so a report or model folder stays readable to the other users it was readable to before.
+    staging.chmod(0o777 & ~_umask())
     try:
         yield staging
         if durable:

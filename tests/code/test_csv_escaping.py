@@ -46,3 +46,21 @@ def test_classification_report_class_column_is_escaped(tmp_path: Path) -> None:
     plain = _rows(tmp_path / "plain.csv")
     assert [row[1:] for row in rows] == [row[1:] for row in plain]
     assert [row[0] for row in rows[5:]] == [row[0] for row in plain[5:]]  # the averages
+
+
+def test_predictions_csv_escapes_class_names_and_the_comparison_reads_them_back(tmp_path):
+    from pipeline.evaluation.comparison import read_evaluated_strategy
+    from pipeline.evaluation.layout import EVALUATION_JSON, PREDICTIONS_CSV
+    from pipeline.evaluation.report import write_predictions
+    from pipeline.store import write_json
+
+    classes = ["=HYPERLINK(1)", "-1", "cat"]
+    y_true = np.array([0, 1, 2, 0])
+    probabilities = np.eye(3)[[0, 1, 2, 2]]
+    write_predictions(y_true, probabilities, classes, tmp_path / PREDICTIONS_CSV)
+    with open(tmp_path / PREDICTIONS_CSV, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows[0]["true"] == "'=HYPERLINK(1)" and rows[1]["predicted"] == "'-1"
+    write_json(tmp_path / EVALUATION_JSON, {"strategy": "scratch", "test_accuracy": 0.75})
+    evaluated = read_evaluated_strategy(tmp_path, classes)
+    assert evaluated.predictions.tolist() == [0, 1, 2, 2]

@@ -167,3 +167,18 @@ def test_the_snapshot_keeps_its_old_call():
 )
 def test_image_signatures(head, image):
     assert is_image_signature(head) is image
+
+
+def test_a_class_folder_named_like_an_answer_column_is_refused_at_every_scan(tmp_path) -> None:
+    """download and the retraining fingerprint scan the folder too, not only check_params (which
+    DVC re-runs only when params.yaml changes), so the name is refused before any copying."""
+    from pipeline.errors import DataError
+
+    for name in ("cat", "error"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "images" / name / "a.png")
+    with pytest.raises(DataError, match="'error' is the name of a column"):
+        scan_image_folder(tmp_path / "images")
+    with pytest.raises(DataError, match="'error'"):
+        snapshot_image_folder(tmp_path / "images", tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()

@@ -556,3 +556,24 @@ def test_a_registry_that_stops_answering_is_no_verdict_on_the_champion(monkeypat
     monkeypatch.setattr(registry, "score_version", score_version)
     with pytest.raises(TrackingUnavailable, match="stopped answering while champion version 1"):
         registry.score_contenders(NAME, Path("m.keras"), Path("manifest"), None, CLASSES, None)
+
+
+def test_the_same_model_file_as_a_damaged_champion_is_registered_afresh(store, monkeypatch):
+    """The champion's stored copy damaged while models/<strategy> still holds the same file: the
+    gate logs a new version rather than reusing the damaged one forever."""
+    first = _promote(store, monkeypatch, seed=0, min_accuracy=0.0)
+    assert first["champion_after"] == 1
+    _truncate_model("1")
+    again = _promote(store, monkeypatch, seed=0, min_accuracy=0.0)
+    assert again["challenger"]["version"] == 2
+    assert again["passed"] is True and again["champion_after"] == 2
+    assert again["champion"]["usable"] is False
+
+
+def test_a_rollback_to_a_version_whose_file_changed_is_refused(store) -> None:
+    first = _register(store, seed=0)
+    _register(store, seed=1)
+    _replace_model(store, first)
+    with pytest.raises(RegistryError, match=f"version {first} of {NAME} cannot be served"):
+        registry.roll_back_champion(NAME, "test", "tester")
+    assert str(mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion").version) == "2"

@@ -336,3 +336,17 @@ def test_npy_rows_reads_any_rows_without_mapping_the_file(tmp_path):
     assert len(rows) == 20 and rows.shape == (20, 3)
     assert np.array_equal(rows.read([3, 4, 5, 19, 0]), values[[3, 4, 5, 19, 0]])
     rows.close()
+
+
+def test_an_atomic_directory_gets_the_mode_a_plain_folder_gets(tmp_path) -> None:
+    """mkdtemp's staging folder is private (0700); the output it becomes must not be, or a
+    report folder stops being readable to the users who read it before."""
+    import stat
+
+    from pipeline.store import atomic_directory
+
+    with atomic_directory(tmp_path / "out") as staging:
+        (staging / "file").write_text("x")
+    (tmp_path / "plain").mkdir()
+    mode = stat.S_IMODE((tmp_path / "out").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
