@@ -43,6 +43,11 @@ _OVERHEAD = 16 << 20
 """A file's fixed decoding cost beyond its pixels (strips, the resize's buffers), in bytes."""
 
 
+WAIT_SECONDS = 60.0
+"""The longest a decoding waits for room in the process's decoding budget (MLflow's scoring
+server answers a request with 504 after 60 s)."""
+
+
 class BadImage(Exception):
     """An image file that cannot be decoded; the message is the reason, for skipped.csv."""
 
@@ -58,11 +63,18 @@ class DecodingMemory:
         self._condition = threading.Condition()
 
     @contextmanager
-    def reserve(self, nbytes: int) -> Iterator[None]:
+    def reserve(self, nbytes: int, timeout: float = WAIT_SECONDS) -> Iterator[None]:
         with self._condition:
-            self._condition.wait_for(
-                lambda: self.in_flight == 0 or self.in_flight + nbytes <= self.limit
+            fits = self._condition.wait_for(
+                lambda: self.in_flight == 0 or self.in_flight + nbytes <= self.limit, timeout
             )
+            if not fits:
+                # A served request times out after 60 s: waiting longer would only keep its
+                # thread busy after the client has been answered.
+                raise BadImage(
+                    f"waited {timeout:g} s for {nbytes >> 20} MB of decoding memory while other "
+                    "images were decoded: send fewer large images at once"
+                )
             self.in_flight += nbytes
         try:
             yield
@@ -168,9 +180,11 @@ def _plan(handle: Image.Image, size: int, max_pixels: int, max_decoded_bytes: in
         )
     decoder = 0
     if handle.format in ("JPEG", "MPO"):
-        # libjpeg holds every DCT coefficient of a progressive or multi-scan file at full size
-        # (2 bytes a sample), whatever the reduced size it outputs.
-        decoder = _coefficient_bytes(handle)
+        # libjpeg holds every DCT coefficient of a progressive file at full size (2 bytes a
+        # sample), whatever the reduced size it outputs; a baseline file streams row by row
+        # (a 6000x6000 one decodes reduced in about 5 MB), so it is not charged for them.
+        progressive = handle.info.get("progressive") or handle.info.get("progression")
+        decoder = _coefficient_bytes(handle) if progressive else 0
         handle.draft(handle.mode, (size, size))
     loaded_pixels = handle.width * handle.height
     loaded = loaded_pixels * _pixel_bytes(handle.mode)

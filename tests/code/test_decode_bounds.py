@@ -213,3 +213,30 @@ def test_a_progressive_jpeg_counts_libjpegs_full_size_coefficients(no_pixels) ->
     file = _encoded(_photo(2000, 2000), "JPEG", progressive=True, quality=80)
     with pytest.raises(BadImage, match=r"2000x2000 JPEG image of mode RGB needs about 27 MB"):
         decode_image(file, 150, max_decoded_bytes=20 << 20)
+
+
+def test_a_decoding_that_cannot_get_memory_in_time_is_refused_not_left_waiting() -> None:
+    from pipeline.datasets.images import DecodingMemory
+
+    memory = DecodingMemory(limit=100)
+    with memory.reserve(80):
+        with pytest.raises(BadImage, match="waited 0.05 s for"), memory.reserve(50, timeout=0.05):
+            pass
+        with memory.reserve(20, timeout=0.05):
+            assert memory.in_flight == 100
+    assert memory.in_flight == 0
+
+
+def test_a_baseline_jpeg_is_not_charged_for_the_coefficients_a_progressive_one_holds():
+    """libjpeg streams a baseline file (decoded reduced in a few MB); only a progressive one
+    keeps every coefficient at full size."""
+    image = Image.new("RGB", (3000, 3000), (120, 30, 200))
+    files = {}
+    for progressive in (False, True):
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", progressive=progressive, subsampling=0)
+        files[progressive] = buffer.getvalue()
+    budget = 40 << 20  # the coefficients of 3000x3000x3 take 54 MB
+    assert decode_image(files[False], 32, max_decoded_bytes=budget).shape == (32, 32, 3)
+    with pytest.raises(BadImage, match="over the budget of 40 MB"):
+        decode_image(files[True], 32, max_decoded_bytes=budget)
