@@ -158,7 +158,11 @@ def test_the_cycle_is_an_mlflow_run_with_the_strategy_runs_as_children(project: 
 def test_the_folder_is_snapshotted_and_its_unreadable_file_listed(project: Project) -> None:
     root = project.root
     raw = root / "data" / "raw" / "image_folder"
-    assert sorted(p.name for p in raw.iterdir()) == ["dark", "light", "mid"]
+    # The class folders, and the snapshot's own list of what it left out: nothing here, since
+    # broken.jpg starts like a JPEG (it is copied; split finds it unreadable).
+    assert sorted(p.name for p in raw.iterdir()) == [".skipped.csv", "dark", "light", "mid"]
+    with open(raw / ".skipped.csv") as stream:
+        assert list(csv.DictReader(stream)) == []
     with open(root / "reports" / "data" / "skipped.csv") as stream:
         assert [row["path"] for row in csv.DictReader(stream)] == ["mid/broken.jpg"]
     plan = json.loads((root / "data" / "prepared" / "split.json").read_text())
