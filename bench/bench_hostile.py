@@ -53,6 +53,7 @@ from tests.servers import HOST  # noqa: E402
 SIDE = 13_000
 CLASSES = [str(digit) for digit in range(10)]
 TIMEOUT = 180.0
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 # --- payloads ---------------------------------------------------------------------------------
@@ -328,17 +329,132 @@ def split_peak(workdir: Path, bombs: bool) -> None:
     )
 
 
+# --- the operator's loop under hostile traffic --------------------------------------------------
+
+
+def bench_loop(args, workdir: Path) -> None:
+    """4 clients send good images (a 13000^2 PNG bomb among them every few requests, with
+    row_errors) while a second version is promoted and then rolled back; then `pipeline
+    monitor` judges the recorded traffic. Prints failed requests, the versions that answered,
+    the workers' RSS growth, and the monitor's verdict."""
+    from tests.serving_models import register_champion
+
+    name = "bench-loop"
+    store = register_champion(
+        workdir / "store", name, "digits", (8, 8, 1), CLASSES, monitoring=True
+    )
+    predictions = workdir / "predictions"
+    extra = ("--workers", str(args.workers), "--poll", "1", "--predictions-dir", str(predictions))
+    bomb = base64.b64encode(bomb_png(SIDE, 16, 0)).decode("ascii")
+    good_rows = [[base64.b64encode(small_png(seed)).decode("ascii")] for seed in range(3)]
+
+    def body(with_bomb: bool) -> bytes:
+        rows = [good_rows[0], [bomb], *good_rows[1:]] if with_bomb else good_rows
+        split = {"columns": ["image"], "data": rows}
+        return json.dumps({"dataframe_split": split, "params": {"row_errors": True}}).encode()
+
+    answers: list[tuple[float, str, list[str], int]] = []
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        sent = 0
+        while not stop.is_set():
+            sent += 1
+            with_bomb = sent % 5 == number % 5
+            outcome_started = time.monotonic()
+            connection = http.client.HTTPConnection(HOST, server.port, timeout=TIMEOUT)
+            try:
+                connection.request("POST", "/invocations", body(with_bomb), JSON_HEADERS)
+                response = connection.getresponse()
+                payload = json.loads(response.read())
+                status = str(response.status)
+                rows = payload.get("predictions", []) if response.status == 200 else []
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                status, rows = type(error).__name__, []
+            finally:
+                connection.close()
+            versions = [str(row.get("model_version")) for row in rows]
+            errors = sum(1 for row in rows if row.get("error"))
+            answers.append((outcome_started, status, versions, errors if with_bomb else -errors))
+
+    with PipelineServer(workdir, store, name, *extra) as server:
+        wait_for_workers(server, args.workers)
+        threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(4)]
+        with RssWatch(server.process.pid) as watch:
+            for thread in threads:
+                thread.start()
+            time.sleep(8)
+            promoted_at = time.monotonic()
+            register_champion(workdir / "store", name, "digits", (8, 8, 1), CLASSES, seed=1)
+            time.sleep(10)
+            rolled_back_at = time.monotonic()
+            rollback = subprocess.run(
+                [str(Path(sys.executable).parent / "pipeline"), "rollback", "--reason", "bench",
+                 "--model-name", name],
+                cwd=workdir / "project", env={**os.environ, "MLFLOW_TRACKING_URI": store},
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            time.sleep(8)
+            stop.set()
+            for thread in threads:
+                thread.join()
+        replaced = watch.replaced()
+        print(f"rollback: exit {rollback.returncode} {rollback.stdout.strip()[:160]}")
+    failed = [answer for answer in answers if answer[1] != "200"]
+    unnamed = sum(1 for answer in answers for version in answer[2] if version in ("None", ""))
+    bombs_refused = sum(1 for answer in answers if answer[3] > 0)
+    good_row_errors = sum(-answer[3] for answer in answers if answer[3] < 0)
+
+    def versions(start: float, end: float) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for started, _, answered, _ in answers:
+            if start <= started < end:
+                for version in answered:
+                    counts[version] = counts.get(version, 0) + 1
+        return counts
+
+    print(
+        f"{len(answers)} requests from 4 clients, {len(failed)} failed "
+        f"({sorted({answer[1] for answer in failed})}), {unnamed} rows without a version; "
+        f"{bombs_refused} requests with a bomb answered with its row's error, "
+        f"{good_row_errors} good rows in error; worker RSS growth {watch.growth_mb:.0f} MB, "
+        f"workers replaced: {replaced}"
+    )
+    first = min(answer[0] for answer in answers)
+    print(
+        f"versions answering: before the promotion {versions(first, promoted_at)}, "
+        f"after it {versions(promoted_at, rolled_back_at)}, "
+        f"after the rollback {versions(rolled_back_at, time.monotonic())}"
+    )
+    monitor = subprocess.run(
+        [str(Path(sys.executable).parent / "pipeline"), "monitor", "--last", "1h",
+         "--predictions-dir", str(predictions), "--model-name", name],
+        cwd=workdir / "project", env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    print(f"pipeline monitor: exit {monitor.returncode}")
+    print(monitor.stdout.strip()[-600:] or monitor.stderr.strip()[-600:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-serving", action="store_true")
     parser.add_argument("--skip-split", action="store_true")
     parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="only the operator's loop: clients, a promotion and a rollback, bombs, the monitor",
+    )
+    parser.add_argument(
         "--unguarded", action="store_true", help="send image bombs even without a pixel budget"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as scratch:
         workdir = Path(scratch)
+        if args.loop:
+            bench_loop(args, workdir)
+            return
         if not args.skip_serving:
             bench_serving(args, workdir)
         if not args.skip_split:
