@@ -32,40 +32,28 @@ from mlflow.models import set_model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 try:
-    from pipeline.columns import (  # noqa: F401 - the answer's contract, re-exported
-        ANSWER_COLUMNS,
-        ERROR,
-        LEADING_COLUMNS,
-        MODEL_ALIAS,
-        MODEL_NAME,
-        MODEL_VERSION,
-        PREDICTED_CLASS,
-        PROBABILITY,
-        TOP_CLASSES,
-        TOP_PROBABILITIES,
-        TRAILING_COLUMNS,
-    )
+    from pipeline import columns as _columns
     from pipeline.datasets.images import BadImage, decode_image
     from pipeline.models.outputs import class_probabilities
 except ImportError:
     # Loaded where this package is not installed: MLflow put the model's code (logged with
     # `code_paths`, see registry.log_classifier) on sys.path.
-    from columns import (  # noqa: F401
-        ANSWER_COLUMNS,
-        ERROR,
-        LEADING_COLUMNS,
-        MODEL_ALIAS,
-        MODEL_NAME,
-        MODEL_VERSION,
-        PREDICTED_CLASS,
-        PROBABILITY,
-        TOP_CLASSES,
-        TOP_PROBABILITIES,
-        TRAILING_COLUMNS,
-    )
+    import columns as _columns
     from images import BadImage, decode_image
     from outputs import class_probabilities
 
+# The answer's columns, defined once in pipeline/columns.py (check_params reads them too).
+ANSWER_COLUMNS = _columns.ANSWER_COLUMNS
+ERROR = _columns.ERROR
+LEADING_COLUMNS = _columns.LEADING_COLUMNS
+MODEL_ALIAS = _columns.MODEL_ALIAS
+MODEL_NAME = _columns.MODEL_NAME
+MODEL_VERSION = _columns.MODEL_VERSION
+PREDICTED_CLASS = _columns.PREDICTED_CLASS
+PROBABILITY = _columns.PROBABILITY
+TOP_CLASSES = _columns.TOP_CLASSES
+TOP_PROBABILITIES = _columns.TOP_PROBABILITIES
+TRAILING_COLUMNS = _columns.TRAILING_COLUMNS
 IMAGE_COLUMN = "image"
 PIXELS_COLUMN = "pixels"
 
