@@ -28,6 +28,9 @@ from pipeline.datasets.sources import DATASET_NAMES, DATASETS
 from pipeline.errors import ConfigError
 
 STRATEGY_NAMES: tuple[str, ...] = ("scratch", "feature_extraction", "fine_tune")
+CLASS_WEIGHT_AUTO_RATIO = 3.0
+"""`class_weight: auto` weights the classes when the largest has more than this many times the
+train images of the smallest."""
 """The training strategies (`train.<name>` blocks), in the order the pipeline reports them."""
 
 WEIGHT_KEYWORDS: tuple[str, ...] = ("auto", "imagenet", "hed", "random")
@@ -225,6 +228,10 @@ class _TrainCommon(_Strict):
     early_stopping_monitor: Literal["val_accuracy", "val_loss"] = "val_loss"
     reduce_lr: ReduceLrConfig = ReduceLrConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
+    # Weights each class's loss by n_images / (n_classes * n_class_images) (scikit-learn's
+    # compute_class_weight). auto: balanced when the largest class of the train split has more
+    # than CLASS_WEIGHT_AUTO_RATIO (3) times the images of the smallest, else none.
+    class_weight: Literal["auto", "none", "balanced"] = "auto"
 
 
 class ScratchConfig(_TrainCommon):
@@ -285,6 +292,9 @@ class TrainConfig(_Strict):
     # TensorBoard logs of every training (scalars per epoch, the graph where the backend gives
     # one), under logs/<strategy>/<run>, also stored in the strategy's MLflow run.
     tensorboard: bool = True
+    # temperature: one scalar fitted on the val split (lowest NLL) divides the model's logits,
+    # inside the saved model, so served probabilities are calibrated; the argmax is unchanged.
+    calibration: Literal["temperature", "none"] = "temperature"
     scratch: ScratchConfig
     feature_extraction: FeatureExtractionConfig
     fine_tune: FineTuneConfig
@@ -316,7 +326,17 @@ class PromoteConfig(_Strict):
     min_improvement: Rate = 0.0
     alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     min_class_recall: Rate = 0.5
+    # The challenger's expected calibration error on the test split may be at most this
+    # (null: calibration does not gate).
+    max_ece: Rate | None = None
 
+
+class LabelIssuesConfig(_Strict):
+    """Suspected label errors of the train and val splits (reports/label_issues.csv)."""
+
+    # Out-of-fold probabilities: K folds, each image scored by a model that never saw it.
+    folds: Annotated[int, Field(ge=2, le=20)] = 5
+    gallery_images: NonNegativeInt = 24  # the worst suspects shown in the report
 
 class PatternsConfig(_Strict):
     """Filter patterns by gradient ascent in input space (the course's listings 5.32-5.39)."""
@@ -368,6 +388,7 @@ class PipelineConfig(_Strict):
     mlflow: MlflowConfig = MlflowConfig()
     promote: PromoteConfig = PromoteConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    label_issues: LabelIssuesConfig = LabelIssuesConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 

@@ -23,6 +23,8 @@ AUGMENTED_PNG = "augmented.png"
 GRADCAM_PNG = "gradcam.png"
 FILTERS_PNG = "filters.png"
 PATTERNS_PNG = "patterns.png"
+RELIABILITY_PNG = "reliability.png"
+"""The reliability diagram: accuracy against confidence, before and after temperature scaling."""
 ACTIVATIONS_DIR = "activations"
 """One PNG per conv layer, numbered in model order."""
 

@@ -32,6 +32,7 @@ from pipeline.evaluation.layout import (
     MOSAIC_PNG,
     PATTERNS_PNG,
     PR_PNG,
+    RELIABILITY_PNG,
     ROC_PNG,
 )
 from pipeline.store import ImageSplit
@@ -47,6 +48,16 @@ FIGURE_GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ),
     ),
     ("Training curves", ((CURVES_PNG, "Loss and accuracy per epoch, training and validation"),)),
+    (
+        "Calibration",
+        (
+            (
+                RELIABILITY_PNG,
+                "Reliability on the test split: accuracy per confidence bin, before and after "
+                "temperature scaling (the diagonal is perfect calibration)",
+            ),
+        ),
+    ),
     (
         "Per-class",
         (
