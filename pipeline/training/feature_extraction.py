@@ -40,8 +40,10 @@ def _train_on_features(
         data.input_shape, data.num_classes, config.dense_units, config.dropout_rate
     )
     compile_classifier(head, config.optimizer, config.learning_rate)
-    history = context.fit(head, data, FitOptions.of(config))
-    return TrainingResult(assemble_feature_extraction_model(data.extractor, head), history)
+    weights = data.class_weights(config.class_weight, "feature_extraction")
+    history = context.fit(head, data, FitOptions.of(config, class_weights=weights))
+    model = assemble_feature_extraction_model(data.extractor, head)
+    return TrainingResult(model, history, class_weights=weights)
 
 
 def _train_end_to_end(
@@ -49,12 +51,13 @@ def _train_end_to_end(
 ) -> TrainingResult:
     model = build_transfer_model(data, config, context, name="feature_extraction")
     set_trainable_from(context.require_backbone("feature_extraction").base, None)
+    weights = data.class_weights(config.class_weight, "feature_extraction")
     # Without augmentation, the head trains on the base's outputs computed once, as in mode
     # cached but inside this stage (`training.frozen`).
     with frozen_view(model, None, data, context) as view:
         view.compile(config.optimizer, config.learning_rate)
-        history = view.fit(context, FitOptions.of(config))
-    return TrainingResult(model, history)
+        history = view.fit(context, FitOptions.of(config, class_weights=weights))
+    return TrainingResult(model, history, class_weights=weights)
 
 
 def data_kind(config: FeatureExtractionConfig) -> DataKind:

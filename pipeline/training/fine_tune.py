@@ -50,6 +50,8 @@ def train_fine_tune(
     """
     backbone = context.require_backbone("fine_tune")
     model = build_transfer_model(data, config, context)
+    # Both phases weight the classes alike: the head learns the same balance it is tuned with.
+    weights = data.class_weights(config.class_weight, "fine_tune")
     state = context.backup.load() if context.backup is not None else None
     # Neither phase trains a layer below unfreeze_from: without augmentation, both train
     # the layers above it on activations computed once (`training.frozen`), the head phase
@@ -68,7 +70,12 @@ def train_fine_tune(
                 head_view.compile(config.optimizer, config.head_learning_rate)
                 head_history = head_view.fit(
                     context,
-                    FitOptions.of(config, epochs=config.head_epochs, schedules=False),
+                    FitOptions.of(
+                        config,
+                        epochs=config.head_epochs,
+                        schedules=False,
+                        class_weights=weights,
+                    ),
                     phase="head",
                 )
         set_trainable_from(backbone.base, backbone.unfreeze_from)
@@ -79,13 +86,15 @@ def train_fine_tune(
         )
         tune_history = view.fit(
             context,
-            FitOptions.of(config),
+            FitOptions.of(config, class_weights=weights),
             initial_epoch=len(head_history["loss"]),
             phase="tune",
             history_before=head_history,
         )
     history = {key: head_history[key] + tune_history[key] for key in HISTORY_KEYS}
-    return TrainingResult(model, history, phase_boundaries=[len(head_history["loss"])])
+    return TrainingResult(
+        model, history, phase_boundaries=[len(head_history["loss"])], class_weights=weights
+    )
 
 
 FINE_TUNE = Strategy("fine_tune", train_fine_tune, uses_backbone=True)

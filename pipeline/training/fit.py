@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from pipeline.config import CLASS_WEIGHT_AUTO_RATIO
+from pipeline.errors import ConfigError, DataError
 from pipeline.models.outputs import is_single_unit
 from pipeline.training.backup import TrainingBackup
 from pipeline.training.feed import FeedSource, feeds_for
@@ -34,6 +36,9 @@ class TrainingResult:
     first_kernel_before: np.ndarray | None = None
     """The first conv layer's kernel as initialised, before any training: the course shows
     the filters before and after."""
+    class_weights: dict[int, float] | None = None
+    """The weight of each class (by index) in the training loss, as `class_weight` resolved
+    for the train split; None when the training was unweighted."""
 
 
 def set_global_seed(seed: int, deterministic: bool = True) -> None:
@@ -50,6 +55,59 @@ def _enable_tensorflow_determinism() -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+
+
+def resolve_class_weights(
+    choice: str,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    key: str = "class_weight",
+    auto_ratio: float = CLASS_WEIGHT_AUTO_RATIO,
+) -> tuple[dict[int, float] | None, str]:
+    """`class_weight` (auto | none | balanced) resolved for the train split's `labels`: each
+    class's weight in the loss (None: unweighted), and why, for the log.
+
+    `balanced` is scikit-learn's `compute_class_weight("balanced")`, n / (k * count): every class
+    then carries the same total weight. `auto` is balanced when the largest class has more than
+    `auto_ratio` times the images of the smallest, and none otherwise, so that a balanced split
+    trains exactly as it would unweighted. `key` names the setting in errors."""
+    if choice == "none":
+        return None, "none: unweighted"
+    if choice not in ("auto", "balanced"):
+        raise ConfigError(f"{key}: {choice!r} is not one of auto, none, balanced")
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"{key}: the train labels run from {labels.min()} to {labels.max()}, "
+            f"outside the {num_classes} classes 0..{num_classes - 1}"
+        )
+    counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
+    missing = [index for index, count in enumerate(counts) if count == 0]
+    if missing:
+        absent = ", ".join(str(index) for index in missing)
+        if choice == "auto":
+            # A weight needs the class's images; the data gate fails on a class absent from a
+            # split before training, so this is data that skipped it (a test, a notebook).
+            return None, f"auto: class {absent} has no train images -> none"
+        raise DataError(
+            f"{key}: balanced needs images of every class, and class {absent} has none in the "
+            f"train split (images per class: {counts.tolist()}): add images of it, or set "
+            f"{key}: none"
+        )
+    ratio = float(counts.max() / counts.min())
+    spread = f"largest class {ratio:.1f}x the smallest"
+    if choice == "auto" and ratio <= auto_ratio:
+        return None, f"auto: {spread} (at most {auto_ratio:g}x) -> none"
+    # Imported here: scikit-learn takes a while to import, and only weighted runs need it.
+    from sklearn.utils.class_weight import compute_class_weight
+
+    values = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
+    weights = {index: float(value) for index, value in enumerate(values)}
+    shown = "{" + ", ".join(f"{index}: {value:.4g}" for index, value in weights.items()) + "}"
+    if choice == "auto":
+        return weights, f"auto: {spread} -> balanced: {shown}"
+    return weights, f"balanced ({spread}): {shown}"
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -83,11 +141,21 @@ class FitOptions:
     reduce_lr_patience: int = 0
     reduce_lr_factor: float = 0.2
     min_learning_rate: float = 1e-6
+    class_weights: dict[int, float] | None = field(default=None, hash=False)
+    """Each class's weight in the training loss (`resolve_class_weights`); None: unweighted.
+    Validation is never weighted, so val_loss stays comparable across runs."""
 
     @classmethod
-    def of(cls, block, epochs: int | None = None, schedules: bool = True) -> FitOptions:
+    def of(
+        cls,
+        block,
+        epochs: int | None = None,
+        schedules: bool = True,
+        class_weights: dict[int, float] | None = None,
+    ) -> FitOptions:
         """The options of a config block; `schedules=False` leaves out early stopping and
-        the learning-rate schedule (fine-tuning's short head phase)."""
+        the learning-rate schedule (fine-tuning's short head phase); `class_weights` as the
+        strategy resolved them for its train split."""
         return cls(
             epochs=epochs or block.epochs,
             batch_size=block.batch_size,
@@ -96,6 +164,7 @@ class FitOptions:
             reduce_lr_patience=block.reduce_lr.patience if schedules else 0,
             reduce_lr_factor=block.reduce_lr.factor,
             min_learning_rate=block.reduce_lr.min_learning_rate,
+            class_weights=class_weights,
         )
 
 
@@ -177,6 +246,9 @@ def fit_model(
             # batches across epochs.
             shuffle=False,
             validation_data=val_feed,
+            # Keras turns these into per-sample weights of the training batches only (its
+            # PyDataset adapter, on every backend; a one-unit sigmoid's labels 0/1 included).
+            class_weight=options.class_weights,
             epochs=end_epoch,
             initial_epoch=initial_epoch,
             callbacks=callbacks,

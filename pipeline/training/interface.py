@@ -7,6 +7,7 @@ backbone. The train stage prepares exactly that and never branches on a strategy
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,7 +20,9 @@ from pipeline.models.backbones import Backbone
 from pipeline.models.builders import Architecture
 from pipeline.training.backup import TrainingBackup
 from pipeline.training.feed import FeedSource
-from pipeline.training.fit import FitOptions, TrainingResult, fit_model
+from pipeline.training.fit import FitOptions, TrainingResult, fit_model, resolve_class_weights
+
+logger = logging.getLogger(__name__)
 
 DataKind = Literal["images", "features"]
 """Raw uint8 images (the model preprocesses them) or the features stage's conv-base outputs."""
@@ -47,6 +50,17 @@ class TrainingData:
     def input_shape(self) -> tuple[int, ...]:
         """One input's shape: an image's (H, W, C), or a feature map's."""
         return self.train.input_shape
+
+    def class_weights(self, choice: str, strategy: str) -> dict[int, float] | None:
+        """`train.<strategy>.class_weight` resolved for this train split's labels (every
+        process holds them all), logged with the reason; what each of the strategy's fits
+        weights the classes by, and what its `TrainingResult.class_weights` records."""
+        key = f"train.{strategy}.class_weight"
+        weights, reason = resolve_class_weights(
+            choice, self.train.labels, self.num_classes, key=key
+        )
+        logger.info("class weights (%s) %s", key, reason)
+        return weights
 
 
 @dataclass(frozen=True)

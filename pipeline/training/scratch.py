@@ -36,8 +36,9 @@ def train_scratch(
         first_kernel = first_conv_kernel(model).copy()
     except ExplainError:
         first_kernel = None  # A network without convolutions has no filters to show.
-    history = context.fit(model, data, FitOptions.of(config))
-    return TrainingResult(model, history, first_kernel_before=first_kernel)
+    weights = data.class_weights(config.class_weight, "scratch")
+    history = context.fit(model, data, FitOptions.of(config, class_weights=weights))
+    return TrainingResult(model, history, first_kernel_before=first_kernel, class_weights=weights)
 
 
 def resolve_scratch_architecture(config: ScratchConfig, dataset: str) -> Architecture:
