@@ -80,10 +80,14 @@ def compare_strategies(
 
 
 def metrics_by_strategy(strategies: list[EvaluatedStrategy]) -> dict:
-    """reports/metrics.json: each strategy's test metrics and its backbone's weights."""
+    """reports/metrics.json: each strategy's test metrics (calibration included: `test_ece`,
+    `test_brier`, `test_ece_uncalibrated`, ...; `test_loss` is the NLL), the temperature
+    folded into its model (1 for evaluations from before calibration) and its backbone's
+    weights."""
     return {
         strategy.name: {
             **strategy.record["metrics"],
+            "temperature": strategy.record.get("temperature", 1.0),
             "backbone_weights": strategy.record.get("backbone_weights"),
         }
         for strategy in strategies

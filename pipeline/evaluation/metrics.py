@@ -56,11 +56,22 @@ def predict_probabilities(
     batch_size: int | None = None,
     timings: list[tuple[int, float]] | None = None,
 ) -> np.ndarray:
-    """Class probabilities (one column per class) of every image, in row order: one
-    `model.predict_on_batch` per batch, so each image is predicted once and only one batch of
-    images is in memory at a time, whatever the split's size. `batch_size` defaults to
-    `predict_batch_size` of the images' shape. `timings`, when given, receives each batch's
-    (images, seconds in predict_on_batch), for an images-per-second figure at no extra pass.
+    """Class probabilities (one column per class) of every image, in row order: predict_outputs,
+    a two-class model's single sigmoid unit widened to two columns (class_probabilities)."""
+    return class_probabilities(predict_outputs(model, images, batch_size, timings))
+
+
+def predict_outputs(
+    model,
+    images: ImageSplit | np.ndarray,
+    batch_size: int | None = None,
+    timings: list[tuple[int, float]] | None = None,
+) -> np.ndarray:
+    """The model's outputs for every image, in row order: one `model.predict_on_batch` per
+    batch, so each image is predicted once and only one batch of images is in memory at a
+    time, whatever the split's size. `batch_size` defaults to `predict_batch_size` of the
+    images' shape. `timings`, when given, receives each batch's (images, seconds in
+    predict_on_batch), for an images-per-second figure at no extra pass.
 
     `predict_on_batch` runs the very function `predict` runs on each of its batches (the same
     numbers, to the bit), without the data pipeline `predict` builds at every call (a tenth of
@@ -77,7 +88,7 @@ def predict_probabilities(
         predicted = model.predict_on_batch(batch)
         if timings is not None:
             timings.append((len(batch), time.perf_counter() - start))
-        parts.append(class_probabilities(predicted))
+        parts.append(np.asarray(predicted))
     if not parts:
         raise ValueError("there are no images to predict")
     return np.concatenate(parts)

@@ -1,20 +1,26 @@
 """The evaluation figures of numbers: confusion matrices (raw and normalized), training curves,
-ROC and precision-recall curves (mosaics.py draws the figures of images).
+ROC and precision-recall curves, the reliability diagram (mosaics.py draws the figures of
+images).
 
 Each figure is built by a function that returns it (`confusion_display`, `history_figure`,
-`roc_figure`, `precision_recall_figure`), so tests read back the data it shows; each
+`roc_figure`, `precision_recall_figure`, `reliability_figure`), so tests read back the data it
+shows; each
 `plot_*` function builds one and writes it as a PNG at `path`, at DPI."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay
+
+if TYPE_CHECKING:
+    from pipeline.evaluation.calibration import ReliabilityBins
 
 DPI = 120
 # Above this many classes the cells are too small to hold a readable number.
@@ -28,6 +34,9 @@ TRAIN_COLOUR, VAL_COLOUR = "C0", "C1"
 CURVE_FIGURE_SIZE = (5.0, 5.0)
 # Reference lines (chance, the start of fine-tuning) are dashed and gray, apart from the data.
 REFERENCE_COLOUR = "gray"
+# The reliability diagram: accuracy against confidence above, the images per bin below.
+RELIABILITY_FIGURE_SIZE = (6.0, 7.0)
+BEFORE_COLOUR, AFTER_COLOUR = "C1", "C0"
 
 
 def new_figure(size: tuple[float, float]) -> Figure:
@@ -269,3 +278,65 @@ def _finish_unit_square(axes, xlabel: str, ylabel: str, title: str) -> None:
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
+
+
+def plot_reliability(
+    before: ReliabilityBins, after: ReliabilityBins, temperature: float, title: str, path: Path
+) -> None:
+    """Save reliability_figure's diagram as a PNG at `path`."""
+    save_figure(reliability_figure(before, after, temperature, title), path)
+
+
+def reliability_figure(
+    before: ReliabilityBins, after: ReliabilityBins, temperature: float, title: str
+) -> Figure:
+    """The reliability diagram (Guo et al. 2017): per confidence bin, the accuracy against the
+    mean top-label confidence, before temperature scaling (T = 1) and after (`temperature`),
+    against the diagonal of perfect calibration, their ECEs in the legend; below, the images
+    in each bin, on a log scale (most sit in the last bin). With T = 1 there is one model, drawn
+    once."""
+    if len(before.counts) != len(after.counts):
+        raise ValueError(
+            f"before has {len(before.counts)} bins, after {len(after.counts)}: bin both alike"
+        )
+    scaled = temperature != 1.0
+    if scaled:
+        series = [
+            (before, BEFORE_COLOUR, f"before: T = 1, ECE {before.ece:.4f}", "s--"),
+            (after, AFTER_COLOUR, f"after: T = {temperature:.3f}, ECE {after.ece:.4f}", "o-"),
+        ]
+    else:
+        series = [(after, AFTER_COLOUR, f"no temperature scaling: ECE {after.ece:.4f}", "o-")]
+    figure = new_figure(RELIABILITY_FIGURE_SIZE)
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1.2)})
+    top.plot([0, 1], [0, 1], ":", color=REFERENCE_COLOUR, label="perfect calibration")
+    width = np.diff(after.edges)
+    for offset, (bins, colour, label, style) in enumerate(series):
+        filled = bins.counts > 0
+        top.plot(
+            bins.confidence[filled], bins.accuracy[filled], style, color=colour,
+            markersize=5, linewidth=1.5, label=label,
+        )  # fmt: skip
+        # Side by side within each bin when there are two series.
+        share = width / len(series)
+        bottom.bar(
+            bins.edges[:-1] + offset * share, bins.counts, width=share, align="edge",
+            color=colour, alpha=0.8, label=label.split(":")[0],
+        )  # fmt: skip
+    top.set_xlim(0.0, 1.0)
+    top.set_ylim(0.0, 1.05)
+    top.set_ylabel("accuracy")
+    top.set_title(title)
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set_yscale("log")
+    # Below 1, so that a bin of one image shows a bar.
+    bottom.set_ylim(bottom=0.7)
+    bottom.set_xlabel(f"top-label confidence ({len(after.counts)} equal-width bins)")
+    bottom.set_ylabel("images")
+    bottom.set_xticks(np.linspace(0.0, 1.0, 6))
+    bottom.grid(alpha=0.3, axis="y")
+    if scaled:
+        bottom.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -18,6 +18,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import AugmentationConfig, EvaluateConfig
+from pipeline.evaluation.calibration import (
+    calibration_metrics,
+    reliability_bins,
+    rescaled_probabilities,
+)
 from pipeline.evaluation.layout import (
     AUGMENTED_PNG,
     CLASSIFICATION_REPORT,
@@ -31,6 +36,7 @@ from pipeline.evaluation.layout import (
     MOSAIC_PNG,
     PR_PNG,
     PREDICTIONS_CSV,
+    RELIABILITY_PNG,
     ROC_PNG,
 )
 from pipeline.evaluation.metrics import (
@@ -55,6 +61,7 @@ from pipeline.evaluation.plots import (
     plot_confusion,
     plot_history,
     plot_precision_recall_curve,
+    plot_reliability,
     plot_roc_curve,
 )
 from pipeline.explain.cache import ExplanationCache
@@ -89,11 +96,18 @@ def evaluate_strategy(
     backbone_layers: tuple[str, ...] = (),
     batch_size: int | None = None,
     cache: ExplanationCache | None = None,
+    temperature: float = 1.0,
 ) -> dict:
     """Score one strategy's model on the test split, write its report folder `output`
-    (metrics, confusion matrices, per-class figures, curves, galleries, explanations) and
-    return the evaluation: `metrics` (metrics.json's), `mlflow_metrics` (per-class figures,
-    images per second), the model's sha256 and size, and `training_seconds` as given.
+    (metrics, confusion matrices, per-class figures, curves, reliability diagram, galleries,
+    explanations) and return the evaluation: `metrics` (metrics.json's), `mlflow_metrics`
+    (per-class figures, images per second), the model's sha256 and size, its `temperature`
+    and `training_seconds` as given.
+
+    `temperature` is the one the train stage folded into the model (run.json's; 1: none): the
+    model's probabilities are the calibrated ones it serves, and those before calibration are
+    recovered from them exactly (calibration.rescaled_probabilities) for `test_ece_uncalibrated`
+    and the diagram's "before", without predicting twice.
 
     The test images are predicted once, a batch at a time (`batch_size`, by default sized by
     memory: `predict_batch_size`); every metric and figure works from those probabilities and
@@ -110,6 +124,7 @@ def evaluate_strategy(
     images_per_second = measure_images_per_second(model, test.image_shape, timings)
 
     metrics = probability_metrics(test.y, probabilities)
+    metrics.update(calibration_metrics(test.y, probabilities, temperature))
     metrics.update(top_k_metrics(test.y, probabilities))
     two_classes = len(test.classes) == 2
     curves = None
@@ -125,6 +140,13 @@ def evaluate_strategy(
     if curves is not None:
         plot_roc_curve(curves, f"{strategy}: ROC curve", output / ROC_PNG)
         plot_precision_recall_curve(curves, f"{strategy}: precision-recall", output / PR_PNG)
+    plot_reliability(
+        reliability_bins(test.y, rescaled_probabilities(probabilities, temperature)),
+        reliability_bins(test.y, probabilities),
+        temperature,
+        f"{strategy}: reliability on the test split",
+        output / RELIABILITY_PNG,
+    )
     history = pd.read_csv(model_dir / HISTORY_FILE)
     plot_history(
         history,
@@ -164,6 +186,7 @@ def evaluate_strategy(
         "trainable_params": _count(model.trainable_weights),
         "images_per_second": images_per_second,
         "training_seconds": training_seconds,
+        "temperature": float(temperature),
     }
 
 

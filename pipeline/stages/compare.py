@@ -35,9 +35,11 @@ from pipeline.tracking.server import check_tracking_server, tracking_uri
 
 logger = logging.getLogger("pipeline.stages.compare")
 
-MAIN_METRICS = ("test_accuracy", "test_macro_f1", "test_loss")
+MAIN_METRICS = ("test_accuracy", "test_macro_f1", "test_loss", "test_ece", "test_brier")
 """Each strategy's row in `dvc metrics show` (its backbone's weights too, where it has one):
-within 120 columns. reports/metrics.json keeps every metric, per class included."""
+about 130 columns, the headers' width. `test_loss` is the test NLL; `test_ece` and
+`test_brier` are of the calibrated probabilities the model serves. reports/metrics.json keeps
+every metric, per class and before calibration included."""
 
 
 def main_metrics(metrics: dict) -> dict[str, dict]:

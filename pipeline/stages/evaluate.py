@@ -96,6 +96,9 @@ def main(argv: Sequence[str]) -> None:
                 # Outside every DVC out (see pipeline/explain/cache.py): a model evaluated
                 # before, with the same weights and params, reuses its filter patterns.
                 cache=explanation_cache(Path.cwd()),
+                # Folded into the model by the train stage: the evaluation recovers the
+                # probabilities before it, for the ECE before and after.
+                temperature=run.temperature,
             )
         finally:
             test.close()

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PositiveFloat, ValidationError
 
 from pipeline.errors import PipelineError
 from pipeline.store import RUN_FILE, write_json
@@ -42,10 +42,29 @@ class RunRecord(BaseModel):
     """Epochs where a new training phase starts (fine-tuning's unfreezing)."""
     augmentation: dict[str, Any] | None = None
     """The augmentation as resolved for the dataset; None when off."""
+    temperature: PositiveFloat = 1.0
+    """The temperature folded into the saved model's output layer (fitted on val); 1 when
+    `train.calibration` is none, and for models trained before calibration existed."""
+    val_nll_before: float | None = None
+    """The val split's NLL before temperature scaling; None when no temperature was fitted."""
+    val_nll_after: float | None = None
+    """The val split's NLL after temperature scaling; None when no temperature was fitted."""
+    class_weights: dict[str, float] | None = None
+    """Each class index's loss weight as training used it (`train.<strategy>.class_weight`
+    resolved on the train split); None when unweighted, and for runs recorded before."""
 
     @property
     def strategy(self) -> str:
         return self.tags.get("strategy", "")
+
+    def calibration_metrics(self) -> dict[str, float]:
+        """What the training run logs once training is done: `temperature`, `val_nll_before`
+        and `val_nll_after` when a temperature was fitted, and `class_weight_<index>` per class
+        when the loss was weighted."""
+        fields = ("temperature", "val_nll_before", "val_nll_after")
+        values = {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+        values.update(class_weight_metrics(self.class_weights))
+        return values
 
     def write(self, model_dir: Path) -> Path:
         """Write `model_dir/run.json` atomically."""
@@ -77,3 +96,8 @@ class RunRecord(BaseModel):
                 f"{path} is not a run record this version understands ({error.error_count()} "
                 f"problem(s), first: {error.errors()[0]['loc']}): retrain the strategy"
             ) from None
+
+
+def class_weight_metrics(weights: dict[str, float] | None) -> dict[str, float]:
+    """The class weights a training used as MLflow metrics, `class_weight_<class index>`."""
+    return {f"class_weight_{index}": float(value) for index, value in (weights or {}).items()}

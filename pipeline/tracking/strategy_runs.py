@@ -56,6 +56,12 @@ def log_epoch_metrics(values: dict[str, float], step: int) -> None:
     mlflow.log_metrics(numeric_metrics(values), step=step)
 
 
+def log_calibration(values: dict[str, float]) -> None:
+    """The temperature folded into the model and the val NLL before and after it
+    (RunRecord.calibration_metrics), as metrics of the training run."""
+    mlflow.log_metrics(numeric_metrics(values))
+
+
 def log_training_outputs(model_dir: Path, model, example: np.ndarray) -> str:
     """The training-set manifest, the class names (so `runs:/<id>/model` answers in them) and
     the model (with a signature and `example`); return the model's URI."""

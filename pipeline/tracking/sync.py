@@ -41,6 +41,7 @@ from pipeline.tracking.strategy_runs import (
     SYNCED_TAG,
     input_example,
     is_evaluated,
+    log_calibration,
     log_epoch_metrics,
     log_evaluation,
     log_tensorboard_logs,
@@ -118,6 +119,7 @@ def log_training_run(
         history = pd.read_csv(model_dir / HISTORY_FILE)
         for step, row in enumerate(history.drop(columns="epoch").to_dict("records")):
             log_epoch_metrics(row, step)
+        log_calibration(record.calibration_metrics())
         model = keras.saving.load_model(model_dir / MODEL_FILE)
         log_training_outputs(model_dir, model, example)
         if board_dir is not None:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from pipeline.config import PipelineConfig
 from pipeline.datasets.sources import DATASETS
+from pipeline.evaluation.calibration import TemperatureFit, calibrate_model
 from pipeline.models.backbones import (
     BACKBONES,
     ResolvedWeights,
@@ -40,10 +41,11 @@ from pipeline.store import (
     write_manifest,
 )
 from pipeline.tracking.context import flatten_params
-from pipeline.tracking.record import RunRecord
+from pipeline.tracking.record import RunRecord, class_weight_metrics
 from pipeline.tracking.runs import RunRecorder, configure_tracking, create_run
 from pipeline.tracking.strategy_runs import (
     input_example,
+    log_calibration,
     log_epoch_metrics,
     log_tensorboard_logs,
     log_training_inputs,
@@ -92,7 +94,9 @@ def train_and_record(
     out: Path,
     project_root: Path,
 ) -> RunRecorder | None:
-    """Train `strategy`, write its model folder `out`, and log the run to MLflow as it goes.
+    """Train `strategy`, calibrate it (`train.calibration`: a temperature fitted on the val
+    split, folded into its output layer, so the model saved, logged and served gives calibrated
+    probabilities), write its model folder `out`, and log the run to MLflow as it goes.
 
     `out` is written whole or not at all: the model folder is assembled in a staging folder
     beside it that replaces it only when the model, its history, its manifest and run.json are
@@ -145,6 +149,23 @@ def train_and_record(
         context = _context(strategy, config, device_setup, callbacks, backup)
         result = _train(strategy, config, splits, backbone_weights, features_dir, context)
         training_seconds = clock.elapsed()
+        # Before anything is written: the saved, logged and served model is the calibrated one.
+        fit = calibrate(result.model, splits["val"], config.train.calibration)
+        calibration = {
+            "temperature": fit.temperature if fit else 1.0,
+            "val_nll_before": fit.val_nll_before if fit else None,
+            "val_nll_after": fit.val_nll_after if fit else None,
+        }
+        class_weights = _weights_by_index(result.class_weights)
+        # Logged now, so that run.json's `tracked` below covers it too.
+        recorder(
+            "calibration",
+            log_calibration,
+            {
+                **{key: value for key, value in calibration.items() if value is not None},
+                **class_weight_metrics(class_weights),
+            },
+        )
         # Nothing is written into `out` itself until every file of the new folder is.
         with atomic_directory(out) as staging:
             history = write_model_folder(staging, result, splits["train"])
@@ -172,12 +193,33 @@ def train_and_record(
                 augmentation=(
                     context.augmentation.model_dump() if context.augmentation is not None else None
                 ),
+                **calibration,
+                class_weights=class_weights,
             ).write(staging)
     backup.clear()
     logger.info(
         "%s: trained %d epochs, MLflow run %s", strategy.name, len(history), recorder.run_id
     )
     return recorder
+
+
+def calibrate(model: keras.Model, val: ImageSplit, method: str) -> TemperatureFit | None:
+    """With `method` temperature, fit the temperature on the val split and fold it into the
+    model's output layer (evaluation.calibration.calibrate_model); None when the method is
+    none, or there is no val image to fit on (the model is left as trained: T = 1)."""
+    if method == "none":
+        return None
+    if not len(val):
+        logger.warning("the val split is empty: no temperature fitted, the model keeps T = 1")
+        return None
+    return calibrate_model(model, val, val.y)
+
+
+def _weights_by_index(weights: dict[int, float] | None) -> dict[str, float] | None:
+    """The class weights a training used, keyed by the class index as JSON text."""
+    if weights is None:
+        return None
+    return {str(index): float(weight) for index, weight in sorted(weights.items())}
 
 
 def write_model_folder(out: Path, result: TrainingResult, train: ImageSplit) -> pd.DataFrame:
@@ -272,7 +314,10 @@ def run_params(strategy: Strategy, config: PipelineConfig) -> dict:
         "data": values["data"],
         "train": {
             **block.model_dump(by_alias=True),
-            **{key: values["train"][key] for key in ("seed", "deterministic", "precision")},
+            **{
+                key: values["train"][key]
+                for key in ("seed", "deterministic", "precision", "calibration")
+            },
         },
     }
     if strategy.uses_backbone:

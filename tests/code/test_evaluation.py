@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.evaluation.calibration import calibration_metrics
+from pipeline.evaluation.layout import RELIABILITY_PNG
 from pipeline.evaluation.metrics import (
     MAX_PREDICT_BATCH,
     TOP_K_MIN_CLASSES,
@@ -31,6 +33,14 @@ from pipeline.evaluation.metrics import (
 )
 from pipeline.models.outputs import class_probabilities
 from pipeline.store import ArraySplit, image_digests, open_split, write_store_from_arrays
+
+CALIBRATION_METRICS = (
+    "test_ece",
+    "test_brier",
+    "test_ece_uncalibrated",
+    "test_brier_uncalibrated",
+    "test_loss_uncalibrated",
+)
 
 
 class _FixedModel:
@@ -405,11 +415,19 @@ def test_the_evaluate_path_predicts_each_test_image_once_in_batches(tmp_path, mo
         "test_images",
         "test_top_3_accuracy",
         "test_top_5_accuracy",
+        *CALIBRATION_METRICS,
     }
     assert metrics == pytest.approx(
-        {**probability_metrics(y, expected), **top_k_metrics(y, expected)}, rel=1e-6
+        {
+            **probability_metrics(y, expected),
+            **top_k_metrics(y, expected),
+            **calibration_metrics(y, expected),
+        },
+        rel=1e-6,
     )
     assert evaluation["images_per_second"] > 0
+    assert evaluation["temperature"] == 1.0
+    assert (tmp_path / "reports" / RELIABILITY_PNG).is_file()
 
 
 def test_batched_predictions_are_those_of_one_predict_to_the_last_bit(tmp_path) -> None:

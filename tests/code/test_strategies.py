@@ -135,7 +135,12 @@ def test_a_registered_toy_strategy_trains_through_the_train_stage(project, monke
     assert run.info.status == "FINISHED"
     assert run.info.run_name == f"{config.data.dataset}-toy"
     assert run.data.tags["strategy"] == "toy"
-    assert set(run.data.metrics) == set(HISTORY_KEYS)
+    # The history, and the temperature fitted on val (train.calibration: temperature).
+    calibration = {"temperature", "val_nll_before", "val_nll_after"}
+    assert set(run.data.metrics) == set(HISTORY_KEYS) | calibration
+    assert run.data.metrics["temperature"] == pytest.approx(record.temperature)
+    assert record.val_nll_after <= record.val_nll_before
+    assert run.data.params["train.calibration"] == "temperature"
     assert run.data.metrics["learning_rate"] == pytest.approx(ToyConfig().learning_rate)
     assert run.data.params["train.batch_size"] == "4"
 
