@@ -8,6 +8,7 @@ the report stage needs neither Keras nor MLflow.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import DataError
+from pipeline.evaluation.label_issues import COLUMNS as LABEL_ISSUE_COLUMNS
+from pipeline.evaluation.label_issues import CONFLICT, SCORED_SPLITS, unescape_cell
 from pipeline.evaluation.layout import (
     ACTIVATIONS_DIR,
     AUGMENTED_PNG,
@@ -138,6 +142,37 @@ class StrategySection:
 
 
 @dataclass(frozen=True)
+class LabelIssueExample:
+    """One suspected label error shown in the gallery: its file, labels and image."""
+
+    path: str
+    split: str
+    given: str
+    suggested: str
+    score: float
+    conflict: bool = False
+    """The same image is stored under another class too (not a model's opinion)."""
+    image: np.ndarray | None = None
+    """uint8 (H, W, C) as the split stores it; None where the store no longer holds it."""
+
+
+@dataclass(frozen=True)
+class LabelIssuesCard:
+    """The label-issues stage's findings: how many, where, and the worst few with images."""
+
+    count: int
+    """Rows of label_issues.csv: suspects and images under two classes."""
+    conflicts: int
+    checked: int
+    """Train and val images checked."""
+    examples: Sequence[LabelIssueExample]
+    csv_name: str
+    """Where the full list is (label_issues.csv's path as the stage was given it)."""
+    folder: bool = True
+    """The data is the user's image folder (paths are files to move), not a bundled dataset."""
+
+
+@dataclass(frozen=True)
 class ReportContent:
     """Everything the page shows; `render_report` is a pure function of it."""
 
@@ -155,6 +190,8 @@ class ReportContent:
     """The MLflow UI's base address, e.g. http://127.0.0.1:5000; None: no links."""
     backbone: str | None = None
     """The backbone of the strategies that use one (`backbone.name`), for the headline."""
+    label_issues: LabelIssuesCard | None = None
+    """Suspected label errors of train and val; None: the section is left out."""
 
 
 # --- reading a run's outputs ------------------------------------------------------------------
@@ -224,6 +261,67 @@ def build_dataset_card(
                 examples[class_name] = images[start : start + len(class_rows)]
                 start += len(class_rows)
     return DatasetCard(name, classes, counts, examples, validation)
+
+
+def read_label_issues(
+    path: Path,
+    splits: Mapping[str, ImageSplit],
+    limit: int,
+    folder: bool = True,
+) -> LabelIssuesCard:
+    """label_issues.csv's counts and its first `limit` rows, each with its image read from
+    the train or val split by digest (one read per split; never the test split)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            reader = csv.DictReader(stream)
+            missing = [
+                name for name in LABEL_ISSUE_COLUMNS if name not in (reader.fieldnames or [])
+            ]
+            if missing:
+                raise DataError(
+                    f"{path} lacks the column(s) {', '.join(missing)}: rerun the label_issues "
+                    "stage (dvc repro label_issues)"
+                )
+            rows = list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: run the label_issues stage first") from None
+    chosen = rows[: max(0, int(limit))]
+    images: dict[int, np.ndarray] = {}
+    for name in SCORED_SPLITS:
+        split = splits.get(name)
+        wanted = [i for i, row in enumerate(chosen) if row["split"] == name]
+        if split is None or not wanted:
+            continue
+        # The first stored copy of each digest: copies of one digest are the same pixels.
+        digests = np.asarray(split.digests()).astype(str)
+        first = {digest: position for position, digest in reversed(list(enumerate(digests)))}
+        found = [(i, first[chosen[i]["digest"]]) for i in wanted if chosen[i]["digest"] in first]
+        if found:
+            pixels = split.read(np.array([position for _, position in found], dtype=np.int64))
+            images.update({i: pixels[k] for k, (i, _) in enumerate(found)})
+    examples = [
+        LabelIssueExample(
+            path=unescape_cell(row["path"]),
+            split=row["split"],
+            given=unescape_cell(row["given"]),
+            suggested=unescape_cell(row["suggested"]),
+            score=_number(row["score"]),
+            conflict=row["issue"] == CONFLICT,
+            image=images.get(i),
+        )
+        for i, row in enumerate(chosen)
+    ]
+    checked = sum(len(splits[name]) for name in SCORED_SPLITS if name in splits)
+    conflicts = sum(row["issue"] == CONFLICT for row in rows)
+    return LabelIssuesCard(len(rows), conflicts, checked, examples, str(path), folder)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def mlflow_run_url(base: str, run_id: str, experiment_id: str | None = None) -> str:

@@ -42,6 +42,7 @@ def render_report(content: ReportContent) -> str:
         "title": content.title,
         "generated": formatting.format_time(content.generated),
         "dataset": views.dataset_view(content.dataset),
+        "label_issues": views.label_issues_view(content.label_issues),
         "comparison": comparison,
         "footnotes": footnotes,
         "significance": views.significance_view(content.significance, content.alpha, weights),

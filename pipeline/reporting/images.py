@@ -52,6 +52,12 @@ def embed_examples(images: np.ndarray, class_name: str) -> list[dict]:
     return [_embed_image(image) for image in batch]
 
 
+def embed_image(image: np.ndarray, name: str = "image") -> dict:
+    """One uint8 image ((H, W) or (H, W, C), as the split stores it) as a data URI, sized as
+    the examples are; a ValueError naming `name` for anything else."""
+    return _embed_image(as_uint8_images(image, name, batch=False))
+
+
 def _embed_image(image: np.ndarray) -> dict:
     """One (H, W, C) uint8 image as a PNG data URI: small images enlarged by a whole factor
     (nearest neighbour), large ones shrunk."""

@@ -9,8 +9,13 @@ from typing import Any
 import pandas as pd
 
 from pipeline.reporting import formatting
-from pipeline.reporting.content import DatasetCard, ReportContent, mlflow_run_url
-from pipeline.reporting.images import embed_examples, embed_figure
+from pipeline.reporting.content import (
+    DatasetCard,
+    LabelIssuesCard,
+    ReportContent,
+    mlflow_run_url,
+)
+from pipeline.reporting.images import embed_examples, embed_figure, embed_image
 from pipeline.reporting.weights import random_caveat, strategy_weights_line
 
 # Groups whose figures are wide mosaics or 2 x 2 panels: one per row, so their small titles
@@ -98,6 +103,45 @@ def gate_view(summary: Mapping[str, Any] | None) -> dict | None:
         ),
         "drift": None if drift is None else f"{float(drift):.3f}",
         "failed": [str(line) for line in summary.get("failed_expectations", [])],
+    }
+
+
+def label_issues_view(card: LabelIssuesCard | None) -> dict | None:
+    """The label-issues section: counts, what to do, and the gallery of the worst, each
+    captioned `given -> suggested` with its file; None when there is no card."""
+    if card is None:
+        return None
+    examples = []
+    for example in card.examples:
+        image = None
+        if example.image is not None:
+            image = embed_image(example.image, f"label issue {example.path or example.split}")
+        examples.append(
+            {
+                "image": image,
+                "given": example.given,
+                "suggested": example.suggested,
+                "path": example.path,
+                "split": example.split,
+                # The out-of-fold probability of the given label: often far below 0.001.
+                "score": "<0.001"
+                if formatting.is_number(example.score) and 0 <= example.score < 0.001
+                else formatting.decimal(example.score, 3),
+                "conflict": example.conflict,
+            }
+        )
+    suspects = card.count - card.conflicts
+    return {
+        "count": formatting.integer(card.count),
+        "none": card.count == 0,
+        "suspects": formatting.integer(suspects),
+        "conflicts": formatting.integer(card.conflicts),
+        "has_conflicts": card.conflicts > 0,
+        "checked": formatting.integer(card.checked),
+        "shown": len(examples),
+        "examples": examples,
+        "csv": card.csv_name,
+        "folder": card.folder,
     }
 
 

@@ -1,6 +1,7 @@
-"""Write reports/index.html: the dataset, the strategies side by side (with the significant
-differences marked) and each strategy's figures, in one self-contained page; log it as the
-artifact report/index.html of this execution's comparison run (the strategy runs belong to the
+"""Write reports/index.html: the dataset, the suspected label errors (when the label-issues
+stage's list is given), the strategies side by side (with the significant differences marked)
+and each strategy's figures, in one self-contained page; log it, and the label-issues list, as
+artifacts under report/ of this execution's comparison run (the strategy runs belong to the
 executions that trained them and are not written to).
 """
 
@@ -41,6 +42,11 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--comparison-run", type=Path, required=True, help="the compare stage's run record"
     )
+    parser.add_argument(
+        "--label-issues",
+        type=Path,
+        help="the label-issues stage's list (label_issues.csv); left out of the page if absent",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the HTML page to write")
     args = parser.parse_args(argv)
     config = load_config()
@@ -58,6 +64,7 @@ def main(argv: Sequence[str]) -> None:
         build_dataset_card,
         collect_strategy_figures,
         read_classification_report,
+        read_label_issues,
     )
     from pipeline.reporting.html import write_report
     from pipeline.tracking.comparison_runs import log_report
@@ -67,8 +74,22 @@ def main(argv: Sequence[str]) -> None:
     # Labels for the counts; a few train images for the examples, read by row.
     splits = open_splits(args.prepared)
     validation = read_json(args.validation) if args.validation.exists() else None
+    label_issues_file = (
+        args.label_issues if args.label_issues and args.label_issues.is_file() else None
+    )
+    if args.label_issues and label_issues_file is None:
+        logger.info("%s is not there: the page has no label-issues section", args.label_issues)
+    label_issues = None
     try:
         dataset = build_dataset_card(config.data.dataset, splits, validation)
+        if label_issues_file is not None:
+            # The gallery's images come from the train and val splits, by digest.
+            label_issues = read_label_issues(
+                label_issues_file,
+                splits,
+                config.label_issues.gallery_images,
+                folder=config.data.dataset == "image_folder",
+            )
     finally:
         for split in splits.values():
             split.close()
@@ -100,6 +121,7 @@ def main(argv: Sequence[str]) -> None:
         strategies=sections,
         mlflow_url=config.evaluate.mlflow_ui or _ui_address(uri),
         backbone=config.backbone.name,
+        label_issues=label_issues,
     )
     write_report(content, args.out)
     logger.info("report written to %s", args.out)
@@ -108,6 +130,9 @@ def main(argv: Sequence[str]) -> None:
         logger.warning("the comparison's MLflow run is incomplete: the report is not logged")
         return
     log_report(comparison_run["run_id"], args.out)
+    if label_issues_file is not None:
+        # Beside the page, under report/: the whole list, of which the page shows the worst.
+        log_report(comparison_run["run_id"], label_issues_file)
 
 
 def _ui_address(uri: str) -> str | None:

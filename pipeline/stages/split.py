@@ -15,6 +15,11 @@ folder's snapshot left out (links outside it, non-images) and, with
 reports/data/skipped.csv and left out; unreadable ones stop the run under
 `data.on_bad_image: fail`. A failed run writes nothing: data/prepared and skipped.csv stay as
 they were.
+
+Beside the store, a table names each stored image's source (`--sources`: digest, split and the
+file, relative to the image folder, as skipped.csv names files), so the label-issues stage can
+say which file to fix. It is a file of its own, not part of data/prepared: renaming an image
+changes it, and must not re-run the stages that read the pixels and labels.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ LabelConflicts = Literal["fail", "drop"]
 DECODE_CHUNK_BYTES = 64 << 20
 """The most decoded image bytes the split stage holds at once."""
 
+SOURCES_HEADER = ("digest", "split", "path")
+"""The sources table's columns (pipeline.evaluation.label_issues reads it)."""
+
 
 def prepare_splits(
     config: DataConfig,
@@ -69,14 +77,16 @@ def prepare_splits(
     label_conflicts: LabelConflicts = "fail",
     chunk_bytes: int = DECODE_CHUNK_BYTES,
     shard_bytes: int = SHARD_BYTES,
+    sources_file: Path | None = None,
 ) -> dict:
     """Decode, split and write the dataset; return the plan written beside the splits.
 
     At most `chunk_bytes` of decoded images are held at once; `shard_bytes` caps a shard.
     Identical images under two classes are kept and listed in the plan's `label_conflicts`
     (the data gate fails on them), or, with `label_conflicts="drop"`, left out and listed in
-    `skipped_file`. Nothing is written unless the whole split succeeds: a failure leaves
-    `prepared_dir` and `skipped_file` as they were."""
+    `skipped_file`. `sources_file`, when given, gets every stored image's digest, split and
+    source (SOURCES_HEADER), sorted. Nothing is written unless the whole split succeeds: a
+    failure leaves `prepared_dir`, `skipped_file` and `sources_file` as they were."""
     prepared_dir = Path(prepared_dir)
     prepared_dir.parent.mkdir(parents=True, exist_ok=True)
     # A run killed outright (out of memory, SIGKILL) leaves its spool behind: a whole copy.
@@ -86,7 +96,7 @@ def prepare_splits(
         dir=prepared_dir.parent, prefix=f".{prepared_dir.name}.spool-"
     ) as spool_dir:
         spool_file = Path(spool_dir) / "images.npy"
-        plan, skipped = _prepare_from_spool(
+        plan, skipped, sources = _prepare_from_spool(
             config,
             raw_dir,
             prepared_dir,
@@ -97,6 +107,8 @@ def prepare_splits(
         )
     # Only now, once data/prepared is in place: a failed split leaves its outs as they were.
     write_csv(skipped_file, SKIPPED_HEADER, skipped)
+    if sources_file is not None:
+        write_csv(sources_file, SOURCES_HEADER, sources)
     return plan
 
 
@@ -108,7 +120,7 @@ def _prepare_from_spool(
     label_conflicts: LabelConflicts,
     chunk_bytes: int,
     shard_bytes: int,
-) -> tuple[dict, list[tuple[str, str]]]:
+) -> tuple[dict, list[tuple[str, str]], list[tuple[str, str, str]]]:
     spec = DATASETS[config.dataset]
     index = open_dataset(
         config.dataset, raw_dir, ReadOptions(config.image_size, config.resize, config.max_pixels)
@@ -171,6 +183,7 @@ def _prepare_from_spool(
             split.reassigned,
         )
     conflict_record = _conflict_record(conflicts, index, chosen[keep])
+    sources = _source_rows(index, chosen[keep], digests, split.indices)
     spool = NpyRows(spool_file)
     try:
         with atomic_directory(prepared_dir) as staging:
@@ -208,7 +221,23 @@ def _prepare_from_spool(
             ),
             PLAN_FILE,
         )
-    return plan, skipped
+    return plan, skipped, sources
+
+
+def _source_rows(
+    index: SourceIndex, rows: np.ndarray, digests: np.ndarray, indices: dict[str, np.ndarray]
+) -> list[tuple[str, str, str]]:
+    """(digest, split, source) of every stored image, by split, then source and digest: a
+    function of the data alone, like the store, so a re-run or a repair writes it again
+    byte-identical. `rows[i]` is image i's row in `index`."""
+    return [
+        (str(digest), name, source)
+        for name in SPLITS
+        for source, digest in sorted(
+            (index.describe(int(rows[position])), str(digests[position]))
+            for position in indices[name]
+        )
+    ]
 
 
 def find_label_conflicts(digests: np.ndarray, labels: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -396,6 +425,11 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--raw", type=Path, required=True, help="the dataset's raw folder")
     parser.add_argument("--out", type=Path, required=True, help="the prepared-data folder")
     parser.add_argument("--skipped", type=Path, required=True, help="the unreadable-images CSV")
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        help="the CSV naming each stored image's source file (digest, split, path)",
+    )
     args = parser.parse_args(argv)
     config = load_config()
     log_start(f"{config.data.dataset} from {args.raw}")
@@ -405,6 +439,7 @@ def main(argv: Sequence[str]) -> None:
         args.out,
         args.skipped,
         label_conflicts=config.validation.label_conflicts,
+        sources_file=args.sources,
     )
     log_result(split_summary(plan))
 

@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.evaluation.significance import PAIRWISE_COLUMNS
-from pipeline.reporting import (  # noqa: E402
+from pipeline.reporting.content import (  # noqa: E402
     DatasetCard,
     ReportContent,
     StrategySection,
@@ -30,9 +30,8 @@ from pipeline.reporting import (  # noqa: E402
     collect_strategy_figures,
     mlflow_run_url,
     read_classification_report,
-    render_report,
-    write_report,
 )
+from pipeline.reporting.html import render_report, write_report  # noqa: E402
 from pipeline.reporting import content as report_content  # noqa: E402
 from pipeline.store import open_splits, write_store_from_arrays  # noqa: E402
 from tests.project import PROJECT_ROOT  # noqa: E402
@@ -447,6 +446,119 @@ def test_the_report_reads_the_evaluate_stage_file_names_without_keras() -> None:
         " pipeline.evaluation.layout as l;"
         "assert c.GRADCAM_PNG is l.GRADCAM_PNG;"
         "print(sorted(m for m in ('keras', 'tensorflow', 'mlflow') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# --- label issues -------------------------------------------------------------------------------
+
+
+def _label_issues_csv(path: Path, rows: list[tuple]) -> Path:
+    from pipeline.evaluation.label_issues import COLUMNS
+    from pipeline.store import write_csv
+
+    write_csv(path, COLUMNS, rows)
+    return path
+
+
+def _label_issue_store(root: Path):
+    """Train and val of three classes; image i of a split is filled with 10 * split + i."""
+    from pipeline.store import image_digests
+
+    train = np.arange(4, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 1), np.uint8)
+    val = train[:2] + 10
+    test = train[:1] + 20
+    write_store_from_arrays(
+        root,
+        {
+            "train": (train, np.array([0, 1, 2, 0])),
+            "val": (val, np.array([1, 2])),
+            "test": (test, np.array([0])),
+        },
+        CLASSES,
+    )
+    return image_digests(train), image_digests(val), image_digests(test)
+
+
+def test_label_issues_are_read_with_their_images_by_digest_never_from_test(tmp_path) -> None:
+    train, val, test = _label_issue_store(tmp_path / "prepared")
+    csv_path = _label_issues_csv(
+        tmp_path / "label_issues.csv",
+        [
+            ("dog/x.png", val[1], "val", "dog", "cat", "0", "label_conflict"),
+            ("=cat/y.png", train[2], "train", "dog", "cat", "0.01", "suspect"),
+            ("", "0" * 32, "train", "cat", "dog", "0.2", "suspect"),  # no longer stored
+            ("cat/z.png", train[3], "train", "cat", HOSTILE, "0.3", "suspect"),
+        ],
+    )
+    splits = open_splits(tmp_path / "prepared")
+    reads: list[str] = []
+    for name, split in splits.items():
+
+        def recorded(rows, name=name, read=split.read):
+            reads.append(name)
+            return read(rows)
+
+        split.read = recorded
+    card = report_content.read_label_issues(csv_path, splits, limit=3)
+    assert (card.count, card.conflicts, card.checked) == (4, 1, 6)
+    assert [example.path for example in card.examples] == ["dog/x.png", "=cat/y.png", ""]
+    assert card.examples[0].conflict and not card.examples[1].conflict
+    assert card.examples[0].image[0, 0, 0] == 11 and card.examples[1].image[0, 0, 0] == 2
+    assert card.examples[2].image is None and card.examples[1].score == pytest.approx(0.01)
+    assert "test" not in reads
+
+
+def test_label_issue_gallery_shows_the_worst_with_labels_and_files(content, tmp_path) -> None:
+    from dataclasses import replace
+
+    from pipeline.reporting.content import LabelIssueExample, LabelIssuesCard
+
+    image = np.full((8, 8, 1), 7, np.uint8)
+    examples = [
+        LabelIssueExample("dog/0001.png", "val", "dog", "cat", 0.0, conflict=True, image=image),
+        LabelIssueExample(f"cat/{HOSTILE}.png", "train", "cat", HOSTILE, 0.012, image=image),
+        LabelIssueExample("", "train", "cat", "dog", 0.2, image=None),
+    ]
+    card = LabelIssuesCard(40, 1, 1000, examples, "reports/label_issues.csv")
+    without = render_report(content)
+    page_text = render_report(replace(content, label_issues=card))
+    page = _parse(page_text)
+    text = " ".join(page.text)
+    assert 'id="label-issues"' in page_text and 'id="label-issues"' not in without
+    assert "40 suspected among 1,000 train and val images" in text
+    assert "move the file into the subfolder of its right class" in text
+    assert "dvc repro" in text and "reports/label_issues.csv" in text
+    # Two embedded thumbnails (the third image is no longer stored), captioned given -> suggested.
+    assert len(page.images) == len(_parse(without).images) + 2
+    assert "dog \u2192 cat" in text and f"cat \u2192 {HOSTILE}" in text
+    assert "dog/0001.png" in text and "same image, other class" in text
+    assert "score 0.012" in text and "not in the store" in text
+    assert "<script" not in page_text.lower()
+    assert 'href="#label-issues"' in page_text
+
+
+def test_label_issue_section_for_a_bundled_dataset_and_for_none(content) -> None:
+    from dataclasses import replace
+
+    from pipeline.reporting.content import LabelIssuesCard
+
+    bundled = LabelIssuesCard(3, 0, 50, [], "label_issues.csv", folder=False)
+    text = " ".join(_parse(render_report(replace(content, label_issues=bundled))).text)
+    assert "correct its label where the dataset comes from" in text
+    empty = LabelIssuesCard(0, 0, 50, [], "label_issues.csv")
+    text = " ".join(_parse(render_report(replace(content, label_issues=empty))).text)
+    assert "No suspected label error" in text and "To fix one" not in text
+
+
+def test_the_report_reads_label_issues_without_cleanlab_or_scikit_learn() -> None:
+    code = (
+        "import sys, pipeline.reporting.content;"
+        "print(sorted(m for m in ('cleanlab', 'sklearn') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT
