@@ -6,6 +6,7 @@
     pipeline retrain         one retraining cycle: lock, new data or drift?, dvc repro, gate
     pipeline retrain --force retrain even when the data has not changed
     pipeline rollback        move the champion back to the version it replaced
+    pipeline card [VERSION]  print a version's model card (default: the champion's)
     pipeline sync-mlflow     log to MLflow what a lost tracking server missed
     pipeline deps            each stage's code dependencies, derived from its imports
     pipeline deps --check    exit 1, naming the stage and file, where dvc.yaml disagrees
@@ -233,6 +234,18 @@ def rollback(args: argparse.Namespace) -> int:
         f"{done.to_version} ({reason}); a `pipeline serve` follows within one poll. "
         f"Version {done.from_version} will not be promoted again. MLflow run {run_id}"
     )
+    return 0
+
+
+def card(args: argparse.Namespace) -> int:
+    """Print a registered version's model card: its description, which the promote stage set."""
+    from pipeline import registry
+
+    root = _project_root(args.root)
+    config = _project_config(root)
+    _tracking(root)
+    _, text = registry.model_card(_registered_model(args, config), args.which)
+    print(text.rstrip("\n"))
     return 0
 
 
@@ -685,6 +698,33 @@ def _add_operate_verbs(verbs) -> None:
     _add_model_name(rollback_parser)
     _add_root(rollback_parser)
     rollback_parser.set_defaults(run=rollback)
+
+    card_parser = _add_verb(
+        verbs,
+        "card",
+        "print a registered version's model card",
+        "Print the model card of a registered version: its description in the registry, which "
+        "the promote stage generates from the records (data, training, figures, limits, "
+        "lineage) and the MLflow UI shows on the version's page; model_card.md in the "
+        "promotion's run holds the same text.",
+    )
+    card_parser.add_argument(
+        "which",
+        nargs="?",
+        default="champion",
+        metavar="VERSION",
+        help="a version number, or an alias: champion, challenger (default: champion)",
+    )
+    card_parser.add_argument(
+        "--model-name",
+        "--model",
+        dest="model_name",
+        metavar="NAME",
+        help="the registered model (default: mlflow.registered_model in params.yaml, else "
+        "<dataset>-classifier)",
+    )
+    _add_root(card_parser)
+    card_parser.set_defaults(run=card)
 
 
 def main(argv: Sequence[str]) -> int:

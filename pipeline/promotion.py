@@ -7,16 +7,26 @@ last of all, moves `champion` when the gate passed. A failure at any step leaves
 where it was. Inside a DVC experiment the decision is computed and returned, and nothing is
 registered: only the main line (`dvc repro` in the workspace, `pipeline retrain`) moves the
 registry.
+
+After the decision, and before `champion` moves, the version gets its model card
+(pipeline.reporting.model_card): written to the stage's card file always, logged into the
+promotion's run as model_card.md, and set as the version's description (refreshed when the
+same model file meets the gate again). Its sources are read before anything is registered, so
+a missing record fails the stage with the registry untouched.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline import registry
 from pipeline.errors import DataError
+from pipeline.evaluation.layout import CLASSIFICATION_REPORT, EVALUATION_JSON
 from pipeline.evaluation.promotion import (
     Decision,
     GateThresholds,
@@ -25,12 +35,56 @@ from pipeline.evaluation.promotion import (
     UnusableChampion,
     judge_challenger,
 )
-from pipeline.store import MANIFEST_FILE, MODEL_FILE, data_version, open_split, sha256_of
+from pipeline.reporting.model_card import (
+    CARD_FILE,
+    MAX_DESCRIPTION_CHARS,
+    CardRecords,
+    Lineage,
+    count_classes,
+    fit_description,
+    read_csv_rows,
+    read_history,
+    read_label_issues,
+    render_model_card,
+)
+from pipeline.store import (
+    HISTORY_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    PLAN_FILE,
+    SPLITS,
+    data_version,
+    open_split,
+    read_json,
+    sha256_of,
+    write_text,
+)
 from pipeline.tracking.context import execution_tags
+from pipeline.tracking.record import RunRecord
 from pipeline.tracking.runs import configure_tracking
 from pipeline.tracking.strategy_runs import input_example
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DVC_LOCK = "dvc.lock"
+"""At the project root: its SHA-256 goes into the card's lineage."""
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    """Where the model card's records are, beside what the gate itself reads, and where the
+    card goes (the promote stage's out, written on every run)."""
+
+    out: Path
+    evaluation_dir: Path
+    """The promoted strategy's report folder (evaluation.json, classification_report.csv)."""
+    label_issues: Path | None = None
+    """label_issues.csv; None, or a file that is not there, when label issues were not looked
+    for."""
+    comparison_run: Path | None = None
+    """comparison_run.json: the comparison's MLflow run."""
 
 
 def promote_challenger(
@@ -47,13 +101,17 @@ def promote_challenger(
     dvc_experiment: str | None,
     resize: str = "stretch",
     max_pixels: int | None = None,
+    challenger_ece: float | None = None,
+    card: CardInputs | None = None,
 ) -> dict:
     """Run the gate on `strategy`'s model (`model_dir`, trained in run `source_run_id`) against
     the champion of `registered_model`, on the test split in `prepared`; return the decision
     record that reports/promotion.json holds. `dvc_experiment` is the DVC experiment this runs
     in (None on the main line), `project_root` the project whose MLflow store is used, and
     `resize` and `max_pixels` the split's `data.resize` and `data.max_pixels`, with which the
-    registered model decodes image files."""
+    registered model decodes image files. `challenger_ece` is the challenger's test ECE
+    (metrics.json's test_ece; None when not measured), judged against `thresholds.max_ece`;
+    with `card` the version gets its model card (see publish_model_card)."""
     model_file = model_dir / MODEL_FILE
     manifest_file = model_dir / MANIFEST_FILE
     # Labels and digests are held; the images are read a batch at a time, once per model
@@ -62,6 +120,8 @@ def promote_challenger(
     if not len(test):
         raise DataError(f"{prepared}: the test split is empty; rerun the split stage")
     main_line = dvc_experiment is None
+    # Read before anything is registered: a missing record fails with the registry untouched.
+    sources = read_card_sources(card, model_dir, prepared, project_root) if card else None
     experiment_id = configure_tracking(project_root, experiment_name)
     version_of_data = data_version(prepared)
     model_sha256 = sha256_of(model_file)
@@ -96,12 +156,13 @@ def promote_challenger(
             thresholds,
             rolled_back,
             unusable,
+            challenger_ece=challenger_ece,
         )
         decision = outcome.decision
         if decision.champion_unusable:
             logger.error("%s", decision.champion_unusable)
         _warn_about_overlap(outcome.overlap)
-        version = None
+        version, new = None, False
         if main_line:
             version, new = registry.enter_challenger(
                 registered_model,
@@ -158,6 +219,8 @@ def promote_challenger(
             "data_version": version_of_data,
             "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if sources is not None:
+            publish_model_card(card, sources, record, tags, experiment_id, new)
         # An unusable champion still holds the alias: it is what a rollback moves away from.
         champion_version = champion.version if champion else (unusable and unusable.version)
         if registry.record_outcome(registered_model, version, decision, champion_version, record):
@@ -167,6 +230,146 @@ def promote_challenger(
             record["champion_after"] = int(champion_version) if champion_version else None
             _log_kept(decision, champion_version, main_line)
     return record
+
+
+@dataclass(frozen=True)
+class CardSources:
+    """The model card's records read from files, before the gate runs (CardRecords without
+    what the decision and MLflow add)."""
+
+    run: dict
+    history: list[dict]
+    evaluation: dict
+    classification_report: list[dict] | None
+    split_plan: dict | None
+    classes: list[str]
+    image_shape: tuple[int, ...]
+    class_counts: dict[str, list[int]]
+    manifest_sha256: str | None
+    label_issues: list[dict] | None
+    comparison_run: str | None
+    dvc_lock_sha256: str | None
+
+
+def read_card_sources(
+    card: CardInputs, model_dir: Path, prepared: Path, project_root: Path
+) -> CardSources:
+    """Read what the card is made of: the strategy's run record and history, its evaluation
+    (which must be of this very model file), the split's plan and class counts, the label
+    issues, the comparison's run and dvc.lock's hash. A DataError names a missing or stale
+    record and what to rerun."""
+    evaluation_file = card.evaluation_dir / EVALUATION_JSON
+    if not evaluation_file.is_file():
+        raise DataError(
+            f"{evaluation_file} is missing: the model card needs the promoted strategy's "
+            f"evaluation; run `dvc repro evaluate@{model_dir.name}`"
+        )
+    evaluation = read_json(evaluation_file)
+    model_sha256 = sha256_of(model_dir / MODEL_FILE)
+    if evaluation.get("model_sha256") not in (None, model_sha256):
+        raise DataError(
+            f"{evaluation_file} evaluates another model file (SHA-256 "
+            f"{evaluation['model_sha256'][:12]}..., {model_dir / MODEL_FILE} has "
+            f"{model_sha256[:12]}...): rerun `dvc repro evaluate@{model_dir.name}`"
+        )
+    splits = {name: open_split(prepared, name) for name in SPLITS}
+    try:
+        test = splits["test"]
+        classes, image_shape = list(test.classes), tuple(test.image_shape)
+        counts = {name: count_classes(split.y, len(classes)) for name, split in splits.items()}
+    finally:
+        for split in splits.values():
+            split.close()
+    return CardSources(
+        run=RunRecord.read(model_dir).model_dump(mode="json"),
+        history=_if_file(model_dir / HISTORY_FILE, read_history) or [],
+        evaluation=evaluation,
+        classification_report=_if_file(card.evaluation_dir / CLASSIFICATION_REPORT, read_csv_rows),
+        split_plan=_if_file(prepared / PLAN_FILE, read_json),
+        classes=classes,
+        image_shape=image_shape,
+        class_counts=counts,
+        manifest_sha256=_if_file(model_dir / MANIFEST_FILE, sha256_of),
+        label_issues=_label_issues(card.label_issues),
+        comparison_run=(_if_file(card.comparison_run, read_json) or {}).get("run_id")
+        if card.comparison_run
+        else None,
+        dvc_lock_sha256=_if_file(project_root / DVC_LOCK, sha256_of),
+    )
+
+
+def _if_file(path: Path, read: Callable[[Path], T]) -> T | None:
+    """`read(path)` when `path` is a file, else None."""
+    return read(path) if path.is_file() else None
+
+
+def _label_issues(path: Path | None) -> list[dict] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        logger.warning("%s is not there: the model card says the labels were not checked", path)
+        return None
+    return read_label_issues(path)
+
+
+def publish_model_card(
+    card: CardInputs,
+    sources: CardSources,
+    record: dict,
+    tags: dict[str, str],
+    experiment_id: str,
+    new_version: bool,
+) -> str:
+    """Generate the model card of the promotion `record` (its challenger's version, or none
+    inside a DVC experiment), write it to `card.out`, log it into the active promotion run as
+    model_card.md and make it the version's description; return it."""
+    name = record["registered_model"]
+    challenger = record["challenger"]
+    version = None if challenger["version"] is None else str(challenger["version"])
+    drift = None
+    if version is not None and not new_version:
+        drift = registry.last_drift_verdict(experiment_id, name, version)
+    lineage = Lineage(
+        git_commit=tags.get("git_commit"),
+        dvc_lock_sha256=sources.dvc_lock_sha256,
+        training_run=challenger["source_run_id"],
+        evaluation_run=registry.evaluation_run_of(challenger["source_run_id"]),
+        comparison_run=sources.comparison_run,
+        promotion_run=challenger["run_id"],
+        dvc_experiment=record.get("dvc_experiment"),
+    )
+    records = CardRecords(
+        registered_model=name,
+        version=version,
+        new_version=new_version,
+        strategy=record["strategy"],
+        dataset=tags.get("dataset", ""),
+        classes=sources.classes,
+        image_shape=sources.image_shape,
+        class_counts=sources.class_counts,
+        run=sources.run,
+        history=sources.history,
+        evaluation=sources.evaluation,
+        decision=record,
+        lineage=lineage,
+        generated_at=record["decided_at"],
+        split_plan=sources.split_plan,
+        manifest_sha256=sources.manifest_sha256,
+        classification_report=sources.classification_report,
+        label_issues=sources.label_issues,
+        drift=drift,
+    )
+    text = render_model_card(records)
+    write_text(card.out, text)
+    description = fit_description(
+        text,
+        f"Cut to MLflow's {MAX_DESCRIPTION_CHARS}-character description: the whole card is "
+        f"{CARD_FILE} in promotion run {challenger['run_id']}.",
+    )
+    registry.record_model_card(name, version, text, description, CARD_FILE)
+    where = f"version {version}'s description and " if version is not None else ""
+    logger.info("model card: %s%s, %s in run %s", where, card.out, CARD_FILE, challenger["run_id"])
+    return text
 
 
 def _champion_entry(

@@ -645,3 +645,110 @@ def record_outcome(
         return False
     set_champion(name, version)
     return True
+
+
+# --- the model card -------------------------------------------------------------------------
+
+
+def record_model_card(
+    name: str, version: str | None, card: str, description: str, artifact_file: str
+) -> None:
+    """Log the model card into the active run (the promotion's, which holds the classifier) as
+    `artifact_file`, and make `description` (the card, cut to what MLflow keeps) the
+    description of `version` of `name`, which the MLflow UI shows on the version's page. With
+    `version` None (a DVC experiment: nothing registered) only the artifact is logged."""
+    mlflow.log_text(card, artifact_file)
+    if version is not None:
+        mlflow.MlflowClient().update_model_version(name, str(version), description=description)
+
+
+def model_card(name: str, which: str) -> tuple[str, str]:
+    """(version, its description: the model card) of version `which` of `name`, or of the
+    version the alias `which` (champion, challenger) points at; a RegistryError naming what
+    is missing and what to do."""
+    client = mlflow.MlflowClient()
+    versions = registered_versions(name)
+    if not versions:
+        raise RegistryError(
+            f"{name} has no registered version in this tracking store: promote one first "
+            "(dvc repro), or pass --model-name"
+        )
+    if which.isdigit():
+        if str(int(which)) not in versions:
+            raise RegistryError(
+                f"{name} has no version {which}; its versions are {', '.join(versions)}"
+            )
+        found = client.get_model_version(name, str(int(which)))
+    else:
+        try:
+            found = client.get_model_version_by_alias(name, which)
+        except MlflowException as error:
+            if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            aliases = sorted(client.get_registered_model(name).aliases)
+            if which == CHAMPION:
+                raise RegistryError(
+                    f"{name} has no champion: pass a version ({', '.join(versions)}), or "
+                    "promote one first"
+                ) from None
+            raise RegistryError(
+                f"{name} has no alias {which!r} (its aliases: {', '.join(aliases) or 'none'}): "
+                f"pass a version ({', '.join(versions)}) or an alias"
+            ) from None
+    version = str(found.version)
+    if not (found.description or "").strip():
+        raise RegistryError(
+            f"version {version} of {name} has no model card: it was registered before model "
+            "cards existed, or not by the promote stage. The promote stage writes the card of "
+            "every version it registers, and refreshes it when it meets the same model again"
+        )
+    return version, found.description
+
+
+def evaluation_run_of(training_run_id: str | None) -> str | None:
+    """The run holding the latest evaluation of the training run `training_run_id`: a later
+    re-evaluation's own run (tagged with the run it evaluates), else the training run itself
+    once it holds one; None when neither is in this store."""
+    from pipeline.tracking.strategy_runs import EVALUATED_TAG, EVALUATES_RUN_TAG
+
+    if not training_run_id:
+        return None
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(training_run_id)
+    except MlflowException:
+        return None
+    found = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.`{EVALUATES_RUN_TAG}` = '{_quoted(training_run_id)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    return training_run_id if EVALUATED_TAG in run.data.tags else None
+
+
+def last_drift_verdict(experiment_id: str, name: str, version: str) -> dict | None:
+    """The last `pipeline monitor` verdict on version `version` of `name` (its run's tags:
+    drift, the tests that fired, the window), or None when it was never monitored."""
+    found = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=(
+            "tags.`pipeline.kind` = 'monitor' and "
+            f"tags.registered_model = '{_quoted(name)}' and "
+            f"tags.model_version = '{_quoted(str(version))}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not found:
+        return None
+    tags = found[0].data.tags
+    return {
+        "drift": tags.get("drift") == "true",
+        "fired": tags.get("fired", ""),
+        "window": tags.get("window"),
+        "window_end": tags.get("window_end"),
+        "run_id": found[0].info.run_id,
+    }

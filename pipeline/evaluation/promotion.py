@@ -3,8 +3,9 @@
 Which strategy to promote, and whether it may replace the champion. A challenger replaces the
 champion only when it passes every criterion on the same, current test split: an accuracy
 floor, a recall floor for every class, a minimum improvement over the champion, and McNemar's
-test in its favour. With no champion, or a champion that cannot be loaded, the two floors
-alone decide.
+test in its favour; and, when `max_ece` is set, a ceiling on its expected calibration error.
+With no champion, or a champion that cannot be loaded, the floors (and the ceiling) alone
+decide.
 """
 
 from __future__ import annotations
@@ -48,15 +49,21 @@ class GateThresholds:
     """McNemar's test: p < alpha, with more challenger-only-correct than champion-only pairs."""
     min_class_recall: float
     """Every class's recall must be at least this."""
+    max_ece: float | None = None
+    """The challenger's test expected calibration error must be at most this; None: calibration
+    does not gate (and the decision has no `calibration` criterion)."""
 
     def __post_init__(self) -> None:
-        for name in ("min_accuracy", "min_improvement", "alpha", "min_class_recall"):
+        numbers = ["min_accuracy", "min_improvement", "alpha", "min_class_recall"]
+        if self.max_ece is not None:
+            numbers.append("max_ece")
+        for name in numbers:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float | np.number):
                 raise ValueError(f"{name} must be a number, got {value!r}")
         # Written so that NaN fails every check rather than passing them all.
-        for name in ("min_accuracy", "min_improvement", "min_class_recall"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+        for name in ("min_accuracy", "min_improvement", "min_class_recall", "max_ece"):
+            if name in numbers and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
@@ -65,10 +72,12 @@ class GateThresholds:
 @dataclass(frozen=True)
 class Criterion:
     name: str
-    """accuracy_floor, class_recall_floor, improvement or mcnemar."""
+    """accuracy_floor, class_recall_floor, improvement, mcnemar or calibration (and the gate's
+    refusals: fair_test_split, comparable, new_model, not_rolled_back)."""
     passed: bool
     observed: float
-    """The value judged: accuracy, lowest recall, accuracy gain, or McNemar's p-value."""
+    """The value judged: accuracy, lowest recall, accuracy gain, McNemar's p-value, or the
+    expected calibration error (NaN when it was not measured)."""
     threshold: float
     detail: str
     """One sentence for a person: the observed value, the threshold and the verdict."""
@@ -102,6 +111,9 @@ class Decision:
         criteria = {}
         for criterion in self.criteria:
             entry = {key: value for key, value in asdict(criterion).items() if key in _NUMBERS}
+            # A value that was never measured (NaN) is null: JSON has no NaN.
+            if not np.isfinite(entry["observed"]):
+                entry["observed"] = None
             if criterion.name == "mcnemar" and self.mcnemar is not None:
                 entry.update(asdict(self.mcnemar))
             criteria[criterion.name] = entry
@@ -121,9 +133,12 @@ def decide_promotion(
     champion_pred: np.ndarray | None,
     classes: Sequence[str],
     thresholds: GateThresholds,
+    challenger_ece: float | None = None,
 ) -> Decision:
     """Judge the challenger (and, when there is one, against the champion) on the same test
-    labels; every array holds integer indices into `classes`."""
+    labels; every array holds integer indices into `classes`. `challenger_ece` is its test
+    expected calibration error (evaluation.json's `test_ece`), judged when
+    `thresholds.max_ece` is set."""
     classes = list(classes)
     if not classes:
         raise ValueError("classes is empty: the gate needs the class names of the test split")
@@ -146,6 +161,8 @@ def decide_promotion(
         ),
         _recall_floor(y_true, challenger_pred, classes, thresholds.min_class_recall),
     ]
+    if thresholds.max_ece is not None:
+        criteria.append(_calibration_ceiling(challenger_ece, thresholds.max_ece))
     champion_accuracy = None
     test = None
     if champion_pred is not None:
@@ -220,6 +237,26 @@ def _recall_floor(
     if absent:
         detail += f" (classes with no test image, so no recall: {', '.join(map(repr, absent))})"
     return Criterion("class_recall_floor", lowest >= floor, lowest, floor, detail)
+
+
+def _calibration_ceiling(ece: float | None, ceiling: float) -> Criterion:
+    """The challenger's test expected calibration error against `ceiling`; a challenger whose
+    ECE was never measured (an evaluation from before calibration) fails, saying how to fix it."""
+    if ece is None or isinstance(ece, bool) or not np.isfinite(ece):
+        detail = (
+            f"the challenger has no expected calibration error (got {ece!r}) to hold against "
+            f"the ceiling {ceiling:.4f}: re-run its evaluation (dvc repro evaluate), which "
+            "measures it, then promote again"
+        )
+        return Criterion("calibration", False, float("nan"), ceiling, detail)
+    ece = float(ece)
+    passed = ece <= ceiling
+    detail = (
+        f"test expected calibration error {ece:.4f} "
+        + ("is within" if passed else "is above")
+        + f" the ceiling {ceiling:.4f}"
+    )
+    return Criterion("calibration", passed, ece, ceiling, detail)
 
 
 MIN_FAIR_FRACTION = 0.5
@@ -322,11 +359,14 @@ def gate_challenger(
     champion: ScoredVersion | None,
     classes: list[str],
     thresholds: GateThresholds,
+    challenger_ece: float | None = None,
 ) -> Decision:
     """The gate's decision; a champion trained on other classes cannot be compared, and the
     challenger does not replace it without a person deciding so."""
     if champion is not None and champion.predictions is None:
-        floors = decide_promotion(y_true, challenger.predictions, None, classes, thresholds)
+        floors = decide_promotion(
+            y_true, challenger.predictions, None, classes, thresholds, challenger_ece
+        )
         detail = (
             f"champion version {champion.version} predicts classes {champion.classes}, "
             f"the test split has {classes}: promote by hand (set the alias) or register "
@@ -335,7 +375,9 @@ def gate_challenger(
         incomparable = Criterion("comparable", False, 0.0, 1.0, detail)
         return replace(floors, passed=False, criteria=(*floors.criteria, incomparable))
     champion_pred = None if champion is None else champion.predictions
-    return decide_promotion(y_true, challenger.predictions, champion_pred, classes, thresholds)
+    return decide_promotion(
+        y_true, challenger.predictions, champion_pred, classes, thresholds, challenger_ece
+    )
 
 
 @dataclass(frozen=True)
@@ -373,12 +415,15 @@ def judge_challenger(
     thresholds: GateThresholds,
     rolled_back_versions: frozenset[str] = frozenset(),
     unusable_champion: UnusableChampion | None = None,
+    challenger_ece: float | None = None,
 ) -> GateOutcome:
     """The whole gate on one test split: leave out the test images either model trained on,
     refuse when too few remain, judge the rest, never re-promote the champion itself, and
     never promote a model that a rollback took out of service (`rolled_back_versions`).
     With `unusable_champion` (and no `champion`) the floors alone judge, and the decision
-    says the champion was unusable and how to recover."""
+    says the champion was unusable and how to recover. `challenger_ece`, the challenger's
+    test expected calibration error (metrics.json's `test_ece`, of the whole test split), is
+    held against `thresholds.max_ece` when that is set."""
     if champion is not None and unusable_champion is not None:
         raise ValueError("a champion is either scored or unusable, not both")
     overlap = find_test_overlap(
@@ -393,6 +438,7 @@ def judge_challenger(
             _kept(champion, overlap.keep),
             classes,
             thresholds,
+            challenger_ece,
         )
     else:
         decision = unfair_decision(overlap, float(np.mean(challenger.predictions == y_true)))

@@ -10,7 +10,10 @@ file is registered once (versions are keyed by its SHA-256). Inside a DVC experi
 
 Writes reports/promotion.json (DVC metrics): the decision, each criterion with its observed
 value and threshold, and both versions. The reasons also go on the model version as tags, and
-the whole decision is an MLflow run of its own. A failure at any step leaves `champion` where
+the whole decision is an MLflow run of its own. The model card (--card, always written) is
+generated from the records: the promoted strategy's evaluation, run and history, the split, the
+label issues, the decision and the runs; on the main line it is also the version's description
+and model_card.md in the promotion's run. A failure at any step leaves `champion` where
 it was: the alias is the last thing this stage changes.
 """
 
@@ -44,24 +47,44 @@ def main(argv: Sequence[str]) -> None:
         required=True,
         help="a strategy's model folder (named after the strategy); repeat for each",
     )
+    parser.add_argument(
+        "--evaluation",
+        type=Path,
+        action="append",
+        required=True,
+        help="a strategy's report folder (named after the strategy); repeat for each",
+    )
+    parser.add_argument(
+        "--label-issues", type=Path, help="the suspected label errors (label_issues.csv)"
+    )
+    parser.add_argument(
+        "--comparison-run", type=Path, help="the comparison's run record (comparison_run.json)"
+    )
+    parser.add_argument("--card", type=Path, required=True, help="the model card to write")
     parser.add_argument("--out", type=Path, required=True, help="the decision JSON")
     parser.add_argument(
         "--summary", type=Path, required=True, help="the decision's numbers (DVC metrics)"
     )
     args = parser.parse_args(argv)
     config = load_config()
-    unknown = [path for path in args.model if path.name not in STRATEGY_NAMES]
-    if unknown:
-        raise ConfigError(f"--model {unknown[0]}: its folder must be named after a strategy")
+    for option, paths in (("--model", args.model), ("--evaluation", args.evaluation)):
+        unknown = [path for path in paths if path.name not in STRATEGY_NAMES]
+        if unknown:
+            raise ConfigError(f"{option} {unknown[0]}: its folder must be named after a strategy")
     project_root = Path.cwd()
     check_tracking_server(tracking_uri(project_root))
     by_name = {path.name: path for path in args.model}
-    strategy = choose_strategy(
-        read_json(args.metrics), list(by_name), config.promote.strategy, args.metrics
-    )
+    metrics = read_json(args.metrics)
+    strategy = choose_strategy(metrics, list(by_name), config.promote.strategy, args.metrics)
+    evaluations = {path.name: path for path in args.evaluation}
+    if strategy not in evaluations:
+        raise ConfigError(
+            f"--evaluation: no report folder of {strategy}, the strategy promoted; pass "
+            f"--evaluation <reports>/{strategy}"
+        )
     log_start(f"{strategy} (promote.strategy: {config.promote.strategy}) through the gate")
     # MLflow and Keras load only after the server check (see the train stage).
-    from pipeline.promotion import promote_challenger
+    from pipeline.promotion import CardInputs, promote_challenger
 
     record = promote_challenger(
         registered_model=config.mlflow.registered_model_name(config.data.dataset),
@@ -78,9 +101,19 @@ def main(argv: Sequence[str]) -> None:
             min_improvement=config.promote.min_improvement,
             alpha=config.promote.alpha,
             min_class_recall=config.promote.min_class_recall,
+            max_ece=config.promote.max_ece,
         ),
+        # None for an evaluation made before calibration was measured: with promote.max_ece
+        # set, the gate then refuses the challenger, saying to re-run its evaluation.
+        challenger_ece=metrics[strategy].get("test_ece"),
         project_root=project_root,
         dvc_experiment=dvc_experiment(),
+        card=CardInputs(
+            out=args.card,
+            evaluation_dir=evaluations[strategy],
+            label_issues=args.label_issues,
+            comparison_run=args.comparison_run,
+        ),
     )
     write_json(args.out, record)
     write_json(args.summary, gate_summary(record))

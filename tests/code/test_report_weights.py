@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.evaluation.significance import PAIRWISE_COLUMNS
 from pipeline.models.weight_kinds import WEIGHTS_LABELS
-from pipeline.reporting import DatasetCard, ReportContent, StrategySection, render_report
+from pipeline.reporting.content import DatasetCard, ReportContent, StrategySection
+from pipeline.reporting.html import render_report
 from pipeline.reporting.weights import random_caveat, weights_headline
 
 STRATEGIES = ("scratch", "feature_extraction", "fine_tune")

@@ -101,15 +101,23 @@ def _shard_images(path: str, split: str) -> bool:
 def test_no_stage_reads_the_images_of_a_split_it_does_not_use(traced) -> None:
     """Evaluation reads test images only (digits train without augmentation, so no train image
     for its figure); compare and promote read labels and digests, never pixels of train or
-    val; training reads no validation pixels beyond its own validation."""
+    val; the report shows train and val images of suspected label errors, never test ones;
+    label_issues reads nothing of the test split."""
     _, trace = traced
     for stage in ("evaluate@scratch", "evaluate@feature_extraction", "evaluate@fine_tune"):
         reads = trace[stage]["reads"]
         assert any(_shard_images(path, "test") for path in reads), stage
         assert not any(_shard_images(path, "train") or _shard_images(path, "val") for path in reads)
-    for stage in ("compare", "promote", "report"):
+    for stage in ("compare", "promote"):
         reads = trace[stage]["reads"]
         assert not any(_shard_images(path, "val") for path in reads), stage
+    # The report's label-issue gallery shows train and val images, never a test image.
+    assert not any(_shard_images(path, "test") for path in trace["report"]["reads"])
+    # Label issues are found on train and val alone: no test pixel, label or feature.
+    reads = trace["label_issues"]["reads"]
+    assert not any(path.startswith("data/prepared/shards/test-") for path in reads), reads
+    assert "data/features/test.npy" not in reads
+    assert "data/features/train.npy" in reads
 
 
 def test_stages_write_only_their_declared_outs(traced) -> None:
