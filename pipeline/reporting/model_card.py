@@ -752,7 +752,7 @@ def _p_value(value: Any) -> str:
 
 def _value(value: Any) -> str:
     if value is _REQUIRED:
-        return "(none)"
+        return "(no default: always set)"
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
     return f"`{_inline(value)}`"

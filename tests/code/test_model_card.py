@@ -263,7 +263,7 @@ def test_every_section_is_there_and_says_what_the_records_say() -> None:
     assert rows["Class weights"] == ["`balanced`: cat 1.0000, dog 0.9500, bird 1.0500"]
     assert rows["`backbone.image_size`"] == ["`48`", "`32`"]
     assert rows["`train.dense_units`"] == ["`128`", "`256`"]
-    assert rows["`train.epochs`"] == ["`30`", "(none)"]
+    assert rows["`train.epochs`"] == ["`30`", "(no default: always set)"]
     assert "`train.learning_rate`" not in rows, "a strategy's own default is no change"
     assert "`train.seed`" not in rows and "`data.seed`" not in rows
     # Figures: overall, calibration, per class, significance, speed.
