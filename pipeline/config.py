@@ -28,10 +28,10 @@ from pipeline.datasets.sources import DATASET_NAMES, DATASETS
 from pipeline.errors import ConfigError
 
 STRATEGY_NAMES: tuple[str, ...] = ("scratch", "feature_extraction", "fine_tune")
+"""The training strategies (`train.<name>` blocks), in the order the pipeline reports them."""
 CLASS_WEIGHT_AUTO_RATIO = 3.0
 """`class_weight: auto` weights the classes when the largest has more than this many times the
 train images of the smallest."""
-"""The training strategies (`train.<name>` blocks), in the order the pipeline reports them."""
 
 WEIGHT_KEYWORDS: tuple[str, ...] = ("auto", "imagenet", "hed", "random")
 
@@ -337,6 +337,7 @@ class LabelIssuesConfig(_Strict):
     # Out-of-fold probabilities: K folds, each image scored by a model that never saw it.
     folds: Annotated[int, Field(ge=2, le=20)] = 5
     gallery_images: NonNegativeInt = 24  # the worst suspects shown in the report
+
 
 class PatternsConfig(_Strict):
     """Filter patterns by gradient ascent in input space (the course's listings 5.32-5.39)."""

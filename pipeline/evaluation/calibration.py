@@ -157,6 +157,10 @@ class TemperatureFit:
     val_nll_after: float
     at_bound: bool = False
     """The best temperature lies on TEMPERATURE_BOUNDS: the model is far off, say so."""
+    no_mistakes: bool = False
+    """Every val image was classified right: the NLL falls for ever as T shrinks, so no
+    temperature can be fitted and T stays 1 (a fitted one would make the model over-confident
+    on the first image it gets wrong)."""
 
 
 def logit_nll(logits: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> float:
@@ -176,7 +180,11 @@ def fit_temperature(
     """The one temperature T that minimises the NLL of softmax(logits / T) (sigmoid for a
     one-unit output) on these labels: SciPy's bounded scalar search over log T (scale-free:
     halving and doubling are steps of one size). The NLL is convex in 1/T, so it has one
-    minimum; should the search still end above the NLL at T = 1 (rounding), T stays 1."""
+    minimum; should the search still end above the NLL at T = 1 (rounding), T stays 1.
+
+    When every image is classified right the NLL has no minimum (it falls towards 0 as T
+    shrinks) and the search would stop anywhere in that flat valley: T stays 1 then, and the
+    fit says so (`no_mistakes`)."""
     from scipy.optimize import minimize_scalar
 
     logits = _logit_table(logits)
@@ -191,6 +199,9 @@ def fit_temperature(
         return float(-log_p[rows, y_true].mean())
 
     before = nll(0.0)
+    predicted, _ = _predictions_and_margins(logits)
+    if np.all(predicted == y_true):
+        return TemperatureFit(1.0, before, before, no_mistakes=True)
     result = minimize_scalar(
         nll, bounds=(math.log(low), math.log(high)), method="bounded", options={"xatol": 1e-6}
     )
@@ -281,6 +292,13 @@ def calibrate_model(
 
     logits = np.asarray(predict_outputs(logit_model(model), images, batch_size), np.float64)
     fit = fit_temperature(logits, y_true)
+    if fit.no_mistakes:
+        logger.warning(
+            "every one of the %d val images is classified right: the val NLL has no minimum, so "
+            "no temperature is fitted and the model keeps T = 1 (a larger val split, or harder "
+            "data, would give one)",
+            len(y_true),
+        )
     if fit.at_bound:
         logger.warning(
             "the val NLL is lowest at the search's bound T = %.3g (bounds %s): the model's "

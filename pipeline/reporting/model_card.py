@@ -515,7 +515,10 @@ def _temperature(run: Mapping[str, Any]) -> str:
         return NOT_RECORDED + " (trained before calibration existed)"
     before, after = run.get("val_nll_before"), run.get("val_nll_after")
     if before is None or after is None:
-        return f"{_fixed(temperature)}: none fitted (train.calibration none, or no val split)"
+        return (
+            f"{_fixed(temperature)}: none fitted (train.calibration none, or no val image or "
+            "val mistake to fit on)"
+        )
     return (
         f"{_fixed(temperature)}, fitted on val (val NLL {_fixed(before)} -> {_fixed(after)}), "
         "inside the served model"

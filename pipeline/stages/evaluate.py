@@ -98,7 +98,8 @@ def main(argv: Sequence[str]) -> None:
                 cache=explanation_cache(Path.cwd()),
                 # Folded into the model by the train stage: the evaluation recovers the
                 # probabilities before it, for the ECE before and after.
-                temperature=run.temperature,
+                # A model trained before calibration existed holds no temperature: T = 1.
+                temperature=run.temperature or 1.0,
             )
         finally:
             test.close()

@@ -42,9 +42,10 @@ class RunRecord(BaseModel):
     """Epochs where a new training phase starts (fine-tuning's unfreezing)."""
     augmentation: dict[str, Any] | None = None
     """The augmentation as resolved for the dataset; None when off."""
-    temperature: PositiveFloat = 1.0
+    temperature: PositiveFloat | None = None
     """The temperature folded into the saved model's output layer (fitted on val); 1 when
-    `train.calibration` is none, and for models trained before calibration existed."""
+    none was fitted (`train.calibration: none`, no val image, no val mistake); None for models
+    trained before calibration existed (their probabilities are the network's own)."""
     val_nll_before: float | None = None
     """The val split's NLL before temperature scaling; None when no temperature was fitted."""
     val_nll_after: float | None = None

@@ -206,13 +206,16 @@ def train_and_record(
 def calibrate(model: keras.Model, val: ImageSplit, method: str) -> TemperatureFit | None:
     """With `method` temperature, fit the temperature on the val split and fold it into the
     model's output layer (evaluation.calibration.calibrate_model); None when the method is
-    none, or there is no val image to fit on (the model is left as trained: T = 1)."""
+    none, or there is no val image or no val mistake to fit on (the model is left as trained:
+    T = 1)."""
     if method == "none":
         return None
     if not len(val):
         logger.warning("the val split is empty: no temperature fitted, the model keeps T = 1")
         return None
-    return calibrate_model(model, val, val.y)
+    fit = calibrate_model(model, val, val.y)
+    # No val mistake, no temperature (calibrate_model says why): recorded as none fitted.
+    return None if fit.no_mistakes else fit
 
 
 def _weights_by_index(weights: dict[int, float] | None) -> dict[str, float] | None:

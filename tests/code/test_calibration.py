@@ -416,8 +416,9 @@ def test_a_run_record_from_before_calibration_reads_with_temperature_one(tmp_pat
     }
     (tmp_path / "run.json").write_text(json.dumps(old))
     record = RunRecord.read(tmp_path)
-    assert record.temperature == 1.0 and record.val_nll_before is None
-    assert record.calibration_metrics() == {"temperature": 1.0}
+    # Not recorded (trained before calibration), not "fitted as 1".
+    assert record.temperature is None and record.val_nll_before is None
+    assert record.calibration_metrics() == {}
     fitted = record.model_copy(
         update={"temperature": 1.7, "val_nll_before": 0.9, "val_nll_after": 0.4}
     )
@@ -427,3 +428,18 @@ def test_a_run_record_from_before_calibration_reads_with_temperature_one(tmp_pat
         "val_nll_before": 0.9,
         "val_nll_after": 0.4,
     }
+
+
+def test_a_val_split_without_mistakes_fits_no_temperature() -> None:
+    """All right on val: the NLL falls for ever as T shrinks, and a temperature found in that
+    flat valley would make the served model wildly over-confident on its first mistake."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 3))
+    y_true = logits.argmax(axis=1)
+    fit = fit_temperature(logits, y_true)
+    assert fit.no_mistakes and fit.temperature == 1.0
+    assert fit.val_nll_after == fit.val_nll_before
+    # One mistake gives the NLL a minimum again, and a temperature is fitted.
+    y_true[0] = (y_true[0] + 1) % 3
+    fit = fit_temperature(logits, y_true)
+    assert not fit.no_mistakes and fit.temperature != 1.0

@@ -594,3 +594,23 @@ def test_a_card_that_fits_is_the_description_and_a_longer_one_is_cut_saying_wher
     assert len(cut) <= MAX_DESCRIPTION_CHARS
     assert cut.endswith("_the whole card is model_card.md in run r_\n")
     assert long_card.startswith(cut.split("\n\n_the whole card")[0])
+
+
+def test_an_old_run_json_read_as_the_promote_stage_reads_it_says_not_recorded(tmp_path) -> None:
+    """Through RunRecord, as promotion reads it: a run.json written before calibration existed
+    has no temperature, and the card does not pass it off as "none fitted"."""
+    from pipeline.store import write_json
+    from pipeline.tracking.record import RunRecord
+
+    old = {
+        **_run(),
+        "experiment_id": "1",
+        "experiment_name": "image-classifiers",
+        "run_name": "digits-feature_extraction",
+        "tracked": True,
+        "validation_summary": {},
+    }
+    write_json(tmp_path / "run.json", old)
+    run = RunRecord.read(tmp_path).model_dump(mode="json")
+    card = render_model_card(_records(run=run))
+    assert table_figures(card)["Temperature"][0].startswith("not recorded")

@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.evaluation.significance import PAIRWISE_COLUMNS
+from pipeline.reporting import content as report_content  # noqa: E402
 from pipeline.reporting.content import (  # noqa: E402
     DatasetCard,
     ReportContent,
@@ -32,7 +33,6 @@ from pipeline.reporting.content import (  # noqa: E402
     read_classification_report,
 )
 from pipeline.reporting.html import render_report, write_report  # noqa: E402
-from pipeline.reporting import content as report_content  # noqa: E402
 from pipeline.store import open_splits, write_store_from_arrays  # noqa: E402
 from tests.project import PROJECT_ROOT  # noqa: E402
 

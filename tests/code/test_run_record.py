@@ -196,7 +196,6 @@ def test_the_class_weights_a_training_used_are_recorded_and_logged_as_metrics(tm
     again = RunRecord.read(tmp_path)
     assert again.class_weights == {"0": 0.55, "1": 5.5}
     assert again.calibration_metrics() == {
-        "temperature": 1.0,
         "class_weight_0": 0.55,
         "class_weight_1": 5.5,
     }
