@@ -17,6 +17,8 @@ a missing record fails the stage with the registry untouched.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -294,8 +296,30 @@ def read_card_sources(
         comparison_run=(_if_file(card.comparison_run, read_json) or {}).get("run_id")
         if card.comparison_run
         else None,
-        dvc_lock_sha256=_if_file(project_root / DVC_LOCK, sha256_of),
+        dvc_lock_sha256=_if_file(project_root / DVC_LOCK, upstream_lock_digest),
     )
+
+
+def upstream_lock_digest(lock_file: Path) -> str | None:
+    """The SHA-256 of what dvc.lock records of every stage but promote (canonical JSON, keys
+    sorted): the code, params, data and outs the promoted model came from. The promote stage's
+    own entry is left out, since DVC rewrites it after this stage, and its decision changes on
+    every run; the other stages' entries are final by the time promote runs. None when the
+    file is not a lock DVC wrote (no `stages` mapping)."""
+    import yaml
+
+    try:
+        lock = yaml.safe_load(lock_file.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        logger.warning(
+            "%s cannot be read (%s): the model card leaves its digest out", lock_file, error
+        )
+        return None
+    if not isinstance(lock, dict) or not isinstance(lock.get("stages"), dict):
+        return None
+    stages = {name: entry for name, entry in lock["stages"].items() if name != "promote"}
+    canonical = json.dumps({**lock, "stages": stages}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _if_file(path: Path, read: Callable[[Path], T]) -> T | None:
@@ -364,9 +388,19 @@ def publish_model_card(
     description = fit_description(
         text,
         f"Cut to MLflow's {MAX_DESCRIPTION_CHARS}-character description: the whole card is "
-        f"{CARD_FILE} in promotion run {challenger['run_id']}.",
+        f"{CARD_FILE} in promotion run {challenger['run_id']} (`pipeline card` prints it).",
+        MAX_DESCRIPTION_CHARS,
     )
-    registry.record_model_card(name, version, text, description, CARD_FILE)
+    # Met again as the champion itself, a version keeps the card of its promotion: today's
+    # "already the champion, nothing to promote" would replace the page that says why it
+    # serves. The new card is still written and logged into this promotion's run.
+    describe = "new_model" not in record.get("criteria", {})
+    registry.record_model_card(name, version, text, description, CARD_FILE, describe)
+    if version is not None and not describe:
+        logger.info(
+            "version %s is the champion: its description keeps its promotion's card", version
+        )
+        version = None
     where = f"version {version}'s description and " if version is not None else ""
     logger.info("model card: %s%s, %s in run %s", where, card.out, CARD_FILE, challenger["run_id"])
     return text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -650,19 +651,34 @@ def record_outcome(
 # --- the model card -------------------------------------------------------------------------
 
 
+MODEL_CARD_RUN_TAG = "model_card.run_id"
+"""On a version: the run whose model_card.md is its card (the description may be cut)."""
+
+
 def record_model_card(
-    name: str, version: str | None, card: str, description: str, artifact_file: str
+    name: str,
+    version: str | None,
+    card: str,
+    description: str,
+    artifact_file: str,
+    describe: bool = True,
 ) -> None:
     """Log the model card into the active run (the promotion's, which holds the classifier) as
-    `artifact_file`, and make `description` (the card, cut to what MLflow keeps) the
-    description of `version` of `name`, which the MLflow UI shows on the version's page. With
-    `version` None (a DVC experiment: nothing registered) only the artifact is logged."""
+    `artifact_file`, and, with `describe`, make `description` (the card, cut to what MLflow
+    keeps) the description of `version` of `name`, which the MLflow UI shows on the version's
+    page, and tag the version with the run that holds the whole card. With `version` None (a
+    DVC experiment: nothing registered) only the artifact is logged."""
     mlflow.log_text(card, artifact_file)
-    if version is not None:
-        mlflow.MlflowClient().update_model_version(name, str(version), description=description)
+    if version is None or not describe:
+        return
+    client = mlflow.MlflowClient()
+    client.update_model_version(name, str(version), description=description)
+    client.set_model_version_tag(
+        name, str(version), MODEL_CARD_RUN_TAG, mlflow.active_run().info.run_id
+    )
 
 
-def model_card(name: str, which: str) -> tuple[str, str]:
+def model_card(name: str, which: str, artifact_file: str = "model_card.md") -> tuple[str, str]:
     """(version, its description: the model card) of version `which` of `name`, or of the
     version the alias `which` (champion, challenger) points at; a RegistryError naming what
     is missing and what to do."""
@@ -673,7 +689,7 @@ def model_card(name: str, which: str) -> tuple[str, str]:
             f"{name} has no registered version in this tracking store: promote one first "
             "(dvc repro), or pass --model-name"
         )
-    if which.isdigit():
+    if re.fullmatch(r"[0-9]+", which):
         if str(int(which)) not in versions:
             raise RegistryError(
                 f"{name} has no version {which}; its versions are {', '.join(versions)}"
@@ -696,6 +712,9 @@ def model_card(name: str, which: str) -> tuple[str, str]:
                 f"pass a version ({', '.join(versions)}) or an alias"
             ) from None
     version = str(found.version)
+    whole = _whole_card(found, artifact_file)
+    if whole is not None:
+        return version, whole
     if not (found.description or "").strip():
         raise RegistryError(
             f"version {version} of {name} has no model card: it was registered before model "
@@ -703,6 +722,20 @@ def model_card(name: str, which: str) -> tuple[str, str]:
             "every version it registers, and refreshes it when it meets the same model again"
         )
     return version, found.description
+
+
+def _whole_card(version: ModelVersion, artifact_file: str) -> str | None:
+    """The whole model card of `version` (its description may be cut to MLflow's 5,000
+    characters): `artifact_file` in the run its tag names, else in the run it was logged
+    from; None when neither holds one."""
+    for run_id in (version.tags.get(MODEL_CARD_RUN_TAG), version.run_id):
+        if not run_id:
+            continue
+        try:
+            return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
+        except (MlflowException, OSError):
+            continue
+    return None
 
 
 def evaluation_run_of(training_run_id: str | None) -> str | None:

@@ -69,7 +69,7 @@ METRIC_NAMES = {
     "test_roc_auc": "ROC AUC",
     "test_pr_auc": "PR AUC (average precision)",
     "test_ece": "Expected calibration error (ECE, 15 bins)",
-    "test_brier": "Brier score",
+    "test_brier": "Brier score (multi-class, 0 to 2)",
     "test_nll": "Negative log-likelihood",
     "test_ece_uncalibrated": "ECE before temperature scaling",
     "test_brier_uncalibrated": "Brier score before temperature scaling",
@@ -717,7 +717,7 @@ def _lineage(records: CardRecords) -> str:
     lineage = records.lineage
     rows = [
         ("Git commit", _code(lineage.git_commit)),
-        ("dvc.lock SHA-256", _code(lineage.dvc_lock_sha256)),
+        ("dvc.lock SHA-256 (every stage but promote)", _code(lineage.dvc_lock_sha256)),
         ("Training run", _code(lineage.training_run)),
         ("Evaluation run", _code(lineage.evaluation_run)),
         ("Comparison run", _code(lineage.comparison_run)),

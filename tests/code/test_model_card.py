@@ -14,6 +14,7 @@ import re
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from pipeline.errors import DataError
 from pipeline.evaluation.metrics import metric_safe_names
@@ -276,7 +277,7 @@ def test_every_section_is_there_and_says_what_the_records_say() -> None:
     assert "not yet served" in limits
     # Lineage.
     assert rows["Git commit"] == ["`" + "c0ffee" * 6 + "beef`"]
-    assert rows["dvc.lock SHA-256"] == ["`" + "12" * 32 + "`"]
+    assert rows["dvc.lock SHA-256 (every stage but promote)"] == ["`" + "12" * 32 + "`"]
     for label, run in [
         ("Training run", "train-run-1"),
         ("Evaluation run", "train-run-1"),
@@ -614,3 +615,25 @@ def test_an_old_run_json_read_as_the_promote_stage_reads_it_says_not_recorded(tm
     run = RunRecord.read(tmp_path).model_dump(mode="json")
     card = render_model_card(_records(run=run))
     assert table_figures(card)["Temperature"][0].startswith("not recorded")
+
+
+def test_the_lock_digest_is_of_the_stages_the_model_came_from(tmp_path) -> None:
+    """DVC rewrites the promote stage's own lock entry after the card is written: the digest
+    leaves it out, so the card's figure is the one the committed dvc.lock gives, and any change
+    upstream (code, params, data) changes it."""
+    from pipeline.promotion import upstream_lock_digest
+
+    lock = tmp_path / "dvc.lock"
+    entry = {"cmd": "python -m x", "outs": [{"path": "models/scratch", "md5": "a" * 32}]}
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train": entry}}))
+    digest = upstream_lock_digest(lock)
+    promoted = {"cmd": "python -m promote", "outs": [{"path": "p.json", "md5": "b" * 32}]}
+    lock.write_text(
+        yaml.safe_dump({"schema": "2.0", "stages": {"train": entry, "promote": promoted}})
+    )
+    assert upstream_lock_digest(lock) == digest
+    changed = {**entry, "outs": [{"path": "models/scratch", "md5": "c" * 32}]}
+    lock.write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train": changed}}))
+    assert upstream_lock_digest(lock) != digest
+    lock.write_text("not: [a lock")
+    assert upstream_lock_digest(lock) is None

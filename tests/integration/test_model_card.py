@@ -28,6 +28,7 @@ from pipeline.evaluation.metrics import (
     predict_probabilities,
     probability_metrics,
 )
+from pipeline.promotion import upstream_lock_digest
 from pipeline.store import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -271,7 +272,10 @@ def test_a_registered_version_describes_itself_with_its_card(project, capsys) ->
     assert rows["Evaluation run"] == [f"`{evaluation['run_id']}`"]
     assert rows["Comparison run"] == [f"`{project.comparison}`"]
     assert rows["Promotion run"] == [f"`{decision['challenger']['run_id']}`"]
-    assert rows["dvc.lock SHA-256"] == [f"`{sha256_of(project.root / 'dvc.lock')}`"]
+    lock_digest = upstream_lock_digest(project.root / "dvc.lock")
+    assert lock_digest and rows["dvc.lock SHA-256 (every stage but promote)"] == [
+        f"`{lock_digest}`"
+    ]
     assert rows["Git commit"] == [f"`{git(project.root, 'rev-parse', 'HEAD')}`"]
     assert rows["Data version"] == [f"`{read_store_index(project.root / 'data/prepared').version}`"]
     assert "Label issues: 2 suspected in train and val" in card and "c1.png" in card
@@ -285,7 +289,7 @@ def test_a_registered_version_describes_itself_with_its_card(project, capsys) ->
     assert capsys.readouterr().out == card
 
 
-def test_the_same_model_promoted_again_gets_a_fresh_description(project) -> None:
+def test_the_champion_promoted_again_keeps_the_card_of_its_promotion(project) -> None:
     first, _ = _promote(project.root)
     # Today's figures change (a re-evaluation, in a run of its own); the model file is the
     # same, and `pipeline monitor` has judged the version's traffic since.
@@ -315,10 +319,15 @@ def test_the_same_model_promoted_again_gets_a_fresh_description(project) -> None
     assert decision["registered"] and decision["challenger"]["version"] == 1
     assert "not_rolled_back" not in decision["criteria"] and "new_model" in decision["criteria"]
     assert again != first and table_figures(again)["Inference speed (images/s)"] == ["999.5"]
+    check_card_figures(again, evaluation, decision, CLASSES)
+    # Today's card is logged into today's promotion run, but the champion's page keeps the
+    # card of its promotion: "already the champion, nothing to promote" does not replace why
+    # it serves.
+    logged = mlflow.artifacts.load_text(f"runs:/{decision['challenger']['run_id']}/model_card.md")
+    assert logged == again
     versions = project.client.search_model_versions(f"name = '{NAME}'")
     assert [str(version.version) for version in versions] == ["1"]
-    assert versions[0].description == again
-    check_card_figures(again, evaluation, decision, CLASSES)
+    assert versions[0].description == first
 
 
 def test_inside_a_dvc_experiment_the_card_is_written_and_nothing_registered(
@@ -350,6 +359,9 @@ def test_pipeline_card_fails_saying_why(project, capsys, monkeypatch) -> None:
     )
     status, _, err = _exit_status(["card", "staging", "--root", root], capsys)
     assert status == 2 and "has no alias 'staging' (its aliases: challenger, champion)" in err
+    # A digit that is no number (str.isdigit says yes to it) is an alias name, not a crash.
+    status, _, err = _exit_status(["card", "\u00b2", "--root", root], capsys)
+    assert status == 2 and "has no alias" in err and "Traceback" not in err
 
     # A version registered by hand: no champion, and no card.
     source = project.root / "source"
@@ -367,3 +379,19 @@ def test_pipeline_card_fails_saying_why(project, capsys, monkeypatch) -> None:
     assert status == 2 and "cannot be reached" in err
     for message in (err,):
         assert "Traceback" not in message
+
+
+def test_pipeline_card_prints_the_whole_card_when_the_description_is_cut(
+    project, capsys, monkeypatch
+) -> None:
+    """MLflow keeps 5,000 characters of a description (PostgreSQL refuses more): a longer
+    card is cut there, and `pipeline card` prints the whole one from the promotion's run."""
+    from pipeline import promotion
+
+    monkeypatch.setattr(promotion, "MAX_DESCRIPTION_CHARS", 600)
+    card, decision = _promote(project.root)
+    stored = project.client.get_model_version(NAME, str(decision["challenger"]["version"]))
+    assert len(stored.description) <= 600 < len(card)
+    assert "model_card.md" in stored.description
+    assert cli.main(["card", "--root", str(project.root)]) == 0
+    assert capsys.readouterr().out == card
