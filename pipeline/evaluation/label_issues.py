@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 SCORED_SPLITS: tuple[str, ...] = ("train", "val")
 """The splits whose labels are checked; never the test split."""
+DROPPED_SPLIT = "dropped"
+"""The `split` of an image left out of the store as a label conflict (it is in none)."""
 COLUMNS: tuple[str, ...] = ("path", "digest", "split", "given", "suggested", "score", "issue")
 """reports/label_issues.csv's header, worst first."""
 SOURCES_COLUMNS: tuple[str, ...] = ("digest", "split", "path")
@@ -359,9 +361,12 @@ def find_label_issues(
     folds: int,
     seed: int,
     conflicts: Iterable[Mapping] = (),
+    dropped_conflicts: Iterable[Mapping] = (),
 ) -> LabelIssueReport:
     """The label issues of `images` (train and val), worst first: identical images under two
-    classes, then cleanlab's suspects by label quality score."""
+    classes (`conflicts` in the store, then `dropped_conflicts`, left out of it by
+    `validate.label_conflicts: drop`, listed with split `dropped`), then cleanlab's suspects
+    by label quality score."""
     class_names = [str(name) for name in class_names]
     # A canonical row order (digest, label, split), so the folds depend on the data alone and
     # not on how the store happens to lay its shards out.
@@ -374,6 +379,11 @@ def find_label_issues(
 
     split_of = {digest: split for digest, split in zip(digests, splits, strict=True)}
     conflict_rows, test_conflicts = conflict_issues(conflicts, split_of)
+    dropped = list(dropped_conflicts)
+    dropped_rows, _ = conflict_issues(
+        dropped, {str(conflict.get("digest", "")): DROPPED_SPLIT for conflict in dropped}
+    )
+    conflict_rows += dropped_rows
     listed = {issue.digest for issue in conflict_rows}
 
     used, scored, unscored = plan_folds(labels, folds)

@@ -19,7 +19,7 @@ from pipeline.evaluation.label_issues import (
     find_label_issues,
     load_scored_images,
 )
-from pipeline.store import PLAN_FILE, read_json, write_csv
+from pipeline.store import DROPPED_CONFLICTS_KEY, PLAN_FILE, read_json, write_csv
 
 logger = logging.getLogger("pipeline.stages.label_issues")
 
@@ -51,8 +51,12 @@ def main(argv: Sequence[str]) -> None:
     folds = config.label_issues.folds
     log_start(f"{folds}-fold out-of-fold probabilities over {args.features}")
     images, classes = load_scored_images(args.prepared, args.features, args.sources)
-    conflicts = read_json(args.prepared / PLAN_FILE).get("label_conflicts") or []
-    report = find_label_issues(images, classes, folds, config.data.seed, conflicts)
+    plan = read_json(args.prepared / PLAN_FILE)
+    # Identical images under two classes: still in the store (the data gate fails on them),
+    # or left out by `validate.label_conflicts: drop` (split.json keeps them apart).
+    conflicts = plan.get("label_conflicts") or []
+    dropped = plan.get(DROPPED_CONFLICTS_KEY) or []
+    report = find_label_issues(images, classes, folds, config.data.seed, conflicts, dropped)
     if report.test_conflicts:
         logger.warning(
             "%d image(s) under two classes are in the test split: not listed (this stage reads "

@@ -42,6 +42,7 @@ from pipeline.datasets.split import plan_split, stratified_subset
 from pipeline.entry import Progress, log_result, log_start, run_entry
 from pipeline.errors import DataError
 from pipeline.store import (
+    DROPPED_CONFLICTS_KEY,
     PLAN_FILE,
     SHARD_BYTES,
     SPLITS,
@@ -148,8 +149,12 @@ def _prepare_from_spool(
     keep = np.setdiff1d(np.arange(len(chosen)), np.fromiter(bad, dtype=np.int64))
     conflicts = find_label_conflicts(all_digests[keep], index.labels[chosen][keep])
     dropped: list[tuple[str, str]] = []
+    dropped_record: list[dict] = []
     if conflicts and label_conflicts == "drop":
         dropped = _conflict_rows(conflicts, index, chosen[keep])
+        # Kept in split.json (not in the gate's `label_conflicts`): label_issues lists them,
+        # so the files to fix are named beside the suspects.
+        dropped_record = _conflict_record(conflicts, index, chosen[keep])
         drop = np.concatenate([members for _, members in conflicts])
         keep = np.delete(keep, drop)
         logger.warning(
@@ -206,6 +211,8 @@ def _prepare_from_spool(
             )
             plan = _plan(config, spec, index, labels, skipped, split, digests, store)
             plan["label_conflicts"] = conflict_record
+            if dropped_record:
+                plan[DROPPED_CONFLICTS_KEY] = dropped_record
             write_json(staging / PLAN_FILE, plan)
     finally:
         spool.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pipeline.store.files import (  # noqa: F401 - the package's contract
     CLASSES_FILE,
+    DROPPED_CONFLICTS_KEY,
     EXTRACTOR_FILE,
     FEATURES_INFO_FILE,
     FIRST_KERNEL_FILE,

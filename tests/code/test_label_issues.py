@@ -176,6 +176,24 @@ def test_conflicts_come_first_and_test_ones_are_only_counted() -> None:
     assert [issue.digest for issue in report.issues].count(images.digests[5]) == 2
 
 
+def test_conflicts_dropped_from_the_store_are_listed_with_their_files() -> None:
+    """validate.label_conflicts: drop leaves the copies out of every split: the files to fix
+    are still listed, first, with split `dropped`."""
+    features, labels = _blobs()
+    dropped = [
+        {
+            "digest": "e" * 32,
+            "files": [{"path": "ant/y.png", "class": "ant"}, {"path": "bee/y.png", "class": "bee"}],
+        }
+    ]
+    report = find_label_issues(_images(features, labels), CLASSES, 5, 0, (), dropped)
+    assert [(i.path, i.split, i.suggested, i.issue) for i in report.issues[:2]] == [
+        ("ant/y.png", "dropped", "bee", CONFLICT),
+        ("bee/y.png", "dropped", "ant", CONFLICT),
+    ]
+    assert report.test_conflicts == 0
+
+
 def test_conflict_with_three_classes_suggests_the_other_two() -> None:
     issues, elsewhere = conflict_issues(
         [{"digest": "d", "files": [{"path": p, "class": p[0]} for p in ("a/1", "b/1", "c/1")]}],

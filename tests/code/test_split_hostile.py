@@ -97,6 +97,13 @@ def test_identical_images_under_two_classes_are_dropped_and_listed(folder, tmp_p
         str(d) for split in open_splits(tmp_path / "prepared").values() for d in split.digests()
     ]
     assert len(stored) == len(set(stored)) == 35
+    # split.json keeps them apart from the gate's list, for reports/label_issues.csv.
+    (dropped,) = plan["label_conflicts_dropped"]
+    assert {(item["path"], item["class"]) for item in dropped["files"]} == {
+        ("circle/0000.png", "circle"),
+        ("circle/again.png", "circle"),
+        ("square/same.png", "square"),
+    }
 
 
 def test_find_label_conflicts_ignores_copies_within_one_class() -> None:
