@@ -106,7 +106,7 @@ class LabelIssueReport:
     images: int
     """Train and val images checked."""
     folds: int
-    """The folds used (fewer than asked when a class has fewer images)."""
+    """The folds used (fewer than asked when even the largest class has fewer images)."""
     unscored: list[str] = field(default_factory=list)
     """Classes with too few images to be scored out of fold."""
     test_conflicts: int = 0
@@ -255,14 +255,16 @@ def plan_folds(labels: np.ndarray, folds: int) -> tuple[int, np.ndarray, list[in
     """The folds to use, which rows can be scored, and the classes that cannot.
 
     A class needs an image in at least two folds to be scored out of fold (one fold's model
-    must have seen it): classes of a single image are left out, with a warning, and the folds
-    drop to the smallest remaining class's size (at least 2)."""
+    must have seen it): classes of a single image are left out, with a warning. A small class
+    does not lower the folds for everyone (each fold's model would see less of every class):
+    its images spread over as many folds as it has, and the folds drop only when even the
+    largest class has fewer images than folds (at least 2)."""
     labels = np.asarray(labels)
     counts = Counter(int(label) for label in labels)
     unscored = sorted(label for label, count in counts.items() if count < 2)
     scored = np.isin(labels, unscored, invert=True)
     remaining = [count for label, count in counts.items() if count >= 2]
-    used = max(2, min([int(folds), *remaining])) if remaining else int(folds)
+    used = max(2, min(int(folds), max(remaining))) if remaining else int(folds)
     return used, scored, unscored
 
 
@@ -276,7 +278,7 @@ def out_of_fold_probabilities(
 ) -> np.ndarray:
     """Each row's class probabilities (num_classes columns) from a classifier fitted on the
     other folds only (stratified, shuffled with `seed`). Every class of `labels` must have at
-    least `folds` rows (`plan_folds`)."""
+    least 2 rows (`plan_folds`): a class of fewer rows than folds is in some folds only."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedKFold
 
@@ -284,8 +286,13 @@ def out_of_fold_probabilities(
     labels = np.asarray(labels)
     probabilities = np.zeros((len(labels), num_classes), dtype=np.float64)
     splitter = StratifiedKFold(n_splits=int(folds), shuffle=True, random_state=int(seed))
+    with warnings.catch_warnings():
+        # A class with fewer images than folds is spread over as many folds as it has
+        # (plan_folds chose so): scikit-learn's warning about it says nothing new.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        assignments = list(splitter.split(features, labels))
     unconverged = 0
-    for fitted_rows, scored_rows in splitter.split(features, labels):
+    for fitted_rows, scored_rows in assignments:
         classifier = make_classifier(seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
@@ -396,7 +403,7 @@ def find_label_issues(
         )
     if used < folds:
         logger.warning(
-            "%d folds instead of %d: the smallest class has %d images in train and val",
+            "%d folds instead of %d: the largest class has %d images in train and val",
             used,
             folds,
             used,

@@ -207,11 +207,21 @@ def test_conflict_with_three_classes_suggests_the_other_two() -> None:
     ]
 
 
-def test_small_classes_reduce_the_folds_with_a_warning(caplog) -> None:
+def test_a_small_class_keeps_the_folds_and_is_still_scored_out_of_fold(caplog) -> None:
+    """One class of 3 images does not cut every class's folds to 3: its images spread over
+    3 of the 5 folds, each scored by a model fitted without it."""
     features, labels = _blobs(per_class=12)
     keep = np.r_[0:12, 12:24, 24:27]  # "cat" keeps 3 images
     with caplog.at_level(logging.WARNING):
         report = find_label_issues(_images(features[keep], labels[keep]), CLASSES, 5, 0)
+    assert report.folds == 5 and "folds instead of" not in caplog.text
+    assert report.images == len(keep) and not report.unscored
+
+
+def test_the_folds_drop_only_when_every_class_is_smaller(caplog) -> None:
+    features, labels = _blobs(per_class=3)
+    with caplog.at_level(logging.WARNING):
+        report = find_label_issues(_images(features, labels), CLASSES, 5, 0)
     assert report.folds == 3
     assert "3 folds instead of 5" in caplog.text
 
