@@ -278,8 +278,10 @@ def test_each_run_holds_its_figures_and_the_comparison_has_a_run_of_its_own(proj
     assert recorded["run_id"] == comparison["run_id"]
     artifacts = {a.path for a in client.list_artifacts(comparison["run_id"], "comparison")}
     assert {"comparison/comparison.csv", "comparison/significance.csv"} <= artifacts
+    # The report, and the suspected label errors its gallery shows.
     assert {a.path for a in client.list_artifacts(comparison["run_id"], "report")} == {
-        "report/index.html"
+        "report/index.html",
+        "report/label_issues.csv",
     }
     # Each pair's McNemar p-value, as logged, is significance.csv's row for that pair.
     significance = pd.read_csv(root / "reports" / "significance.csv")
@@ -321,6 +323,45 @@ def test_logged_models_predict_on_raw_uint8_through_pyfunc(project) -> None:
         predictions = np.asarray(model.predict(images))
         assert predictions.shape == (5, 10)
         np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-4)
+
+
+def test_label_issues_calibration_and_the_model_card_come_from_the_same_run(project) -> None:
+    """What the pipeline adds beyond accuracy, as `dvc repro` leaves it: label issues of train
+    and val only, a temperature that each evaluation reports as the model's own, and a model
+    card whose figures are evaluation.json's and promotion.json's, as the registry holds it."""
+    from tests.code.test_model_card import check_card_figures
+
+    root, _ = project
+    issues = pd.read_csv(root / "reports" / "label_issues.csv", dtype=str, keep_default_na=False)
+    assert list(issues.columns) == [
+        "path", "digest", "split", "given", "suggested", "score", "issue"
+    ]  # fmt: skip
+    assert set(issues["split"]) <= {"train", "val"}
+    assert (issues["given"] != issues["suggested"]).all()
+    scores = issues["score"].astype(float)
+    assert scores.is_monotonic_increasing or (issues["issue"] != "suspect").any()
+
+    for strategy in STRATEGIES:
+        evaluation = json.loads((root / "reports" / strategy / "evaluation.json").read_text())
+        run = json.loads((root / "models" / strategy / "run.json").read_text())
+        assert evaluation["temperature"] == run["temperature"] > 0
+        metrics = evaluation["metrics"]
+        assert 0.0 <= metrics["test_ece"] <= 1.0 and 0.0 <= metrics["test_brier"] <= 2.0
+        assert (root / "reports" / strategy / "reliability.png").is_file()
+
+    decision = json.loads((root / "reports" / "promotion.json").read_text())
+    card = (root / "reports" / "model_card.md").read_text()
+    evaluation = json.loads(
+        (root / "reports" / decision["strategy"] / "evaluation.json").read_text()
+    )
+    test = open_split(root / "data" / "prepared", "test")
+    assert check_card_figures(card, evaluation, decision, list(test.classes)) >= 12
+    assert f"{len(issues)} suspected in train and val" in card
+    if decision["registered"]:
+        version = mlflow.MlflowClient().get_model_version(
+            decision["registered_model"], str(decision["challenger"]["version"])
+        )
+        assert version.description == card
 
 
 def test_second_repro_runs_nothing(project) -> None:
@@ -551,6 +592,7 @@ def test_editing_a_dataset_module_makes_split_and_what_follows_stale(workspace) 
         "split",
         "validate",
         "features",
+        "label_issues",
         "train_scratch",
         "train_feature_extraction",
         "train_fine_tune",

@@ -37,13 +37,14 @@ from pipeline.store import (
     open_split,
     read_store_index,
     sha256_of,
-    write_classes,
     write_json,
     write_manifest,
     write_store_from_arrays,
 )
 from pipeline.tracking.record import RunRecord
 from tests.code.test_model_card import check_card_figures, table_figures
+from tests.code.test_model_checks import CLASSES, SHAPE
+from tests.code.test_model_checks import _save_model as save_tiny_model
 from tests.project import PROJECT_ROOT, git
 from tests.servers import free_port
 from tests.serving_models import tracking_store
@@ -51,24 +52,7 @@ from tests.serving_models import tracking_store
 pytestmark = pytest.mark.integration
 
 NAME = "digits-classifier"  # what params.yaml's dataset (digits) names the registered model
-CLASSES = ["cat", "dog"]
-SHAPE = (8, 8, 1)
 EXPERIMENT = "image-classifiers"
-
-
-def _save_model(folder: Path) -> Path:
-    """A tiny uint8 8x8 gray classifier of two classes, saved with its classes.json."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input(shape=SHAPE, dtype="uint8")
-    hidden = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
-    hidden = keras.layers.Dense(4, activation="relu")(hidden)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="predictions")(hidden)
-    folder.mkdir(parents=True, exist_ok=True)
-    keras.Model(inputs, outputs).save(folder / MODEL_FILE)
-    write_classes(folder, CLASSES)
-    return folder / MODEL_FILE
 
 
 def _prepared(root: Path) -> Path:
@@ -106,7 +90,7 @@ def _trained_model(root: Path, prepared: Path, client: mlflow.MlflowClient) -> P
     """models/scratch as training leaves it: the model, history, manifest and run.json, whose
     run is in the store and holds its evaluation."""
     model_dir = root / "models" / "scratch"
-    _save_model(model_dir)
+    save_tiny_model(model_dir, seed=0)
     train = open_split(prepared, "train")
     write_manifest(model_dir / MANIFEST_FILE, train.digests())
     train.close()
