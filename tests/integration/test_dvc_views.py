@@ -1,6 +1,6 @@
 """DVC's own views of the pipeline's outputs: `dvc plots show` draws every plot of dvc.yaml
 with no network (Vega inlined through .dvc/config's plots.html_template), checked in headless
-Chromium with the network off, and `dvc metrics show` is a row per strategy within 120
+Chromium with the network off, and `dvc metrics show` is a row per strategy within 130
 columns."""
 
 from __future__ import annotations
@@ -137,23 +137,31 @@ def test_dvc_plots_show_draws_every_plot_with_no_network(project: Path) -> None:
     assert not remote, remote
 
 
-def test_dvc_metrics_show_is_a_row_per_strategy_within_120_columns(project: Path) -> None:
+def test_dvc_metrics_show_is_a_row_per_strategy_within_130_columns(project: Path) -> None:
     folder = project / "reports" / "metrics"
     folder.mkdir(parents=True, exist_ok=True)
     for strategy in STRATEGIES:
-        values = {"test_accuracy": 0.987654, "test_macro_f1": 0.98765, "test_loss": 0.0456789}
+        values = {
+            "test_accuracy": 0.987654,
+            "test_macro_f1": 0.98765,
+            "test_loss": 0.0456789,
+            "test_ece": 0.0123456,
+            "test_brier": 0.0234567,
+        }
         if strategy != "scratch":
             values["backbone_weights"] = "random"
         (folder / f"{strategy}.json").write_text(json.dumps(values))
     shown = _dvc(project, "metrics", "show")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 120, shown.stdout
+    assert max(len(line) for line in lines) <= 130, shown.stdout
     rows = {line.split()[0] for line in lines[1:]}
     assert rows == {f"reports/metrics/{strategy}.json" for strategy in STRATEGIES}, shown.stdout
     assert lines[0].split()[1:] == [
         "backbone_weights",
         "test_accuracy",
+        "test_brier",
+        "test_ece",
         "test_loss",
         "test_macro_f1",
     ]
