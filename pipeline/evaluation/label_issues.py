@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.store import NpyRows, open_split
+from pipeline.store import SOURCES_COLUMNS, NpyRows, open_split
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ DROPPED_SPLIT = "dropped"
 """The `split` of an image left out of the store as a label conflict (it is in none)."""
 COLUMNS: tuple[str, ...] = ("path", "digest", "split", "given", "suggested", "score", "issue")
 """reports/label_issues.csv's header, worst first."""
-SOURCES_COLUMNS: tuple[str, ...] = ("digest", "split", "path")
-"""The split stage's table of where each stored image came from (its file, for a folder)."""
 SUSPECT = "suspect"
 """`issue` of an image cleanlab flags: its label is among the least probable out of fold."""
 CONFLICT = "label_conflict"

@@ -45,6 +45,7 @@ from pipeline.store import (
     DROPPED_CONFLICTS_KEY,
     PLAN_FILE,
     SHARD_BYTES,
+    SOURCES_COLUMNS,
     SPLITS,
     NpyRows,
     SplitRows,
@@ -65,9 +66,6 @@ LabelConflicts = Literal["fail", "drop"]
 DECODE_CHUNK_BYTES = 64 << 20
 """The most decoded image bytes the split stage holds at once."""
 
-SOURCES_HEADER = ("digest", "split", "path")
-"""The sources table's columns (pipeline.evaluation.label_issues reads it)."""
-
 
 def prepare_splits(
     config: DataConfig,
@@ -86,7 +84,7 @@ def prepare_splits(
     Identical images under two classes are kept and listed in the plan's `label_conflicts`
     (the data gate fails on them), or, with `label_conflicts="drop"`, left out and listed in
     `skipped_file`. `sources_file`, when given, gets every stored image's digest, split and
-    source (SOURCES_HEADER), sorted. Nothing is written unless the whole split succeeds: a
+    source (SOURCES_COLUMNS), sorted. Nothing is written unless the whole split succeeds: a
     failure leaves `prepared_dir`, `skipped_file` and `sources_file` as they were."""
     prepared_dir = Path(prepared_dir)
     prepared_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +107,7 @@ def prepare_splits(
     # Only now, once data/prepared is in place: a failed split leaves its outs as they were.
     write_csv(skipped_file, SKIPPED_HEADER, skipped)
     if sources_file is not None:
-        write_csv(sources_file, SOURCES_HEADER, sources)
+        write_csv(sources_file, SOURCES_COLUMNS, sources)
     return plan
 
 

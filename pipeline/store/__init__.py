@@ -27,6 +27,7 @@ from pipeline.store.files import (  # noqa: F401 - the package's contract
     MODEL_FILE,
     PLAN_FILE,
     RUN_FILE,
+    SOURCES_COLUMNS,
     SPLITS,
     atomic_directory,
     atomic_write,

@@ -18,6 +18,9 @@ from pipeline.errors import PipelineError
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 PLAN_FILE = "split.json"
 """Written beside the splits: counts and the fractions the split aimed at."""
+SOURCES_COLUMNS: tuple[str, ...] = ("digest", "split", "path")
+"""The split stage's table of where each stored image came from (its file, for a folder): what
+the label_issues stage reads to name the files."""
 DROPPED_CONFLICTS_KEY = "label_conflicts_dropped"
 """split.json's list of the identical images under several classes that
 `validate.label_conflicts: drop` left out of the store (the label_issues stage lists them)."""

@@ -35,15 +35,20 @@ def test_project_params_load_without_dropping_or_changing_a_value(params: dict) 
     assert {key: loaded.get(key, "<dropped>") for key in written} == written
 
 
+def _flat_defaults() -> dict:
+    """Every key of the config with its default, the keys params.yaml must set (epochs) set."""
+    required = {name: {"epochs": 1} for name in STRATEGY_NAMES}
+    return flatten_params(
+        PipelineConfig.model_validate({"train": required}).model_dump(by_alias=True)
+    )
+
+
 def test_every_key_is_written_so_that_dvc_exp_run_can_set_it(params: dict) -> None:
     """`dvc exp run -S key=value` sets only keys params.yaml already has (another needs
     `-S +key=value`): every key of the config is written there, the augmentation's settings
     excepted (params.yaml says they take a `+`). A key added to pipeline/config.py alone would
     be refused by DVC's -S."""
-    required = {name: {"epochs": 1} for name in STRATEGY_NAMES}
-    every = flatten_params(
-        PipelineConfig.model_validate({"train": required}).model_dump(by_alias=True)
-    )
+    every = _flat_defaults()
     written = flatten_params(params)
     missing = [
         key
@@ -59,10 +64,7 @@ def test_defaults_of_optional_keys_are_the_documented_ones(params: dict) -> None
     """A key left out of params.yaml takes the value params.yaml documents for it: the
     project's file and the model's defaults never disagree, except the keys params.yaml must
     set (epochs)."""
-    required = {name: {"epochs": 1} for name in STRATEGY_NAMES}
-    defaults = flatten_params(
-        PipelineConfig.model_validate({"train": required}).model_dump(by_alias=True)
-    )
+    defaults = _flat_defaults()
     written = flatten_params(params)
     differing = {key for key in written if written[key] != defaults.get(key)}
     assert differing == {

@@ -31,9 +31,10 @@ from pipeline.evaluation.label_issues import (
     read_sources,
 )
 from pipeline.stages import label_issues as stage
-from pipeline.stages.split import SOURCES_HEADER, prepare_splits
+from pipeline.stages.split import prepare_splits
 from pipeline.store import (
     PLAN_FILE,
+    SOURCES_COLUMNS,
     image_digests,
     open_splits,
     read_json,
@@ -264,7 +265,7 @@ def test_sources_give_each_copy_of_a_digest_its_own_file(tmp_path) -> None:
     table = tmp_path / "sources.csv"
     write_csv(
         table,
-        SOURCES_HEADER,
+        SOURCES_COLUMNS,
         [("d1", "train", "a/2.png"), ("d1", "train", "a/1.png"), ("d2", "val", "=evil.png"),
          ("d3", "test", "b/secret.png")],
     )  # fmt: skip
@@ -291,8 +292,7 @@ def test_split_writes_a_sorted_sources_table_and_rewrites_it_identically(tmp_pat
     first = sources.read_bytes()
     with open(sources, newline="") as stream:
         rows = list(csv.reader(stream))
-    # The writer's header is the reader's (the split stage must not import the evaluation).
-    assert tuple(rows[0]) == SOURCES_HEADER == core.SOURCES_COLUMNS and len(rows) == 13
+    assert tuple(rows[0]) == SOURCES_COLUMNS and len(rows) == 13
     body = rows[1:]
     order = {"train": 0, "val": 1, "test": 2}
     assert body == sorted(body, key=lambda row: (order[row[1]], row[2], row[0]))
@@ -344,7 +344,7 @@ def _project(tmp_path: Path, monkeypatch, flipped=(2, 31)) -> tuple[Path, np.nda
     digests = image_digests(x)
     write_csv(
         tmp_path / "sources.csv",
-        SOURCES_HEADER,
+        SOURCES_COLUMNS,
         sorted((digests[row], name, f"{CLASSES[given[row]]}/{row:03d}.png")
                for row, name in rows_of.items()),
     )  # fmt: skip
