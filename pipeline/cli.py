@@ -152,6 +152,62 @@ def _serving_limits(args: argparse.Namespace) -> dict:
     return limits
 
 
+def export(args: argparse.Namespace) -> int:
+    """Export a model to ONNX, TFLite or SavedModel, proven equal on the test split."""
+    import tempfile
+
+    root = _project_root(args.root)
+    config = _project_config(root)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from pipeline.export.exporter import export_model
+    from pipeline.export.sources import resolve_source
+    from pipeline.prediction import choice
+    from pipeline.store import open_split
+    from pipeline.tracking.server import limit_http_retries, tracking_uri
+    from pipeline.wiring import project_paths
+
+    paths = project_paths(root)
+    prepared = _under(root, args.prepared)
+    if not (prepared / "store.json").is_file():
+        raise PipelineError(
+            f"{prepared}: no prepared splits; an export is proven on the test split: run "
+            "`dvc repro` (or `dvc pull`) first, or pass --prepared"
+        )
+    store = tracking_uri(root)
+    limit_http_retries()
+
+    def champion() -> str:
+        return choice.find_champion(store, _registered_model(args, config))
+
+    with tempfile.TemporaryDirectory(prefix="pipeline-export-") as download:
+        source = resolve_source(
+            args.model,
+            root / paths["models"],
+            Path(download),
+            champion,
+            lambda uri: choice.use_tracking_store(store, uri),
+            resize=config.data.resize,
+        )
+        exported = export_model(
+            source,
+            args.format,
+            args.quantize,
+            open_split(prepared, "test"),
+            open_split(prepared, "train"),
+            _under(root, args.out),
+            seed=config.data.seed,
+        )
+    parity = exported.parity
+    print(f"{exported.folder}/: {source.uri} as {args.format} ({args.quantize})")
+    print(
+        f"  parity on {parity.images} test images ({parity.runtime} {parity.runtime_version}): "
+        f"top-1 agreement {parity.top1_agreement:.4f}, max |probability difference| "
+        f"{parity.max_abs_diff:.2g}, accuracy {parity.export_accuracy:.4f} (Keras "
+        f"{parity.keras_accuracy:.4f}), size {parity.size_ratio:.2f}x the Keras file"
+    )
+    return 0
+
+
 def monitor(args: argparse.Namespace) -> int:
     """One drift check of recorded traffic; exit 0 whether it drifted or not."""
     from pipeline.monitoring.monitor import Window, parse_duration, run_monitor
@@ -699,6 +755,8 @@ def _add_operate_verbs(verbs) -> None:
     _add_root(rollback_parser)
     rollback_parser.set_defaults(run=rollback)
 
+    _add_export_verb(verbs)
+
     card_parser = _add_verb(
         verbs,
         "card",
@@ -725,6 +783,71 @@ def _add_operate_verbs(verbs) -> None:
     )
     _add_root(card_parser)
     card_parser.set_defaults(run=card)
+
+
+_EXPORT_EPILOG = """\
+The export takes what the Keras model takes, uint8 pixels (batch, height, width, channels),
+and answers its class probabilities: preprocessing and calibration travel inside. The folder
+<out>/<format>[-<quantize>]/ holds the model (model.onnx, model.tflite or saved_model/),
+signature.json (input, output, classes in label order, what the client still does: decode and
+resize a file as the split stage does) and parity.json. Every test image is scored by the
+format's own runtime (onnxruntime, LiteRT, TensorFlow), never Keras: a float export must give
+the same class for every image and probabilities within 1e-4 (fp16: 1e-2); int8, calibrated
+on training images, an accuracy at most 1 point lower. An export that misses is refused,
+naming the figure, and the folder keeps the previous good export.
+
+examples:
+  pipeline export --format onnx
+  pipeline export --format tflite --quantize int8 --model scratch
+  pipeline export --format saved_model --model models:/digits-classifier/3 --out /tmp/exports
+"""
+
+
+def _add_export_verb(verbs) -> None:
+    from pipeline.export.formats import FORMATS, QUANTIZATIONS
+
+    parser = _add_verb(
+        verbs,
+        "export",
+        "export a model to ONNX, TFLite or SavedModel, proven equal on the test split",
+        "Export a model to ONNX, TFLite or SavedModel, quantized or not, and prove on the test "
+        "split that the export answers as the Keras model does.",
+        epilog=_EXPORT_EPILOG,
+    )
+    parser.add_argument("--format", required=True, choices=FORMATS, help="the format")
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="none (float32), fp16, or int8 (post-training, on training images); onnx and "
+        "tflite only (default: none)",
+    )
+    parser.add_argument(
+        "--model",
+        default="champion",
+        metavar="MODEL",
+        help="champion (the registry's), scratch | feature_extraction | fine_tune "
+        "(models/<strategy>), a .keras file, models:/<name>/<version>, models:/<name>@<alias> "
+        "or runs:/<run id>/<path> (default: champion)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("exports"),
+        metavar="DIR",
+        help="where the export's folder goes (default: exports/ in the project)",
+    )
+    parser.add_argument(
+        "--prepared",
+        type=Path,
+        default=Path("data/prepared"),
+        metavar="DIR",
+        help="the prepared splits: test proves parity, train calibrates int8 "
+        "(default: data/prepared)",
+    )
+    _add_model_name(parser)
+    _add_root(parser)
+    parser.set_defaults(run=export)
 
 
 def main(argv: Sequence[str]) -> int:

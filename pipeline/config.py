@@ -34,6 +34,16 @@ CLASS_WEIGHT_AUTO_RATIO = 3.0
 train images of the smallest."""
 
 WEIGHT_KEYWORDS: tuple[str, ...] = ("auto", "imagenet", "hed", "random")
+EXPORT_NAMES: tuple[str, ...] = (
+    "onnx",
+    "onnx-fp16",
+    "onnx-int8",
+    "tflite",
+    "tflite-fp16",
+    "tflite-int8",
+    "saved_model",
+)
+"""Exports by name: a format, and its quantization after a dash (pipeline.export.formats)."""
 
 _YAML_BOOL = "tag:yaml.org,2002:bool"
 _YAML_FLOAT = "tag:yaml.org,2002:float"
@@ -329,6 +339,25 @@ class PromoteConfig(_Strict):
     # The challenger's expected calibration error on the test split may be at most this
     # (null: calibration does not gate).
     max_ece: Rate | None = None
+    # The exports each newly registered version carries (`pipeline export`'s names), each
+    # refused unless it matches the Keras model on the test split; []: none.
+    exports: list[Literal[EXPORT_NAMES]] = ["onnx"]  # type: ignore[valid-type]
+
+    @field_validator("exports")
+    @classmethod
+    def _each_once(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once; name each export once")
+        return value
+
+
+class ServeConfig(_Strict):
+    """`pipeline serve`: what answers requests (its command-line flags override these)."""
+
+    # keras: the Keras model; onnx: the version's ONNX export through onnxruntime (the version
+    # must carry it: promote.exports lists onnx), the same requests and answers, faster.
+    backend: Literal["keras", "onnx"] = "keras"
 
 
 class LabelIssuesConfig(_Strict):
@@ -390,6 +419,7 @@ class PipelineConfig(_Strict):
     promote: PromoteConfig = PromoteConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     label_issues: LabelIssuesConfig = LabelIssuesConfig()
+    serve: ServeConfig = ServeConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 

@@ -35,3 +35,7 @@ class RegistryError(PipelineError):
 
 class RetrainFailed(PipelineError):
     """A step of a retraining cycle failed; the served model was left where it was."""
+
+
+class ExportError(PipelineError):
+    """A model cannot be exported as asked, or its export failed its parity check."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline import registry
-from pipeline.errors import DataError
+from pipeline.errors import DataError, ExportError
 from pipeline.evaluation.layout import CLASSIFICATION_REPORT, EVALUATION_JSON
 from pipeline.evaluation.promotion import (
     Decision,
@@ -37,6 +38,9 @@ from pipeline.evaluation.promotion import (
     UnusableChampion,
     judge_challenger,
 )
+from pipeline.export.exporter import ExportSource, export_model
+from pipeline.export.formats import parse_export_name
+from pipeline.export.parity import Parity
 from pipeline.reporting.model_card import (
     CARD_FILE,
     MAX_DESCRIPTION_CHARS,
@@ -105,6 +109,7 @@ def promote_challenger(
     max_pixels: int | None = None,
     challenger_ece: float | None = None,
     card: CardInputs | None = None,
+    exports: tuple[str, ...] = (),
 ) -> dict:
     """Run the gate on `strategy`'s model (`model_dir`, trained in run `source_run_id`) against
     the champion of `registered_model`, on the test split in `prepared`; return the decision
@@ -136,7 +141,10 @@ def promote_challenger(
         "source_run_id": str(source_run_id),
         registry.MODEL_SHA_TAG: model_sha256,
     }
-    with registry.decision_run(experiment_id, f"{dataset}-promote", tags) as run_id:
+    with (
+        registry.decision_run(experiment_id, f"{dataset}-promote", tags) as run_id,
+        ExportsMade() as made,
+    ):
         # Outside the main line nothing is registered, so which version already holds the
         # model file does not matter there.
         challenger, champion, unusable = registry.score_contenders(
@@ -177,7 +185,21 @@ def promote_challenger(
                 resize=resize,
                 monitoring_splits=(open_split(prepared, "train"), test),
                 **({} if max_pixels is None else {"max_pixels": max_pixels}),
+                exports=lambda: made.make(
+                    exports,
+                    ExportSource(
+                        model_file,
+                        list(test.classes),
+                        f"{model_dir} (run {source_run_id})",
+                        resize=resize,
+                        temperature=RunRecord.read(model_dir).temperature,
+                    ),
+                    test,
+                    open_split(prepared, "train"),
+                ),
             )
+            if new:
+                registry.tag_exports(registered_model, version, made.tags())
             if new:
                 logger.info(
                     "registered %s version %s (%s) as challenger",
@@ -215,6 +237,9 @@ def promote_challenger(
             "champion": _champion_entry(champion, decision, unusable),
             # Test images either model trained on, excluded from the scores: 0 when fair.
             "train_test_overlap": outcome.overlap.excluded,
+            # The new version's exports and their parity figures (none when nothing new was
+            # registered: an existing version keeps the exports it was registered with).
+            "exports": made.figures,
             "overlap": outcome.overlap.to_dict(),
             **{key: value for key, value in decision.to_dict().items() if key != "passed"},
             "reasons": decision.reasons(),
@@ -232,6 +257,60 @@ def promote_challenger(
             record["champion_after"] = int(champion_version) if champion_version else None
             _log_kept(decision, champion_version, main_line)
     return record
+
+
+class ExportsMade:
+    """The exports of a version being registered: made on demand (registry.enter_challenger
+    calls `make` only when it registers a new version), kept in a scratch folder until this
+    object is closed, with each export's parity figures or the reason it was refused."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, dict] = {}
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    def make(self, names: tuple[str, ...], source: ExportSource, test, train) -> dict[str, Path]:
+        """Export `source` as each of `names`; return name -> folder of those that passed."""
+        if not names:
+            return {}
+        self._scratch = tempfile.TemporaryDirectory(prefix="pipeline-exports-")
+        folders: dict[str, Path] = {}
+        for name in names:
+            format_name, quantize = parse_export_name(name)
+            try:
+                exported = export_model(
+                    source, format_name, quantize, test, train, Path(self._scratch.name)
+                )
+            except ExportError as error:
+                logger.error("registering without the %s export: %s", name, error)
+                self.figures[name] = {"passed": False, "refused": str(error)}
+                continue
+            folders[name] = exported.folder
+            self.figures[name] = exported.parity.to_dict()
+        return folders
+
+    def tags(self) -> dict[str, str]:
+        """The version's tags: `exports` (the formats it carries) and each one's figures."""
+        carried = [name for name, figures in self.figures.items() if figures.get("passed")]
+        tags = {"exports": ",".join(carried) or "none"}
+        for name, figures in self.figures.items():
+            prefix = f"export.{name}"
+            if not figures.get("passed"):
+                tags[f"{prefix}.refused"] = figures["refused"][: registry.MAX_TAG_TEXT]
+                continue
+            tags.update(Parity(**_parity_fields(figures)).tags(prefix))
+        return tags
+
+    def __enter__(self) -> ExportsMade:
+        return self
+
+    def __exit__(self, *_) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+
+def _parity_fields(figures: dict) -> dict:
+    return {key: value for key, value in figures.items() if key != "passed"}
 
 
 @dataclass(frozen=True)

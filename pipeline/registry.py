@@ -58,6 +58,7 @@ def log_classifier(
     resize: ResizeMode = "stretch",
     monitoring_splits: tuple[ImageSplit, ImageSplit] | None = None,
     max_pixels: int = serving.DEFAULT_MAX_PIXELS,
+    exports: dict[str, Path] | None = None,
 ):
     """Log the served classifier (see pipeline.serving.model) into the active run; return its
     info.
@@ -67,6 +68,9 @@ def log_classifier(
     image as a PNG file, as a client sends it. With `monitoring_splits` (train, test) the
     version ships its embedding projection and its monitoring reference (monitoring_artifacts).
     `max_pixels` is the split's `data.max_pixels`: the served model refuses larger images unread.
+    `exports` maps an export's name (onnx, tflite-int8) to its folder (pipeline.export: the
+    model, signature.json, parity.json): each travels with the version as the artifact
+    `export_<name>`, so models:/<name>@champion carries it and `serve.backend: onnx` runs it.
     """
     config = {
         serving.RESIZE_CONFIG: resize,
@@ -77,6 +81,8 @@ def log_classifier(
         artifacts = _classifier_artifacts(keras_model_file, classes, Path(scratch), manifest_file)
         classifier = serving.ImageClassifier()
         classifier.load_context(_Context(artifacts, config))
+        for export, folder in (exports or {}).items():
+            artifacts[export_artifact(export)] = str(folder)
         if monitoring_splits is not None:
             try:
                 artifacts.update(
@@ -102,12 +108,17 @@ def log_classifier(
                 artifacts=artifacts,
                 signature=signature,
                 input_example=request,
-                pip_requirements=model_requirements(),
+                pip_requirements=model_requirements(with_onnx="onnx" in (exports or {})),
                 model_config=config,
                 metadata={"image_shape": list(classifier.image_shape)},
                 # serving.py's imports from this package, so the model loads without it.
                 code_paths=[outputs.__file__, image_decoding.__file__, columns.__file__],
             )
+
+
+def export_artifact(export: str) -> str:
+    """The pyfunc artifact holding export `export` (onnx, tflite-int8): `export_onnx`."""
+    return f"{serving.EXPORT_ARTIFACT_PREFIX}{export.replace('-', '_')}"
 
 
 PROJECTION_SAMPLE = 1000
@@ -616,18 +627,34 @@ def enter_challenger(
     resize: ResizeMode = "stretch",
     monitoring_splits: tuple[ImageSplit, ImageSplit] | None = None,
     max_pixels: int = serving.DEFAULT_MAX_PIXELS,
+    exports: Callable[[], dict[str, Path]] | None = None,
 ) -> tuple[str, bool]:
     """Point `challenger` at the model file's version: the one that already holds it (see
     score_contenders), else a new one, logged into the active run (with its monitoring
     reference from `monitoring_splits`, train and test) and registered with `tags`.
-    Return the version and whether it is new."""
+    `exports()` makes the new version's exports (name -> folder, see log_classifier); it is
+    called only when a version is made. Return the version and whether it is new."""
     if challenger.version is not None:
         name_challenger(name, challenger.version)
         return challenger.version, False
     info = log_classifier(
-        model_file, classes, example, manifest_file, resize, monitoring_splits, max_pixels
+        model_file,
+        classes,
+        example,
+        manifest_file,
+        resize,
+        monitoring_splits,
+        max_pixels,
+        exports=exports() if exports is not None else None,
     )
     return register_challenger(name, info.model_uri, tags).version, True
+
+
+def tag_exports(name: str, version: str, tags: dict[str, str]) -> None:
+    """Tag `version` of `name` with the exports it carries and their parity figures."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
 
 
 def record_outcome(

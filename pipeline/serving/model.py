@@ -82,6 +82,10 @@ embedding, fitted on the training split at registration (pipeline.monitoring.ref
 REFERENCE_ARTIFACT = "monitoring_reference"
 """The test split's embeddings, predicted classes and confidences at registration: what
 `pipeline monitor` compares served traffic with (pipeline.monitoring.reference)."""
+EXPORT_ARTIFACT_PREFIX = "export_"
+"""Artifacts `export_onnx`, `export_tflite_int8`...: the version's exports (pipeline.export), each
+a folder with the model, signature.json and parity.json."""
+ONNX_EXPORT_ARTIFACT = "export_onnx"
 OUTPUT_LAYER = "predictions"
 """The name of every pipeline model's output layer (pipeline.models.heads); the embedding is
 taken from its input."""

@@ -114,6 +114,7 @@ def main(argv: Sequence[str]) -> None:
             label_issues=args.label_issues,
             comparison_run=args.comparison_run,
         ),
+        exports=tuple(config.promote.exports),
     )
     write_json(args.out, record)
     write_json(args.summary, gate_summary(record))

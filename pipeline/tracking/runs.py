@@ -210,15 +210,17 @@ def _requirements_match(requirements: list[str]) -> None:
     """MLflow's requirements check, for requirements pinned from this environment."""
 
 
-def model_requirements() -> list[str]:
+def model_requirements(with_onnx: bool = False) -> list[str]:
     """Pinned requirements of a logged model: what it needs to load and predict (the installed
-    versions: see `pinned_requirements`)."""
+    versions: see `pinned_requirements`); `with_onnx` adds onnxruntime, which a version
+    carrying its ONNX export answers with under `serve.backend: onnx`."""
     from importlib.metadata import PackageNotFoundError, version
 
     requirements = []
     import keras
 
-    for package in ("mlflow", "keras", keras.backend.backend(), "numpy", "pandas", "pillow"):
+    packages = ["mlflow", "keras", keras.backend.backend(), "numpy", "pandas", "pillow"]
+    for package in packages + (["onnxruntime"] if with_onnx else []):
         try:
             requirements.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
