@@ -340,10 +340,11 @@ def render_model_card(records: CardRecords) -> str:
         _data(records),
         _training(records),
         _figures(records),
+        _exports(records),
         _limits(records),
         _lineage(records),
     ]
-    return "\n\n".join(section.strip("\n") for section in sections) + "\n"
+    return "\n\n".join(section.strip("\n") for section in sections if section) + "\n"
 
 
 def fit_description(card: str, artifact_note: str, limit: int = MAX_DESCRIPTION_CHARS) -> str:
@@ -607,6 +608,43 @@ def _per_class(records: CardRecords) -> list[str]:
     if figures is None:
         lines += ["", "Per-class test figures: " + NOT_RECORDED + "."]
     return lines
+
+
+EXPORT_COLUMNS = ("export", "runtime", "top-1 agreement", "max difference", "accuracy", "size")
+
+
+def _exports(records: CardRecords) -> str:
+    """The exports the version carries, each with its parity on the test split (empty when
+    none were made: a DVC experiment, a version registered before, promote.exports: [])."""
+    exports = records.decision.get("exports") or {}
+    if not exports:
+        return ""
+    rows = []
+    for name, figures in exports.items():
+        if not figures.get("passed"):
+            rows.append((_code(name), "refused", "", "", "", _inline(figures.get("refused", ""))))
+            continue
+        rows.append(
+            (
+                _code(name),
+                f"{figures.get('runtime')} {figures.get('runtime_version')}",
+                _fixed(figures.get("top1_agreement")),
+                f"{figures.get('max_abs_diff', float('nan')):.2g}",
+                _fixed(figures.get("export_accuracy")),
+                f"{figures.get('size_ratio', float('nan')):.2f}x model.keras",
+            )
+        )
+    lines = [
+        "## Exports",
+        "",
+        "Each export was scored on every test image by its own runtime, never Keras, and kept "
+        "only within its tolerance (float: the same class for every image and probabilities "
+        "within 1e-4, fp16 1e-2; int8: at most 1 point of accuracy lost). They are the "
+        "version's artifacts, under `artifacts/<export>/` with signature.json and parity.json.",
+        "",
+        *_table(EXPORT_COLUMNS, rows),
+    ]
+    return "\n".join(lines)
 
 
 def _significance(decision: Mapping[str, Any]) -> str:

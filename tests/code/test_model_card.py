@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import yaml
 
@@ -637,3 +638,34 @@ def test_the_lock_digest_is_of_the_stages_the_model_came_from(tmp_path) -> None:
     assert upstream_lock_digest(lock) != digest
     lock.write_text("not: [a lock")
     assert upstream_lock_digest(lock) is None
+
+
+def test_the_exports_the_version_carries_are_listed_with_their_parity_and_refusals() -> None:
+    from pipeline.export.parity import measure_parity
+    from pipeline.reporting.model_card import EXPORT_COLUMNS
+
+    keras = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]])
+    onnx = measure_parity(
+        keras,
+        keras + np.array([[-3e-6, 2e-6, 1e-6], [0.0, 0.0, 0.0]]),
+        np.array([0, 1]),
+        format_name="onnx",
+        quantize="none",
+        runtime="onnxruntime",
+        runtime_version="1.32.0",
+        size_bytes=300,
+        keras_size_bytes=1000,
+    )
+    exports = {
+        "onnx": onnx.to_dict(),
+        "tflite-int8": {"passed": False, "refused": "accuracy_drop_points 2.50 is over 1"},
+    }
+    card = render_model_card(_records(decision={**_decision(), "exports": exports}))
+    assert "## Exports" in card
+    rows = table_figures(card, EXPORT_COLUMNS[:1])
+    expected = ["onnxruntime 1.32.0", "1.0000", "3e-06", "1.0000", "0.30x model.keras"]
+    assert rows["`onnx`"] == expected
+    assert rows["`tflite-int8`"][0] == "refused"
+    assert "accuracy_drop_points 2.50" in rows["`tflite-int8`"][-1]
+    # A DVC experiment, or a version registered before: no exports were made, no section.
+    assert "## Exports" not in render_model_card(_records(decision={**_decision(), "exports": {}}))

@@ -501,3 +501,37 @@ def test_a_champion_is_either_scored_or_unusable() -> None:
             THRESHOLDS,
             unusable_champion=UNUSABLE,
         )
+
+
+def test_a_version_is_tagged_with_the_exports_it_carries_and_each_refusal() -> None:
+    import numpy as np
+
+    from pipeline.export.parity import measure_parity
+    from pipeline.promotion import ExportsMade
+
+    probabilities = np.array([[0.8, 0.2], [0.3, 0.7]])
+    passed = measure_parity(
+        probabilities,
+        probabilities,
+        np.array([0, 1]),
+        format_name="onnx",
+        quantize="none",
+        runtime="onnxruntime",
+        runtime_version="1.32.0",
+        size_bytes=10,
+        keras_size_bytes=40,
+    )
+    made = ExportsMade()
+    made.figures = {
+        "onnx": passed.to_dict(),
+        "tflite": {"passed": False, "refused": "tflite: max_abs_diff 0.3 is over 0.0001"},
+    }
+    tags = made.tags()
+    assert tags["exports"] == "onnx"
+    assert tags["export.onnx.top1_agreement"] == "1.000000"
+    assert tags["export.onnx.max_abs_diff"] == "0"
+    assert tags["export.onnx.size_ratio"] == "0.250"
+    assert tags["export.tflite.refused"].startswith("tflite: max_abs_diff 0.3")
+    assert "export.tflite.top1_agreement" not in tags
+    made.figures = {}
+    assert made.tags() == {"exports": "none"}
