@@ -8,6 +8,7 @@ figure that refused it.
 
     python bench/bench_exports.py                      # scratch
     python bench/bench_exports.py --strategies scratch feature_extraction fine_tune
+    python bench/bench_exports.py --root /tmp/folder-project   # another project, after repro
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ EXPORTS = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES, default=["scratch"])
-    parser.add_argument("--prepared", type=Path, default=ROOT / "data" / "prepared")
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="the project (default: this one), after its repro"
+    )
     args = parser.parse_args()
-    config = load_config(ROOT / "params.yaml")
-    test = open_split(args.prepared, "test")
-    train = open_split(args.prepared, "train")
+    config = load_config(args.root / "params.yaml")
+    test = open_split(args.root / "data" / "prepared", "test")
+    train = open_split(args.root / "data" / "prepared", "train")
     print(f"{config.data.dataset}: {len(test)} test images {tuple(test.image_shape)}")
     print(
         f"{'strategy':<20}{'export':<13}{'top-1':>8}{'max diff':>10}{'keras':>8}{'export':>8}"
@@ -54,7 +57,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as scratch:
         for strategy in args.strategies:
-            folder = ROOT / "models" / strategy
+            folder = args.root / "models" / strategy
             classes = json.loads((folder / CLASSES_FILE).read_text())
             source = ExportSource(folder / MODEL_FILE, classes, f"models/{strategy}")
             for format_name, quantize in EXPORTS:

@@ -8,6 +8,7 @@ something (params, code, outputs) works on its own copy of it, so the tests pass
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -709,3 +710,84 @@ def test_failed_data_gate_stops_training_and_keeps_outputs(workspace) -> None:
     assert sha256(root / "reports" / "metrics.json") == kept_metrics
     summary = json.loads((root / "reports" / "validation" / "summary.json").read_text())
     assert summary["passed"] is False and summary["failures"] >= 1
+
+
+def _readme_block(language: str, marker: str) -> str:
+    """The README's ```language block holding `marker`."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [
+        block
+        for block in re.findall(rf"```{language}\n(.*?)```", readme, flags=re.DOTALL)
+        if marker in block
+    ]
+    assert len(blocks) == 1, f"README.md has {len(blocks)} {language} blocks with {marker!r}"
+    return blocks[0]
+
+
+def test_the_champion_carries_its_onnx_export_and_the_readme_exports_run_as_written(
+    workspace, tmp_path
+) -> None:
+    """promote.exports' default: the new version carries its ONNX export, proven on the test
+    split, in the registry; then the README's export commands and its onnxruntime client, run
+    as written, give the Keras model's class for a test image."""
+    root, env = workspace
+    decision = json.loads((root / "reports" / "promotion.json").read_text())
+    figures = decision["exports"]["onnx"]
+    assert figures["passed"] and figures["top1_agreement"] == 1.0
+    assert figures["max_abs_diff"] <= 1e-4 and figures["images"] == len(
+        open_split(root / "data" / "prepared", "test")
+    )
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    name, version = decision["registered_model"], str(decision["challenger"]["version"])
+    tags = mlflow.MlflowClient().get_model_version(name, version).tags
+    assert tags["exports"] == "onnx"
+    assert float(tags["export.onnx.max_abs_diff"]) == pytest.approx(figures["max_abs_diff"], 1e-2)
+    downloaded = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(tmp_path))
+    )
+    assert (downloaded / "artifacts" / "onnx" / "model.onnx").is_file()
+    assert "onnxruntime==" in (downloaded / "requirements.txt").read_text()
+
+    # Tiny epochs may leave the gate failed: the README's first command exports the champion.
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
+    # The README's commands need the project's environment where the README puts it.
+    (root / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    commands = _readme_block("bash", "pipeline export --format onnx")
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", commands],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for folder, model in (
+        ("onnx", "model.onnx"),
+        ("tflite-int8", "model.tflite"),
+        ("saved_model", "saved_model"),
+    ):
+        parity = json.loads((root / "exports" / folder / "parity.json").read_text())
+        assert parity["passed"] and (root / "exports" / folder / model).exists()
+    int8 = json.loads((root / "exports" / "tflite-int8" / "parity.json").read_text())
+    assert int8["accuracy_drop_points"] <= 1.0 and int8["size_ratio"] < 0.5
+
+    test = open_split(root / "data" / "prepared", "test")
+    image = test.read([0])[0]
+    from PIL import Image
+
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(root / "photo.png")
+    champion = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    expected = champion.predict(pd.DataFrame({"pixels": [image]}))["predicted_class"][0]
+    client = _readme_block("python", "onnxruntime.InferenceSession")
+    result = subprocess.run(
+        [sys.executable, "-c", client],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    predicted, probability = result.stdout.split()
+    assert predicted == expected and 0.0 < float(probability) <= 1.0
