@@ -81,15 +81,20 @@ def _input_spec(model):
 
 
 def serving_function(model):
-    """The traced function every format is made from: uint8 `image` -> `probabilities`, in
-    inference mode."""
+    """The traced function every format is made from: uint8 `image` -> `probabilities` (one
+    column per class), in inference mode."""
     import tensorflow as tf
 
     spec = _input_spec(model)
 
     @tf.function(input_signature=[spec])
     def serve(image):
-        return {OUTPUT_NAME: tf.cast(model(image, training=False), tf.float32)}
+        probabilities = tf.cast(model(image, training=False), tf.float32)
+        if probabilities.shape[-1] == 1:
+            # A two-class model's one sigmoid unit (pipeline.models.outputs): the export answers
+            # a column per class, [1 - p, p], as the served model does.
+            probabilities = tf.concat([1.0 - probabilities, probabilities], axis=-1)
+        return {OUTPUT_NAME: probabilities}
 
     return serve, spec
 

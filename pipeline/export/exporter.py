@@ -33,6 +33,7 @@ from pipeline.export.formats import (
 )
 from pipeline.export.parity import Parity, measure_parity
 from pipeline.export.runtimes import open_runtime
+from pipeline.models.outputs import class_probabilities, output_units
 from pipeline.store import ImageSplit, atomic_directory, sha256_of, write_json
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def _check_shapes(model, source: ExportSource, test: ImageSplit) -> None:
             f"{tuple(test.image_shape)}: export with the data it was trained on"
         )
     outputs = int(model.outputs[0].shape[-1])
-    if outputs != len(source.classes):
+    if outputs != output_units(len(source.classes)):
         raise ExportError(
             f"{source.uri} answers {outputs} classes, its classes file names {len(source.classes)}"
         )
@@ -176,7 +177,7 @@ def _score_both(model, runtime, test: ImageSplit) -> tuple[np.ndarray, np.ndarra
     keras_parts: list[np.ndarray] = []
     export_parts: list[np.ndarray] = []
     for _, batch in test.batches(predict_batch_size(test.image_shape, most=256)):
-        keras_parts.append(np.asarray(model.predict_on_batch(batch), dtype=np.float32))
+        keras_parts.append(class_probabilities(model.predict_on_batch(batch)).astype(np.float32))
         export_parts.append(runtime.predict(np.ascontiguousarray(batch, dtype=np.uint8)))
     return np.concatenate(keras_parts), np.concatenate(export_parts)
 

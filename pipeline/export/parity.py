@@ -84,8 +84,10 @@ def measure_parity(
     keras_top = keras_probabilities.argmax(axis=1)
     export_top = export_probabilities.argmax(axis=1)
     finite = bool(np.isfinite(export_probabilities).all())
+    keras_finite = bool(np.isfinite(keras_probabilities).all())
     difference = np.abs(export_probabilities - keras_probabilities)
-    max_abs_diff = float(difference.max()) if finite and difference.size else float("inf")
+    comparable = finite and keras_finite and difference.size
+    max_abs_diff = float(difference.max()) if comparable else float("inf")
     disagreements = int((keras_top != export_top).sum())
     keras_accuracy = float((keras_top == labels).mean()) if count else 0.0
     export_accuracy = float((export_top == labels).mean()) if count else 0.0
@@ -94,6 +96,11 @@ def measure_parity(
     failures: list[str] = []
     if not finite:
         failures.append(f"{label}: the export answered NaN or infinite probabilities")
+    if not keras_finite:
+        failures.append(
+            f"{label}: the Keras model itself answered NaN or infinite probabilities on the test "
+            "split, so nothing can be proven equal to it: retrain it"
+        )
     if quantize == "int8":
         tolerance = {"accuracy_drop_points": 100.0 * INT8_MAX_ACCURACY_DROP}
         if drop > tolerance["accuracy_drop_points"] + 1e-9:
