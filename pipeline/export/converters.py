@@ -261,7 +261,13 @@ def _named_layers(text: str, model) -> str:
             if candidate in known and candidate != model.name and candidate not in found:
                 found.append(candidate)
                 break
-    first = text.strip().splitlines()[0][:400] if text.strip() else "conversion failed"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # TFLite's converter puts the ops it lacks on a line of its own, after pages of MLIR.
+    named = [line for line in lines if "ops:" in line or "not supported" in line]
+    first = (named or lines or ["conversion failed"])[0][:400]
+    ops = sorted(set(re.findall(r"\btf\.([A-Za-z][A-Za-z0-9]*)\(", text)))
+    if ops and named:
+        first = f"TensorFlow op(s) {', '.join(ops)}: not built into the runtime"
     if not found:
         return first
     return f"layer(s) {', '.join(found)} ({first})"
