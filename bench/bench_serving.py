@@ -1,19 +1,27 @@
-"""The served classifier under load: `mlflow models serve` on 127.0.0.1, base64 PNGs over HTTP.
+"""The served classifier under load: `pipeline serve` (or `mlflow models serve`) on 127.0.0.1,
+base64 PNGs over HTTP, with each serving backend side by side.
 
 Builds a small model of the project's own architecture for `--model` (digits: 8x8 gray;
-folder32 and folder150: 32x32 and 150x150 RGB image folders), logs and registers it with the
-project's code into a temporary SQLite store (or serves `--model-uri` from
-MLFLOW_TRACKING_URI), then, for each `--workers` value, starts `mlflow models serve
---env-manager local --workers W` and sends `--requests` requests from each scenario's
-concurrent clients: batches of 1 and 32 PNG files of mixed sizes (half to four times the
-model's side, RGB and gray), as `{"dataframe_split": {"columns": ["image"], ...}}`.
+folder32 and folder150: 32x32 and 150x150 RGB image folders), exports it to ONNX with the
+project's exporter (parity checked on 64 images), logs and registers it with its export into a
+temporary SQLite store (or serves `--model-uri` from MLFLOW_TRACKING_URI), then, for each
+`--workers` value, starts one server per `--backend` (keras, onnx: the same version, the same
+machine, at the same time, idle while the other is measured) and sends `--requests` requests
+from each scenario's concurrent clients to each backend in turn: batches of 1 and 32 PNG files
+of mixed sizes (half to four times the model's side, RGB and gray), as
+`{"dataframe_split": {"columns": ["image"], ...}}`. `--server pipeline` (the default) runs
+`pipeline serve --backend B --no-record` (`--record` to record answers, as in production);
+`--server mlflow` runs `mlflow models serve --env-manager local` with the backend in
+MLFLOW_PYFUNC_INFERENCE_CONFIG.
 
-Prints, per scenario: p50, p95 and p99 latency, requests/s and images/s, the error count,
-and the server's peak RSS (the sum of VmHWM over its processes: the uvicorn parent and each
-worker). Every loop is bounded (requests, timeouts), and the server is stopped on any exit.
+Prints, per scenario and backend: p50, p95 and p99 latency, requests/s and images/s, the error
+count, and each server's peak RSS (the sum of VmHWM over its processes: the uvicorn parent and
+each worker); then the issue's goals against each backend, and with `--profile` where one
+request's time goes in process (MLflow's parsing, decoding, the model, the answer, its JSON).
+Every loop is bounded (requests, timeouts), and the servers are stopped on any exit.
 
-    python bench/bench_serving.py --model folder32 --workers 1 2 4
-    python bench/bench_serving.py --model digits --requests 300
+    python bench/bench_serving.py --model folder32 --backend keras onnx --profile
+    python bench/bench_serving.py --model folder32 --workers 1 2 --server mlflow
     python bench/bench_serving.py --model digits --swap   # pipeline serve: swaps, recording
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -31,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.servers import HOST, ModelServer  # noqa: E402
+from tests.serving_models import register_champion  # noqa: E402
 
 MODELS: dict[str, tuple[str, tuple[int, int, int], list[str]]] = {
     "digits": ("digits", (8, 8, 1), [str(digit) for digit in range(10)]),
@@ -48,6 +59,13 @@ MODELS: dict[str, tuple[str, tuple[int, int, int], list[str]]] = {
 }
 SCENARIOS = ((1, 1), (32, 1), (1, 8), (32, 4))
 """(images per request, concurrent clients)."""
+GOALS = (
+    ((1, 1), "p50", "<=", 5.0, "batch 1 p50 <= 5 ms"),
+    ((32, 4), "img/s", ">=", 2000.0, "batch 32, 4 clients >= 2,000 images/s"),
+    ((1, 8), "p99", "<=", 60.0, "8 clients at batch 1 p99 <= 60 ms"),
+)
+"""Issue 35's goals for the 32-px folder model on 2 cores: (scenario, figure, sense, bound)."""
+BACKENDS = ("keras", "onnx")
 REQUEST_TIMEOUT = 120.0
 
 
@@ -141,34 +159,226 @@ def group_peak_rss_mb(pgid: int) -> float:
     return total / 1024
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user and system) used so far by the live processes of group `pgid`: what
+    the server itself spends, whatever else the machine runs."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state, ppid, pgrp, ... utime and stime are the 12th and 13th.
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def bench_workers(uri: str, env: dict, workers: int, shape, args, workdir: Path) -> None:
+def start_server(
+    kind: str, backend: str, uri: str, env: dict, workers: int, record: bool, workdir: Path
+):
+    """One started server of `kind` (pipeline, mlflow) answering with `backend`."""
+    if kind == "pipeline":
+        name, alias = registered_alias(uri)
+        extra = ["--backend", backend, "--workers", str(workers), "--alias", alias]
+        extra += [] if record else ["--no-record"]
+        return PipelineServer(workdir, env["MLFLOW_TRACKING_URI"], name, *extra)
+    config = {"MLFLOW_PYFUNC_INFERENCE_CONFIG": json.dumps({"backend": backend})}
+    folder = workdir / f"mlflow-{backend}-{workers}"
+    folder.mkdir(exist_ok=True)
+    server = ModelServer(uri, {**env, **config}, folder, startup_timeout=300.0, workers=workers)
+    return server.start()
+
+
+def registered_alias(uri: str) -> tuple[str, str]:
+    """(name, alias) of a models:/<name>@<alias> URI, what `pipeline serve` follows."""
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if not uri.startswith("models:/") or not alias:
+        raise SystemExit(
+            f"--model-uri {uri}: give models:/<name>@<alias> (pipeline serve follows an alias)"
+        )
+    return name, alias
+
+
+def bench_workers(uri: str, env: dict, workers: int, shape, args, workdir: Path) -> list[dict]:
+    """Every scenario against one server per backend (all started first, measured in turn);
+    return one row per scenario and backend."""
     files = make_pngs(shape, 256)
-    with ModelServer(uri, env, workdir, startup_timeout=300.0, workers=workers) as server:
-        server.start()
-        # Warm-up: every worker loads the model and traces its first calls.
-        warm = [request_body(files[i : i + 32]) for i in range(0, 64 * workers, 32)]
-        run_clients(server.port, [request_body(files[:1])] * 8 * workers + warm, 2 * workers)
+    rows: list[dict] = []
+    servers: dict[str, object] = {}
+    try:
+        for backend in args.backend:
+            servers[backend] = start_server(
+                args.server, backend, uri, env, workers, args.record, workdir
+            )
+            if args.server == "pipeline":
+                status = servers[backend].status()
+                assert status["backend"] == backend, status
+        for server in servers.values():
+            # Warm-up: every worker loads the model and traces its first calls.
+            warm = [request_body(files[i : i + 32]) for i in range(0, 64 * workers, 32)]
+            run_clients(server.port, [request_body(files[:1])] * 8 * workers + warm, 2 * workers)
         for batch, clients in SCENARIOS:
             bodies = [
                 request_body([files[(i * batch + j) % len(files)] for j in range(batch)])
                 for i in range(args.requests if batch == 1 else max(8, args.requests // 4))
             ]
-            latencies, errors, wall = run_clients(server.port, bodies, clients)
-            ms = [value * 1000 for value in latencies]
-            print(
-                f"workers={workers} batch={batch:>2} clients={clients} "
-                f"requests={len(bodies)}: p50 {percentile(ms, 0.5):6.1f} ms  "
-                f"p95 {percentile(ms, 0.95):6.1f} ms  p99 {percentile(ms, 0.99):6.1f} ms  "
-                f"{len(bodies) / wall:7.1f} req/s  {len(bodies) * batch / wall:7.1f} img/s  "
-                f"errors {errors}  mean {statistics.fmean(ms):6.1f} ms",
-                flush=True,
+            for backend, server in servers.items():
+                cpu = group_cpu_seconds(server.pid)
+                latencies, errors, wall = run_clients(server.port, bodies, clients)
+                cpu_ms = (group_cpu_seconds(server.pid) - cpu) * 1000 / (len(bodies) * batch)
+                ms = [value * 1000 for value in latencies]
+                row = {
+                    "backend": backend,
+                    "workers": workers,
+                    "batch": batch,
+                    "clients": clients,
+                    "requests": len(bodies),
+                    "p50": percentile(ms, 0.5),
+                    "p95": percentile(ms, 0.95),
+                    "p99": percentile(ms, 0.99),
+                    "req/s": len(bodies) / wall,
+                    "img/s": len(bodies) * batch / wall,
+                    "errors": errors,
+                    "mean": statistics.fmean(ms),
+                    "cpu ms/img": cpu_ms,
+                }
+                rows.append(row)
+                print(
+                    f"{backend:5} workers={workers} batch={batch:>2} clients={clients} "
+                    f"requests={len(bodies)}: p50 {row['p50']:6.1f} ms  "
+                    f"p95 {row['p95']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
+                    f"{row['req/s']:7.1f} req/s  {row['img/s']:7.1f} img/s  "
+                    f"errors {errors}  mean {row['mean']:6.1f} ms  server CPU "
+                    f"{cpu_ms:5.2f} ms/img",
+                    flush=True,
+                )
+        for backend, server in servers.items():
+            peak = group_peak_rss_mb(server.pid)
+            print(f"{backend:5} workers={workers} server peak RSS {peak:.0f} MB")
+    finally:
+        for server in servers.values():
+            server.__exit__(None, None, None)
+    return rows
+
+
+def print_goals(rows: list[dict]) -> None:
+    """Each goal of issue 35 against each backend and worker count: met or not, and by what.
+    The server's CPU time per image bounds what 2 cores could serve whatever else runs: 2,000
+    CPU ms a second over the CPU ms an image takes (the GIL of one worker aside)."""
+    print(f"goals (32-px folder model, 2 cores; load average now {os.getloadavg()[0]:.1f}):")
+    for (batch, clients), figure, sense, bound, label in GOALS:
+        results = []
+        for row in rows:
+            if (row["batch"], row["clients"]) != (batch, clients):
+                continue
+            value = row[figure]
+            met = value <= bound if sense == "<=" else value >= bound
+            results.append(
+                f"{row['backend']} (workers={row['workers']}) {value:.1f} "
+                f"{'met' if met else 'MISSED'}"
             )
-        print(f"workers={workers} server peak RSS {group_peak_rss_mb(server.pid):.0f} MB")
+        print(f"  {label}: " + "; ".join(results))
+    for row in rows:
+        if (row["batch"], row["clients"]) == (32, 4):
+            print(
+                f"  {row['backend']} (workers={row['workers']}): {row['cpu ms/img']:.2f} server "
+                f"CPU ms per image at batch 32, so at most {2000 / row['cpu ms/img']:.0f} "
+                "images/s on 2 idle cores"
+            )
+
+
+class _Timings:
+    """Wall and CPU seconds (this process's, every thread) of named parts, call by call."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[tuple[float, float]]] = {}
+
+    @contextlib.contextmanager
+    def part(self, label: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        elapsed = (time.perf_counter() - wall, time.process_time() - cpu)
+        self.values.setdefault(label, []).append(elapsed)
+
+    def medians(self) -> dict[str, list[float]]:
+        """[wall, CPU] medians in milliseconds, by part."""
+        return {
+            label: [statistics.median(each[kind] for each in values) * 1000 for kind in (0, 1)]
+            for label, values in self.values.items()
+        }
+
+
+def profile_request(store: str, uri: str, shape, backends) -> None:
+    """Where one request's time goes inside the server process, without HTTP: the handler
+    `pipeline serve` runs (MLflow's `scoring_server.invocations` on the server's FollowingModel)
+    timed whole, and its parts one by one: base64 and PNG decoding with resizing, the model
+    call, the answer's DataFrame, and its JSON; the rest is MLflow's parsing of the request's
+    JSON into a DataFrame and its schema check. Wall and CPU time (this process's, every
+    thread: TensorFlow computes in its own), medians, at batch 1 and 32, for each backend."""
+    from types import SimpleNamespace
+
+    import mlflow
+    from mlflow.pyfunc import scoring_server
+
+    from pipeline.serving.model import BACKEND_CONFIG, request_deadline
+    from pipeline.serving.server import FollowingModel, answer_records
+    from tests.serving_models import tracking_store
+
+    files = make_pngs(shape, 256, seed=1)
+    for backend in backends:
+        with tracking_store(store):
+            model = mlflow.pyfunc.load_model(
+                uri,
+                suppress_warnings=True,
+                model_config={BACKEND_CONFIG: backend},
+            )
+        following = FollowingModel(SimpleNamespace(current=SimpleNamespace(model=model)))
+        schema = following.metadata.get_input_schema()
+        python_model = model.unwrap_python_model()
+        for batch in (1, 32):
+            bodies = [request_body(files[i * batch : (i + 1) * batch]).decode() for i in range(8)]
+            items = [
+                [base64.b64decode(file) for file in files[i * batch : (i + 1) * batch]]
+                for i in range(8)
+            ]
+            timings = _Timings()
+            for _ in range(25 if batch == 1 else 5):
+                for body, encoded in zip(bodies, items, strict=True):
+                    with timings.part("handler"):
+                        scoring_server.invocations(body, "application/json", following, schema)
+                    with timings.part("decode"):
+                        images, _ = python_model._read_items(
+                            encoded, "image", False, request_deadline()
+                        )
+                    with timings.part("model"):
+                        outputs = python_model._call_model(images)
+                    with timings.part("answer"):
+                        frame = python_model._answer(np.asarray(outputs, np.float64), {}, 3)
+                    with timings.part("JSON out"):
+                        scoring_server.predictions_to_json(answer_records(frame), io.StringIO())
+            medians = timings.medians()
+            parts = ("decode", "model", "answer", "JSON out")
+            rest = [
+                medians["handler"][kind] - sum(medians[p][kind] for p in parts) for kind in (0, 1)
+            ]
+            print(
+                f"profile {backend:5} batch {batch:>2} (wall / CPU ms): handler "
+                f"{medians['handler'][0]:.2f} / {medians['handler'][1]:.2f} = "
+                + " + ".join(
+                    f"{label} {medians[label][0]:.2f} / {medians[label][1]:.2f}" for label in parts
+                )
+                + f" + request JSON and schema {rest[0]:.2f} / {rest[1]:.2f}"
+            )
 
 
 def timed_clients(port: int, bodies: list[bytes], clients: int, seconds: float) -> list[tuple]:
@@ -256,6 +466,10 @@ class PipelineServer:
                 time.sleep(0.5)
         raise SystemExit(f"pipeline serve did not start: see {self.log.name}")
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def status(self) -> dict:
         connection = http.client.HTTPConnection(HOST, self.port, timeout=10)
         connection.request("GET", "/status")
@@ -323,7 +537,7 @@ def bench_swap(args, workdir: Path) -> None:
     import mlflow
 
     from pipeline import registry
-    from tests.serving_models import register_champion, tracking_store
+    from tests.serving_models import tracking_store
 
     dataset, shape, classes = MODELS[args.model]
     name = f"bench-{args.model}"
@@ -407,6 +621,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="batch-1 requests/scenario")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=BACKENDS,
+        default=list(BACKENDS),
+        help="the serving backends to measure side by side (default: keras onnx)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=("pipeline", "mlflow"),
+        default="pipeline",
+        help="pipeline serve (default) or mlflow models serve",
+    )
+    parser.add_argument(
+        "--record", action="store_true", help="pipeline serve: record answers (off by default)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time one request's parts in process (parsing, decoding, model, answer)",
+    )
+    parser.add_argument(
         "--swap",
         action="store_true",
         help="`pipeline serve`: latency while the champion moves, and the recorder's cost",
@@ -427,16 +662,26 @@ def main() -> None:
             bench_swap(args, workdir)
             return
         if args.model_uri:
-            uri, env = args.model_uri, {}
+            if not os.environ.get("MLFLOW_TRACKING_URI"):
+                raise SystemExit("--model-uri: set MLFLOW_TRACKING_URI to the registry holding it")
+            uri, env = args.model_uri, {"MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"]}
         else:
-            from tests.serving_models import register_champion
-
             name = f"bench-{args.model}"
-            store = register_champion(workdir / "store", name, dataset, shape, classes)
+            store = register_champion(
+                workdir / "store", name, dataset, shape, classes, monitoring=True, onnx_export=True
+            )
             uri, env = f"models:/{name}@champion", {"MLFLOW_TRACKING_URI": store}
-        print(f"serving {uri} ({args.model}, {shape}); load average {os.getloadavg()}")
+        print(
+            f"serving {uri} ({args.model}, {shape}) with {args.server} serve, backends "
+            f"{' and '.join(args.backend)}; {os.cpu_count()} CPUs, load average "
+            f"{os.getloadavg()}"
+        )
+        rows: list[dict] = []
         for workers in args.workers:
-            bench_workers(uri, env, workers, shape, args, workdir)
+            rows += bench_workers(uri, env, workers, shape, args, workdir)
+        print_goals(rows)
+        if args.profile:
+            profile_request(env["MLFLOW_TRACKING_URI"], uri, shape, args.backend)
         print(f"load average after: {os.getloadavg()}")
 
 

@@ -135,6 +135,7 @@ def serve(args: argparse.Namespace) -> int:
         predictions_dir=predictions,
         keep_images=args.keep_images,
         flush_seconds=args.flush_seconds,
+        backend=args.backend or config.serve.backend,
         **_serving_limits(args),
     )
     run_server(options)
@@ -679,6 +680,13 @@ def _add_operate_verbs(verbs) -> None:
     )
     serve_parser.add_argument(
         "--alias", default="champion", help="the alias to follow (default: champion)"
+    )
+    serve_parser.add_argument(
+        "--backend",
+        choices=("keras", "onnx"),
+        help="what answers: keras, or the version's ONNX export through onnxruntime (the same "
+        "answers, faster; promote.exports must list onnx) (default: serve.backend in "
+        "params.yaml, keras)",
     )
     _add_predictions_dir(serve_parser, "where answers are recorded")
     serve_parser.add_argument(

@@ -76,6 +76,9 @@ def log_classifier(
         serving.RESIZE_CONFIG: resize,
         serving.MAX_BATCH_CONFIG: serving.DEFAULT_MAX_BATCH,
         serving.MAX_PIXELS_CONFIG: max_pixels,
+        # Logged so a server can choose it at load time: MLflow overrides only the keys a
+        # version was logged with, and drops the others with a warning.
+        serving.BACKEND_CONFIG: serving.DEFAULT_BACKEND,
     }
     with tempfile.TemporaryDirectory() as scratch:
         artifacts = _classifier_artifacts(keras_model_file, classes, Path(scratch), manifest_file)

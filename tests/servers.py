@@ -26,8 +26,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+
+import requests
 
 HOST = "127.0.0.1"
 LOG_TAIL_LINES = 60
@@ -643,3 +645,121 @@ def postgres_cluster(workdir: Path, *, database: str = "mlflow") -> Iterator[str
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+def run_to_exit(
+    command: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess:
+    """Run a command that should exit by itself, in its own process group; fail the test
+    (with its output) if it does not within `timeout`, and leave no process of it behind."""
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        late = f"{command[:2]} still ran after {timeout:.0f} s:\n{stdout}{stderr}"
+        raise AssertionError(late) from None
+    finally:
+        # A worker process its leader left behind would hold the port and the CPUs.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+PIPELINE = Path(sys.executable).parent / "pipeline"
+SERVE_POLL_SECONDS = 1.0
+
+
+class PipelineServer(_GroupProcess):
+    """`pipeline serve --root <project>` on 127.0.0.1:<free port>, polling every second, its
+    stdout and stderr in `log_path`; ready once GET /status answers (the first version is
+    loaded). Stopped with its whole process group, like the servers above. `store` is the
+    project and its registry: anything with `root` (the project) and `uri` (its store)."""
+
+    name = "pipeline serve"
+    health_path = "/status"
+
+    def __init__(
+        self,
+        store,
+        model_name: str,
+        log_path: Path,
+        *options: str,
+        tracking_uri: str | None = None,
+        port: int | None = None,
+        startup_timeout: float = 180.0,
+    ) -> None:
+        super().__init__(port=port, log_path=log_path, startup_timeout=startup_timeout)
+        self.store = store
+        self.model_name = model_name
+        self.options = options
+        self.tracking_uri = tracking_uri or store.uri
+        self.returncode: int | None = None
+
+    def _command(self) -> list[str]:
+        return [str(PIPELINE), "serve", *self.serve_arguments(), *self.options]
+
+    def serve_arguments(self) -> list[str]:
+        """Root, model, port and poll: what every server of this module is given."""
+        return [
+            "--model-name",
+            self.model_name,
+            "--root",
+            str(self.store.root),
+            "--port",
+            str(self.port),
+            "--poll",
+            str(SERVE_POLL_SECONDS),
+        ]
+
+    def _environment(self) -> dict[str, str]:
+        return self.environment()
+
+    def environment(self) -> dict[str, str]:
+        """What the server runs with: this environment, its store as MLFLOW_TRACKING_URI."""
+        return _venv_env({"MLFLOW_TRACKING_URI": self.tracking_uri})
+
+    def status(self) -> dict:
+        response = requests.get(f"{self.uri}/status", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM to the server's own process, as `kill` or systemd sends it; its exit code.
+        Whatever is left of its group is then stopped."""
+        proc = self._proc
+        assert proc is not None, "the server is not running"
+        proc.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.returncode = None
+        self.stop()
+        return self.returncode
+
+    def wait_for(self, predicate: Callable[[dict], bool], timeout: float, what: str) -> dict:
+        """Poll /status until `predicate(status)`; fail with the last status and the log."""
+        deadline = time.monotonic() + timeout
+        status: dict = {}
+        while time.monotonic() < deadline:
+            status = self.status()
+            if predicate(status):
+                return status
+            time.sleep(0.2)
+        last = f"last /status {status}\n{self.explain()}"
+        raise AssertionError(f"{what} within {timeout:.0f} s; {last}")
+
+    def explain(self) -> str:
+        return f"log {self.log_path}:\n{self.log_tail()}"

@@ -36,11 +36,14 @@ def register_champion(
     epochs: int = 1,
     seed: int = 0,
     monitoring: bool = False,
+    onnx_export: bool = False,
 ) -> str:
     """Train, log and register a classifier of `dataset`'s scratch architecture under `name`,
     aliased `champion` (and `challenger`), in the store `root`/mlflow.db; return its URI. With
     `monitoring` the version ships an embedding projection and a monitoring reference (fitted
-    on its random training images), so a server records embeddings for it."""
+    on its random training images), so a server records embeddings for it; with `onnx_export`
+    it carries its ONNX export (parity proven on those images), as promote.exports makes it,
+    for `pipeline serve --backend onnx`."""
     import keras
     import mlflow
 
@@ -65,17 +68,24 @@ def register_champion(
     model_dir = root / "model"
     model_dir.mkdir(exist_ok=True)
     model.save(model_dir / MODEL_FILE)
+    from pipeline.store import ArraySplit
+
+    split = ArraySplit(images, labels, classes)
+    exports = None
+    if onnx_export:
+        from pipeline.export.exporter import ExportSource, export_model
+
+        source = ExportSource(model_dir / MODEL_FILE, classes, f"serving {dataset}")
+        exports = {"onnx": export_model(source, "onnx", "none", split, None, root).folder}
     with tracking_store(uri):
         experiment = ensure_experiment("serving", (root / "mlruns").as_uri())
         with mlflow.start_run(experiment_id=experiment):
-            splits = None
-            if monitoring:
-                from pipeline.store import ArraySplit
-
-                split = ArraySplit(images, labels, classes)
-                splits = (split, split)
             info = registry.log_classifier(
-                model_dir / MODEL_FILE, classes, images[:1], monitoring_splits=splits
+                model_dir / MODEL_FILE,
+                classes,
+                images[:1],
+                monitoring_splits=(split, split) if monitoring else None,
+                exports=exports,
             )
         version = registry.register_challenger(name, info.model_uri, {"purpose": "serving"})
         registry.set_champion(name, version.version)

@@ -10,6 +10,9 @@ A version whose model file no longer matches the SHA-256 it was registered with 
 failure (pipeline.serving.verification): it never serves, and /status says why.
 A registry that cannot be reached changes nothing but a warning: the holder keeps serving what
 it has and asks again at the next poll.
+Every version is loaded with the holder's backend (`keras`, or `onnx`: the version's ONNX
+export through onnxruntime, pipeline.serving.model); a version that cannot serve with it (no
+ONNX export) is such a failed load, and /status names the backend that answers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,8 @@ class Served:
     loaded_at: str
     folder: Path | None = None
     """Where its artifacts were downloaded (removed once another version serves)."""
+    backend: str = "keras"
+    """What computes its answers (pipeline.serving.model.BACKENDS)."""
 
 
 @dataclass
@@ -71,7 +77,9 @@ class VersionHolder:
 
     `observe(served)` returns the callback a loaded version calls after each prediction (the
     prediction recorder's), or None to record nothing; `load(uri, folder)` loads a pyfunc model
-    (mlflow.pyfunc.load_model by default; a test passes its own to make a load fail).
+    (mlflow.pyfunc.load_model by default; a test passes its own to make a load fail);
+    `backend` is what every version answers with (pipeline.serving.model.BACKENDS), handed to
+    the default load as its model config.
     """
 
     def __init__(
@@ -82,13 +90,15 @@ class VersionHolder:
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         observe: Callable[[Served], Callable | None] | None = None,
         load: Callable[[str, Path], Any] | None = None,
+        backend: str = "keras",
     ) -> None:
         self.name = name
         self.alias = alias
         self.poll_seconds = float(poll_seconds)
+        self.backend = backend
         self.state = HolderState()
         self._observe = observe
-        self._load = load or _load_pyfunc
+        self._load = load or partial(_load_pyfunc, backend=backend)
         self._current: Served | None = None
         self._downloads = Path(tempfile.mkdtemp(prefix="pipeline-serve-"))
         self._stop = threading.Event()
@@ -216,8 +226,9 @@ class VersionHolder:
         folder.mkdir(parents=True)
         try:
             model = self._load(f"models:/{self.name}/{version}", folder)
-            served = Served(self.name, version, self.alias, model, _now(), folder)
             python_model = _python_model(model)
+            backend = str(getattr(python_model, "backend", "keras"))
+            served = Served(self.name, version, self.alias, model, _now(), folder, backend)
             if python_model is not None and hasattr(python_model, "identity"):
                 python_model.identity = (self.name, version, self.alias)
             observer = self._observe(served) if self._observe is not None else None
@@ -272,6 +283,8 @@ class VersionHolder:
             "registered_model": self.name,
             "alias": self.alias,
             "version": current.version if current else None,
+            "backend": current.backend if current else None,
+            "backend_asked": self.backend,
             "loaded_at": current.loaded_at if current else None,
             "poll_seconds": self.poll_seconds,
             "last_poll_at": self.state.last_poll_at,
@@ -321,13 +334,15 @@ def _python_model(model: Any) -> Any:
         return None
 
 
-def _load_pyfunc(uri: str, folder: Path) -> Any:
-    """models:/<name>/<version>, downloaded into `folder` and loaded only once its model file
-    matches the SHA-256 it was registered with (a mismatch fails like any failed load)."""
+def _load_pyfunc(uri: str, folder: Path, backend: str = "keras") -> Any:
+    """models:/<name>/<version>, downloaded into `folder` and loaded with `backend` only once
+    its model file matches the SHA-256 it was registered with (a mismatch, or a version that
+    cannot serve with `backend`, fails like any failed load)."""
+    from pipeline.serving.model import BACKEND_CONFIG
     from pipeline.serving.verification import load_verified_version
 
     name, version = uri.removeprefix("models:/").rsplit("/", 1)
-    return load_verified_version(name, version, folder)
+    return load_verified_version(name, version, folder, model_config={BACKEND_CONFIG: backend})
 
 
 def _first_line(error: BaseException) -> str:

@@ -11,6 +11,8 @@ is bound before anything loads: a second server on the same port exits at once, 
 Requests pass through pipeline.serving.limits first: a body over `max_body_bytes` gets 413
 before it is read, JSON deeper than `max_json_depth` gets 400 before it is parsed, and every
 error answer is short, without the request's data or a stack trace.
+`backend` picks what computes the answers: the Keras model, or the version's ONNX export through
+onnxruntime (pipeline.serving.model); /status says which answers.
 """
 
 from __future__ import annotations
@@ -27,12 +29,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+import pandas as pd
+
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.serving.holder import DEFAULT_POLL_SECONDS, Served, VersionHolder
 from pipeline.serving.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_DEPTH, RequestLimits
 
 logger = logging.getLogger(__name__)
 
+SERVE_BACKENDS = ("keras", "onnx")
+"""pipeline.serving.model.BACKENDS, repeated so that options are checked without importing
+MLflow (test_serving_backend keeps the two equal)."""
 OPTIONS_ENV = "PIPELINE_SERVE_OPTIONS"
 """How the parent hands its options to uvicorn's worker processes (--workers N > 1)."""
 DEFAULT_PORT = 5001
@@ -57,6 +64,16 @@ class ServeOptions:
     """JSON nested deeper gets 400 before it is parsed. The deepest legitimate body, a
     `dataframe_split` batch of (H, W, C) pixel arrays, is 7 levels; 32 leaves room for any
     client's wrapping and stays far below the recursion that breaks `json.loads`."""
+    backend: str = "keras"
+    """What computes the answers: `keras`, or `onnx` (each version's ONNX export, run by
+    onnxruntime; a version registered without one is refused, and never swapped in)."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in SERVE_BACKENDS:
+            raise ConfigError(
+                f"serve backend {self.backend!r} is not one of {', '.join(SERVE_BACKENDS)}: "
+                "set serve.backend in params.yaml (or --backend) to one of them"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -79,7 +96,17 @@ class FollowingModel:
 
     def predict(self, data, params=None):
         served = self.holder.current  # read once: the request finishes on this version
-        return served.model.predict(data, params=params)
+        answer = served.model.predict(data, params=params)
+        return answer_records(answer) if isinstance(answer, pd.DataFrame) else answer
+
+
+def answer_records(frame: pd.DataFrame) -> list[dict]:
+    """The answer's rows as MLflow's scoring app writes a DataFrame (`to_dict(orient=
+    "records")`), built column by column: the same JSON in about half the time, since to_dict
+    boxes every cell on its own (0.6 to 0.8 ms of a batch-1 request, against 0.3 to 0.5)."""
+    names = list(frame.columns)
+    columns = [frame[name].tolist() for name in names]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 class TextImages:
@@ -182,6 +209,7 @@ def build_app(options: ServeOptions):
         options.alias,
         poll_seconds=options.poll_seconds,
         observe=recording_observer(recorder) if recorder is not None else None,
+        backend=options.backend,
     )
     try:
         served = holder.load_initial()
@@ -190,20 +218,23 @@ def build_app(options: ServeOptions):
         holder.stop()
         raise
     logger.info(
-        "serving %s version %s (@%s) on http://%s:%d%s; following the alias every %g s",
+        "serving %s version %s (@%s) on http://%s:%d%s with the %s backend; following the "
+        "alias every %g s",
         served.name,
         served.version,
         served.alias,
         options.host,
         options.port,
         f" (worker process {os.getpid()})" if options.workers > 1 else "",
+        served.backend,
         options.poll_seconds,
     )
     app = scoring_server.init(FollowingModel(holder))
 
     @app.get("/status")
     async def status() -> dict[str, Any]:
-        """The version serving, the holder's last poll and swaps, and the recorder's counts."""
+        """The version serving and the backend answering, the holder's last poll and swaps,
+        and the recorder's counts."""
         answer = holder.status()
         answer["pid"] = os.getpid()
         answer["recorder"] = recorder.status() if recorder is not None else None
@@ -335,7 +366,7 @@ def _check_alias(options: ServeOptions) -> None:
     import mlflow
 
     mlflow.set_tracking_uri(options.tracking_uri)
-    holder = VersionHolder(options.registered_model, options.alias)
+    holder = VersionHolder(options.registered_model, options.alias, backend=options.backend)
     try:
         if holder.resolve() is None:
             holder.load_initial()  # raises, naming what to do
