@@ -157,6 +157,10 @@ def export(args: argparse.Namespace) -> int:
     """Export a model to ONNX, TFLite or SavedModel, proven equal on the test split."""
     import tempfile
 
+    from pipeline.export.formats import check_format
+
+    # A combination no converter makes fails before a champion is looked up or downloaded.
+    check_format(args.format, args.quantize)
     root = _project_root(args.root)
     config = _project_config(root)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -41,6 +41,7 @@ from pipeline.evaluation.promotion import (
 from pipeline.export.exporter import ExportSource, export_model
 from pipeline.export.formats import parse_export_name
 from pipeline.export.parity import Parity
+from pipeline.export.sources import recorded_temperature
 from pipeline.reporting.model_card import (
     CARD_FILE,
     MAX_DESCRIPTION_CHARS,
@@ -192,7 +193,7 @@ def promote_challenger(
                         list(test.classes),
                         f"{model_dir} (run {source_run_id})",
                         resize=resize,
-                        temperature=RunRecord.read(model_dir).temperature,
+                        temperature=recorded_temperature(model_dir),
                     ),
                     test,
                     open_split(prepared, "train"),
@@ -200,6 +201,9 @@ def promote_challenger(
             )
             if new:
                 registry.tag_exports(registered_model, version, made.tags())
+            else:
+                # The version keeps the exports it was registered with: its card says so.
+                made.figures = registry.version_exports(registered_model, version)
             if new:
                 logger.info(
                     "registered %s version %s (%s) as challenger",
@@ -237,8 +241,8 @@ def promote_challenger(
             "champion": _champion_entry(champion, decision, unusable),
             # Test images either model trained on, excluded from the scores: 0 when fair.
             "train_test_overlap": outcome.overlap.excluded,
-            # The new version's exports and their parity figures (none when nothing new was
-            # registered: an existing version keeps the exports it was registered with).
+            # The version's exports and their parity figures: made now for a new version, read
+            # from the tags of one registered before; none inside a DVC experiment.
             "exports": made.figures,
             "overlap": outcome.overlap.to_dict(),
             **{key: value for key, value in decision.to_dict().items() if key != "passed"},
@@ -266,6 +270,9 @@ class ExportsMade:
 
     def __init__(self) -> None:
         self.figures: dict[str, dict] = {}
+        self.digests: dict[str, str] = {}
+        """name -> the SHA-256 of the export's model file (saved_model: saved_model.pb),
+        which a server checks before it answers with the export."""
         self._scratch: tempfile.TemporaryDirectory | None = None
 
     def make(self, names: tuple[str, ...], source: ExportSource, test, train) -> dict[str, Path]:
@@ -281,11 +288,14 @@ class ExportsMade:
                     source, format_name, quantize, test, train, Path(self._scratch.name)
                 )
             except ExportError as error:
-                logger.error("registering without the %s export: %s", name, error)
-                self.figures[name] = {"passed": False, "refused": str(error)}
+                # The staging folder it names is gone with this process: the reason is kept.
+                reason = str(error).split(f". {self._scratch.name}")[0]
+                logger.error("registering without the %s export: %s", name, reason)
+                self.figures[name] = {"passed": False, "refused": reason}
                 continue
             folders[name] = exported.folder
             self.figures[name] = exported.parity.to_dict()
+            self.digests[name] = sha256_of(exported.digest_file)
         return folders
 
     def tags(self) -> dict[str, str]:
@@ -298,6 +308,8 @@ class ExportsMade:
                 tags[f"{prefix}.refused"] = figures["refused"][: registry.MAX_TAG_TEXT]
                 continue
             tags.update(Parity(**_parity_fields(figures)).tags(prefix))
+            if name in self.digests:
+                tags[f"{prefix}.sha256"] = self.digests[name]
         return tags
 
     def __enter__(self) -> ExportsMade:

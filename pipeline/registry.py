@@ -660,6 +660,47 @@ def tag_exports(name: str, version: str, tags: dict[str, str]) -> None:
         client.set_model_version_tag(name, str(version), key, value)
 
 
+def version_exports(name: str, version: str) -> dict[str, dict]:
+    """The exports `version` of `name` was registered with, read back from its tags (see
+    tag_exports): name -> its figures, or {passed: False, refused: why}; {} for a version
+    registered before exports existed."""
+    tags = mlflow.MlflowClient().get_model_version(name, str(version)).tags
+    carried = [each for each in tags.get("exports", "").split(",") if each and each != "none"]
+    refused = sorted(
+        key.removeprefix("export.").removesuffix(".refused")
+        for key in tags
+        if key.startswith("export.") and key.endswith(".refused")
+    )
+    found: dict[str, dict] = {}
+    for export in carried:
+        prefix = f"export.{export}"
+        runtime, _, runtime_version = tags.get(f"{prefix}.runtime", "").partition(" ")
+        found[export] = {
+            "passed": True,
+            "runtime": runtime,
+            "runtime_version": runtime_version,
+            **{
+                key: _float_tag(tags.get(f"{prefix}.{tag}"))
+                for key, tag in (
+                    ("top1_agreement", "top1_agreement"),
+                    ("max_abs_diff", "max_abs_diff"),
+                    ("export_accuracy", "accuracy"),
+                    ("size_ratio", "size_ratio"),
+                )
+            },
+        }
+    for export in refused:
+        found[export] = {"passed": False, "refused": tags[f"export.{export}.refused"]}
+    return found
+
+
+def _float_tag(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def record_outcome(
     name: str, version: str | None, decision: Decision, champion: str | None, record: dict
 ) -> bool:

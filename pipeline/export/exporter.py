@@ -58,6 +58,14 @@ class Exported:
     signature: dict
     parity: Parity
 
+    @property
+    def digest_file(self) -> Path:
+        """The file whose SHA-256 identifies the export (a SavedModel's graph and its
+        variables' index live in saved_model.pb; the ONNX and TFLite files are whole)."""
+        if self.model_path.is_dir():
+            return self.model_path / "saved_model.pb"
+        return self.model_path
+
 
 @dataclass(frozen=True)
 class ExportSource:
@@ -94,7 +102,14 @@ def export_model(
         raise ExportError(f"{source.model_file}: no model file there to export")
     if not len(test):
         raise ExportError(f"{test.root if hasattr(test, 'root') else 'the test split'} is empty")
-    model = keras.saving.load_model(source.model_file)
+    out = _usable_folder(Path(out))
+    try:
+        model = keras.saving.load_model(source.model_file)
+    except Exception as error:  # noqa: BLE001 - Keras raises ValueError, OSError, zip errors
+        raise ExportError(
+            f"{source.model_file}: Keras cannot load it ({_first_line(error)}); retrain it, or "
+            "name another model"
+        ) from None
     _check_shapes(model, source, test)
     representative = None
     if quantize == "int8":
@@ -106,9 +121,17 @@ def export_model(
     started = time.perf_counter()
     with atomic_directory(target) as staging:
         model_path = staging / MODEL_FILES[format_name]
-        write_model(model, format_name, quantize, model_path, representative)
-        runtime = open_runtime(format_name, model_path)
-        keras_probabilities, export_probabilities = _score_both(model, runtime, test)
+        try:
+            write_model(model, format_name, quantize, model_path, representative)
+            runtime = open_runtime(format_name, model_path)
+            keras_probabilities, export_probabilities = _score_both(model, runtime, test)
+        except ExportError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a converter's or a runtime's own failure
+            raise ExportError(
+                f"the {name} export of {source.uri} failed: {type(error).__name__}: "
+                f"{_first_line(error)}"
+            ) from None
         parity = measure_parity(
             keras_probabilities,
             export_probabilities,
@@ -144,6 +167,24 @@ def export_model(
         parity.size_ratio,
     )
     return Exported(target, target / MODEL_FILES[format_name], signature, parity)
+
+
+def _usable_folder(out: Path) -> Path:
+    """`out`, made if missing; ExportError when it is a file or cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: is a file; name a folder for the export")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(
+            f"--out {out}: cannot be used ({error.strerror}); name a writable folder"
+        ) from None
+    return out
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def representative_images(train: ImageSplit, seed: int = 0) -> np.ndarray:
@@ -223,7 +264,8 @@ def build_signature(
             "client": (
                 f"decode the file (EXIF orientation applied), convert to "
                 f"{'RGB' if channels == 3 else 'grayscale'}, resize to {height}x{width} "
-                f"({source.resize}), as pipeline.datasets.images.decode_image does"
+                f"({source.resize}, bilinear), as pipeline.datasets.images.decode_image does; "
+                "an image with transparency goes on white first"
             ),
             "inside_model": inside,
         },

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from pipeline.errors import ExportError
 from pipeline.export.formats import FLOAT_TOLERANCE, INT8_MAX_ACCURACY_DROP
 
 
@@ -76,7 +77,7 @@ def measure_parity(
     export_probabilities = np.asarray(export_probabilities, dtype=np.float64)
     labels = np.asarray(labels)
     if keras_probabilities.shape != export_probabilities.shape:
-        raise ValueError(
+        raise ExportError(
             f"the export answered shape {export_probabilities.shape}, the Keras model "
             f"{keras_probabilities.shape}"
         )

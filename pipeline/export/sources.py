@@ -62,7 +62,7 @@ def _from_folder(folder: Path, uri: str, resize: str) -> ExportSource:
         _read_classes(folder / CLASSES_FILE),
         uri,
         resize,
-        _temperature(folder / RUN_FILE),
+        recorded_temperature(folder),
     )
 
 
@@ -132,8 +132,10 @@ def _read_classes(path: Path) -> list[str]:
     return [str(name) for name in classes]
 
 
-def _temperature(run_file: Path) -> float | None:
-    """The calibration temperature recorded beside a trained model (None when not recorded)."""
+def recorded_temperature(model_dir: Path) -> float | None:
+    """The calibration temperature recorded beside a trained model (its run.json); None when
+    not recorded or unreadable: the signature then says none is known, nothing fails."""
+    run_file = Path(model_dir) / RUN_FILE
     if not run_file.is_file():
         return None
     try:

@@ -235,8 +235,10 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     def call_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(penultimate features: the output layer's input, flattened; outputs) of one uint8
         batch: what embeddings are made from. The features are the Keras model's under either
-        backend (an export holds no penultimate layer); the outputs are the backend's."""
-        return self._features(images), self._call_model(images)
+        backend (an export holds no penultimate layer); the outputs are the backend's, as one
+        probability column per class (a two-class Keras model's one sigmoid unit becomes two
+        columns, as its ONNX export answers)."""
+        return self._features(images), class_probabilities(self._call_model(images))
 
     def _features(self, images: np.ndarray) -> np.ndarray:
         if self._feature_model is None:
@@ -361,8 +363,9 @@ def missing_onnx_export(who: str) -> str:
     return (
         f"{who} has no ONNX export (no artifact `{ONNX_EXPORT_ARTIFACT}` holding "
         f"{ONNX_MODEL_FILE}), so it cannot serve with backend onnx: register a version with "
-        "its ONNX export (promote.exports including onnx, then `make repro` or `pipeline "
-        "retrain`), or serve this one with --backend keras (serve.backend: keras)"
+        "its ONNX export (promote.exports including onnx; a model registered before cannot "
+        "gain one: `pipeline retrain --force` trains and registers a new version), or serve "
+        "this one with --backend keras (serve.backend: keras)"
     )
 
 

@@ -131,6 +131,8 @@ def load_verified_version(
 
     folder = verified_model_path(name, version, destination)
     config = served_config(folder, describe_version((name, str(version), None)), model_config)
+    if (config or {}).get(BACKEND_CONFIG) == ONNX_BACKEND:
+        verify_onnx_export(name, str(version), folder)
     # Without suppress_warnings MLflow maps every installed distribution to its modules to
     # compare them with the version's requirements (about 1.7 s).
     model = mlflow.pyfunc.load_model(str(folder), suppress_warnings=True, model_config=config)
@@ -142,6 +144,39 @@ def load_verified_version(
             f"with {answering}: serve it with --backend {answering}, or register it again"
         )
     return model
+
+
+ONNX_SHA_TAG = "export.onnx.sha256"
+"""On a version registered with its ONNX export: the SHA-256 of its model.onnx."""
+
+
+def verify_onnx_export(name: str, version: str, folder: Path) -> None:
+    """Check that the ONNX export in a downloaded version hashes to the SHA-256 it was
+    registered with (ONNX_SHA_TAG), as verified_model_path checks the Keras file: the file
+    that answers under `--backend onnx` is the one registered, or nothing loads."""
+    import mlflow
+
+    expected = mlflow.MlflowClient().get_model_version(name, version).tags.get(ONNX_SHA_TAG)
+    export = artifact_path(folder, ONNX_EXPORT_ARTIFACT)
+    model_file = export / ONNX_MODEL_FILE if export is not None else None
+    if not expected:
+        logger.warning(
+            "version %s of %r was registered without a %s tag: its ONNX export cannot be checked "
+            "against what was registered, and is loaded unchecked",
+            version,
+            name,
+            ONNX_SHA_TAG,
+        )
+        return
+    actual = sha256_of(model_file) if model_file is not None and model_file.is_file() else None
+    if actual != expected:
+        found = f"has SHA-256 {actual[:16]}..." if actual else "is missing"
+        raise ModelError(
+            f"version {version} of {name!r}: its ONNX export {ONNX_MODEL_FILE} {found}, "
+            f"registered {expected[:16]}...; the artifact store was changed after registration: "
+            "roll back (`pipeline rollback --to <version>`), re-register, or serve it with "
+            "--backend keras"
+        )
 
 
 def served_config(folder: Path, who: str, model_config: dict | None) -> dict | None:

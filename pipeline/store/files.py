@@ -56,6 +56,9 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
         # Opened by name, so `stream.name` is the temporary file's path (to hash it, say).
         with open(temporary, mode, **({} if "b" in mode else {"newline": ""})) as stream:
             yield stream
+        # mkstemp makes the file private (0600); the output gets the mode a plain open gives
+        # it, so a server or a teammate running as another user can read what was written.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

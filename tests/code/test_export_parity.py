@@ -177,7 +177,7 @@ def test_a_keras_model_answering_nan_fails_parity() -> None:
 
 def test_a_shape_mismatch_names_both_shapes() -> None:
     keras, labels = _keras()
-    with pytest.raises(ValueError, match=r"shape \(100, 3\), the Keras model \(100, 4\)"):
+    with pytest.raises(ExportError, match=r"shape \(100, 3\), the Keras model \(100, 4\)"):
         _measure(keras, keras[:, :3], labels)
 
 

@@ -22,6 +22,7 @@ from pipeline.evaluation.metrics import metric_safe_names
 from pipeline.models.weight_kinds import WEIGHTS_LABELS
 from pipeline.reporting.model_card import (
     CRITERIA_NAMES,
+    EXPORT_COLUMNS,
     MAX_DESCRIPTION_CHARS,
     METRIC_NAMES,
     CardRecords,
@@ -388,7 +389,8 @@ def check_card_figures(card: str, evaluation: dict, decision: dict, classes: lis
         compared += 3
     # No other figure hides in the figures section: each decimal number printed there is one
     # of the record's, as formatted above.
-    section = card[card.index("## Figures") : card.index("## Limits")]
+    after = "## Exports" if "## Exports" in card else "## Limits"
+    section = card[card.index("## Figures") : card.index(after)]
     allowed = set(_expected_figures(evaluation, decision).values())
     if champion is not None:
         allowed.add(f"{champion['test_accuracy']:.4f}")
@@ -403,6 +405,15 @@ def check_card_figures(card: str, evaluation: dict, decision: dict, classes: lis
     allowed |= {format(mcnemar["p_value"], ".4g")} if mcnemar else set()
     printed = set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", section))
     assert printed <= allowed, sorted(printed - allowed)
+    exports = table_figures(card, EXPORT_COLUMNS[:1])
+    for name, figures in (decision.get("exports") or {}).items():
+        row = exports[f"`{name}`"]
+        if not figures["passed"]:
+            assert row[0] == "refused", name
+            continue
+        assert row[1] == f"{figures['top1_agreement']:.4f}", name
+        assert row[3] == f"{figures['export_accuracy']:.4f}", name
+        compared += 2
     return compared
 
 
@@ -642,7 +653,6 @@ def test_the_lock_digest_is_of_the_stages_the_model_came_from(tmp_path) -> None:
 
 def test_the_exports_the_version_carries_are_listed_with_their_parity_and_refusals() -> None:
     from pipeline.export.parity import measure_parity
-    from pipeline.reporting.model_card import EXPORT_COLUMNS
 
     keras = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1]])
     onnx = measure_parity(
@@ -663,9 +673,13 @@ def test_the_exports_the_version_carries_are_listed_with_their_parity_and_refusa
     card = render_model_card(_records(decision={**_decision(), "exports": exports}))
     assert "## Exports" in card
     rows = table_figures(card, EXPORT_COLUMNS[:1])
-    expected = ["onnxruntime 1.32.0", "1.0000", "3e-06", "1.0000", "0.30x model.keras"]
+    expected = ["onnxruntime 1.32.0", "1.0000", "3e-06", "1.0000", "0.30x"]
     assert rows["`onnx`"] == expected
     assert rows["`tflite-int8`"][0] == "refused"
     assert "accuracy_drop_points 2.50" in rows["`tflite-int8`"][-1]
+    # Read back from an older version's tags, a figure may be missing: it says so.
+    partial = {"onnx": {"passed": True, "runtime": "onnxruntime", "max_abs_diff": None}}
+    card = render_model_card(_records(decision={**_decision(), "exports": partial}))
+    assert table_figures(card, EXPORT_COLUMNS[:1])["`onnx`"][2] == "not recorded"
     # A DVC experiment, or a version registered before: no exports were made, no section.
     assert "## Exports" not in render_model_card(_records(decision={**_decision(), "exports": {}}))

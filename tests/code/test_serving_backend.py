@@ -12,6 +12,7 @@ tests/integration/test_serve_onnx.py.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,15 +77,6 @@ def _make_version(folder: Path, classes: list[str], shape=SHAPE, seed: int = 0) 
     keras.Model(inputs, outputs).save(model_file)
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(16, *shape), dtype=np.uint8)
-    if units == 1:
-        # export_model compares output units with classes, so it refuses a two-class model's
-        # one sigmoid unit: its converter alone writes that export (no signature.json).
-        from pipeline.export.converters import write_model
-
-        export = folder / "onnx"
-        export.mkdir()
-        write_model(keras.saving.load_model(model_file), "onnx", "none", export / "model.onnx")
-        return Version(model_file, classes, export)
     test = ArraySplit(images, rng.integers(0, len(classes), size=16), classes)
     exported = export_model(
         ExportSource(model_file, classes, str(model_file)), "onnx", "none", test, None, folder
@@ -353,3 +345,58 @@ def test_the_holder_serves_onnx_and_never_swaps_in_a_version_without_its_export(
             assert keras_holder.load_initial().backend == "keras"
         finally:
             keras_holder.stop()
+
+
+def test_an_onnx_export_changed_after_registration_never_answers(
+    version: Version, template_store, tmp_path
+) -> None:
+    """The file that answers under onnx is the one registered: its SHA-256 (the version's
+    export.onnx.sha256 tag, set by the promote stage) is checked before it loads, as the
+    Keras file's is; keras still serves the version."""
+    import onnx
+
+    from pipeline import registry
+    from pipeline.errors import ModelError
+    from pipeline.promotion import ExportsMade
+    from pipeline.serving.verification import ONNX_SHA_TAG, load_verified_version
+    from pipeline.store import sha256_of
+
+    shutil.copy(template_store, tmp_path / "mlflow.db")
+    name = "tampered"
+    with tracking_store(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        experiment = mlflow.create_experiment("tamper", (tmp_path / "mlruns").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            info = registry.log_classifier(
+                version.model_file,
+                CLASSES,
+                np.zeros((1, *SHAPE), dtype=np.uint8),
+                exports={"onnx": version.export},
+            )
+        number = registry.register_challenger(name, info.model_uri, {}).version
+        made = ExportsMade()
+        made.figures = {"onnx": json.loads((version.export / "parity.json").read_text())}
+        made.digests = {"onnx": sha256_of(version.export / "model.onnx")}
+        registry.tag_exports(name, number, made.tags())
+        tags = mlflow.MlflowClient().get_model_version(name, number).tags
+        assert tags[ONNX_SHA_TAG] == made.digests["onnx"]
+        # Re-promoted later, the version's card lists the exports read back from these tags.
+        carried = registry.version_exports(name, number)
+        assert carried["onnx"]["passed"] and carried["onnx"]["top1_agreement"] == 1.0
+        assert carried["onnx"]["runtime"] == "onnxruntime"
+        loaded = load_verified_version(name, number, tmp_path / "good", {"backend": "onnx"})
+        assert loaded.unwrap_python_model().backend == "onnx"
+
+        # Someone with write access to the artifact store moves one output bias.
+        stored = next((tmp_path / "mlruns").rglob("onnx/model.onnx"))
+        graph = onnx.load(str(stored))
+        bias = next(item for item in graph.graph.initializer if item.dims == [len(CLASSES)])
+        values = onnx.numpy_helper.to_array(bias).copy()
+        values[0] += 50.0
+        bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+        onnx.save(graph, str(stored))
+        with pytest.raises(
+            ModelError, match=r"its ONNX export model.onnx has SHA-256 .* registered"
+        ):
+            load_verified_version(name, number, tmp_path / "onnx", {"backend": "onnx"})
+        kept = load_verified_version(name, number, tmp_path / "keras", {"backend": "keras"})
+        assert kept.unwrap_python_model().backend == "keras"

@@ -359,10 +359,19 @@ def test_label_issues_calibration_and_the_model_card_come_from_the_same_run(proj
     assert check_card_figures(card, evaluation, decision, list(test.classes)) >= 12
     assert f"{len(issues)} suspected in train and val" in card
     if decision["registered"]:
+        from pipeline.reporting.model_card import MAX_DESCRIPTION_CHARS, fit_description
+
         version = mlflow.MlflowClient().get_model_version(
             decision["registered_model"], str(decision["challenger"]["version"])
         )
-        assert version.description == card
+        # The whole card when it fits MLflow's description, else cut at a line, saying where
+        # the whole card is (tiny epochs list many changed params).
+        note = (
+            f"Cut to MLflow's {MAX_DESCRIPTION_CHARS}-character description: the whole card is "
+            f"model_card.md in promotion run {decision['challenger']['run_id']} (`pipeline card` "
+            "prints it)."
+        )
+        assert version.description == fit_description(card, note)
 
 
 def test_second_repro_runs_nothing(project) -> None:
@@ -472,6 +481,7 @@ def test_sweeps_and_queued_experiments_leave_the_baseline_and_the_registry_alone
     decision = json.loads((root / "reports" / "promotion.json").read_text())
     assert decision["registered"] is False and decision["dvc_experiment"] == "sweep"
     assert decision["train_test_overlap"] == 0
+    assert decision["exports"] == {}  # nothing registered, so nothing exported
 
     # The README's comparison: the changed param and the main metrics, within 120 columns.
     shown = dvc(root, {**env, "COLUMNS": "120"}, *EXP_SHOW)
@@ -776,9 +786,13 @@ def test_the_champion_carries_its_onnx_export_and_the_readme_exports_run_as_writ
     image = test.read([0])[0]
     from PIL import Image
 
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(root / "photo.png")
+    # A photo larger than the model's input: the client resizes it as the split stage does.
+    picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    height, width = image.shape[:2]
+    picture.resize((3 * width, 3 * height), Image.Resampling.NEAREST).save(root / "photo.png")
     champion = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    expected = champion.predict(pd.DataFrame({"pixels": [image]}))["predicted_class"][0]
+    answer = champion.predict(pd.DataFrame({"image": [(root / "photo.png").read_bytes()]}))
+    expected = answer["predicted_class"][0]
     client = _readme_block("python", "onnxruntime.InferenceSession")
     result = subprocess.run(
         [sys.executable, "-c", client],
