@@ -26,7 +26,7 @@ from pipeline.store import open_split
 from pipeline.store import sha256_of as sha256
 from pipeline.tracking.context import flatten_params
 from tests.browser import Browser, chromium_or_skip
-from tests.project import dvc, make_project_copy
+from tests.project import dvc, make_project_copy, tiny_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,11 +53,18 @@ EXP_SHOW = (
 )  # fmt: skip
 
 
+def _with_onnx_export(params: dict) -> dict:
+    """Tiny epochs, and promote.exports' default: each new version carries its ONNX export."""
+    params = tiny_params(params)
+    params["promote"]["exports"] = ["onnx"]
+    return params
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """One `dvc repro` of the project's params with tiny epochs; read it, never change it."""
     root = tmp_path_factory.mktemp("project")
-    env = make_project_copy(root)
+    env = make_project_copy(root, _with_onnx_export)
     result = dvc(root, env, "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
