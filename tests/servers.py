@@ -763,3 +763,22 @@ class PipelineServer(_GroupProcess):
 
     def explain(self) -> str:
         return f"log {self.log_path}:\n{self.log_tail()}"
+
+
+class ServerStarter:
+    """Starts servers made by `make(log_path, *args, **options)`, each logging to its own file
+    under `folder`, and stops every one it started (a fixture calls stop_all at teardown)."""
+
+    def __init__(self, make: Callable[..., _GroupProcess], folder: Path) -> None:
+        self.make = make
+        self.folder = folder
+        self.servers: list[_GroupProcess] = []
+
+    def __call__(self, *args, **options):
+        server = self.make(self.folder / f"serve-{len(self.servers)}.log", *args, **options)
+        self.servers.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()

@@ -29,6 +29,7 @@ from tests.servers import (
     SERVE_POLL_SECONDS,
     MlflowServer,
     PipelineServer,
+    ServerStarter,
     run_to_exit,
 )
 from tests.serving_models import tracking_store
@@ -162,21 +163,18 @@ def broken_model(store: Store) -> str:
 
 @pytest.fixture
 def start_server(store: Store, tmp_path: Path) -> Iterator[Callable[..., PipelineServer]]:
-    """Start `pipeline serve` of a registered model with extra options (started and ready);
-    every server started is stopped at the end of the test, passed or failed."""
-    servers: list[PipelineServer] = []
+    """Start `pipeline serve` of a registered model with extra options (started and ready):
+    start(model_name, *options, tracking_uri=None); every server started is stopped at the end
+    of the test, passed or failed."""
 
-    def start(model_name: str, *options: str, tracking_uri: str | None = None) -> PipelineServer:
-        log = tmp_path / f"serve-{len(servers)}.log"
-        server = PipelineServer(store, model_name, log, *options, tracking_uri=tracking_uri)
-        servers.append(server)
-        return server.start()
+    def make(log: Path, model_name: str, *options: str, **keywords) -> PipelineServer:
+        return PipelineServer(store, model_name, log, *options, **keywords)
 
+    starter = ServerStarter(make, tmp_path)
     try:
-        yield start
+        yield starter
     finally:
-        for server in servers:
-            server.stop()
+        starter.stop_all()
 
 
 # --- clients ----------------------------------------------------------------------------------

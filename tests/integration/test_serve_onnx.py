@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.servers import PIPELINE, PipelineServer, run_to_exit
+from tests.servers import PIPELINE, PipelineServer, ServerStarter, run_to_exit
 from tests.serving_models import tracking_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -126,18 +126,15 @@ class OnnxTestServer(PipelineServer):
 def start_server(registered: Registered, tmp_path: Path) -> Iterator[Callable[..., PipelineServer]]:
     """Start `pipeline serve` with extra options (started and ready); every server started is
     stopped at the end of the test, passed or failed."""
-    servers: list[PipelineServer] = []
 
-    def start(*options: str) -> PipelineServer:
-        server = OnnxTestServer(registered, tmp_path / f"serve-{len(servers)}.log", *options)
-        servers.append(server)
-        return server.start()
+    def make(log: Path, *options: str) -> OnnxTestServer:
+        return OnnxTestServer(registered, log, *options)
 
+    starter = ServerStarter(make, tmp_path)
     try:
-        yield start
+        yield starter
     finally:
-        for server in servers:
-            server.stop()
+        starter.stop_all()
 
 
 def _probabilities(rows: list[dict]) -> np.ndarray:
