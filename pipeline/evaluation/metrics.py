@@ -104,9 +104,10 @@ def _image_batches(images: ImageSplit | np.ndarray, batch_size: int) -> Iterator
             yield batch
 
 
-def probability_metrics(y: np.ndarray, probabilities: np.ndarray) -> dict:
-    """The headline test metrics from class probabilities (one column per class, as
-    class_probabilities gives them): cross-entropy loss, accuracy, macro F1, image count."""
+def probability_metrics(y: np.ndarray, probabilities: np.ndarray, split: str = "test") -> dict:
+    """The headline metrics of a split (`test`, or `val` for choosing) from class probabilities
+    (one column per class, as class_probabilities gives them): cross-entropy loss, accuracy,
+    macro F1, image count, each named `<split>_...`."""
     from sklearn.metrics import f1_score
 
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -114,10 +115,10 @@ def probability_metrics(y: np.ndarray, probabilities: np.ndarray) -> dict:
     eps = np.finfo(np.float32).eps
     true_probability = np.clip(probabilities[np.arange(len(y)), y], eps, 1.0)
     return {
-        "test_loss": float(-np.log(true_probability).mean()),
-        "test_accuracy": float((predictions == y).mean()),
-        "test_macro_f1": float(f1_score(y, predictions, average="macro", zero_division=0)),
-        "test_images": len(y),
+        f"{split}_loss": float(-np.log(true_probability).mean()),
+        f"{split}_accuracy": float((predictions == y).mean()),
+        f"{split}_macro_f1": float(f1_score(y, predictions, average="macro", zero_division=0)),
+        f"{split}_images": len(y),
     }
 
 

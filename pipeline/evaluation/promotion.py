@@ -24,8 +24,10 @@ from pipeline.evaluation.significance import McNemarResult, mcnemar_test
 def choose_strategy(
     metrics: Mapping[str, Mapping], available: Sequence[str], wanted: str, metrics_file: Path
 ) -> str:
-    """`wanted` by name, or with `best` the highest test accuracy (ties: the first listed);
-    `metrics_file` only names where `metrics` came from in the errors."""
+    """`wanted` by name, or with `best` the highest val accuracy (ties: the lower val loss, then
+    the first listed): the test split judges the chosen strategy, never chooses it, so its
+    figures stay an unbiased estimate. `metrics_file` only names where `metrics` came from in
+    the errors."""
     if wanted != "best":
         if wanted not in available or wanted not in metrics:
             raise ConfigError(
@@ -36,7 +38,21 @@ def choose_strategy(
     scored = [name for name in available if name in metrics]
     if not scored:
         raise RegistryError(f"{metrics_file} holds no evaluated strategy: run evaluate first")
-    return max(scored, key=lambda name: (metrics[name]["test_accuracy"], -scored.index(name)))
+    unscored = [name for name in scored if "val_accuracy" not in metrics[name]]
+    if unscored:
+        raise RegistryError(
+            f"{metrics_file}: {', '.join(unscored)} has no val_accuracy, which promote.strategy "
+            "best chooses on (an evaluation from before val figures existed): run `dvc repro` "
+            "to evaluate again, or name the strategy in promote.strategy"
+        )
+    return max(
+        scored,
+        key=lambda name: (
+            metrics[name]["val_accuracy"],
+            -metrics[name].get("val_loss", 0.0),
+            -scored.index(name),
+        ),
+    )
 
 
 @dataclass(frozen=True)

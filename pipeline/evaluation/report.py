@@ -97,6 +97,7 @@ def evaluate_strategy(
     batch_size: int | None = None,
     cache: ExplanationCache | None = None,
     temperature: float = 1.0,
+    val: ImageSplit | None = None,
 ) -> dict:
     """Score one strategy's model on the test split, write its report folder `output`
     (metrics, confusion matrices, per-class figures, curves, reliability diagram, galleries,
@@ -114,7 +115,11 @@ def evaluate_strategy(
     reads only the images it shows, and the images per second are timed on that pass's warm
     batches. `phase_boundary` marks where fine-tuning unfroze on the curves; `augmentation` and
     `train_image` draw the augmented versions of one training image; `cache` holds the
-    explanations computed for the same weights before (None: computed)."""
+    explanations computed for the same weights before (None: computed).
+
+    `val`, when given, is scored too, for `val_accuracy`, `val_loss` and `val_macro_f1`: the
+    figures a choice between models (promote.strategy best, pipeline tune) is made on, so the
+    test split judges the chosen model and never chooses it."""
     model = keras.saving.load_model(model_dir / MODEL_FILE)
     output.mkdir(parents=True, exist_ok=True)
     batch_size = batch_size or predict_batch_size(test.image_shape)
@@ -124,6 +129,10 @@ def evaluate_strategy(
     images_per_second = measure_images_per_second(model, test.image_shape, timings)
 
     metrics = probability_metrics(test.y, probabilities)
+    if val is not None and len(val):
+        metrics.update(
+            probability_metrics(val.y, predict_probabilities(model, val, batch_size), "val")
+        )
     metrics.update(calibration_metrics(test.y, probabilities, temperature))
     metrics.update(top_k_metrics(test.y, probabilities))
     two_classes = len(test.classes) == 2

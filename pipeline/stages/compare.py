@@ -35,11 +35,13 @@ from pipeline.tracking.server import check_tracking_server, tracking_uri
 
 logger = logging.getLogger("pipeline.stages.compare")
 
-MAIN_METRICS = ("test_accuracy", "test_macro_f1", "test_loss", "test_ece", "test_brier")
-"""Each strategy's row in `dvc metrics show` (its backbone's weights too, where it has one):
-about 130 columns, the headers' width. `test_loss` is the test NLL; `test_ece` and
-`test_brier` are of the calibrated probabilities the model serves. reports/metrics.json keeps
-every metric, per class and before calibration included."""
+MAIN_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_ece")
+"""Each strategy's row in `dvc metrics show` and `dvc exp show` (its backbone's weights too,
+where it has one): about 115 columns, the headers' width. The val figures are what a choice
+between experiments is made on (`pipeline tune` reads them, and only them); the test figures
+judge the chosen one. `val_loss` is the val NLL; `test_ece` is of the calibrated
+probabilities the model serves. reports/metrics.json keeps every metric (test_macro_f1,
+test_loss, test_brier, per class, before calibration)."""
 
 
 def main_metrics(metrics: dict) -> dict[str, dict]:

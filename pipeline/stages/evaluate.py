@@ -1,6 +1,7 @@
 """Evaluate one strategy's model on the test split (`dvc.yaml`'s `evaluate@<strategy>`): its
 metrics, confusion matrices, per-class figures, curves, galleries and explanations, in its
-report folder and in evaluation.json, and logged once to MLflow.
+report folder and in evaluation.json, and logged once to MLflow. The val split is scored too,
+for the val figures that choices between models are made on.
 
 One stage per strategy, so changing one strategy re-evaluates only that one. The evaluation is
 logged into the strategy's own run when that run has none yet (the execution that trained the
@@ -66,6 +67,8 @@ def main(argv: Sequence[str]) -> None:
     test = open_split(args.prepared, "test")
     if not len(test):
         raise DataError(f"{args.prepared}: the test split is empty; rerun the split stage")
+    # Scored for the val figures that choices are made on (promote.strategy best, tune).
+    val = open_split(args.prepared, "val")
     run = RunRecord.read(args.model)
     train_image = None
     if run.augmentation and config.evaluate.augmented_versions > 0:
@@ -100,9 +103,11 @@ def main(argv: Sequence[str]) -> None:
                 # probabilities before it, for the ECE before and after.
                 # A model trained before calibration existed holds no temperature: T = 1.
                 temperature=run.temperature or 1.0,
+                val=val,
             )
         finally:
             test.close()
+            val.close()
         logger.info("%s: %s", strategy, evaluation["metrics"])
         record_evaluation(
             run,

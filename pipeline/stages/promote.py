@@ -82,7 +82,13 @@ def main(argv: Sequence[str]) -> None:
             f"--evaluation: no report folder of {strategy}, the strategy promoted; pass "
             f"--evaluation <reports>/{strategy}"
         )
-    log_start(f"{strategy} (promote.strategy: {config.promote.strategy}) through the gate")
+    chosen = f"promote.strategy: {config.promote.strategy}"
+    if config.promote.strategy == "best":
+        # Chosen on val; the test split below only judges it.
+        chosen += ", the highest val accuracy: " + ", ".join(
+            f"{name} {metrics[name]['val_accuracy']:.4f}" for name in by_name if name in metrics
+        )
+    log_start(f"{strategy} ({chosen}) through the gate")
     # MLflow and Keras load only after the server check (see the train stage).
     from pipeline.promotion import CardInputs, promote_challenger
 

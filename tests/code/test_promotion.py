@@ -256,20 +256,33 @@ def test_bad_inputs_are_refused(y_true, challenger, champion, classes, message: 
         )
 
 
+# scratch has the best test accuracy, and must not be chosen for it: best chooses on val.
 METRICS = {
-    "scratch": {"test_accuracy": 0.8},
-    "feature_extraction": {"test_accuracy": 0.9},
-    "fine_tune": {"test_accuracy": 0.9},
+    "scratch": {"val_accuracy": 0.8, "val_loss": 0.5, "test_accuracy": 0.99},
+    "feature_extraction": {"val_accuracy": 0.9, "val_loss": 0.3, "test_accuracy": 0.85},
+    "fine_tune": {"val_accuracy": 0.9, "val_loss": 0.3, "test_accuracy": 0.9},
 }
 METRICS_FILE = Path("reports/metrics.json")
 
 
-def test_best_is_the_highest_test_accuracy_and_ties_go_to_the_first_listed() -> None:
+def test_best_is_the_highest_val_accuracy_never_the_test_one_and_ties_go_to_the_first() -> None:
     available = ["scratch", "feature_extraction", "fine_tune"]
     assert choose_strategy(METRICS, available, "best", METRICS_FILE) == "feature_extraction"
     assert choose_strategy(METRICS, available[::-1], "best", METRICS_FILE) == "fine_tune"
     # Only strategies with a model folder compete.
     assert choose_strategy(METRICS, ["scratch"], "best", METRICS_FILE) == "scratch"
+
+
+def test_equal_val_accuracies_go_to_the_lower_val_loss() -> None:
+    metrics = {**METRICS, "fine_tune": {**METRICS["fine_tune"], "val_loss": 0.2}}
+    available = ["scratch", "feature_extraction", "fine_tune"]
+    assert choose_strategy(metrics, available, "best", METRICS_FILE) == "fine_tune"
+
+
+def test_best_without_val_figures_says_to_evaluate_again() -> None:
+    metrics = {"scratch": {"test_accuracy": 0.9}}
+    with pytest.raises(RegistryError, match="scratch has no val_accuracy.*dvc repro"):
+        choose_strategy(metrics, ["scratch"], "best", METRICS_FILE)
 
 
 def test_a_named_strategy_is_taken_as_named() -> None:
