@@ -3,15 +3,18 @@
 DVC runs every stage of `dvc exp run` (in the workspace or from the queue) with
 `DVC_EXP_NAME` and `DVC_EXP_BASELINE_REV` set (dvc/repo/experiments/queue/base.py). Runs are
 tagged with them, and with the params that differ from the baseline commit, so the MLflow UI
-filters one experiment's runs with `tags.dvc_exp_name = '<name>'`. On the main line (`dvc
-repro`, `pipeline retrain`) runs made with params that differ from the last commit, such as
-those a workspace `dvc exp run -S` leaves in params.yaml, are tagged `params_uncommitted`.
+filters one experiment's runs with `tags.dvc_exp_name = '<name>'`. A `pipeline tune` trial's
+experiment (tune-<study>-<trial>) also tags its runs `tune_study` and `tune_trial`. On the
+main line (`dvc repro`, `pipeline retrain`) runs made with params that differ from the last
+commit, such as those a workspace `dvc exp run -S` leaves in params.yaml, are tagged
+`params_uncommitted`.
 Import-light (no MLflow, no Keras): the stages call it before loading either.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ EXPERIMENT_TAG = "dvc_exp_name"
 BASELINE_TAG = "dvc_exp_baseline_rev"
 CHANGED_PARAMS_TAG = "dvc_exp_params"
 UNCOMMITTED_PARAMS_TAG = "params_uncommitted"
+STUDY_TAG = "tune_study"
+TRIAL_TAG = "tune_trial"
 MAX_TAG_LENGTH = 5000  # MLflow keeps tag values of up to 8,000 characters
 
 
@@ -35,6 +40,25 @@ def dvc_experiment() -> str | None:
     """The DVC experiment this process runs in, or None on the main line (`dvc repro`,
     `pipeline retrain`)."""
     return os.environ.get(EXPERIMENT_NAME_VARIABLE) or None
+
+
+_TUNE_EXPERIMENT = re.compile(r"^tune-(?P<study>[A-Za-z0-9][A-Za-z0-9_]*)-(?P<trial>[0-9]+)$")
+"""`pipeline tune` names each trial's DVC experiment tune-<study>-<trial number>; study names
+hold no dash, so the name reads back unambiguously."""
+
+
+def tune_experiment_name(study: str, trial: int) -> str:
+    """The DVC experiment name of an Optuna trial: what `trial_of` reads back."""
+    name = f"tune-{study}-{trial}"
+    if not _TUNE_EXPERIMENT.match(name):
+        raise ValueError(f"study {study!r}: use letters, digits and _ only")
+    return name
+
+
+def trial_of(experiment: str | None) -> tuple[str, int] | None:
+    """(study, trial number) when `experiment` is a `pipeline tune` trial, else None."""
+    match = _TUNE_EXPERIMENT.match(experiment or "")
+    return (match["study"], int(match["trial"])) if match else None
 
 
 def execution_tags(project_root: Path) -> dict[str, str]:
@@ -48,6 +72,9 @@ def execution_tags(project_root: Path) -> dict[str, str]:
             tags[UNCOMMITTED_PARAMS_TAG] = describe_params(uncommitted)
         return tags
     tags[EXPERIMENT_TAG] = name
+    trial = trial_of(name)
+    if trial is not None:
+        tags[STUDY_TAG], tags[TRIAL_TAG] = trial[0], str(trial[1])
     baseline = os.environ.get(BASELINE_VARIABLE)
     if baseline:
         tags[BASELINE_TAG] = baseline
