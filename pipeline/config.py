@@ -101,6 +101,9 @@ class DataConfig(_Strict):
     seed: int = 42
     mirror: str | None = None
     sources: dict[str, SourceConfig] = {}
+    # Processes that decode and hash images at split (auto: the machine's cores). The store is
+    # byte-identical whatever this says: only the time changes.
+    workers: PositiveInt | Literal["auto"] = "auto"
 
     @field_validator("mirror")
     @classmethod
@@ -330,7 +333,8 @@ Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 class PromoteConfig(_Strict):
     """The promotion gate: a challenger becomes champion only when it passes every criterion."""
 
-    # `best`: the strategy with the highest test accuracy; or one strategy by name.
+    # `best`: the strategy with the highest val accuracy (the test split judges it, never
+    # chooses it); or one strategy by name.
     strategy: Literal[("best", *STRATEGY_NAMES)] = "best"  # type: ignore[valid-type]
     min_accuracy: Rate = 0.7
     min_improvement: Rate = 0.0
@@ -409,6 +413,106 @@ class EvaluateConfig(_Strict):
         return value
 
 
+TUNE_METRICS: tuple[str, ...] = ("val_accuracy", "val_loss")
+"""What `pipeline tune` may optimise: validation figures only (never test's)."""
+TUNE_LOWER_IS_BETTER: tuple[str, ...] = ("val_loss",)
+
+
+class TuneRange(_Strict):
+    """A number drawn between `low` and `high` (integers when both are integers), on a log
+    scale with `log: true`, in steps of `step` when given."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+    step: PositiveInt | PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TuneRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low above 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined; drop one")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return (
+            isinstance(self.low, int)
+            and isinstance(self.high, int)
+            and (self.step is None or isinstance(self.step, int))
+        )
+
+
+TuneChoices = Annotated[list[int | float | str | bool], Field(min_length=2)]
+
+
+class TuneConfig(_Strict):
+    """`pipeline tune`: Optuna proposes params, DVC's queue runs each trial as an experiment,
+    and a validation figure (never a test one) goes back to the study."""
+
+    # What the study optimises: a val figure of `strategy` (TUNE_METRICS).
+    metric: Literal[TUNE_METRICS] = "val_accuracy"  # type: ignore[valid-type]
+    # auto: promote.strategy (with `best`, the best strategy's figure); or one strategy by name.
+    strategy: Literal[("auto", "best", *STRATEGY_NAMES)] = "auto"  # type: ignore[valid-type]
+    # Optuna's storage: null is optuna.db (SQLite) in the project; postgresql+psycopg://... lets
+    # workers on several hosts share one study.
+    storage: str | None = None
+    # The study's name; null: <dataset>-<strategy>-<metric>.
+    study: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$")] | None = None
+    # The search space: a params key (dotted, as `dvc exp run -S` names it) and either a range
+    # {low, high, log, step} or a list of choices.
+    space: dict[str, TuneRange | TuneChoices] = Field(
+        default_factory=lambda: {
+            # Both strategies' rates span the course's values; the head's dropout too.
+            "train.scratch.learning_rate": TuneRange(low=0.0003, high=0.003, log=True),
+            "train.feature_extraction.learning_rate": TuneRange(low=0.00001, high=0.0003, log=True),
+            "train.feature_extraction.dropout_rate": TuneRange(low=0.2, high=0.6),
+        }
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problems = []
+        for key in value:
+            if key.split(".")[0] in ("tune", "mlflow", "serve") or not _is_params_key(key):
+                problems.append(key)
+        if problems:
+            raise ValueError(
+                f"{', '.join(problems)}: not a params key a trial can set; name a key of data, "
+                "validate, backbone, train, evaluate, label_issues or promote, dotted "
+                "(train.scratch.learning_rate)"
+            )
+        return value
+
+    def resolved_strategy(self, promote_strategy: str) -> str:
+        """The strategy whose figure counts: `best` or one by name."""
+        return promote_strategy if self.strategy == "auto" else self.strategy
+
+    @property
+    def direction(self) -> Literal["maximize", "minimize"]:
+        return "minimize" if self.metric in TUNE_LOWER_IS_BETTER else "maximize"
+
+
+def _is_params_key(dotted: str) -> bool:
+    """Whether `dotted` names a setting (a leaf) of PipelineConfig, as params.yaml spells it."""
+    model: Any = PipelineConfig
+    parts = dotted.split(".")
+    for position, part in enumerate(parts):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False
+        fields = {field.alias or name: field for name, field in model.model_fields.items()}
+        if part not in fields:
+            return False
+        model = fields[part].annotation
+        if position == len(parts) - 1:
+            return not (isinstance(model, type) and issubclass(model, BaseModel))
+    return False
+
+
 class PipelineConfig(_Strict):
     data: DataConfig = DataConfig()
     # `validate` would shadow BaseModel.validate, so the field has another name and the alias.
@@ -420,6 +524,7 @@ class PipelineConfig(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     label_issues: LabelIssuesConfig = LabelIssuesConfig()
     serve: ServeConfig = ServeConfig()
+    tune: TuneConfig = TuneConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
