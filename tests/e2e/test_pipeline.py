@@ -45,11 +45,11 @@ def mlflow_run(root: Path, env: dict) -> subprocess.CompletedProcess:
     )
 
 
-# The README's command for comparing experiments: the params that differ and each strategy's
-# test accuracy, nothing else (no code or data hashes, no timestamps).
+# The README's command for choosing between experiments: the params that differ and each
+# strategy's val accuracy, nothing else (no test figure, no hashes, no timestamps).
 EXP_SHOW = (
     "exp", "show", "--no-pager", "--only-changed", "--precision", "4",
-    "--drop", r"^(?!Experiment$|.*test_accuracy$|(data|backbone|train|evaluate|promote)\.)",
+    "--drop", r"^(?!Experiment$|.*val_accuracy$|(data|backbone|train|evaluate|promote)\.)",
 )  # fmt: skip
 
 
@@ -490,13 +490,14 @@ def test_sweeps_and_queued_experiments_leave_the_baseline_and_the_registry_alone
     assert decision["train_test_overlap"] == 0
     assert decision["exports"] == {}  # nothing registered, so nothing exported
 
-    # The README's comparison: the changed param and the main metrics, within 120 columns.
+    # The README's comparison: the changed param and the val figures, within 120 columns.
     shown = dvc(root, {**env, "COLUMNS": "120"}, *EXP_SHOW)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert max(len(line) for line in lines) <= 120 and "…" not in shown.stdout, shown.stdout
     assert "train.scratch.epochs" in shown.stdout
-    assert "reports/metrics/scratch.json:test_accuracy" in shown.stdout
+    assert "reports/metrics/scratch.json:val_accuracy" in shown.stdout
+    assert "test_" not in shown.stdout  # the choice is made on val; test judges the chosen one
     columns = dvc(root, env, *EXP_SHOW, "--csv").stdout.splitlines()[0].split(",")
     assert not [c for c in columns if "/" in c and not c.startswith("reports/metrics/")]
     flat = flatten_params(yaml.safe_load((root / "params.yaml").read_text()))
