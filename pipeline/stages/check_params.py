@@ -14,7 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.config import PipelineConfig, load_config
+from pipeline.config import (
+    STRATEGY_NAMES,
+    PipelineConfig,
+    ReduceLrConfig,
+    ScratchConfig,
+    load_config,
+)
 from pipeline.datasets.fetch import resolve_source, source_overrides
 from pipeline.datasets.folders import scan_image_folder
 from pipeline.datasets.sources import DATASETS
@@ -112,6 +118,54 @@ def check_models(config: PipelineConfig) -> None:
         )
 
 
+SMALL_CONVNET_KEYS = ("conv_filters", "dense_units", "dropout_rate")
+"""The train.scratch keys only small_convnet reads: every other architecture is fixed."""
+
+
+def ignored_keys(config: PipelineConfig) -> list[str]:
+    """One line per params key set to something other than its default that nothing will
+    read with the rest of params.yaml as it is (the key, its value, and why): a sweep of such a
+    key would take minutes for an identical result. Keys left at their defaults say nothing."""
+    lines = []
+    scratch = config.train.scratch
+    architecture = resolve_architecture(scratch.architecture, config.data.dataset).name
+    if architecture != "small_convnet":
+        chosen = (
+            f"auto chooses {architecture} for {config.data.dataset}"
+            if scratch.architecture == "auto"
+            else f"{architecture} is fixed"
+        )
+        for key in SMALL_CONVNET_KEYS:
+            value = getattr(scratch, key)
+            if value != ScratchConfig.model_fields[key].default:
+                lines.append(
+                    f"train.scratch.{key} = {value!r} is ignored: only architecture small_convnet "
+                    f"reads it, and train.scratch.architecture is {scratch.architecture} "
+                    f"({chosen})"
+                )
+    for name in STRATEGY_NAMES:
+        block = getattr(config.train, name)
+        defaults = type(block).model_fields
+        reduce_defaults: ReduceLrConfig = defaults["reduce_lr"].default
+        if (
+            block.early_stopping_patience == 0
+            and block.early_stopping_monitor != defaults["early_stopping_monitor"].default
+        ):
+            lines.append(
+                f"train.{name}.early_stopping_monitor = {block.early_stopping_monitor!r} is "
+                f"ignored: train.{name}.early_stopping_patience is 0 (early stopping off)"
+            )
+        if block.reduce_lr.patience == 0:
+            for key in ("factor", "min_learning_rate"):
+                value = getattr(block.reduce_lr, key)
+                if value != getattr(reduce_defaults, key):
+                    lines.append(
+                        f"train.{name}.reduce_lr.{key} = {value!r} is ignored: "
+                        f"train.{name}.reduce_lr.patience is 0 (ReduceLROnPlateau off)"
+                    )
+    return lines
+
+
 def check_tracking(project_root: Path, timeout: float = SERVER_TIMEOUT) -> None:
     """Raise TrackingUnavailable, naming the URI and the fix, when MLFLOW_TRACKING_URI is an
     http(s) server that does not answer: the training stages would otherwise delete their
@@ -128,6 +182,8 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     config = load_config()
     check_models(config)
+    for line in ignored_keys(config):
+        logger.warning(line)
     check_dataset_source(config)
     check_tracking(Path.cwd())
     # The content is constant on purpose: re-checking valid params must not re-run anything.
