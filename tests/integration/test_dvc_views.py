@@ -34,6 +34,8 @@ INSPECT = """(() => {
             id: div.id,
             marks: div.querySelectorAll(marks).length,
             line: Math.max(0, ...paths(div).map((p) => (p.getAttribute("d") || "").length)),
+            strokes: [...new Set(paths(div).map((p) => p.getAttribute("stroke")))],
+            dashes: [...new Set(paths(div).map((p) => p.getAttribute("stroke-dasharray")))],
         })),
         images: [...document.querySelectorAll("img")].map(
             (img) => img.complete && img.naturalWidth > 0
@@ -91,7 +93,13 @@ def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("views")
     initialised = _dvc(root, "init", "--no-scm")
     assert initialised.returncode == 0, initialised.stderr
-    for name in ("dvc.yaml", "params.yaml", ".dvc/config", "tools/dvc_plots/template.html"):
+    for name in (
+        "dvc.yaml",
+        "params.yaml",
+        ".dvc/config",
+        "tools/dvc_plots/template.html",
+        "tools/dvc_plots/strategy_curves.json",
+    ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / name, root / name)
     _write_outputs(root)
@@ -133,6 +141,11 @@ def test_dvc_plots_show_draws_every_plot_with_no_network(project: Path) -> None:
         assert plot["marks"] > 0, plot
     curves = [plot for plot in state["vega"] if "confusion" not in plot["id"]]
     assert len(curves) == 2 and all(plot["line"] > 20 for plot in curves), curves
+    # One colour per strategy, train solid and val dashed (DVC's own linear template drew all
+    # six curves in one colour).
+    for plot in curves:
+        assert len(plot["strokes"]) == len(STRATEGIES), plot
+        assert len(plot["dashes"]) == 2, plot
     assert state["images"] == [True, True, True]
     remote = [url for url in state["resources"] if not url.startswith(("file:", "data:"))]
     assert not remote, remote
