@@ -89,10 +89,17 @@ help: ## list the targets
 
 # Reuses a .venv whose python runs (after checking its version), else makes it with PYTHON.
 # The stamp is removed first and written last, so a set-up that fails is redone next time.
+# Quiet: the installer's hundreds of lines go to SETUP_LOG; a failure prints its end (pip's or
+# uv's own error) and stops.
+SETUP_LOG := $(VENV)/setup.log
+SETUP_FAILED = { echo "make: the set-up failed; the end of $(SETUP_LOG):" >&2; \
+	tail -n 40 $(SETUP_LOG) >&2; exit 1; }
 $(STAMP): pyproject.toml constraints.txt
 	$(eval PROBLEM := $(PYTHON_PROBLEM))$(if $(PROBLEM),$(error $(PROBLEM)))
 	@rm -f $(STAMP)
-	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(CREATE_VENV) || { rm -rf $(VENV); exit 1; }; }
+	@echo "Setting up $(VENV) with $(INSTALLER) and the pins of constraints.txt (a few minutes the first time; log: $(SETUP_LOG))"
+	@$(BIN)/python -c '' 2>/dev/null || { rm -rf $(VENV) && $(CREATE_VENV) >/dev/null || { rm -rf $(VENV); exit 1; }; }
 	@sh tools/check_python.sh --fail "$(PYTHON)" $(INSTALLER) $(GOAL)
-	$(INSTALL)
+	@{ $(INSTALL); } >$(SETUP_LOG) 2>&1 || $(SETUP_FAILED)
 	@touch $(STAMP)
+	@echo "Set up $(VENV): every package at the version constraints.txt pins"

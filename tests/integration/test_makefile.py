@@ -29,7 +29,7 @@ CHECK_SCRIPT = "tools/check_python.sh"
 COPIED = ("Makefile", "pyproject.toml", "constraints.txt", CHECK_SCRIPT, "tools/show_results.py")
 # The only commands the Makefile, its check and these fakes run from PATH; uv is not one of
 # them, so a real uv on this machine never leaks in.
-SYSTEM_COMMANDS = ("make", "sh", "awk", "rm", "touch", "mkdir", "cp", "dirname", "echo")
+SYSTEM_COMMANDS = ("make", "sh", "awk", "rm", "touch", "mkdir", "cp", "dirname", "echo", "tail")
 TARGETS = ("repro", "test", "ui", "plots", "tensorboard", "setup", "help")
 
 
@@ -75,8 +75,18 @@ class Project:
             found = shutil.which(name)
             assert found, f"{name} is needed to run the Makefile"
             (self.system / name).symlink_to(found)
+        # As chatty as pip (a line per package), and failing as pip fails when asked to.
         self.write_fake(
-            "pip", f'#!/bin/sh\necho "pip $*" >> "{self.log}"\nexit ${{FAKE_STATUS:-0}}\n'
+            "pip",
+            f"""#!/bin/sh
+echo "pip $*" >> "{self.log}"
+i=0
+while [ $i -lt 50 ]; do echo "Collecting package-$i"; i=$((i + 1)); done
+if [ "${{FAKE_STATUS:-0}}" != 0 ]; then
+    echo "ERROR: No matching distribution found for tensorflow==9.9" >&2
+fi
+exit ${{FAKE_STATUS:-0}}
+""",
         )
         self.age_inputs()
 
@@ -392,6 +402,28 @@ def test_newer_pins_reinstall_into_the_same_venv(project: Project) -> None:
     new_calls = project.calls()[before:]
     assert "pip install -c constraints.txt -e .[dev]" in new_calls
     assert not [call for call in new_calls if "-m venv" in call], "the venv was made again"
+
+
+def test_a_set_up_prints_a_few_lines_and_a_failed_one_shows_pips_own_error(
+    project: Project,
+) -> None:
+    """The installer's hundreds of lines go to .venv/setup.log: the set-up says what it does in
+    a few lines, and a failure shows the end of that log, pip's own error included."""
+    python = project.python()
+
+    result = project.make("setup", f"PYTHON={python}")
+
+    assert result.returncode == 0, result.stderr
+    printed = (result.stdout + result.stderr).splitlines()
+    assert len(printed) <= 10 and "Collecting" not in result.stdout, printed
+    assert "Collecting package-49" in (project.root / ".venv" / "setup.log").read_text()
+
+    project.edit("constraints.txt")
+    failed = project.make("setup", f"PYTHON={python}", FAKE_STATUS="1")
+
+    assert failed.returncode != 0
+    assert "the set-up failed; the end of .venv/setup.log" in failed.stderr
+    assert "ERROR: No matching distribution found for tensorflow==9.9" in failed.stderr
 
 
 def test_a_failed_install_leaves_no_stamp(project: Project) -> None:
