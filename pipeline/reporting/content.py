@@ -3,12 +3,14 @@
 The dataclasses are the report's content: `render_report` (html.py) turns a `ReportContent`
 into a page. `collect_strategy_figures` and `read_classification_report` read one strategy's
 report folder by the file names the evaluate stage writes (pipeline/evaluation/layout.py), so
-the report stage needs neither Keras nor MLflow.
+the report stage needs neither Keras nor MLflow. `read_promotion` reads the promote stage's
+decision (reports/promotion.json) for the page's first screen.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +106,9 @@ class DatasetCard:
     """Class name -> uint8 images (n, H, W, C), C 1 or 3 (or (n, H, W) gray)."""
     validation: Mapping[str, Any] | None = None
     """The data gate's summary (reports/validation/summary.json), or None when there is none."""
+    near_duplicate_distance: int | None = None
+    """`validate.near_duplicate_distance`: how many dHash bits make a held-out image a near
+    copy of a train image (the summary counts them, without the distance); None: unknown."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,11 @@ class ReportContent:
     """The backbone of the strategies that use one (`backbone.name`), for the headline."""
     label_issues: LabelIssuesCard | None = None
     """Suspected label errors of train and val; None: the section is left out."""
+    promotion: Mapping[str, Any] | None = None
+    """The promote stage's decision (reports/promotion.json, see `read_promotion`); None: the
+    page says the run was not promoted yet."""
+    promotion_file: str = "reports/promotion.json"
+    """Where the decision is (or would be), as the report stage was given it."""
 
 
 # --- reading a run's outputs ------------------------------------------------------------------
@@ -231,10 +241,12 @@ def build_dataset_card(
     validation: Mapping[str, Any] | None = None,
     examples_per_class: int = 6,
     example_split: str = "train",
+    near_duplicate_distance: int | None = None,
 ) -> DatasetCard:
     """A DatasetCard from the prepared splits: counts per split and class (from the labels
     alone), and the first `examples_per_class` images of each class of `example_split`
-    (deterministic), the only images read."""
+    (deterministic), the only images read. `near_duplicate_distance` is the data gate's
+    `validate.near_duplicate_distance`, which its warnings are explained with."""
     if not splits:
         raise ValueError("splits is empty: the dataset card needs the prepared splits")
     classes = list(next(iter(splits.values())).classes)
@@ -260,7 +272,7 @@ def build_dataset_card(
             for class_name, class_rows in chosen.items():
                 examples[class_name] = images[start : start + len(class_rows)]
                 start += len(class_rows)
-    return DatasetCard(name, classes, counts, examples, validation)
+    return DatasetCard(name, classes, counts, examples, validation, near_duplicate_distance)
 
 
 def read_label_issues(
@@ -315,6 +327,38 @@ def read_label_issues(
     checked = sum(len(splits[name]) for name in SCORED_SPLITS if name in splits)
     conflicts = sum(row["issue"] == CONFLICT for row in rows)
     return LabelIssuesCard(len(rows), conflicts, checked, examples, str(path), folder)
+
+
+PROMOTION_KEYS = ("strategy", "passed", "registered", "challenger")
+"""What the first screen cannot do without in promotion.json (pipeline.promotion writes them)."""
+
+
+def read_promotion(path: Path) -> dict | None:
+    """promotion.json as the promote stage writes it; None when it is not there (a report
+    rendered before the promote stage, or without it). A file that is not such a record is an
+    error naming what it lacks."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(
+            f"{path} is not valid JSON ({error}): rerun the promote stage (dvc repro promote)"
+        ) from None
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path} holds a {type(record).__name__}, not the promote stage's decision (a JSON "
+            "object): rerun the promote stage (dvc repro promote)"
+        )
+    missing = [key for key in PROMOTION_KEYS if key not in record]
+    if missing or not isinstance(record["challenger"], dict):
+        lacking = ", ".join(missing) or "challenger as an object"
+        raise DataError(
+            f"{path} lacks {lacking}: it is not a decision of this pipeline's promote stage; "
+            "rerun it (dvc repro promote)"
+        )
+    return record
 
 
 def _number(text: str) -> float:

@@ -76,6 +76,16 @@ def percent(fraction: float) -> str:
     return f"{max(0.0, min(1.0, fraction)) * 100:.1f}%"
 
 
+def percent_text(fraction: float) -> str:
+    """`fraction` as a reader's percentage: "28%", "0.4%", "<0.1%" (0 stays "0%")."""
+    if not is_number(fraction):
+        return DASH
+    value = float(fraction) * 100
+    if value == 0 or value >= 10:
+        return f"{value:.0f}%"
+    return f"{value:.1f}%" if value >= 0.1 else "<0.1%"
+
+
 def tint(value: Any) -> str | None:
     """A light background from red (0.5 and below) through yellow (0.75) to green (1): the
     range where classifiers' per-class scores differ. Text stays dark on it."""

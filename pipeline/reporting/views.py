@@ -57,12 +57,14 @@ def dataset_view(card: DatasetCard) -> dict:
         "totals": [formatting.integer(totals[split]) for split in splits],
         "total": formatting.integer(sum(totals.values())),
         "examples": examples,
-        "gate": gate_view(card.validation),
+        "gate": gate_view(card.validation, card.near_duplicate_distance),
     }
 
 
-def gate_view(summary: Mapping[str, Any] | None) -> dict | None:
-    """The data gate's verdict, failures and warnings, from its summary.json."""
+def gate_view(summary: Mapping[str, Any] | None, near_distance: int | None = None) -> dict | None:
+    """The data gate's verdict, failures and warnings, from its summary.json; each warning
+    kind with what it means, so that a count of near copies is not read as a failure.
+    `near_distance` is `validate.near_duplicate_distance` (not in the summary)."""
     if summary is None:
         return None
     failed = int(summary.get("failures", len(summary.get("failed_expectations", []))))
@@ -78,32 +80,83 @@ def gate_view(summary: Mapping[str, Any] | None) -> dict | None:
     facts = []
     if "rows" in summary:
         facts.append(("Images checked", formatting.integer(summary["rows"])))
-    for split, count in (summary.get("rows_per_split") or {}).items():
+    per_split = summary.get("rows_per_split") or {}
+    for split, count in per_split.items():
         facts.append((f"  {split}", formatting.integer(count)))
+    held_out = sum(
+        int(count)
+        for split, count in per_split.items()
+        if split != "train" and formatting.is_number(count)
+    )
     warnings = [
-        (label, summary[key])
-        for key, label in (
-            ("near_duplicates", "near-duplicate images"),
-            ("blank_images", "blank images"),
-            ("exact_duplicates_across_splits", "exact duplicates across splits"),
-        )
+        {
+            "label": label,
+            "count": formatting.integer(summary[key]),
+            "flag": formatting.is_number(summary[key]) and summary[key] > 0,
+            "meaning": meaning,
+        }
+        for key, label, meaning in _gate_warnings(near_distance, held_out, summary)
         if key in summary
     ]
     drift = summary.get("drift_max_ks")
+    warning_total = summary.get("warnings")
+    if not formatting.is_number(warning_total):
+        warning_total = sum(
+            int(summary[key])
+            for key, _, _ in _gate_warnings(near_distance, held_out, summary)
+            if formatting.is_number(summary.get(key))
+        )
     return {
         "passed": passed,
         "counted": counted,
         "facts": facts,
-        "warnings": [
-            {"label": label, "count": formatting.integer(count), "flag": bool(count)}
-            for label, count in warnings
-        ],
-        "warning_total": formatting.integer(
-            summary.get("warnings", sum(int(c) for _, c in warnings))
-        ),
+        "warnings": warnings,
+        "warning_total": formatting.integer(warning_total),
+        "warning_count": int(warning_total),
         "drift": None if drift is None else f"{float(drift):.3f}",
         "failed": [str(line) for line in summary.get("failed_expectations", [])],
     }
+
+
+def _gate_warnings(
+    near_distance: int | None, held_out: int, summary: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
+    """(summary key, label, what it means) of each warning the data gate counts without
+    failing (pipeline.validation.gate)."""
+    within = (
+        f"within {near_distance} bit{'s' if near_distance != 1 else ''}"
+        if near_distance is not None
+        else "within validate.near_duplicate_distance bits"
+    )
+    near = summary.get("near_duplicates")
+    share = ""
+    if held_out and formatting.is_number(near):
+        share = (
+            f" Here {formatting.integer(near)} of the {formatting.integer(held_out)} val and "
+            f"test images ({formatting.percent_text(float(near) / held_out)})."
+        )
+    return [
+        (
+            "near_duplicates",
+            "near-duplicate images",
+            f"Val and test images {within} (dHash: a 64-bit fingerprint of a shrunken gray "
+            "copy) of a train image, exact copies left out: a near copy the model may have "
+            "seen in training, so its test answer may flatter the model. Not an error unless "
+            f"many.{share}",
+        ),
+        (
+            "blank_images",
+            "blank images",
+            "Images of one single value (no contrast): nothing for a model to learn from; the "
+            "gate fails past validate.max_blank_fraction.",
+        ),
+        (
+            "exact_duplicates_across_splits",
+            "exact duplicates across splits",
+            "Val and test images whose bytes equal a train image's: the model saw them; the "
+            "registry gate leaves images a model trained on out of its scores.",
+        ),
+    ]
 
 
 def label_issues_view(card: LabelIssuesCard | None) -> dict | None:
@@ -145,11 +198,23 @@ def label_issues_view(card: LabelIssuesCard | None) -> dict | None:
     }
 
 
-def comparison_view(frame: pd.DataFrame, markers: Mapping[str, list[int]]) -> dict:
-    """Formatted rows of the comparison table, with bars, the best accuracy and footnote
-    markers on the accuracy of each strategy significantly better than another."""
-    accuracy = formatting.column_values(frame, "test_accuracy")
-    finite = [value for value in accuracy if formatting.is_number(value)]
+def comparison_view(
+    frame: pd.DataFrame,
+    markers: Mapping[str, list[int]],
+    val_accuracy: Mapping[str, Any] | None = None,
+    badge: Mapping[str, str] | None = None,
+) -> dict:
+    """Formatted rows of the comparison table, with bars, the best accuracy, footnote markers
+    on the accuracy of each strategy significantly better than another, each strategy's val
+    accuracy (the frame's column, else `val_accuracy`: strategy -> value, from metrics.json)
+    and `badge` (strategy, text, state) on the strategy that went through the registry gate."""
+    if "val_accuracy" in frame.columns:
+        val = formatting.column_values(frame, "val_accuracy")
+    else:
+        val = [(val_accuracy or {}).get(str(name)) for name in frame.index]
+    # The best is the highest val accuracy, as promote.strategy best chooses: the test split
+    # judges the choice, it does not make it.
+    finite = [value for value in val if formatting.is_number(value)]
     best = max(finite) if finite else None
     seconds = formatting.column_values(frame, "training_seconds")
     throughput = formatting.column_values(frame, "images_per_second")
@@ -166,7 +231,9 @@ def comparison_view(frame: pd.DataFrame, markers: Mapping[str, list[int]]) -> di
             {
                 "name": name,
                 "anchor": None,
-                "best": best is not None and accuracy[position] == best,
+                "best": best is not None and val[position] == best,
+                "badge": badge if badge and badge.get("strategy") == name else None,
+                "val_accuracy": formatting.decimal(val[position], 4),
                 "accuracy": formatting.decimal(value("test_accuracy"), 4),
                 "accuracy_bar": formatting.bar(value("test_accuracy"), 1.0),
                 "markers": markers.get(name, []),
@@ -327,54 +394,215 @@ def _report_view(frame: pd.DataFrame | None) -> dict | None:
     return {"columns": scores, "rows": rows, "has_support": "support" in frame.columns}
 
 
-def highlights(content: ReportContent) -> list[dict]:
-    """The headline cards: the best accuracy, the fastest model, the smallest trainable part
-    and the data gate's verdict."""
-    frame = content.comparison
-    cards = []
+# --- the promotion outcome ---------------------------------------------------------------------
 
-    def leader(column: str, pick) -> tuple[str, float] | None:
-        values = [
-            (str(name), value)
-            for name, value in zip(
-                frame.index, formatting.column_values(frame, column), strict=True
+# promotion.json's criteria (pipeline.evaluation.promotion.Criterion names): how the first
+# screen names each, and how its observed value and threshold read.
+_CRITERIA = {
+    "accuracy_floor": ("Accuracy floor", "floor"),
+    "class_recall_floor": ("Lowest class recall", "floor"),
+    "improvement": ("Gain over the champion", "gain"),
+    "mcnemar": ("McNemar's test vs the champion", "p"),
+    "calibration": ("Calibration (test ECE)", "ceiling"),
+    "fair_test_split": ("Test images neither model trained on", "share"),
+    "comparable": ("Same classes as the champion", "check"),
+    "new_model": ("A model other than the champion", "check"),
+    "not_rolled_back": ("Not rolled back before", "check"),
+}
+
+
+def promotion_view(record: Mapping[str, Any] | None, source: str) -> dict:
+    """The first screen's promotion outcome: which model was registered (or that none was, in
+    a DVC experiment), whether it became the champion, and the gate's criteria with their
+    observed values and verdicts. `record` is promotion.json (None: not promoted yet, the
+    file `source` is not there)."""
+    if record is None:
+        return {
+            "state": "pending",
+            "verdict": "not promoted yet",
+            "headline": "Not promoted yet: no model has been through the registry gate",
+            "lines": [
+                f"{source} is not there: this page was rendered without the promote stage. "
+                "dvc repro runs the gate (promote), then writes this page again."
+            ],
+            "facts": [],
+            "criteria": [],
+            "failed": [],
+        }
+    strategy = str(record.get("strategy"))
+    model = str(record.get("registered_model") or "the registered model")
+    challenger = record.get("challenger") or {}
+    version = challenger.get("version")
+    champion = record.get("champion") or {}
+    before = champion.get("version")
+    after = record.get("champion_after", before)
+    passed = bool(record.get("passed"))
+    verdict = "gate passed" if passed else "gate failed"
+    lines: list[str] = []
+    if not record.get("registered"):
+        experiment = record.get("dvc_experiment")
+        state = "experiment"
+        where = f"DVC experiment {experiment}" if experiment else "this run"
+        headline = f"{strategy}: {verdict}, nothing registered ({where})"
+        lines.append(
+            f"Inside a DVC experiment the gate is computed and nothing is registered: {strategy} "
+            + ("would have become" if passed else "would not have become")
+            + f" the champion of {model}, whose champion "
+            + (f"stays version {after}." if after is not None else "is still not set.")
+        )
+    elif version is not None and after is not None and str(after) == str(version):
+        already = before is not None and str(before) == str(version)
+        state = "champion"
+        headline = f"{strategy} is the champion: {model} version {version}" + (
+            " (already was)" if already else ""
+        )
+        if already:
+            lines.append(f"Version {version} was already the champion: nothing to promote.")
+        elif before is not None:
+            lines.append(
+                f"It passed every criterion of the gate against version {before}, "
+                f"the champion until now, and holds the champion alias."
             )
-            if formatting.is_number(value)
-        ]
-        return pick(values, key=lambda item: item[1]) if values else None
+        else:
+            lines.append(
+                "It passed the gate's floors (there was no champion to compare with) and is "
+                "the first champion."
+            )
+    else:
+        state = "kept"
+        headline = f"{strategy} registered as {model} version {version}, not the champion"
+        kept = f"the champion stays version {after}" if after is not None else "no champion is set"
+        lines.append(
+            f"The {verdict}: version {version} is the challenger, and {kept}."
+            if not passed
+            else f"The gate passed, yet {kept}."
+        )
+    unusable = record.get("champion_unusable")
+    if unusable:
+        lines.append(str(unusable))
+    criteria, failed = _criteria_rows(record)
+    return {
+        "state": state,
+        "verdict": verdict,
+        "headline": headline,
+        "lines": lines,
+        "facts": _promotion_facts(record),
+        "criteria": criteria,
+        "failed": failed,
+    }
 
-    best = leader("test_accuracy", max)
-    if best:
-        cards.append(
-            {"label": "Best test accuracy", "value": formatting.decimal(best[1], 4), "who": best[0]}
+
+def _promotion_facts(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The decision's figures beside the verdict: who, which version, the accuracies on the
+    images the gate scored, and where the champion alias points before and after."""
+    challenger = record.get("challenger") or {}
+    champion = record.get("champion") or {}
+    overlap = record.get("overlap") or {}
+    facts = [
+        ("Strategy", str(record.get("strategy"))),
+        ("Registered model", str(record.get("registered_model") or formatting.DASH)),
+        (
+            "Version",
+            str(challenger["version"])
+            if challenger.get("version") is not None
+            else "none (nothing registered)",
+        ),
+    ]
+    accuracy = formatting.decimal(challenger.get("test_accuracy"), 4)
+    if champion.get("version") is not None:
+        theirs = (
+            formatting.decimal(champion.get("test_accuracy"), 4)
+            if champion.get("usable", True)
+            else "cannot be loaded"
         )
-    fastest = leader("images_per_second", max)
-    if fastest:
-        cards.append(
+        accuracy += f" vs champion v{champion['version']}: {theirs}"
+    scored, total = overlap.get("scored"), overlap.get("test_images")
+    if formatting.is_number(scored) and formatting.is_number(total):
+        accuracy += (
+            f" (all {formatting.integer(total)} test images)"
+            if scored == total
+            else f" (the {formatting.integer(scored)} of {formatting.integer(total)} test "
+            "images neither model trained on)"
+        )
+    facts.append(("Test accuracy", accuracy))
+    before = champion.get("version")
+    after = record.get("champion_after", before)
+    facts.append(
+        (
+            "Champion",
+            f"v{before} \u2192 v{after}"
+            if before is not None and after is not None and str(before) != str(after)
+            else (f"v{after}" if after is not None else "none"),
+        )
+    )
+    return facts
+
+
+def _criteria_rows(record: Mapping[str, Any]) -> tuple[list[dict], list[str]]:
+    """Each criterion of the gate with its observed value, what it needed and its verdict;
+    and the sentences of the failed ones (promotion.json's explanations, else its reasons)."""
+    criteria = record.get("criteria") or {}
+    explanations = [str(line) for line in record.get("explanations") or []]
+    # The explanations are in the criteria's order, one each (Decision.to_dict).
+    details = dict(zip(criteria, explanations, strict=False)) if criteria else {}
+    rows, failed = [], []
+    for name, criterion in criteria.items():
+        if not isinstance(criterion, Mapping):
+            continue
+        label, kind = _CRITERIA.get(name, (name.replace("_", " ").capitalize(), "check"))
+        observed, needed = _criterion_values(kind, criterion)
+        ok = bool(criterion.get("passed"))
+        rows.append(
             {
-                "label": "Fastest inference",
-                "value": f"{formatting.decimal(fastest[1], 0)} img/s",
-                "who": fastest[0],
+                "name": label,
+                "observed": observed,
+                "needed": needed,
+                "passed": ok,
+                "detail": details.get(name, ""),
             }
         )
-    smallest = leader("trainable_params", min)
-    if smallest:
-        cards.append(
-            {
-                "label": "Fewest trained parameters",
-                "value": formatting.integer(smallest[1]),
-                "who": smallest[0],
-            }
-        )
-    gate = content.dataset.validation
-    if gate is not None:
-        view = gate_view(gate)
-        cards.append(
-            {
-                "label": "Data gate",
-                "value": "passed" if view["passed"] else "FAILED",
-                "who": f"{view['counted']}; {view['warning_total']} warning(s)",
-                "state": "good" if view["passed"] else "bad",
-            }
-        )
-    return cards
+        if not ok and details.get(name):
+            failed.append(details[name])
+    if not rows or (not failed and not record.get("passed")):
+        failed = [str(line) for line in record.get("reasons") or [] if line]
+    return rows, failed
+
+
+def _criterion_values(kind: str, criterion: Mapping[str, Any]) -> tuple[str, str]:
+    """A criterion's observed value and what it needed, as the table prints them."""
+    observed, threshold = criterion.get("observed"), criterion.get("threshold")
+    if kind == "floor":
+        return formatting.decimal(observed, 4), f"\u2265 {formatting.decimal(threshold, 4)}"
+    if kind == "gain":
+        gain = f"{float(observed):+.4f}" if formatting.is_number(observed) else formatting.DASH
+        least = f"{float(threshold):+.4f}" if formatting.is_number(threshold) else formatting.DASH
+        return gain, f"\u2265 {least}"
+    if kind == "p":
+        text = formatting.p_equation(observed)
+        ours = criterion.get("challenger_only_correct")
+        theirs = criterion.get("champion_only_correct")
+        if ours is not None and theirs is not None:
+            text += f"; right alone {formatting.integer(ours)} vs {formatting.integer(theirs)}"
+        alpha = formatting.format_alpha(threshold) if formatting.is_number(threshold) else "?"
+        return text, f"p < {alpha}, in its favour"
+    if kind == "ceiling":
+        value = formatting.decimal(observed, 4) if observed is not None else "not measured"
+        return value, f"\u2264 {formatting.decimal(threshold, 4)}"
+    if kind == "share":
+        return formatting.percent_text(observed), f"\u2265 {formatting.percent_text(threshold)}"
+    return ("yes" if criterion.get("passed") else "no"), "yes"
+
+
+def promotion_badge(record: Mapping[str, Any] | None) -> dict | None:
+    """The comparison row's badge of the strategy that went through the gate: "champion v4",
+    "challenger v5", or "gate only" (a DVC experiment registers nothing); None before promote
+    ran."""
+    if record is None:
+        return None
+    view_state = promotion_view(record, "")["state"]
+    version = (record.get("challenger") or {}).get("version")
+    text, state, meaning = {
+        "champion": (f"champion v{version}", "good", "registered, and now the champion"),
+        "kept": (f"challenger v{version}", "warn", "registered; the gate kept the champion"),
+    }.get(view_state, ("gate only", "plain", "judged by the gate; nothing registered"))
+    return {"strategy": str(record.get("strategy")), "text": text, "state": state, "title": meaning}

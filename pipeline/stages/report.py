@@ -1,8 +1,12 @@
-"""Write reports/index.html: the dataset, the suspected label errors (when the label-issues
-stage's list is given), the strategies side by side (with the significant differences marked)
-and each strategy's figures, in one self-contained page; log it, and the label-issues list, as
-artifacts under report/ of this execution's comparison run (the strategy runs belong to the
-executions that trained them and are not written to).
+"""Write reports/index.html: which model the registry gate registered and whether it became the
+champion (when the promote stage's decision is given), the strategies side by side (with the
+significant differences marked), the dataset, the suspected label errors (when the
+label-issues stage's list is given) and each strategy's figures, in one self-contained page;
+log it, and the label-issues list, as artifacts under report/ of this execution's comparison
+run (the strategy runs belong to the executions that trained them and are not written to).
+
+The stage runs after promote, so that the page's first screen answers "which model, and is it
+in service?"; rendered without promotion.json it says the run was not promoted yet.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def main(argv: Sequence[str]) -> None:
         type=Path,
         help="the label-issues stage's list (label_issues.csv); left out of the page if absent",
     )
+    parser.add_argument(
+        "--promotion",
+        type=Path,
+        help="the promote stage's decision (promotion.json); the page says 'not promoted yet' "
+        "when it is left out or not there",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the HTML page to write")
     args = parser.parse_args(argv)
     config = load_config()
@@ -65,6 +75,7 @@ def main(argv: Sequence[str]) -> None:
         collect_strategy_figures,
         read_classification_report,
         read_label_issues,
+        read_promotion,
     )
     from pipeline.reporting.html import write_report
     from pipeline.tracking.comparison_runs import log_report
@@ -81,7 +92,12 @@ def main(argv: Sequence[str]) -> None:
         logger.info("%s is not there: the page has no label-issues section", args.label_issues)
     label_issues = None
     try:
-        dataset = build_dataset_card(config.data.dataset, splits, validation)
+        dataset = build_dataset_card(
+            config.data.dataset,
+            splits,
+            validation,
+            near_duplicate_distance=config.validate.near_duplicate_distance,
+        )
         if label_issues_file is not None:
             # The gallery's images come from the train and val splits, by digest.
             label_issues = read_label_issues(
@@ -94,6 +110,10 @@ def main(argv: Sequence[str]) -> None:
         for split in splits.values():
             split.close()
     metrics = read_json(args.metrics)
+    promotion = read_promotion(args.promotion) if args.promotion else None
+    if promotion is None:
+        where = f"{args.promotion} is not there" if args.promotion else "no --promotion given"
+        logger.info("%s: the page says the run was not promoted yet", where)
     sections = []
     for report_dir, run_file in args.strategy:
         strategy = report_dir.name
@@ -122,17 +142,26 @@ def main(argv: Sequence[str]) -> None:
         mlflow_url=config.evaluate.mlflow_ui or _ui_address(uri),
         backbone=config.backbone.name,
         label_issues=label_issues,
+        promotion=promotion,
+        # Without --promotion the page names the file as ReportContent does by default.
+        **({"promotion_file": str(args.promotion)} if args.promotion else {}),
     )
     write_report(content, args.out)
     logger.info("report written to %s", args.out)
-    comparison_run = read_json(args.comparison_run)
-    if not comparison_run.get("tracked", True):
-        logger.warning("the comparison's MLflow run is incomplete: the report is not logged")
-        return
-    log_report(comparison_run["run_id"], args.out)
+    # The page shows the promotion's decision, so it goes into the promotion's run: a DVC
+    # experiment that only moves a gate threshold re-runs promote and this stage, and must not
+    # write into the baseline's comparison run. Without a promotion, the comparison's run.
+    promotion_run = ((promotion or {}).get("challenger") or {}).get("run_id")
+    if promotion_run is None:
+        comparison_run = read_json(args.comparison_run)
+        if not comparison_run.get("tracked", True):
+            logger.warning("the comparison's MLflow run is incomplete: the report is not logged")
+            return
+        promotion_run = comparison_run["run_id"]
+    log_report(promotion_run, args.out)
     if label_issues_file is not None:
         # Beside the page, under report/: the whole list, of which the page shows the worst.
-        log_report(comparison_run["run_id"], label_issues_file)
+        log_report(promotion_run, label_issues_file)
 
 
 def _ui_address(uri: str) -> str | None:

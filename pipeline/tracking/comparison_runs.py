@@ -53,7 +53,8 @@ def log_comparison(
 
 
 def log_report(run_id: str, page: Path) -> RunRecorder:
-    """The HTML report, as report/index.html of the comparison run."""
+    """The HTML report, as report/index.html of `run_id` (the promotion's run, whose decision
+    the page shows; the comparison run's before any promotion)."""
     recorder = RunRecorder(run_id)
     with recorder.active():
         recorder("report", mlflow.log_artifact, str(page), artifact_path=REPORT_ARTIFACTS)

@@ -1,6 +1,8 @@
 """The HTML report: self-contained (every image an embedded PNG, no network address but the
-MLflow links given), escaped, one comparison row per strategy, significant differences marked,
-missing figures left out, written atomically."""
+MLflow links given), escaped, one comparison row per strategy with its val and test accuracy,
+significant differences marked, missing figures left out, written atomically; its first screen
+says which model was registered and whether it became the champion, and why (the gate's
+criteria), or that nothing was, and the data gate's warnings are explained."""
 
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.evaluation.significance import PAIRWISE_COLUMNS
+from pipeline.errors import DataError  # noqa: E402
+from pipeline.evaluation.promotion import GateThresholds, decide_promotion  # noqa: E402
+from pipeline.evaluation.significance import PAIRWISE_COLUMNS  # noqa: E402
 from pipeline.reporting import content as report_content  # noqa: E402
 from pipeline.reporting.content import (  # noqa: E402
     DatasetCard,
@@ -161,6 +165,7 @@ def _significance() -> pd.DataFrame:
 
 
 CLASSES = ["cat", HOSTILE, "dog"]
+VAL_ACCURACY = {"scratch": 0.8, "feature_extraction": 0.91111, "fine_tune": 0.96}
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +210,10 @@ def _content(reports_root: Path) -> ReportContent:
             StrategySection(
                 name=strategy,
                 run_id=f"run{number}abc",
-                metrics={"test_accuracy": float(_comparison().loc[strategy, "test_accuracy"])},
+                metrics={
+                    "val_accuracy": VAL_ACCURACY[strategy],
+                    "test_accuracy": float(_comparison().loc[strategy, "test_accuracy"]),
+                },
                 classification_report=read_classification_report(folder),
                 figures=collect_strategy_figures(folder),
             )
@@ -249,11 +257,13 @@ def test_comparison_has_one_row_per_strategy_formatted(content: ReportContent) -
     rows = page.tables["comparison"]
     assert [row[0].split()[0] for row in rows] == list(STRATEGIES)
     scratch = rows[0]
-    assert "0.8123" in scratch[1]
-    assert scratch[4] == "52,138" and scratch[5] == "51,866"
-    assert scratch[6] == "41.3" and scratch[7] == "9,412"
+    # Val accuracy (metrics.json, by strategy) beside the test accuracy.
+    assert scratch[1] == "0.8000" and rows[1][1] == "0.9111"
+    assert "0.8123" in scratch[2]
+    assert scratch[5] == "52,138" and scratch[6] == "51,866"
+    assert scratch[7] == "41.3" and scratch[8] == "9,412"
     # A missing training time reads as a dash, not "nan".
-    assert rows[2][6] == "\u2014"
+    assert rows[2][7] == "\u2014"
     assert "nan" not in " ".join(" ".join(row) for row in rows).lower()
 
 
@@ -262,9 +272,9 @@ def test_significant_difference_is_marked_on_the_better_strategy(content: Report
     page = _parse(page_text)
     rows = {row[0].split()[0]: row for row in page.tables["comparison"]}
     # The best accuracy carries the marker; the others none.
-    assert "\u2020" in rows["fine_tune"][1]
+    assert "\u2020" in rows["fine_tune"][2]
     assert "best" in rows["fine_tune"][0]
-    assert "\u2020" not in rows["scratch"][1] and "\u2020" not in rows["feature_extraction"][1]
+    assert "\u2020" not in rows["scratch"][2] and "\u2020" not in rows["feature_extraction"][2]
     text = " ".join(" ".join(page.text).split())
     assert "fine_tune is significantly better than scratch (McNemar p=0.003, alpha 0.05)" in text
     assert 'id="note-1"' in page_text and 'href="#note-1"' in page_text
@@ -368,6 +378,45 @@ def test_gate_summary_is_shown(content: ReportContent) -> None:
     assert "Data gate failed" in text
     assert "1 failed expectation" in text
     assert "2 near-duplicate images" in text
+    assert "data gate FAILED, 2 warnings explained below" in text
+
+
+def test_near_duplicate_warnings_are_collapsed_below_and_explained(content) -> None:
+    from dataclasses import replace
+
+    validation = {
+        **content.dataset.validation,
+        "rows_per_split": {"train": 1257, "val": 270, "test": 270},
+        "near_duplicates": 151,
+        "warnings": 151,
+    }
+    dataset = replace(content.dataset, validation=validation, near_duplicate_distance=2)
+    page = render_report(replace(content, dataset=dataset))
+    text = " ".join(" ".join(_parse(page).text).split())
+    # Counted, collapsed, and said what they are: no error unless many.
+    warnings = page[page.index('<details class="warnings">') :]
+    warnings = warnings[: warnings.index("</details>")]
+    assert "151 near-duplicate images" in _text(warnings)
+    assert (
+        "Val and test images within 2 bits (dHash: a 64-bit fingerprint of a shrunken gray "
+        "copy) of a train image, exact copies left out: a near copy the model may have seen in "
+        "training, so its test answer may flatter the model. Not an error unless many." in text
+    )
+    assert "Here 151 of the 540 val and test images (28%)." in text
+    # Below the first screen: after the comparison, inside the dataset's gate box.
+    assert page.index('id="comparison"') < page.index('id="data-gate"') < page.index("151 near")
+    assert "<details open" not in warnings
+
+
+def test_the_first_screen_has_no_headline_cards(content: ReportContent) -> None:
+    """The best accuracy, the fastest inference and "fewest trained parameters" (as if a win)
+    were cards above the comparison: gone, their figures are the comparison's columns."""
+    page = render_report(content)
+    assert "Fewest trained parameters" not in page
+    assert "Fastest inference" not in page and 'class="highlight' not in page
+    top = page[: page.index('<nav class="toc"')]
+    assert top.index('id="promotion"') < top.index('id="comparison"')
+    assert 'id="dataset"' not in top
 
 
 def test_render_is_deterministic(content: ReportContent) -> None:
@@ -565,3 +614,207 @@ def test_the_report_reads_label_issues_without_cleanlab_or_scikit_learn() -> Non
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- the promotion outcome ----------------------------------------------------------------------
+
+DIGITS = [str(digit) for digit in range(10)]
+THRESHOLDS = GateThresholds(
+    min_accuracy=0.9, min_improvement=0.005, alpha=0.05, min_class_recall=0.8, max_ece=0.05
+)
+
+
+def promotion_record(outcome: str, strategy: str = "scratch") -> dict:
+    """promotion.json as pipeline.promotion writes it, its criteria decided by the real gate on
+    270 digits test labels against champion version 3: `champion` (version 4 passes and
+    replaces it), `kept` (version 5 is better, but not significantly: 3 stays) or
+    `experiment` (inside a DVC experiment: the gate passes, nothing is registered)."""
+    y_true = np.repeat(np.arange(10), 27)
+
+    def wrong_on(rows) -> np.ndarray:
+        predictions = y_true.copy()
+        predictions[rows] = (y_true[rows] + 1) % 10
+        return predictions
+
+    # The challenger makes 2 mistakes; the champion 13, or 5 (then McNemar's test fails).
+    champion_wrong = range(5, 270, 22) if outcome != "kept" else range(5, 100, 22)
+    decision = decide_promotion(
+        y_true,
+        wrong_on([0, 30]),
+        wrong_on(list(champion_wrong)),
+        DIGITS,
+        THRESHOLDS,
+        challenger_ece=0.0213,
+    )
+    version = {"champion": 4, "kept": 5}.get(outcome)
+    return {
+        "passed": decision.passed,
+        "registered_model": "digits-classifier",
+        "strategy": strategy,
+        "registered": version is not None,
+        "dvc_experiment": "sober-yawl" if outcome == "experiment" else None,
+        "challenger": {
+            "version": version,
+            "run_id": "promotion-run",
+            "source_run_id": "train-run",
+            "model_sha256": "ab" * 32,
+            "test_accuracy": decision.challenger_accuracy,
+        },
+        "champion": {
+            "version": 3,
+            "usable": True,
+            "run_id": "r3",
+            "test_accuracy": decision.champion_accuracy,
+            "has_training_manifest": True,
+        },
+        "train_test_overlap": 0,
+        "exports": {},
+        "overlap": {
+            "test_images": 270,
+            "in_challenger_training": 0,
+            "in_champion_training": 0,
+            "excluded": 0,
+            "scored": 270,
+        },
+        **{key: value for key, value in decision.to_dict().items() if key != "passed"},
+        "reasons": decision.reasons(),
+        "data_version": "d" * 12,
+        "decided_at": "2025-01-02T03:04:05+00:00",
+        "champion_after": 4 if outcome == "champion" else 3,
+    }
+
+
+def _text(html: str) -> str:
+    """The visible text of an HTML fragment, whitespace collapsed."""
+    parser = _parse(html)
+    return " ".join(" ".join(parser.text).split())
+
+
+def _outcome(page: str) -> str:
+    """The promotion outcome box's text."""
+    start = page.index('id="promotion"')
+    return _text(page[start : page.index("</section>", start)])
+
+
+def _criteria(page: str) -> list[list[str]]:
+    return _parse(page).tables["criteria"]
+
+
+def test_a_promoted_challenger_is_named_as_the_champion_with_every_criterion(content) -> None:
+    from dataclasses import replace
+
+    record = promotion_record("champion")
+    assert record["passed"]
+    page = render_report(replace(content, promotion=record))
+    box = _outcome(page)
+    assert "Promotion \u00b7 gate passed" in box
+    assert "scratch is the champion: digits-classifier version 4" in box
+    assert "It passed every criterion of the gate against version 3" in box
+    assert "Registered model digits-classifier" in box and "Version 4" in box
+    assert "Champion v3 \u2192 v4" in box
+    assert "Test accuracy 0.9926 vs champion v3: 0.9519 (all 270 test images)" in box
+    assert _criteria(page) == [
+        ["Accuracy floor", "0.9926", "\u2265 0.9000", "pass"],
+        ["Lowest class recall", "0.9630", "\u2265 0.8000", "pass"],
+        ["Calibration (test ECE)", "0.0213", "\u2264 0.0500", "pass"],
+        ["Gain over the champion", "+0.0407", "\u2265 +0.0050", "pass"],
+        [
+            "McNemar's test vs the champion",
+            "p=0.007; right alone 13 vs 2",
+            "p < 0.05, in its favour",
+            "pass",
+        ],
+    ]
+    # The comparison marks the strategy that went through the gate.
+    rows = {row[0].split()[0]: row[0] for row in _parse(page).tables["comparison"]}
+    assert "champion v4" in rows["scratch"] and "champion" not in rows["fine_tune"]
+
+
+def test_a_failed_gate_says_the_champion_was_kept_and_why(content) -> None:
+    from dataclasses import replace
+
+    record = promotion_record("kept")
+    assert not record["passed"]
+    page = render_report(replace(content, promotion=record))
+    box = _outcome(page)
+    assert "scratch registered as digits-classifier version 5, not the champion" in box
+    assert "The gate failed: version 5 is the challenger, and the champion stays version 3." in box
+    assert "Champion v3" in box and "\u2192" not in box
+    verdicts = {row[0]: row[3] for row in _criteria(page)}
+    assert verdicts["McNemar's test vs the champion"] == "fail"
+    assert verdicts["Accuracy floor"] == "pass"
+    # The failed criterion's own sentence, as the gate wrote it.
+    mcnemar = next(line for line in record["explanations"] if line.startswith("McNemar"))
+    assert mcnemar in box
+    assert "challenger v5" in _parse(page).tables["comparison"][0][0]
+
+
+def test_inside_a_dvc_experiment_nothing_is_registered(content) -> None:
+    from dataclasses import replace
+
+    page = render_report(replace(content, promotion=promotion_record("experiment")))
+    box = _outcome(page)
+    assert "scratch: gate passed, nothing registered (DVC experiment sober-yawl)" in box
+    assert "Inside a DVC experiment the gate is computed and nothing is registered" in box
+    assert (
+        "would have become the champion of digits-classifier, whose champion stays version 3" in box
+    )
+    assert "Version none (nothing registered)" in box
+    assert "is the champion" not in box
+    assert [row[3] for row in _criteria(page)] == ["pass"] * 5
+    assert "gate only" in _parse(page).tables["comparison"][0][0]
+
+
+def test_without_promotion_json_the_page_says_not_promoted_yet(content) -> None:
+    page = render_report(content)
+    box = _outcome(page)
+    assert "Not promoted yet: no model has been through the registry gate" in box
+    assert "reports/promotion.json is not there" in box
+    assert "criteria" not in _parse(page).tables
+    assert all("champion" not in row[0] for row in _parse(page).tables["comparison"])
+
+
+def test_read_promotion_reads_the_record_and_names_what_a_bad_one_lacks(tmp_path) -> None:
+    import json
+
+    from pipeline.reporting.content import read_promotion
+
+    path = tmp_path / "promotion.json"
+    assert read_promotion(path) is None
+    record = promotion_record("champion")
+    path.write_text(json.dumps(record))
+    assert read_promotion(path) == json.loads(json.dumps(record))
+    path.write_text("{not json")
+    with pytest.raises(DataError, match="promotion.json is not valid JSON.*dvc repro promote"):
+        read_promotion(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(DataError, match="holds a list"):
+        read_promotion(path)
+    path.write_text(json.dumps({"strategy": "scratch", "challenger": {}}))
+    with pytest.raises(DataError, match="lacks passed, registered.*dvc repro promote"):
+        read_promotion(path)
+
+
+def test_a_first_champion_an_unchanged_one_and_a_partial_test_split_are_said_so(content):
+    from dataclasses import replace
+
+    first = {
+        **promotion_record("champion"),
+        "champion": None,
+        "champion_after": 4,
+        "overlap": {"test_images": 270, "excluded": 20, "scored": 250},
+    }
+    box = _outcome(render_report(replace(content, promotion=first)))
+    assert "scratch is the champion: digits-classifier version 4" in box
+    assert "there was no champion to compare with" in box and "the first champion" in box
+    assert "(the 250 of 270 test images neither model trained on)" in box
+    assert "Champion v4" in box
+    # The same model file met the gate again: it is the champion already, nothing moved.
+    again = {
+        **promotion_record("kept"),
+        "challenger": {**promotion_record("kept")["challenger"], "version": 3},
+        "champion_after": 3,
+    }
+    box = _outcome(render_report(replace(content, promotion=again)))
+    assert "scratch is the champion: digits-classifier version 3 (already was)" in box
+    assert "Version 3 was already the champion: nothing to promote." in box

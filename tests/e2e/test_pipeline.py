@@ -286,11 +286,15 @@ def test_each_run_holds_its_figures_and_the_comparison_has_a_run_of_its_own(proj
     assert recorded["run_id"] == comparison["run_id"]
     artifacts = {a.path for a in client.list_artifacts(comparison["run_id"], "comparison")}
     assert {"comparison/comparison.csv", "comparison/significance.csv"} <= artifacts
-    # The report, and the suspected label errors its gallery shows.
-    assert {a.path for a in client.list_artifacts(comparison["run_id"], "report")} == {
+    # The report, and the suspected label errors its gallery shows, in the promotion's run:
+    # the page shows its decision.
+    promotion_run = json.loads((root / "reports" / "promotion.json").read_text())
+    promotion_run = promotion_run["challenger"]["run_id"]
+    assert {a.path for a in client.list_artifacts(promotion_run, "report")} == {
         "report/index.html",
         "report/label_issues.csv",
     }
+    assert not client.list_artifacts(comparison["run_id"], "report")
     # Each pair's McNemar p-value, as logged, is significance.csv's row for that pair.
     significance = pd.read_csv(root / "reports" / "significance.csv")
     for row in significance.itertuples(index=False):
