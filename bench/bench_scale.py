@@ -8,9 +8,14 @@ whose peak resident set size is read at its exit, children of its own included.
 
 Prints, per stage, seconds per 1,000 images and peak RSS at both sizes; the RSS slope, that is
 the peak's growth divided by the growth of the uint8 split bytes; and from the slope the
-largest 224x224 RGB dataset the stage would handle in `--memory-gib` GiB. Never asserts.
+largest 224x224 RGB dataset the stage would handle in `--memory-gib` GiB. The stages run with
+`data.workers: --workers` (default: the CPUs this process may use). Then the split's speed-up:
+the split stage again on the larger folder, from scratch, with `data.workers: 1` and with
+`--workers`, taking turns `--repeats` times, the best time of each (other work on the machine
+only ever slows a run down); the two stores must be byte-identical. Never asserts.
 
     python bench/bench_scale.py [--images 1000] [--image-size 224] [--until STAGE] [--json F]
+                                [--workers N] [--repeats 2]
 
 Run it from another checkout (`git worktree add /tmp/old <commit>`, then
 `python bench/bench_scale.py --code /tmp/old`) to measure that commit's code with this bench.
@@ -19,6 +24,7 @@ Run it from another checkout (`git worktree add /tmp/old <commit>`, then
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -71,9 +77,13 @@ def write_folder(folder: Path, count: int, size: int, seed: int) -> None:
         Image.fromarray(pixels).save(folder / CLASSES[label] / f"img_{index:07d}.png")
 
 
-def bench_params(code: Path, folder: Path, image_size: int, backbone_size: int) -> dict:
+def bench_params(
+    code: Path, folder: Path, image_size: int, backbone_size: int, workers: int
+) -> dict:
     params = yaml.safe_load((code / "params.yaml").read_text())
     params["data"].update(dataset="image_folder", image_folder=str(folder), image_size=image_size)
+    if "workers" in params["data"]:  # a checkout from before data.workers decodes in one
+        params["data"]["workers"] = workers
     params["backbone"].update(weights="random", image_size=backbone_size)
     params["train"]["scratch"].update(architecture="small_convnet", epochs=1)
     params["train"]["feature_extraction"]["epochs"] = 1
@@ -106,17 +116,9 @@ def run_size(code: Path, count: int, args: argparse.Namespace, workdir: Path) ->
     for name in PROJECT_FILES:
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(code / name, project / name)
-    params = bench_params(code, folder, args.image_size, args.backbone_size)
+    params = bench_params(code, folder, args.image_size, args.backbone_size, args.workers)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))
-    }
-    env.update(
-        PYTHONPATH=str(code),
-        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}",
-        KERAS_HOME=str(project / ".keras"),
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
+    env = stage_env(code, project)
     results: dict[str, dict] = {}
     stages = data_stages(project, code)
     if args.until:
@@ -152,7 +154,75 @@ def run_size(code: Path, count: int, args: argparse.Namespace, workdir: Path) ->
     plan = json.loads((project / "data" / "prepared" / "split.json").read_text())
     images = int(plan["images"])
     split_bytes = images * args.image_size * args.image_size * 3
-    return {"images": images, "split_bytes": split_bytes, "stages": results}
+    return {
+        "images": images,
+        "split_bytes": split_bytes,
+        "stages": results,
+        "project": str(project),
+    }
+
+
+def stage_env(code: Path, project: Path) -> dict[str, str]:
+    """The environment a stage runs in: this checkout's code, the project's own MLflow."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))
+    }
+    env.update(
+        PYTHONPATH=str(code),
+        MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}",
+        KERAS_HOME=str(project / ".keras"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return env
+
+
+def split_speedup(code: Path, project: Path, workers: int, repeats: int) -> dict:
+    """The split stage from scratch with data.workers 1 and `workers`, taking turns `repeats`
+    times: the best seconds of each, and whether every file of the stores is the same."""
+    command = data_stages(project, code)["split"]
+    env = stage_env(code, project)
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    seconds: dict[int, list[float]] = {1: [], workers: []}
+    stores: dict[int, dict[str, str]] = {}
+    for _ in range(repeats):
+        for count in seconds:
+            params["data"]["workers"] = count
+            params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+            # From scratch: a previous store's shards would be kept, not written.
+            shutil.rmtree(project / "data" / "prepared", ignore_errors=True)
+            start = time.perf_counter()
+            completed = subprocess.run(
+                command,
+                cwd=project,
+                env={**env, "BENCH_PEAK_FILE": str(project / "peak.json")},
+                capture_output=True,
+                text=True,
+            )
+            seconds[count].append(time.perf_counter() - start)
+            if completed.returncode != 0:
+                raise SystemExit(
+                    f"split with {count} worker(s) failed:\n{completed.stderr[-3000:]}"
+                )
+            stores[count] = _file_hashes(project / "data" / "prepared")
+            print(f"  split, data.workers: {count:<3} {seconds[count][-1]:7.1f} s", flush=True)
+    best = {count: min(times) for count, times in seconds.items()}
+    return {
+        "workers": workers,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "seconds": {str(count): times for count, times in seconds.items()},
+        "best_seconds": {str(count): value for count, value in best.items()},
+        "speedup": best[1] / best[workers],
+        "identical": stores[1] == stores[workers],
+    }
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def report(small: dict, large: dict, memory_gib: float) -> list[dict]:
@@ -215,21 +285,58 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--until", help="stop after this stage (e.g. features: download, split, validate, features)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=_cpus(),
+        help="data.workers of every run, and the split's speed-up against 1 (default: the CPUs)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs of each split for the speed-up (best kept)"
+    )
     args = parser.parse_args(argv)
     code = args.code.resolve()
-    print(f"measuring {code} (git {_commit(code)})")
+    print(f"measuring {code} (git {_commit(code)}), data.workers: {args.workers}")
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as directory:
         workdir = Path(directory)
         small = run_size(code, args.images, args, workdir)
         large = run_size(code, 4 * args.images, args, workdir)
+        speedup = None
+        if args.workers > 1 and args.repeats > 0 and _has_workers(code):
+            print(f"\nthe split of {large['images']} images, data.workers: 1 and {args.workers}")
+            speedup = split_speedup(code, Path(large["project"]), args.workers, args.repeats)
     rows = report(small, large, args.memory_gib)
     print_table(rows, small, large, args.memory_gib)
+    if speedup is not None:
+        best = speedup["best_seconds"]
+        print(
+            f"\nsplit speed-up, {large['images']} images at {args.image_size} px on "
+            f"{speedup['cpus']} CPU(s): data.workers 1 {best['1']:.1f} s, {args.workers} "
+            f"{best[str(args.workers)]:.1f} s (best of {args.repeats}): "
+            f"{speedup['speedup']:.2f}x; stores byte-identical: {speedup['identical']}"
+        )
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"code": _commit(code), "small": small, "large": large, "rows": rows}, indent=2
+                {
+                    "code": _commit(code),
+                    "small": small,
+                    "large": large,
+                    "rows": rows,
+                    "split_speedup": speedup,
+                },
+                indent=2,
             )
         )
+
+
+def _has_workers(code: Path) -> bool:
+    """Whether the measured checkout has data.workers (older ones decode in one process)."""
+    return "workers" in yaml.safe_load((code / "params.yaml").read_text())["data"]
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _commit(code: Path) -> str:

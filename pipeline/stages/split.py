@@ -6,10 +6,12 @@ adding images never moves another; the digests go into the shards and split.json
 
 Only the images kept (after `data.max_images`) are decoded, a chunk at a time, into a spool
 file beside the output (each image is hashed as it is decoded), and the store is written from
-the spool shard by shard (pipeline.store.write_store). Shards of the previous store whose
-images all stay in their split are kept byte-identical (dvc.yaml persists data/prepared for
-this) once their bytes are verified against their names, so adding images writes new shards
-only and a damaged shard is written again. Images that cannot be decoded, files the image
+the spool shard by shard (pipeline.store.write_store). Image files are decoded and hashed in
+`data.workers` processes (pipeline.datasets.parallel), which write the same spool, and so the
+same store, byte for byte, as this process alone. Shards of the previous store whose images all
+stay in their split are kept byte-identical (dvc.yaml persists data/prepared for this) once
+their bytes are verified against their names, so adding images writes new shards only and a
+damaged shard is written again. Images that cannot be decoded, files the image
 folder's snapshot left out (links outside it, non-images) and, with
 `validate.label_conflicts: drop`, identical images under two classes are listed in
 reports/data/skipped.csv and left out; unreadable ones stop the run under
@@ -36,6 +38,12 @@ import numpy as np
 
 from pipeline.config import DataConfig, load_config
 from pipeline.datasets.folders import LINK_OUTSIDE, SKIPPED_HEADER, read_snapshot_skipped
+from pipeline.datasets.parallel import (
+    SpoolJob,
+    decode_files_to_spool,
+    resolve_workers,
+    task_rows,
+)
 from pipeline.datasets.readers import ReadOptions, SourceIndex, open_dataset
 from pipeline.datasets.sources import DATASETS
 from pipeline.datasets.split import plan_split, stratified_subset
@@ -58,6 +66,7 @@ from pipeline.store import (
     write_npy_rows,
     write_store,
 )
+from pipeline.store.writing import allocate_npy_rows
 
 logger = logging.getLogger("pipeline.stages.split")
 
@@ -128,7 +137,8 @@ def _prepare_from_spool(
     # link outside the folder is left out by rule, the rest count as unreadable images.
     left_out = read_snapshot_skipped(raw_dir) if config.dataset == "image_folder" else []
     chosen = stratified_subset(index.labels, index.pools, config.max_images, config.seed)
-    bad, all_digests = decode_to_spool(index, chosen, spool_file, chunk_bytes)
+    workers = resolve_workers(config.workers)
+    bad, all_digests = decode_to_spool(index, chosen, spool_file, chunk_bytes, workers)
     unreadable = [(index.describe(int(chosen[row])), reason) for row, reason in bad.items()]
     unreadable += [(path, reason) for path, reason in left_out if reason != LINK_OUTSIDE]
     unreadable.sort()
@@ -347,12 +357,26 @@ def _log_store(store, report: StoreReport, split, index: SourceIndex) -> None:
 
 
 def decode_to_spool(
-    index: SourceIndex, chosen: np.ndarray, spool_file: Path, chunk_bytes: int
+    index: SourceIndex,
+    chosen: np.ndarray,
+    spool_file: Path,
+    chunk_bytes: int,
+    workers: int = 1,
 ) -> tuple[dict[int, str], np.ndarray]:
-    """Decode the images at `chosen` a chunk of at most `chunk_bytes` at a time into the .npy
-    `spool_file` (row i: image chosen[i]; an undecodable one stays black); return {row: reason}
-    of those that failed and every row's digest (empty for failed rows)."""
+    """Decode the images at `chosen` into the .npy `spool_file` (row i: image chosen[i]; an
+    undecodable one stays black); return {row: reason} of those that failed and every row's
+    digest (empty for failed rows).
+
+    In this process a chunk of at most `chunk_bytes` at a time; image files, when `workers` > 1
+    and there is more than one task's worth, in that many processes
+    (pipeline.datasets.parallel), which give the same spool, digests and failures."""
     shape = tuple(index.image_shape)
+    if workers > 1 and index.files is not None and len(chosen) > task_rows(shape):
+        logger.debug("decoding %d image files in %d processes", len(chosen), workers)
+        offset = allocate_npy_rows(spool_file, (len(chosen), *shape), np.uint8)
+        job = SpoolJob(str(spool_file), offset, shape, index.files.options)
+        with Progress(len(chosen), "decoding") as progress:
+            return decode_files_to_spool(index.files, chosen, job, workers, progress.update)
     step = max(1, chunk_bytes // max(1, int(np.prod(shape))))
     bad: dict[int, str] = {}
     digests = np.zeros(len(chosen), dtype="<U32")

@@ -38,11 +38,25 @@ def write_npy_rows(path: Path, shape: tuple[int, ...], dtype, chunks: Iterable[n
     with open(path, "wb") as stream:
         np.lib.format.write_array_header_1_0(stream, _header(shape, dtype))
         for chunk in chunks:
-            chunk = np.ascontiguousarray(chunk, dtype=dtype)
-            stream.write(memoryview(chunk).cast("B"))
-            written += len(chunk)
+            rows = np.ascontiguousarray(chunk, dtype=dtype)
+            stream.write(memoryview(rows).cast("B"))
+            written += len(rows)
+            # Dropped before the next chunk is made: one chunk in memory at a time, not two.
+            del chunk, rows
     if written != shape[0]:
         raise DataError(f"{path}: wrote {written} rows of the {shape[0]} declared")
+
+
+def allocate_npy_rows(path: Path, shape: tuple[int, ...], dtype) -> int:
+    """Create the .npy file of `shape` that `write_npy_rows` would write, its rows all zero
+    (a sparse file: nothing is written but the header), for writers that fill its rows in any
+    order; return the offset of row 0."""
+    dtype = np.dtype(dtype)
+    with open(path, "wb") as stream:
+        np.lib.format.write_array_header_1_0(stream, _header(shape, dtype))
+        offset = stream.tell()
+        stream.truncate(offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    return offset
 
 
 @dataclass(frozen=True)
@@ -373,6 +387,7 @@ def _write_shard(
                     "changed or is gone while the split ran). Rerun the split stage"
                 )
             yield images
+            del images  # before the next chunk is read (write_npy_rows holds none either)
 
     write_npy_rows(shard.path(target, "images"), (len(positions), *image_shape), np.uint8, chunks())
     np.save(shard.path(target, "labels"), labels, allow_pickle=False)

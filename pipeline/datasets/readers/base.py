@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -37,6 +38,9 @@ class SourceIndex:
     None; "train" without any "val" means val is still to be carved from it.
     `load(indices, out)` decodes the images at the sorted `indices` into `out` (one row per
     index) and returns {row: reason} for the images it could not decode.
+    `files`, for datasets of image files, says which file each image is and how it is decoded,
+    so that other processes can decode them (`pipeline.datasets.parallel`) exactly as `load`
+    does; None for datasets stored as arrays, which have nothing to decode.
     """
 
     labels: np.ndarray
@@ -45,6 +49,7 @@ class SourceIndex:
     pools: np.ndarray | None
     describe: Callable[[int], str]
     load: Callable[[np.ndarray, np.ndarray], dict[int, str]]
+    files: ImageFiles | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -81,6 +86,14 @@ class ReadOptions:
     image_size: int = 150
     resize: ResizeMode = "stretch"
     max_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """The image files of a dataset, one per image, and how `load` decodes them."""
+
+    paths: Sequence[Path]
+    options: ReadOptions
 
 
 @dataclass(frozen=True)

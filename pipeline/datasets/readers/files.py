@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.datasets.folders import scan_image_folder
 from pipeline.datasets.images import decode_many
-from pipeline.datasets.readers.base import ReadOptions, SourceIndex
+from pipeline.datasets.readers.base import ImageFiles, ReadOptions, SourceIndex
 from pipeline.errors import DataError
 
 
@@ -49,6 +49,7 @@ def _files_index(
         pools,
         describe,
         load,
+        ImageFiles(paths, options),
     )
 
 
