@@ -96,7 +96,7 @@ def main(argv: Sequence[str]) -> None:
             config.data.dataset,
             splits,
             validation,
-            near_duplicate_distance=config.validate.near_duplicate_distance,
+            near_duplicate_distance=config.validation.near_duplicate_distance,
         )
         if label_issues_file is not None:
             # The gallery's images come from the train and val splits, by digest.
