@@ -1,6 +1,8 @@
 """The `pipeline` command: verbs that run outside the DVC stages.
 
     pipeline predict PATH... classify image files and folders with the champion (or --model)
+    pipeline predict --engine spark SOURCE --out F.parquet   the same, on a Spark cluster
+    pipeline tune --trials N search params.yaml's tune.space with Optuna over DVC's queue
     pipeline serve           serve the champion over HTTP, following the alias; record answers
     pipeline monitor         has served traffic drifted from the champion's test split?
     pipeline retrain         one retraining cycle: lock, new data or drift?, dvc repro, gate
@@ -334,6 +336,12 @@ def sync_mlflow(args: argparse.Namespace) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     """Classify image files and folders; write one CSV row per file."""
+    if args.engine == "spark":
+        from pipeline.prediction.spark import predict_on_spark
+
+        return predict_on_spark(args)
+    if args.master is not None:
+        raise PipelineError("--master is for --engine spark; drop it, or add --engine spark")
     from pipeline.prediction import choice, results
     from pipeline.prediction.files import find_images
 
@@ -480,6 +488,8 @@ examples:
   pipeline predict scans/ --model scratch
   pipeline predict scans/ --model models/scratch/model.keras
   pipeline predict scans/ --model models:/digits-classifier@challenger
+  pipeline predict --engine spark scans/ --out predictions.parquet
+  pipeline predict --engine spark --master spark://host:7077 'archive/**/*.jpg' --out p.parquet
 """
 
 
@@ -536,7 +546,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_PREDICT_EPILOG,
     )
     predict_parser.add_argument(
-        "paths", nargs="+", type=Path, metavar="PATH", help="an image file or a folder of them"
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="an image file or a folder of them; with --engine spark also a glob "
+        "('scans/*.png') or a .parquet/.csv whose `path` column lists the files",
+    )
+    predict_parser.add_argument(
+        "--engine",
+        choices=("local", "spark"),
+        default="local",
+        help="local: this process; spark: mlflow.pyfunc.spark_udf on a Spark cluster, writing "
+        "Parquet (needs the spark extra: pip install -e '.[spark]') (default: local)",
+    )
+    predict_parser.add_argument(
+        "--master",
+        metavar="URL",
+        help="with --engine spark: local[*], local[N] or spark://host:port (default: the "
+        "session's, local[*] outside spark-submit)",
     )
     predict_parser.add_argument(
         "--model",
@@ -552,14 +580,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow --model to be a local MLflow model folder, whose Python code loading runs",
     )
     predict_parser.add_argument(
-        "--out", type=Path, metavar="FILE", help="write the CSV here (default: standard output)"
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the CSV here (default: standard output); with --engine spark, the Parquet "
+        "folder (required), replaced whole",
     )
     predict_parser.add_argument(
         "--batch-size",
         type=_positive_int,
         default=64,
         metavar="N",
-        help="images decoded and predicted at a time (default: 64)",
+        help="images decoded and predicted at a time (default: 64); with --engine spark, files "
+        "per Arrow batch (at most the model's max_batch, 256)",
     )
     predict_parser.add_argument(
         "--log",
@@ -768,6 +801,7 @@ def _add_operate_verbs(verbs) -> None:
     rollback_parser.set_defaults(run=rollback)
 
     _add_export_verb(verbs)
+    _add_tune_verb(verbs)
 
     card_parser = _add_verb(
         verbs,
@@ -860,6 +894,53 @@ def _add_export_verb(verbs) -> None:
     _add_model_name(parser)
     _add_root(parser)
     parser.set_defaults(run=export)
+
+
+def tune(args: argparse.Namespace) -> int:
+    """Search tune.space with Optuna, each trial a DVC experiment from DVC's queue."""
+    from pipeline.tuning.search import run_search
+
+    return run_search(args)
+
+
+def _add_tune_verb(verbs) -> None:
+    parser = _add_verb(
+        verbs,
+        "tune",
+        "search params.yaml's tune.space with Optuna, each trial a queued DVC experiment",
+        "Search the params of tune.space: Optuna proposes each trial's values (ask), each "
+        "trial runs as a DVC experiment from DVC's own queue (`dvc exp run --queue -S ...`, "
+        "`dvc queue start -j JOBS`), and its validation figure (tune.metric; never a test "
+        "figure) goes back to the study (tell). The study lives in Optuna's storage, so an "
+        "interrupted search resumes, and workers on several hosts can share one study.",
+    )
+    parser.add_argument(
+        "--trials",
+        type=_positive_int,
+        required=True,
+        metavar="N",
+        help="trials this worker runs to completion",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        metavar="J",
+        help="trials run at once by DVC's queue workers (default: 1)",
+    )
+    parser.add_argument(
+        "--study",
+        metavar="NAME",
+        help="the study (default: tune.study, else one named after "
+        "the dataset, strategy and metric)",
+    )
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna's storage (default: tune.storage, else sqlite:///optuna.db in the project)",
+    )
+    _add_root(parser)
+    parser.set_defaults(run=tune)
 
 
 def main(argv: Sequence[str]) -> int:
