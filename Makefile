@@ -9,12 +9,14 @@
 #   PYTEST_ARGS  extra arguments for pytest: make test PYTEST_ARGS='-m "not slow"'
 #   PORT         the MLflow UI's port on 127.0.0.1 (default 5000; command line only)
 #   TB_PORT      TensorBoard's port on 127.0.0.1 (default 6006; command line only)
+#   DOCS_PORT    the docs' port on 127.0.0.1 (default 8000; command line only)
 #   UV           the uv to set up with; found on PATH, `make repro UV=` uses pip instead
 
 PYTHON ?= python3
 PYTEST_ARGS ?=
 PORT = 5000
 TB_PORT = 6006
+DOCS_PORT = 8000
 ifeq ($(origin UV),undefined)
 UV := $(if $(shell command -v uv 2>/dev/null),uv)
 endif
@@ -50,7 +52,7 @@ endif
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
-.PHONY: help setup repro test ui tensorboard plots
+.PHONY: help setup repro test ui tensorboard plots docs docs-build
 
 repro: $(STAMP) ## run the pipeline on the default dataset and print each strategy's metrics
 	$(IN_VENV) $(BIN)/dvc repro
@@ -78,6 +80,14 @@ plots: $(STAMP) ## draw the training curves and confusion matrices, offline: dvc
 tensorboard: $(STAMP) ## serve the trainings' TensorBoard logs (logs/) on 127.0.0.1 (TB_PORT=6006)
 	@echo "TensorBoard on http://127.0.0.1:$(TB_PORT) (logs/<strategy>/<run>; Ctrl-C stops it)"
 	exec $(BIN)/tensorboard --logdir logs --host 127.0.0.1 --port $(TB_PORT)
+
+docs: $(STAMP) ## serve the documentation on 127.0.0.1 (make docs DOCS_PORT=8001), Ctrl-C stops it
+	@echo "The documentation on http://127.0.0.1:$(DOCS_PORT) (docs/; Ctrl-C stops it)"
+	NO_MKDOCS_2_WARNING=1 exec $(BIN)/mkdocs serve -a 127.0.0.1:$(DOCS_PORT)
+
+docs-build: $(STAMP) ## build the documentation into site/; a broken link or anchor fails it
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "The documentation: site/index.html"
 
 setup: $(STAMP) ## make .venv with the pinned packages, if missing or older than the pins
 

@@ -30,7 +30,7 @@ COPIED = ("Makefile", "pyproject.toml", "constraints.txt", CHECK_SCRIPT, "tools/
 # The only commands the Makefile, its check and these fakes run from PATH; uv is not one of
 # them, so a real uv on this machine never leaks in.
 SYSTEM_COMMANDS = ("make", "sh", "awk", "rm", "touch", "mkdir", "cp", "dirname", "echo", "tail")
-TARGETS = ("repro", "test", "ui", "plots", "tensorboard", "setup", "help")
+TARGETS = ("repro", "test", "ui", "plots", "tensorboard", "docs", "docs-build", "setup", "help")
 
 
 def _require_make() -> None:
