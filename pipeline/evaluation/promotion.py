@@ -42,8 +42,9 @@ def choose_strategy(
     if unscored:
         raise RegistryError(
             f"{metrics_file}: {', '.join(unscored)} has no val_accuracy, which promote.strategy "
-            "best chooses on (an evaluation from before val figures existed): run `dvc repro` "
-            "to evaluate again, or name the strategy in promote.strategy"
+            "best chooses on (an evaluation from before val figures existed, or an empty val "
+            "split: check data.val_fraction): run `dvc repro` to evaluate again, or name the "
+            "strategy in promote.strategy"
         )
     return max(
         scored,

@@ -78,6 +78,7 @@ def predict_on_spark(args) -> int:
     `pipeline predict`'s columns as Parquet to `args.out`; 0 once written."""
     _check_arguments(args)
     files = list_sources(args.paths)
+    check_output(args.out, files)
     require_spark()
     root = args.root.resolve()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -112,6 +113,38 @@ def _check_arguments(args) -> None:
         raise PipelineError(
             "--log and --keep-images record answers in this process: they work without "
             "--engine spark only"
+        )
+
+
+SPARK_OUTPUT_FILE = re.compile(r"^(part-.*|_SUCCESS|_committed_.*|_started_.*|\..*\.crc)$")
+"""What Spark's Parquet writer leaves in its output folder: the only files --out may replace."""
+
+
+def check_output(out: Path, files: Sequence[Path]) -> None:
+    """Raise PipelineError unless `out` is new or an earlier Spark output: the output replaces
+    it whole, so a folder of images, a project folder or a CSV given as --out by mistake would
+    otherwise be deleted."""
+    target = out.resolve()
+    if target.exists() and not target.is_dir():
+        raise PipelineError(
+            f"--out {out} is a file: --engine spark writes a Parquet folder there and replaces "
+            "what is there; pass a new path, e.g. --out predictions.parquet"
+        )
+    if target.is_dir():
+        foreign = sorted(
+            entry.name for entry in target.iterdir() if not SPARK_OUTPUT_FILE.match(entry.name)
+        )
+        if foreign:
+            raise PipelineError(
+                f"--out {out} holds {', '.join(foreign[:3])}"
+                f"{f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''}, which is not "
+                "an earlier Spark output: it would be replaced whole; pass a new path, e.g. "
+                "--out predictions.parquet"
+            )
+    inside = next((path for path in files if target in path.resolve().parents), None)
+    if inside is not None:
+        raise PipelineError(
+            f"--out {out} holds {inside}, a file to score: pass an --out outside the sources"
         )
 
 

@@ -30,8 +30,12 @@ def run_command(
     cwd: Path,
     env: Mapping[str, str] | None = None,
     show: bool = False,
+    new_session: bool = False,
 ) -> CommandResult:
     """Run `command` in `cwd` with `env` added to this process's environment.
+
+    `new_session` starts it in a session of its own, so a Ctrl-C at the terminal reaches this
+    process only (which decides what to stop), never the command half-way through.
 
     `show` streams its output (both streams) to standard error as it comes, for the long
     `dvc repro`, keeping only the last SHOWN_TAIL_LINES; otherwise both streams are captured.
@@ -42,7 +46,12 @@ def run_command(
     environment = {**os.environ, "PATH": path, **(env or {})}
     if not show:
         result = subprocess.run(
-            list(command), cwd=cwd, env=environment, capture_output=True, text=True
+            list(command),
+            cwd=cwd,
+            env=environment,
+            capture_output=True,
+            text=True,
+            start_new_session=new_session,
         )
         return CommandResult(result.returncode, result.stdout, result.stderr)
     tail: deque[str] = deque(maxlen=SHOWN_TAIL_LINES)

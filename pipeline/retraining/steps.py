@@ -214,6 +214,9 @@ def _promote(cycle: Cycle, decision_file: Path) -> str:
         # against today's champion.
         env = {"MLFLOW_RUN_ID": record.mlflow_run_id} if record.mlflow_run_id else {}
         cycle.run_dvc("repro", "--force", "--single-item", "promote", env=env)
+        # The report shows the decision on its first screen: render it from the new one, so
+        # the page is current and `dvc status` clean after the cycle.
+        cycle.run_dvc("repro", "report", env=env)
     record.decision = read_json(decision_file)
     record.outcome = "promoted" if record.decision["passed"] else "rejected"
     # A champion that could not be loaded: the gate judged on the floors alone and says how

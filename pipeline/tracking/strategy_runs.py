@@ -72,10 +72,20 @@ def log_training_outputs(model_dir: Path, model, example: np.ndarray) -> str:
     return log_keras_model(model, example)
 
 
+EVALUATED_VAL_PREFIX = "evaluated_"
+"""The evaluation's val figures (of the calibrated model, what choices are made on) are logged
+as evaluated_val_accuracy, ...: val_accuracy and val_loss are Keras' per-epoch curves in the
+same run, which a figure at step 0 would bend."""
+
+
 def evaluation_metrics(evaluation: dict) -> dict[str, float]:
-    """What an evaluation (evaluation.json's dict) logs as metrics: the test metrics, the
-    per-class figures and images per second."""
-    return numeric_metrics({**evaluation["metrics"], **evaluation.get("mlflow_metrics", {})})
+    """What an evaluation (evaluation.json's dict) logs as metrics: the test metrics, the val
+    figures (as evaluated_val_*), the per-class figures and images per second."""
+    metrics = {
+        f"{EVALUATED_VAL_PREFIX}{key}" if key.startswith("val_") else key: value
+        for key, value in evaluation["metrics"].items()
+    }
+    return numeric_metrics({**metrics, **evaluation.get("mlflow_metrics", {})})
 
 
 def log_evaluation(

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pipeline.store import atomic_write, write_csv, write_json
+from pipeline.store import atomic_directory, atomic_write, write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,25 +31,27 @@ BEST = "best.json"
 
 
 def write_reports(study, folder: Path, best: dict[str, Any] | None) -> list[Path]:
-    """Write the plots, trials.csv and best.json into `folder`; the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    header, rows = trials_table(study)
-    write_csv(folder / TRIALS, header, rows)
-    written = [folder / TRIALS]
-    if best is not None:
-        write_json(folder / BEST, best)
-        written.append(folder / BEST)
-    complete = _complete(study)
-    if complete:
-        _plot(plot_history, study, folder / HISTORY)
-        written.append(folder / HISTORY)
-    if len(complete) >= 2:
-        try:
-            _plot(plot_importances, study, folder / IMPORTANCES)
-            written.append(folder / IMPORTANCES)
-        except (ValueError, RuntimeError) as error:  # every param constant so far, and the like
-            logger.info("no parameter-importance plot yet: %s", error)
-    return written
+    """Write the plots, trials.csv and best.json into `folder`, replacing it whole (a plot this
+    study cannot draw yet leaves no other study's behind); the paths written."""
+    names = []
+    with atomic_directory(folder) as staging:
+        header, rows = trials_table(study)
+        write_csv(staging / TRIALS, header, rows)
+        names.append(TRIALS)
+        if best is not None:
+            write_json(staging / BEST, best)
+            names.append(BEST)
+        complete = _complete(study)
+        if complete:
+            _plot(plot_history, study, staging / HISTORY)
+            names.append(HISTORY)
+        if len(complete) >= 2:
+            try:
+                _plot(plot_importances, study, staging / IMPORTANCES)
+                names.append(IMPORTANCES)
+            except (ValueError, RuntimeError) as error:  # every param constant so far, ...
+                logger.info("no parameter-importance plot yet: %s", error)
+    return [folder / name for name in names]
 
 
 COLUMNS = ("number", "state", "value", "strategy", "experiment", "worker", "fail_reason",

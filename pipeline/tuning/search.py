@@ -425,6 +425,7 @@ def run_search(args: argparse.Namespace) -> int:
     worker = Worker(socket.gethostname(), os.getpid(), str(root))
     dvc = Dvc(root)
     with project_lock(root), _interrupt_on_sigterm():
+        check_queue_is_ours(dvc.queue_status(), settings.study)
         study = open_study(settings, worker)
         _say(
             f"study {settings.study} in {masked(settings.storage)}: {len(study.trials)} "
@@ -444,6 +445,25 @@ def run_search(args: argparse.Namespace) -> int:
             if stragglers:
                 logger.warning("terminated queue workers that did not stop: %s", stragglers)
         return summarize(study, dvc, settings, worker, finished)
+
+
+def check_queue_is_ours(status: Mapping[str, str], study: str) -> None:
+    """Raise PipelineError when DVC's queue holds experiments of someone else's, queued or
+    running: this search's queue workers would run them, and stopping the workers at the end
+    would stop them too."""
+    ours = f"tune-{study}-"
+    foreign = sorted(
+        name
+        for name, state in status.items()
+        if state in ("Queued", "Running") and not name.startswith(ours)
+    )
+    if foreign:
+        raise PipelineError(
+            f"DVC's queue holds experiments that are not this study's: "
+            f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}. pipeline tune runs "
+            "and stops the queue's workers: let them finish (dvc queue status), or remove them "
+            "(dvc queue remove NAME), then run it again"
+        )
 
 
 def search(study, dvc: Dvc, settings: Settings, worker: Worker) -> list[int]:

@@ -88,8 +88,18 @@ class Dvc:
     # -- queueing and running --
 
     def queue(self, name: str, set_arguments: Sequence[str]) -> None:
-        """Queue experiment `name` with `-S` arguments; raise QueueError with DVC's message."""
-        result = self.run("exp", "run", "--queue", "-n", name, *set_arguments)
+        """Queue experiment `name` with `-S` arguments; raise QueueError with DVC's message.
+
+        DVC stashes and restores the workspace (params.yaml) to queue an experiment: Ctrl-C or
+        SIGTERM must not cut that short, so they wait until the command is done (it takes a
+        second or two), and it runs in a session of its own."""
+        with _signals_deferred():
+            logger.debug("dvc exp run --queue -n %s", name)
+            result = run_command(
+                [*self.command, "exp", "run", "--queue", "-n", name, *set_arguments],
+                self.root,
+                new_session=True,
+            )
         if result.status != 0:
             raise QueueError(f"dvc exp run --queue -n {name}: {_last_lines(result)}")
 
@@ -215,6 +225,17 @@ class Dvc:
         result = self.run("queue", "logs", name)
         text = result.stdout if result.status == 0 else result.stderr or result.stdout
         return failure_reason_from_log(text) or "the experiment failed (no log)"
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM stay pending until the block ends, then arrive as usual."""
+    deferred = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def parse_queue_status(text: str) -> dict[str, str]:

@@ -198,3 +198,28 @@ def test_a_model_that_takes_no_image_files_is_refused(tmp_path) -> None:
     Model(signature=ModelSignature(inputs=tensor, outputs=tensor)).save(str(folder / "MLmodel"))
     with pytest.raises(PipelineError, match=r"not the pipeline's served classifier"):
         spark.served_classifier(folder, "runs:/abc/model")
+
+
+def test_out_may_only_replace_nothing_or_an_earlier_spark_output(images, tmp_path) -> None:
+    """The output replaces --out whole: a folder of other files, a file, or a folder holding the
+    images scored would be deleted, so each is refused before Spark starts."""
+    files = spark.list_sources([images])
+    spark.check_output(tmp_path / "new.parquet", files)  # new: fine
+    earlier = tmp_path / "earlier.parquet"
+    earlier.mkdir()
+    for name in ("part-00000-abc.snappy.parquet", "_SUCCESS", ".part-00000-abc.snappy.parquet.crc"):
+        (earlier / name).write_bytes(b"x")
+    spark.check_output(earlier, files)  # an earlier Spark output: replaced
+    (earlier / "notes.txt").write_text("mine")
+    with pytest.raises(PipelineError, match=r"holds notes\.txt, which is not an earlier Spark"):
+        spark.check_output(earlier, files)
+    csv = tmp_path / "predictions.csv"
+    csv.write_text("path\n")
+    with pytest.raises(PipelineError, match="is a file"):
+        spark.check_output(csv, files)
+    with pytest.raises(PipelineError, match=r"holds a, b, which is not an earlier Spark"):
+        spark.check_output(images, files)
+    # Images named as Spark names its files are still the sources.
+    parts = [_png(tmp_path / "parts" / "part-0001.png")]
+    with pytest.raises(PipelineError, match="holds .*part-0001.png, a file to score"):
+        spark.check_output(tmp_path / "parts", parts)

@@ -360,3 +360,16 @@ def test_trials_csv_has_a_row_per_trial_with_params_and_reasons(study_setup) -> 
     assert header[:3] == ["number", "state", "value"]
     assert header[-1] == "param.train.scratch.learning_rate"
     assert rows[0][1] == "FAIL" and rows[0][header.index("fail_reason")] == "=bad"
+
+
+def test_a_queue_holding_someone_elses_experiments_is_refused_by_name() -> None:
+    """pipeline tune runs and stops DVC's queue workers: another queued or running experiment
+    would be run or stopped with them, so the search refuses to start, naming it."""
+    from pipeline.tuning.search import check_queue_is_ours
+
+    ours = {"tune-digits_best_val_accuracy-3": "Running", "sweep-1": "Success"}
+    check_queue_is_ours(ours, "digits_best_val_accuracy")  # its own, and finished ones: fine
+    with pytest.raises(PipelineError, match=r"not this study's: my-sweep.*dvc queue remove"):
+        check_queue_is_ours({**ours, "my-sweep": "Queued"}, "digits_best_val_accuracy")
+    with pytest.raises(PipelineError, match="tune-other-1"):
+        check_queue_is_ours({"tune-other-1": "Running"}, "digits_best_val_accuracy")
