@@ -101,8 +101,9 @@ class DataConfig(_Strict):
     seed: int = 42
     mirror: str | None = None
     sources: dict[str, SourceConfig] = {}
-    # Processes that decode and hash images at split (auto: the machine's cores). The store is
-    # byte-identical whatever this says: only the time changes.
+    # Processes that decode and hash image files at split (auto: one, whose decoding threads
+    # already use every core; more pay only on many cores). The store is byte-identical
+    # whatever this says: only the time changes.
     workers: PositiveInt | Literal["auto"] = "auto"
 
     @field_validator("mirror")

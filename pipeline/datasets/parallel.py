@@ -50,14 +50,12 @@ IN_FLIGHT_PER_WORKER = 2
 
 
 def resolve_workers(setting: int | Literal["auto"]) -> int:
-    """`data.workers` as a count: "auto" is the CPUs this process may run on (its affinity,
-    which containers and `taskset` narrow), else the machine's cores."""
-    if setting != "auto":
-        return int(setting)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """`data.workers` as a count of processes. "auto" is 1: the stage's own decoding threads
+    (pipeline.datasets.images.decode_many) already keep every core busy, since Pillow releases
+    the GIL, and on 2 cores two processes measured slower (bench/bench_scale.py: 0.76x, 4,000
+    images at 224 px). Processes are for many cores, where the one process's hashing and
+    bookkeeping would bound it: set the count."""
+    return 1 if setting == "auto" else int(setting)
 
 
 def task_rows(image_shape: Sequence[int]) -> int:

@@ -155,9 +155,10 @@ def test_a_bad_file_in_a_worker_stops_the_split_naming_it(raw_folder, tmp_path, 
     assert messages[0] == messages[1]
 
 
-def test_workers_default_to_the_cpus_this_process_may_use() -> None:
-    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert resolve_workers("auto") == expected
+def test_workers_default_to_the_one_threaded_process() -> None:
+    """auto is one process, whose decoding threads already use every core (processes measured
+    0.76x on 2 cores); a count is taken as given."""
+    assert resolve_workers("auto") == 1
     assert resolve_workers(3) == 3
     assert DataConfig().workers == "auto"
 
