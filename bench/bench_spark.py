@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         "--images", type=Path, help="score this image folder instead of generating one"
     )
     args = parser.parse_args(argv)
+    if args.images is not None and not any(args.images.rglob("*.png")):
+        parser.error(f"--images {args.images}: no PNG file there (bench/make_images.py makes them)")
     with tempfile.TemporaryDirectory(prefix="bench-spark-") as directory:
         work = Path(directory)
         images = args.images
