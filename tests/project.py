@@ -165,3 +165,15 @@ def pipeline_command(
         text=True,
         timeout=timeout,
     )
+
+
+def registry_state(client) -> dict:
+    """{registered model: (its aliases, its versions)}: what a test compares before and after
+    to show the registry untouched."""
+    return {
+        model.name: (
+            model.aliases,
+            sorted(v.version for v in client.search_model_versions(f"name = '{model.name}'")),
+        )
+        for model in client.search_registered_models()
+    }

@@ -26,7 +26,7 @@ from pipeline.store import open_split
 from pipeline.store import sha256_of as sha256
 from pipeline.tracking.context import flatten_params
 from tests.browser import Browser, chromium_or_skip
-from tests.project import dvc, make_project_copy, tiny_params
+from tests.project import dvc, make_project_copy, registry_state, tiny_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -431,16 +431,6 @@ def _run_record(client, run_id: str) -> dict:
     }
 
 
-def _registry(client) -> dict:
-    return {
-        model.name: (
-            model.aliases,
-            sorted(v.version for v in client.search_model_versions(f"name = '{model.name}'")),
-        )
-        for model in client.search_registered_models()
-    }
-
-
 def _wait_for_queue(root: Path, env: dict, timeout: float = 900) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -466,7 +456,7 @@ def test_sweeps_and_queued_experiments_leave_the_baseline_and_the_registry_alone
         for strategy in STRATEGIES
     }
     before = {strategy: _run_record(client, run_id) for strategy, run_id in baseline.items()}
-    registry = _registry(client)
+    registry = registry_state(client)
     assert registry  # the baseline registered its challenger
     untouched = {s: sha256(root / "models" / s / "model.keras") for s in STRATEGIES[1:]}
 
@@ -547,7 +537,7 @@ def test_sweeps_and_queued_experiments_leave_the_baseline_and_the_registry_alone
                 assert "test_accuracy" in run.data.metrics
     # The baseline's runs are as they were, and the registry too.
     assert {s: _run_record(client, run_id) for s, run_id in baseline.items()} == before
-    assert _registry(client) == registry
+    assert registry_state(client) == registry
     assert not list(root.glob(".dvc/tmp/exps/**/mlflow.db"))
 
     # A queued experiment brought into the workspace: clean, and its model loads.
@@ -563,7 +553,7 @@ def test_sweeps_and_queued_experiments_leave_the_baseline_and_the_registry_alone
     subprocess.run(["git", "checkout", "params.yaml", "dvc.lock"], cwd=root, env=env, check=True)
     assert dvc(root, env, "checkout").returncode == 0
     assert json.loads(dvc(root, env, "status", "--json").stdout) == {}
-    assert _registry(client) == registry
+    assert registry_state(client) == registry
 
 
 def test_a_fresh_clone_pulls_the_run_and_reruns_nothing(workspace, tmp_path) -> None:

@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from pipeline.tuning.trials import Dvc
-from tests.project import dvc, make_project_copy, pipeline_command, tiny_params
+from tests.project import dvc, make_project_copy, pipeline_command, registry_state, tiny_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -40,16 +40,6 @@ def _scratch_search(params: dict) -> dict:
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _registry(client) -> dict:
-    return {
-        model.name: (
-            model.aliases,
-            sorted(v.version for v in client.search_model_versions(f"name = '{model.name}'")),
-        )
-        for model in client.search_registered_models()
-    }
 
 
 def _experiments(root: Path, env: dict) -> dict[str, dict]:
@@ -88,7 +78,7 @@ def tuned(tmp_path_factory):
     for command in (["git", "add", "-A"], ["git", "commit", "-qm", "baseline"]):
         subprocess.run(command, cwd=root, env=env, check=True)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    registry = _registry(client)
+    registry = registry_state(client)
     assert registry  # the baseline registered its challenger
     tuned = pipeline_command(root, env, "tune", "--trials", "3", "--jobs", "2", timeout=2400)
     assert tuned.returncode == 0, tuned.stdout[-4000:] + tuned.stderr[-4000:]
@@ -143,7 +133,7 @@ def test_the_study_is_told_the_val_figure_and_never_reads_test(tuned) -> None:
 
 def test_the_registry_dvc_status_and_the_queue_are_left_as_they_were(tuned) -> None:
     root, env, client, registry, _ = tuned
-    assert _registry(client) == registry
+    assert registry_state(client) == registry
     status = dvc(root, env, "status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout
     assert Dvc(root).live_workers() == []
@@ -178,5 +168,5 @@ def test_running_again_resumes_the_study_and_redoes_nothing(tuned) -> None:
     assert study.trials[3].params not in [params for _, params, _, _ in before]
     assert "trial 3 queued as" in again.stdout and "trial 0 queued" not in again.stdout
     assert set(_experiments(root, env)) >= {f"tune-{STUDY}-{n}" for n in range(4)}
-    assert _registry(client) == registry
+    assert registry_state(client) == registry
     assert json.loads(dvc(root, env, "status", "--json").stdout) == {}

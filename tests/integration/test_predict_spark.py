@@ -128,7 +128,8 @@ def test_spark_writes_the_rows_pipeline_predict_writes(project) -> None:
     spark_or_skip()
     out = project / "answers.parquet"
     out.mkdir()
-    (out / "stale.parquet").write_bytes(b"an earlier run's output")
+    # An earlier Spark output (the only kind --out may replace: tests/code covers refusals).
+    (out / "part-00000-earlier.snappy.parquet").write_bytes(b"an earlier run's output")
     result = _predict(
         project,
         "scans",
@@ -150,7 +151,7 @@ def test_spark_writes_the_rows_pipeline_predict_writes(project) -> None:
     header, expected = _local_rows(
         project, "scans", "more/2.jpg", "scans/3.png", "more/0.jpg", "more/1.jpg", "more/2.jpg"
     )
-    assert not (out / "stale.parquet").exists(), "the previous output was not replaced whole"
+    assert not (out / "part-00000-earlier.snappy.parquet").exists(), "not replaced whole"
     answers = pd.read_parquet(out)
     assert list(answers.columns) == header
     assert len(answers) == len(expected) == 13
