@@ -136,6 +136,10 @@ def _evaluation(root: Path, model_dir: Path, prepared: Path) -> dict:
     probabilities = predict_probabilities(model, test)
     test.close()
     metrics = probability_metrics(test.y, probabilities)
+    # The val figures the evaluate stage adds, which promote.strategy best chooses on.
+    val = open_split(prepared, "val")
+    metrics.update(probability_metrics(val.y, predict_probabilities(model, val), "val"))
+    val.close()
     metrics.update(
         test_ece=0.0412345,
         test_ece_uncalibrated=0.1123456,
